@@ -1,0 +1,43 @@
+"""Contrastive Activation Addition: v_L = mean_i [h_L(x_i+) - h_L(x_i-)] (Rimsky et al.; GUIDE §2)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..capture import ReadPosition, capture
+from ..data.records import ContrastPair
+from ..vector import SteeringVector
+from .common import make_meta, pair_prompts, pairs_hash
+
+
+def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Mean of row-wise differences [n, hidden] → [hidden], accumulated in float64."""
+    if positive.shape != negative.shape:
+        raise ValueError(f"activation shapes differ: {tuple(positive.shape)} vs {tuple(negative.shape)}")
+    return (positive.double() - negative.double()).mean(0).float()
+
+
+def train_caa(
+    lm,
+    pairs: Sequence[ContrastPair],
+    layers: Sequence[int] | None = None,
+    *,
+    position: ReadPosition = "last",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> SteeringVector:
+    """A CAA vector from contrast pairs, read at the last token (the answer letter for "(A"-style answers).
+
+    Args:
+        layers: layers to build directions for (default: every layer).
+        position: "last" (default) or "mean" over the user text and answer.
+    """
+    layers = list(range(lm.n_layers)) if layers is None else [lm.blocks.check_layer(l) for l in layers]
+    pos_prompts, neg_prompts = pair_prompts(lm, pairs)
+    acts = capture(lm, pos_prompts + neg_prompts, layers, position, batch_size=batch_size, progress=progress)
+    n = len(pairs)
+    directions = {l: mean_difference(a[:n], a[n:]) for l, a in acts.items()}
+    meta = make_meta(lm, method="caa", layers=layers, position=position, data_hash=pairs_hash(pairs), n_train=n)
+    return SteeringVector(directions, meta)

@@ -1,0 +1,279 @@
+"""Add steering vectors to the residual stream, at chosen positions, through forward hooks.
+
+Positions are tracked in absolute terms so they stay right under a KV cache (a cached generation step
+sees a chunk of length 1) and under left padding (pads are never steered): a pre-hook on the model
+reads the attention mask and cache length of each forward call, and the block hooks turn the current
+chunk's columns into row-relative token positions.
+
+Position policies (per `Steering` term):
+    "all"          every real token of the prompt and every generated token.
+    "after_user"   CAA: from the first assistant-turn token on (the assistant prefix and every
+                   generated token), i.e. after the end of the user turn.
+    "last_prompt"  PAS: only the last prompt token.
+ActAdd vectors ([positions, hidden] directions) are added position by position from the first token
+of the user's text, whatever the policy.
+
+Hooks are always removed on exit, exceptions included, so the model is bit-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Iterator, Literal, Sequence
+
+import torch
+
+from .encoding import EncodedBatch
+from .errors import SteerlabError, VectorError
+from .layers import block_hidden, with_block_hidden
+from .vector import SteeringVector
+
+PositionPolicy = Literal["all", "after_user", "last_prompt"]
+POLICIES: tuple[str, ...] = ("all", "after_user", "last_prompt")
+
+
+@dataclass(frozen=True)
+class Steering:
+    """One steering term: `h_L <- h_L + strength * vector[L]` at the policy's positions.
+
+    Attributes:
+        vector: one SteeringVector for every row, or a sequence with one per batch row (None = no steering
+            for that row), for per-request steering in one batch.
+        strength: a number, or one per batch row.
+        layers: which of the vector's layers to apply (default: all of them).
+        positions: "all", "after_user" or "last_prompt" (see module docs).
+    """
+
+    vector: SteeringVector | Sequence[SteeringVector | None]
+    strength: float | Sequence[float] = 1.0
+    layers: Sequence[int] | None = None
+    positions: PositionPolicy = "all"
+
+    def rows(self, start: int, stop: int) -> "Steering":
+        """This term for batch rows [start, stop) (per-row fields are sliced, shared ones kept)."""
+        v = self.vector if isinstance(self.vector, SteeringVector) else list(self.vector)[start:stop]
+        s = self.strength if isinstance(self.strength, (int, float)) else list(self.strength)[start:stop]
+        return replace(self, vector=v, strength=s)
+
+
+@dataclass
+class _Term:
+    delta: torch.Tensor  # [rows (1 = all rows), P, hidden]; P > 1 only for ActAdd vectors
+    policy: str
+    positional: bool
+
+
+class _ForwardState:
+    """What the current forward call covers: absolute columns, left pads, prompt lengths."""
+
+    def __init__(self, batch: EncodedBatch | None):
+        self.batch = batch
+        self.cols: torch.Tensor | None = None
+        self.pad: torch.Tensor | None = None
+        self.prompt_len: torch.Tensor | None = None
+        self.rows = 0
+
+    def update(self, args, kwargs) -> None:
+        x = kwargs.get("input_ids")
+        if x is None and args:
+            x = args[0]
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None:
+            raise SteerlabError("steering needs input_ids or inputs_embeds in the model call")
+        rows, width = int(x.shape[0]), int(x.shape[1])
+        mask = kwargs.get("attention_mask")
+        device = x.device
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            start = int(mask.shape[1]) - width
+            pad = (mask.cumsum(1) == 0).sum(1).to(device)
+        else:
+            cache_position = kwargs.get("cache_position")
+            past = kwargs.get("past_key_values")
+            if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+                start = int(cache_position.reshape(-1)[0])
+            elif past is not None and hasattr(past, "get_seq_length"):
+                start = int(past.get_seq_length())
+            else:
+                start = 0
+            pad = torch.zeros(rows, dtype=torch.long, device=device)
+        self.cols = torch.arange(start, start + width, device=device)
+        self.pad = pad
+        self.rows = rows
+        if self.batch is not None:
+            self.prompt_len = self.batch.lengths.to(device)
+        elif start == 0:  # a prefill: this call holds the whole prompt
+            self.prompt_len = width - pad
+        if self.batch is not None and len(self.batch) != rows:
+            raise SteerlabError(f"steering was set up for a batch of {len(self.batch)} rows, but the model got {rows}")
+
+
+def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.Tensor:
+    real = pos >= 0
+    if policy == "all":
+        return real
+    if policy == "after_user":
+        if state.batch is None:
+            raise SteerlabError("positions='after_user' needs the encoded batch (pass batch=steerlab.encode(...))")
+        return real & (pos >= state.batch.assistant_start.to(pos.device)[:, None])
+    if policy == "last_prompt":
+        if state.prompt_len is None:
+            raise SteerlabError("positions='last_prompt' needs the prompt lengths: pass batch=steerlab.encode(...)")
+        return pos == (state.prompt_len.to(pos.device)[:, None] - 1)
+    raise SteerlabError(f"unknown position policy '{policy}': choose one of {', '.join(POLICIES)}")
+
+
+def _row_values(term: Steering, what: str, rows: int | None):
+    value = getattr(term, what)
+    if what == "vector" and isinstance(value, SteeringVector):
+        return None
+    if what == "strength" and isinstance(value, (int, float)):
+        return None
+    value = list(value)
+    if rows is not None and len(value) != rows:
+        raise SteerlabError(f"per-row {what}s: got {len(value)} for a batch of {rows} rows")
+    return value
+
+
+def build_terms(lm, steering: Sequence[Steering], rows: int | None = None) -> dict[int, list[_Term]]:
+    """Per layer, the deltas to add: strength × direction, stacked per row where rows differ."""
+    by_layer: dict[int, list[_Term]] = {}
+    hidden = lm.hidden_size
+    dtype = lm.dtype
+    for term in steering:
+        if term.positions not in POLICIES:
+            raise SteerlabError(f"unknown position policy '{term.positions}': choose one of {', '.join(POLICIES)}")
+        vectors = _row_values(term, "vector", rows)
+        strengths = _row_values(term, "strength", rows)
+        n = len(vectors) if vectors is not None else (len(strengths) if strengths is not None else 1)
+        if vectors is not None and strengths is not None and len(vectors) != len(strengths):
+            raise SteerlabError(f"{len(vectors)} per-row vectors but {len(strengths)} per-row strengths")
+        row_vecs = vectors if vectors is not None else [term.vector] * n
+        row_str = [float(s) for s in strengths] if strengths is not None else [float(term.strength)] * n
+        present = [v for v in row_vecs if v is not None]
+        if not present:
+            continue
+        for v in present:
+            if not isinstance(v, SteeringVector):
+                raise SteerlabError(f"expected a SteeringVector, got {type(v).__name__}")
+            v.check_compatible(lm, allow_other_family=True)
+        layers = list(term.layers) if term.layers is not None else sorted({l for v in present for l in v.layers})
+        for layer in layers:
+            lm.blocks.check_layer(layer)
+            dirs = []
+            for v, s in zip(row_vecs, row_str):
+                d = None if v is None else v.directions.get(layer)
+                if v is not None and d is None and term.layers is not None:
+                    raise VectorError(f"vector has no direction for layer {layer} (it has {list(v.layers)})")
+                dirs.append(None if d is None else s * (d if d.dim() == 2 else d[None, :]))
+            positions = max(d.shape[0] for d in dirs if d is not None) if any(d is not None for d in dirs) else 0
+            if positions == 0:
+                continue
+            delta = torch.zeros(n, positions, hidden, dtype=torch.float32)
+            for i, d in enumerate(dirs):
+                if d is not None:
+                    delta[i, : d.shape[0]] = d
+            positional = any(d is not None and d.shape[0] > 1 for d in dirs) or any(
+                v is not None and v.per_position for v in row_vecs
+            )
+            by_layer.setdefault(layer, []).append(_Term(delta.to(lm.device, dtype), term.positions, positional))
+    return by_layer
+
+
+class SteeringHandle:
+    """Hooks installed by `apply_steering`; call `remove()` (or use `steer(...)` as a context manager)."""
+
+    def __init__(self, handles: list):
+        self._handles = handles
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+
+def _layer_hook(terms: list[_Term], state: _ForwardState):
+    def hook(module, args, output):
+        h = block_hidden(output)
+        if state.cols is None or h.shape[1] != state.cols.shape[0]:
+            raise SteerlabError("steering hook saw a call it could not place; call the model through its top-level forward")
+        pos = state.cols[None, :] - state.pad[:, None].to(h.device)  # [rows, T], row-relative
+        pos = pos.to(h.device)
+        rows = h.shape[0]
+        add = None
+        for t in terms:
+            delta = t.delta.to(h.device)
+            if delta.shape[0] not in (1, rows):
+                raise SteerlabError(f"per-row steering was set up for {delta.shape[0]} rows, but the batch has {rows}")
+            if t.positional:
+                user_start = state.batch.user_start.to(h.device) if state.batch is not None else torch.zeros(rows, dtype=torch.long, device=h.device)
+                rel = pos - user_start[:, None]
+                valid = (rel >= 0) & (rel < delta.shape[1]) & (pos >= 0)
+                idx = rel.clamp(0, delta.shape[1] - 1)
+                full = delta.expand(rows, -1, -1)
+                piece = torch.gather(full, 1, idx[..., None].expand(-1, -1, full.shape[-1]))
+                piece = piece * valid[..., None].to(h.dtype)
+            else:
+                mask = _policy_mask(t.policy, pos, state)
+                piece = mask[..., None].to(h.dtype) * delta[:, 0][:, None, :]
+            add = piece if add is None else add + piece
+        if add is None:
+            return output
+        return with_block_hidden(output, h + add)
+
+    return hook
+
+
+def apply_steering(
+    lm, steering: Steering | Sequence[Steering], *, batch: EncodedBatch | None = None
+) -> SteeringHandle:
+    """Install steering hooks on `lm` and return a handle to remove them (the functional API).
+
+    Args:
+        steering: one or several terms; their deltas add up.
+        batch: the encoded batch the model will run on; needed for "after_user", for ActAdd vectors
+            with chat templates (to find the user text), and for per-row vectors' row count check.
+    """
+    terms = [steering] if isinstance(steering, Steering) else list(steering)
+    by_layer = build_terms(lm, terms, rows=len(batch) if batch is not None else None)
+    state = _ForwardState(batch)
+    handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(a, k), with_kwargs=True)]
+    try:
+        for layer, layer_terms in by_layer.items():
+            handles.append(lm.blocks[layer].register_forward_hook(_layer_hook(layer_terms, state)))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return SteeringHandle(handles)
+
+
+@contextlib.contextmanager
+def steer(
+    lm,
+    vector_or_terms: SteeringVector | Steering | Sequence[Steering],
+    strength: float | Sequence[float] = 1.0,
+    *,
+    layers: Sequence[int] | None = None,
+    positions: PositionPolicy = "all",
+    batch: EncodedBatch | None = None,
+) -> Iterator[SteeringHandle]:
+    """Context manager: steer every forward call of `lm.model` inside the block.
+
+    `steer(lm, vec, 4.0)` adds 4·vec at every position of every layer the vector has;
+    `steer(lm, [Steering(a, 4.0), Steering(b, -2.0, layers=[10])])` applies several at once.
+    """
+    if isinstance(vector_or_terms, SteeringVector):
+        terms: Sequence[Steering] = [Steering(vector_or_terms, strength, layers, positions)]
+    else:
+        terms = vector_or_terms
+    handle = apply_steering(lm, terms, batch=batch)
+    try:
+        yield handle
+    finally:
+        handle.remove()
