@@ -245,7 +245,10 @@ def apply_steering(
     handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(a, k), with_kwargs=True)]
     try:
         for layer, layer_terms in by_layer.items():
-            handles.append(lm.blocks[layer].register_forward_hook(_layer_hook(layer_terms, state)))
+            # prepend: run before hooks registered earlier (e.g. transformers' output_hidden_states
+            # capture, installed once and kept), so every observer sees the steered stream.
+            hook = _layer_hook(layer_terms, state)
+            handles.append(lm.blocks[layer].register_forward_hook(hook, prepend=True))
     except BaseException:
         for h in handles:
             h.remove()
