@@ -1,0 +1,184 @@
+"""KV-cache plumbing for the engine: shared prompt prefixes, row expansion, and skipping low blocks.
+
+Two tricks keep the engine exact while doing less work (see `scoring` for where they are used):
+
+* **Prefix reuse.** Every setting sees the same prompt tokens before its first steered position, so
+  their keys and values are computed once (the unsteered base pass) and copied into the rows of a
+  steered run, which then only feeds the remaining tokens.
+* **Skipping the blocks below the steered layer.** Blocks below the lowest steered layer L compute
+  exactly what they compute unsteered, at every position. The engine replaces their `forward`
+  (temporarily, on the instance) by a stub: block L-1's stub returns the unsteered output of block
+  L-1 recorded in the base pass, the others return their input untouched, and each advances a
+  `LengthOnlyLayer` in the cache, which holds no data but keeps the length transformers reads to
+  build the attention mask. Blocks L and above run for real on the recorded stream.
+
+Both need a cache made of plain `DynamicLayer`s (full attention, no sliding window or recurrent
+state) and blocks that return the hidden-state tensor itself (transformers 5 style); the engine
+checks both and otherwise falls back to batched recomputation, which is always exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from ..errors import SteerlabError
+
+_MISSING = object()
+
+
+class LengthOnlyLayer(DynamicLayer):
+    """The cache of a skipped block: a sequence length and nothing else.
+
+    transformers sizes the attention mask from the cache's first full-attention layer; this layer
+    reports the length the skipped block would have cached. Writing to it is a bug (the block it
+    belongs to must not run), so `update` raises.
+    """
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.length = int(length)
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:  # pragma: no cover
+        raise SteerlabError("internal error: a skipped block's cache was initialised")
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise SteerlabError("internal error: a skipped block tried to use its KV cache")
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def advance(self, n: int) -> None:
+        self.length += int(n)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        pass
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        pass
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        pass
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0:
+            self.length = max(0, self.length + tokens_to_remove)
+
+
+def filled_layer(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
+    """A DynamicLayer holding `keys` / `values` ([rows, heads, length, head_dim]) without copying them."""
+    layer = DynamicLayer()
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+    return layer
+
+
+def cache_of(layers: list) -> DynamicCache:
+    """A DynamicCache made of the given layer objects (no layers are added on the fly)."""
+    cache = DynamicCache()
+    cache.layers = list(layers)
+    cache.layer_class_to_replicate = None
+    return cache
+
+
+def is_plain(cache: Cache | None, n_layers: int) -> bool:
+    """Whether the cache is one plain DynamicLayer per block (what prefix slicing and skipping need)."""
+    if cache is None or not hasattr(cache, "layers") or len(cache.layers) != n_layers:
+        return False
+    return all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
+
+
+def select_rows(cache: Cache, index: torch.Tensor) -> Cache:
+    """A new cache whose row r is row `index[r]` of `cache` (the input is left untouched).
+
+    Plain and length-only layers are rebuilt directly (one copy of the selected keys/values);
+    any other cache type is deep-copied and narrowed with its own `batch_select_indices`.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(type(l) in (DynamicLayer, LengthOnlyLayer) for l in layers):
+        out = []
+        for layer in layers:
+            if isinstance(layer, LengthOnlyLayer):
+                out.append(LengthOnlyLayer(layer.length))
+            else:
+                idx = index.to(layer.keys.device)
+                out.append(filled_layer(layer.keys.index_select(0, idx), layer.values.index_select(0, idx)))
+        return cache_of(out)
+    fresh = copy.deepcopy(cache)
+    fresh.batch_select_indices(index)
+    return fresh
+
+
+def prefix_cache(base: DynamicCache, columns: int, repeats: int, skip_below: int) -> DynamicCache:
+    """The first `columns` cached positions of a plain base cache, tiled `repeats` times over rows.
+
+    Row r of the result is row r % B of `base` (rows ordered setting-major: (setting, item)).
+    Layers below `skip_below` become LengthOnlyLayers (their blocks will be skipped).
+    """
+    out = []
+    for l, layer in enumerate(base.layers):
+        if l < skip_below:
+            out.append(LengthOnlyLayer(columns))
+        else:
+            k = layer.keys[:, :, :columns]
+            v = layer.values[:, :, :columns]
+            if repeats > 1:
+                k, v = k.repeat(repeats, 1, 1, 1), v.repeat(repeats, 1, 1, 1)
+            else:
+                k, v = k.contiguous(), v.contiguous()
+            out.append(filled_layer(k, v))
+    return cache_of(out)
+
+
+def _block_input(args, kwargs) -> torch.Tensor:
+    x = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(x, torch.Tensor):
+        raise SteerlabError("internal error: a skipped block was called without its hidden states")
+    return x
+
+
+def _stub(index: int, below: int, cache: DynamicCache, hidden: torch.Tensor):
+    def forward(*args, **kwargs):
+        x = _block_input(args, kwargs)
+        layer = cache.layers[index]
+        if not isinstance(layer, LengthOnlyLayer):
+            raise SteerlabError("internal error: a skipped block has a real cache layer")
+        layer.advance(x.shape[1])
+        if index == below - 1:
+            if tuple(hidden.shape[:2]) != tuple(x.shape[:2]):
+                raise SteerlabError(
+                    f"internal error: recorded stream {tuple(hidden.shape)} does not fit the call {tuple(x.shape)}"
+                )
+            return hidden.to(x.device, x.dtype)
+        return x
+
+    return forward
+
+
+@contextlib.contextmanager
+def skip_blocks(lm, below: int, cache: DynamicCache, hidden: torch.Tensor) -> Iterator[None]:
+    """Within the block, blocks 0..below-1 do not compute: block below-1 outputs `hidden`.
+
+    `cache.layers[l]` must be a LengthOnlyLayer for every skipped block. The original `forward`
+    attributes are restored on exit, exceptions included.
+    """
+    if below <= 0:
+        yield
+        return
+    blocks = [lm.blocks[l] for l in range(below)]
+    saved = [blk.__dict__.get("forward", _MISSING) for blk in blocks]
+    try:
+        for l, blk in enumerate(blocks):
+            blk.forward = _stub(l, below, cache, hidden)
+        yield
+    finally:
+        for blk, old in zip(blocks, saved):
+            if old is _MISSING:
+                blk.__dict__.pop("forward", None)
+            else:
+                blk.forward = old

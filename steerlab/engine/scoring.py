@@ -1,0 +1,470 @@
+"""`score`: log-probabilities of candidate continuations under many steering settings, reusing work.
+
+What is computed. For item i with prompt ids P_i (n_i tokens) and candidate c with ids T (m tokens),
+`logprob[s, i, c] = sum_k log p(T_k | P_i + T_<k)` under setting s, where setting s adds its
+vectors exactly where `steerlab.steer` would on the full sequence P_i + T (with
+`EncodedBatch.lengths` = n_i): "all" = every real token (candidate tokens included), "after_user" =
+from the assistant-turn start on (candidate tokens included), "last_prompt" = token n_i - 1 only;
+ActAdd (per-position) vectors from the user text's first token.
+
+How it is computed, per batch of items (left-padded to W columns):
+
+1. **Base pass** (once): the unsteered prompts with a KV cache. It gives the unsteered scores of
+   every candidate's first token, the cache of every prompt position at every layer, and the
+   output of the blocks just below each steered layer at the trailing columns that settings re-run.
+2. **Base continuation** (only for candidates of 2+ tokens): the unsteered candidate tokens on the
+   base cache; gives unsteered scores, and again the stream below each steered layer.
+3. **Steered prompt suffix.** For a setting, f_i = the first position any of its terms steers
+   (0 for "all", the assistant start for "after_user", n_i - 1 for "last_prompt"); nothing before
+   f_i changes, so the run feeds only the last S = max_i(n_i - f_i) columns (at least 1) on a copy of
+   the base cache's first W - S columns. Settings with the same S and the same lowest steered layer
+   L share one forward: rows are (setting, item), each row with its own vector and strength
+   (`steerlab.steer`'s per-row terms), chunked to `max_rows` rows. Blocks below L are skipped (see
+   `engine.cache`): their output is the unsteered one, recorded in step 1. Only the last column's
+   logits are computed: they score every candidate's first token, so candidates that differ in one
+   token (A/B, Yes/No) cost nothing more.
+4. **Steered continuation** (only for candidates of 2+ tokens): rows (setting, item, candidate)
+   feed the candidate's tokens on a copy of the step-3 cache, blocks below L again skipped.
+
+Cost per extra setting and item: "last_prompt" one token through blocks L..N-1; "after_user" the
+assistant prefix's tokens (e.g. "(") through blocks L..N-1; "all" the whole prompt, but only
+through blocks L..N-1. Exactness against a full forward per setting (`score_naive`) is tested to
+1e-4 in float32, with left padding and mixed settings.
+
+Fallback. Prefix reuse and block skipping need a cache of plain full-attention `DynamicLayer`s and
+blocks that return the hidden tensor (Llama, Qwen2/3, Mistral without sliding window, Phi-3, ...).
+For other models (sliding-window or recurrent layers, blocks returning tuples) the engine re-runs the
+whole prompt for every setting, still batching settings; `ScoreTable.info["reuse"]` says which path ran.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..capture import position_ids_for
+from ..encoding import EncodedBatch, pad_left
+from ..errors import SteerlabError
+from ..layers import block_hidden
+from ..steer import Steering, apply_steering
+from ..vector import SteeringVector
+from .cache import is_plain, prefix_cache, select_rows, skip_blocks
+from .items import ScoringItem, Setting, TokenizedItem, tokenize_items
+from .table import ScoreTable
+
+# ---------------------------------------------------------------------------------------------
+# Settings as the runner sees them
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Term:
+    vector: SteeringVector  # restricted to the layers it steers
+    strength: float
+    policy: str
+    positional: bool
+
+    @property
+    def kind(self) -> tuple[str, bool]:
+        return (self.policy, self.positional)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    index: int  # position in the caller's settings list
+    terms: tuple[_Term, ...]
+    low: int  # lowest steered layer
+
+
+def _plan(lm, index: int, setting: Setting) -> _Plan | None:
+    if not isinstance(setting, Setting):
+        raise SteerlabError(f"settings must be engine.Setting objects, got {type(setting).__name__}")
+    terms = []
+    for t in setting.steering:
+        vec = t.vector
+        vec.check_compatible(lm, allow_other_family=True)
+        if t.layers is not None and tuple(t.layers) != vec.layers:
+            vec = vec.select(t.layers)
+        for layer in vec.layers:
+            lm.blocks.check_layer(layer)
+        terms.append(_Term(vec, float(t.strength), t.positions, vec.per_position))
+    if not terms:
+        return None
+    return _Plan(index, tuple(terms), min(min(t.vector.layers) for t in terms))
+
+
+def _first_steered(term: _Term, item: TokenizedItem) -> int:
+    if term.positional:  # ActAdd directions start at the user's text whatever the policy
+        return item.user_start
+    if term.policy == "all":
+        return 0
+    if term.policy == "after_user":
+        return item.assistant_start
+    return item.n_prompt - 1  # last_prompt
+
+
+def _suffix_len(plan: _Plan, items: Sequence[TokenizedItem], width: int) -> int:
+    """Trailing prompt columns a setting must re-run for this batch (>= 1: the last one gives the logits)."""
+    need = max(it.n_prompt - min(_first_steered(t, it) for t in plan.terms) for it in items)
+    return int(min(width, max(1, need)))
+
+
+def _row_terms(plans: Sequence[_Plan]) -> list[Steering]:
+    """Per-row Steering terms for rows whose settings are `plans` (one plan per row).
+
+    Terms are put in slots by kind (policy, per-position); a row whose setting has fewer terms of a
+    kind gets None (no steering) in the extra slots.
+    """
+    counts: dict[tuple[str, bool], int] = {}
+    for p in plans:
+        seen: dict[tuple[str, bool], int] = {}
+        for t in p.terms:
+            seen[t.kind] = seen.get(t.kind, 0) + 1
+        for k, n in seen.items():
+            counts[k] = max(counts.get(k, 0), n)
+    out = []
+    for kind, n in counts.items():
+        for slot in range(n):
+            vecs: list[SteeringVector | None] = []
+            strengths: list[float] = []
+            for p in plans:
+                mine = [t for t in p.terms if t.kind == kind]
+                t = mine[slot] if slot < len(mine) else None
+                vecs.append(None if t is None else t.vector)
+                strengths.append(0.0 if t is None else t.strength)
+            out.append(Steering(vecs, strengths, layers=None, positions=kind[0]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward passes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """A batch of items: left-padded prompts plus per-item token facts."""
+
+    items: list[TokenizedItem]
+    enc: EncodedBatch  # prompts, left-padded
+
+    @property
+    def width(self) -> int:
+        return int(self.enc.input_ids.shape[1])
+
+    def rows(self, item_of_row: torch.Tensor, input_ids: torch.Tensor) -> EncodedBatch:
+        """The EncodedBatch steering needs for rows drawn from these items (lengths = prompt lengths)."""
+        e = self.enc
+        return EncodedBatch(input_ids, e.attention_mask[item_of_row], e.lengths[item_of_row],
+                            e.user_start[item_of_row], e.assistant_start[item_of_row])
+
+
+def _make_batch(lm, items: list[TokenizedItem]) -> _Batch:
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids, mask = pad_left([it.prompt_ids for it in items], pad_id)
+    enc = EncodedBatch(ids, mask, mask.sum(1), torch.tensor([it.user_start for it in items]),
+                       torch.tensor([it.assistant_start for it in items]))
+    return _Batch(items, enc)
+
+
+class _Recorder:
+    """Forward hooks that keep block outputs (trailing `cols` columns) and note their types."""
+
+    def __init__(self, lm, layers: Sequence[int], cols: int | None):
+        self.out: dict[int, torch.Tensor] = {}
+        self.tensor_outputs = True
+        self._handles = []
+        self._cols = cols
+        for l in sorted(set(layers)):
+            self._handles.append(lm.blocks[l].register_forward_hook(self._hook(l)))
+        if not layers:  # still learn the blocks' output type from block 0
+            self._handles.append(lm.blocks[0].register_forward_hook(self._hook(None)))
+
+    def _hook(self, layer: int | None):
+        def hook(module, args, output):
+            self.tensor_outputs = self.tensor_outputs and isinstance(output, torch.Tensor)
+            if layer is not None:
+                h = block_hidden(output)
+                self.out[layer] = (h if self._cols is None else h[:, h.shape[1] - self._cols:]).detach().clone()
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def _logits_kwargs(lm, keep: int | None) -> dict:
+    if keep is None:
+        return {}
+    params = inspect.signature(lm.model.forward).parameters
+    return {"logits_to_keep": keep} if "logits_to_keep" in params else {}
+
+
+def _forward(lm, **kwargs):
+    with torch.no_grad():
+        return lm.model(**kwargs)
+
+
+def _first_token_logprobs(logits_last: torch.Tensor, items: Sequence[TokenizedItem], item_of_row: torch.Tensor,
+                          max_c: int) -> torch.Tensor:
+    """[rows, max_c] log p(first token of candidate j | prompt), NaN for missing candidates."""
+    lp = torch.log_softmax(logits_last.float(), dim=-1).cpu()
+    out = torch.full((lp.shape[0], max_c), float("nan"))
+    for r, i in enumerate(item_of_row.tolist()):
+        firsts = [c[0] for c in items[i].candidate_ids]
+        out[r, : len(firsts)] = lp[r, firsts]
+    return out
+
+
+@dataclass
+class _Continuations:
+    """Candidates of 2+ tokens of a batch: one row per (item, candidate), tokens right-padded."""
+
+    item: torch.Tensor  # [C] item index in the batch
+    cand: torch.Tensor  # [C] candidate index
+    inputs: torch.Tensor  # [C, M] candidate tokens but the last (fed), right-padded
+    targets: torch.Tensor  # [C, M] candidate tokens but the first (scored), right-padded
+    mask: torch.Tensor  # [C, M] 1 on real tokens
+
+    @classmethod
+    def of(cls, items: Sequence[TokenizedItem], pad_id: int) -> "_Continuations | None":
+        rows = [(i, j, c) for i, it in enumerate(items) for j, c in enumerate(it.candidate_ids) if len(c) > 1]
+        if not rows:
+            return None
+        m = max(len(c) - 1 for _, _, c in rows)
+        inputs = torch.full((len(rows), m), pad_id, dtype=torch.long)
+        targets = torch.zeros((len(rows), m), dtype=torch.long)
+        mask = torch.zeros((len(rows), m), dtype=torch.long)
+        for r, (_, _, c) in enumerate(rows):
+            inputs[r, : len(c) - 1] = torch.tensor(c[:-1])
+            targets[r, : len(c) - 1] = torch.tensor(c[1:])
+            mask[r, : len(c) - 1] = 1
+        return cls(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), inputs, targets, mask)
+
+    def __len__(self) -> int:
+        return int(self.item.shape[0])
+
+
+def _continuation_logprobs(lm, batch: _Batch, cache, cache_row: torch.Tensor, conts: _Continuations,
+                           sel: torch.Tensor, *, plans: Sequence[_Plan] | None = None, low: int = 0,
+                           hidden: torch.Tensor | None = None, record: Sequence[int] = ()):
+    """Feed candidate tokens `conts[sel]` after the prompt rows `cache_row` of `cache`.
+
+    Returns the summed log-probabilities of the scored tokens [len(sel)] and, for `record`, the
+    block outputs at the fed positions. With `plans` (one per row) the rows are steered; with
+    `hidden` the blocks below `low` are skipped and block low-1 outputs `hidden`.
+    """
+    device = lm.device
+    item_of_row = conts.item[sel]
+    inputs, targets, cmask = conts.inputs[sel], conts.targets[sel], conts.mask[sel]
+    keep = int(cmask.sum(1).max())
+    inputs, targets, cmask = inputs[:, :keep], targets[:, :keep], cmask[:, :keep]
+    mask = torch.cat([batch.enc.attention_mask[item_of_row], cmask], dim=1)
+    pos = position_ids_for(mask)[:, -keep:]
+    rows_cache = select_rows(cache, cache_row)
+    rec = _Recorder(lm, record, None)
+    handle = None
+    try:
+        if plans is not None:
+            handle = apply_steering(lm, _row_terms(plans), batch=batch.rows(item_of_row, inputs))
+        with skip_blocks(lm, low if hidden is not None else 0, rows_cache,
+                         hidden[:, :keep] if hidden is not None else None):
+            out = _forward(lm, input_ids=inputs.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                           past_key_values=rows_cache, use_cache=True)
+    finally:
+        rec.remove()
+        if handle is not None:
+            handle.remove()
+    lp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
+    tok = lp.gather(2, targets[..., None]).squeeze(2) * cmask
+    return tok.sum(1), rec.out
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_inputs(items, settings, batch_size, max_rows) -> None:
+    if len(items) == 0:
+        raise SteerlabError("no items to score")
+    if len(settings) == 0:
+        raise SteerlabError("no settings to score under (use [Setting.unsteered()] for the plain model)")
+    for k, it in enumerate(items):
+        if not isinstance(it, ScoringItem):
+            raise SteerlabError(f"item {k} is a {type(it).__name__}, not an engine.ScoringItem")
+    if batch_size < 1 or max_rows < 1:
+        raise SteerlabError("batch_size and max_rows must be positive")
+
+
+def score(
+    lm,
+    items: Sequence[ScoringItem],
+    settings: Sequence[Setting],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    max_rows: int = 256,
+    reuse: bool = True,
+    skip_lower_layers: bool = True,
+) -> ScoreTable:
+    """Log-probabilities of every item's candidates under every setting (see the module docstring).
+
+    Args:
+        lm: a LoadedModel.
+        items: prompts with their candidate continuations.
+        settings: steering settings; include `Setting.unsteered()` for the plain model.
+        batch_size: items per base pass.
+        progress: show a progress bar.
+        max_rows: most rows (setting x item, or x candidate) in one steered forward; bounds memory
+            (each row carries a copy of its prompt's KV cache).
+        reuse: False re-runs every prompt in full for every setting (still batched), for checks
+            and timing comparisons.
+        skip_lower_layers: skip the blocks below the steered layer (exact; disable to compare).
+    """
+    items = list(items)
+    settings = list(settings)
+    _check_inputs(items, settings, batch_size, max_rows)
+    tokenized = tokenize_items(lm, items)
+    plans = [_plan(lm, k, s) for k, s in enumerate(settings)]
+    steered = [p for p in plans if p is not None]
+    max_c = max(len(it.candidates) for it in items)
+    result = torch.full((len(settings), len(items), max_c), float("nan"))
+    info = {"reuse": "prefix+skip" if reuse and skip_lower_layers else ("prefix" if reuse else "none"),
+            "fallback_candidates": sum(sum(t.fallback) for t in tokenized), "forwards": 0}
+
+    order = sorted(range(len(items)), key=lambda i: tokenized[i].n_prompt)
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    bar = tqdm(total=len(batches), desc="scoring", unit="batch", disable=not progress)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for idx in batches:
+        _score_batch(lm, [tokenized[i] for i in idx], torch.tensor(idx), settings, steered, result, info,
+                     max_rows=max_rows, reuse=reuse, skip=skip_lower_layers, pad_id=pad_id)
+        bar.update(1)
+    bar.close()
+    return ScoreTable(result, settings, items, info)
+
+
+def _score_batch(lm, items: list[TokenizedItem], global_idx: torch.Tensor, settings: list[Setting],
+                 steered: list[_Plan], result: torch.Tensor, info: dict, *, max_rows: int, reuse: bool,
+                 skip: bool, pad_id: int) -> None:
+    device = lm.device
+    batch = _make_batch(lm, items)
+    B, W = len(items), batch.width
+    max_c = result.shape[2]
+    conts = _Continuations.of(items, pad_id)
+
+    # Plan the groups: settings sharing (re-run columns S, lowest steered layer L) share forwards.
+    groups: dict[tuple[int, int], list[_Plan]] = {}
+    for p in steered:
+        S = _suffix_len(p, items, W) if reuse else W
+        groups.setdefault((S, p.low), []).append(p)
+    want_skip = reuse and skip
+    record = sorted({low - 1 for (_, low) in groups if low > 0}) if want_skip else []
+    rec_cols = max((S for (S, _) in groups), default=1)
+
+    # 1. Base pass.
+    enc = batch.enc
+    rec = _Recorder(lm, record, rec_cols)
+    try:
+        base = _forward(lm, input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
+                        position_ids=position_ids_for(enc.attention_mask).to(device), use_cache=True,
+                        **_logits_kwargs(lm, 1))
+    finally:
+        rec.remove()
+    info["forwards"] += 1
+    base_cache = base.past_key_values
+    plain = is_plain(base_cache, lm.n_layers)
+    if reuse and not plain:
+        info["reuse"] = "none (cache type)"
+    can_skip = want_skip and plain and rec.tensor_outputs
+    if want_skip and plain and not rec.tensor_outputs:
+        info["reuse"] = "prefix (blocks return tuples)"
+    if reuse and not plain:  # no prefix slicing possible: re-plan every setting over the whole prompt
+        groups = {}
+        for p in steered:
+            groups.setdefault((W, p.low), []).append(p)
+    items_row = torch.arange(B)
+    first = _first_token_logprobs(base.logits[:, -1], items, items_row, max_c)
+    base_cont = None
+    unsteered = [k for k, s in enumerate(settings) if s.is_unsteered]
+
+    # 2. Base continuation (unsteered scores of multi-token candidates; stream below steered layers).
+    cont_sum = torch.zeros(B, max_c)
+    cont_hidden: dict[int, torch.Tensor] = {}
+    if conts is not None:
+        sums, cont_hidden = _continuation_logprobs(lm, batch, base_cache, conts.item, conts,
+                                                   torch.arange(len(conts)), record=record if can_skip else ())
+        info["forwards"] += 1
+        cont_sum[conts.item, conts.cand] = sums
+    base_scores = first + cont_sum
+    for k in unsteered:
+        result[k, global_idx] = base_scores
+
+    # 3-4. Steered settings, group by group, chunk by chunk.
+    per_chunk = max(1, max_rows // B)
+    for (S, low), plans in groups.items():
+        use_skip = can_skip and low > 0
+        for c0 in range(0, len(plans), per_chunk):
+            chunk = plans[c0:c0 + per_chunk]
+            _run_chunk(lm, batch, chunk, S, low, use_skip, base_cache if (reuse and plain) else None,
+                       rec.out.get(low - 1), cont_hidden.get(low - 1), conts, global_idx, result, info,
+                       max_rows=max_rows)
+
+
+def _run_chunk(lm, batch: _Batch, chunk: list[_Plan], S: int, low: int, use_skip: bool, base_cache,
+               prompt_hidden: torch.Tensor | None, cont_hidden: torch.Tensor | None,
+               conts: _Continuations | None, global_idx: torch.Tensor, result: torch.Tensor, info: dict, *,
+               max_rows: int) -> None:
+    """Steered prompt suffix (3) and continuations (4) for a chunk of settings sharing (S, low)."""
+    device = lm.device
+    enc = batch.enc
+    B, W = len(batch.items), batch.width
+    k = len(chunk)
+    item_of_row = torch.arange(B).repeat(k)  # row r = (setting r // B, item r % B)
+    plan_of_row = [p for p in chunk for _ in range(B)]
+    P = W - S
+    skip_below = low if use_skip else 0
+    if base_cache is not None:
+        cache = prefix_cache(base_cache, P, k, skip_below)
+    else:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=lm.model.config)
+    ids = enc.input_ids[:, P:].repeat(k, 1)
+    mask = enc.attention_mask.repeat(k, 1)
+    pos = position_ids_for(mask)[:, P:]
+    hidden = prompt_hidden[:, prompt_hidden.shape[1] - S:].repeat(k, 1, 1) if use_skip else None
+    handle = apply_steering(lm, _row_terms(plan_of_row), batch=batch.rows(item_of_row, ids))
+    try:
+        with skip_blocks(lm, skip_below, cache, hidden):
+            out = _forward(lm, input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                           past_key_values=cache, use_cache=True, **_logits_kwargs(lm, 1))
+    finally:
+        handle.remove()
+    info["forwards"] += 1
+    scores = _first_token_logprobs(out.logits[:, -1], batch.items, item_of_row, result.shape[2])
+
+    if conts is not None:
+        # rows (setting, item, candidate) for candidates of 2+ tokens: cache row = s*B + item
+        n_c = len(conts)
+        sel = torch.arange(n_c).repeat(k)
+        setting_of = torch.arange(k).repeat_interleave(n_c)
+        cache_row = setting_of * B + conts.item[sel]
+        stage_cache = out.past_key_values if out.past_key_values is not None else cache
+        for r0 in range(0, len(sel), max_rows):
+            part = slice(r0, r0 + max_rows)
+            rows_plans = [chunk[int(s)] for s in setting_of[part]]
+            h = cont_hidden[sel[part]] if use_skip else None
+            sums, _ = _continuation_logprobs(lm, batch, stage_cache, cache_row[part], conts, sel[part],
+                                             plans=rows_plans, low=low, hidden=h)
+            info["forwards"] += 1
+            scores[cache_row[part], conts.cand[sel[part]]] += sums
+    for s_local, p in enumerate(chunk):
+        result[p.index, global_idx] = scores[s_local * B:(s_local + 1) * B]
