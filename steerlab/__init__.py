@@ -4,22 +4,50 @@
     lm = sl.load_model()                                   # embedded SmolLM2-135M-Instruct
     vec = sl.train_caa(lm, pairs, layers=[10])
     print(sl.generate(lm, ["Tell me about your day."], sl.Steering(vec, 8.0)))
+
+Names are imported lazily, so `import steerlab.data` does not pay for importing torch/transformers.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .capture import capture
-from .encoding import EncodedBatch, Prompt, encode, format_prompt
-from .errors import SteerlabError
-from .generate import generate
-from .gguf_io import export_gguf, import_gguf
-from .methods import train_actadd, train_caa, train_pca
-from .models import LoadedModel, load_model
-from .steer import Steering, apply_steering, steer
-from .vector import SteeringVector, VectorMetadata
+_EXPORTS = {
+    "load_model": "models", "LoadedModel": "models",
+    "capture": "capture",
+    "encode": "encoding", "format_prompt": "encoding", "Prompt": "encoding", "EncodedBatch": "encoding",
+    "train_caa": "methods", "train_pca": "methods", "train_actadd": "methods",
+    "SteeringVector": "vector", "VectorMetadata": "vector",
+    "Steering": "steer", "steer": "steer", "apply_steering": "steer",
+    "generate": "generate",
+    "export_gguf": "gguf_io", "import_gguf": "gguf_io",
+    "measure_effect": "effect", "EffectReport": "effect",
+    "SteerlabError": "errors",
+}
 
-__all__ = [
-    "__version__", "load_model", "LoadedModel", "capture", "encode", "format_prompt", "Prompt", "EncodedBatch",
-    "train_caa", "train_pca", "train_actadd", "SteeringVector", "VectorMetadata", "Steering", "steer",
-    "apply_steering", "generate", "export_gguf", "import_gguf", "SteerlabError",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'steerlab' has no attribute '{name}'")
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .capture import capture
+    from .effect import EffectReport, measure_effect
+    from .encoding import EncodedBatch, Prompt, encode, format_prompt
+    from .errors import SteerlabError
+    from .generate import generate
+    from .gguf_io import export_gguf, import_gguf
+    from .methods import train_actadd, train_caa, train_pca
+    from .models import LoadedModel, load_model
+    from .steer import Steering, apply_steering, steer
+    from .vector import SteeringVector, VectorMetadata

@@ -52,7 +52,7 @@ def capture_batch(lm, batch: EncodedBatch, layers: Sequence[int], position: Read
 
         return hook
 
-    handles = [lm.blocks[l].register_forward_hook(make_hook(l)) for l in layers]
+    handles = [lm.blocks[l].register_forward_hook(make_hook(l)) for l in layers]  # after steering hooks: read the steered stream
     batch = batch.to(lm.device)
     try:
         with torch.no_grad():

@@ -242,7 +242,7 @@ def apply_steering(
     terms = [steering] if isinstance(steering, Steering) else list(steering)
     by_layer = build_terms(lm, terms, rows=len(batch) if batch is not None else None)
     state = _ForwardState(batch)
-    handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(a, k), with_kwargs=True)]
+    handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(a, k), with_kwargs=True, prepend=True)]
     try:
         for layer, layer_terms in by_layer.items():
             # prepend: run before hooks registered earlier (e.g. transformers' output_hidden_states
