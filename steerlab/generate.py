@@ -8,7 +8,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .encoding import Prompt, encode
-from .steer import Steering, steer
+from .errors import SteerlabError
+from .steer import Steering, _row_values, steer
+from .vector import SteeringVector
 
 
 def generate(
@@ -29,7 +31,17 @@ def generate(
     Per-row vectors/strengths in `steering` are matched to `prompts` in order (and split across batches).
     Greedy by default, so steered and unsteered outputs differ only by the steering.
     """
+    if len(prompts) == 0:
+        raise SteerlabError("no prompts to generate from")
+    if isinstance(steering, SteeringVector):
+        raise SteerlabError("pass steering as steerlab.Steering(vector, strength), not a bare SteeringVector")
     terms = [] if steering is None else ([steering] if isinstance(steering, Steering) else list(steering))
+    for t in terms:
+        if not isinstance(t, Steering):
+            raise SteerlabError(f"steering terms must be steerlab.Steering, got {type(t).__name__}")
+        # Per-row lists are sliced per batch below; check them against all prompts so none is cut silently.
+        _row_values(t, "vector", len(prompts))
+        _row_values(t, "strength", len(prompts))
     if seed is not None:
         torch.manual_seed(seed)
     out: list[str] = []
