@@ -11,6 +11,8 @@ Names are imported lazily, so `import steerlab.data` does not pay for importing 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -29,6 +31,21 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+
+class _Package(types.ModuleType):
+    """`capture`, `steer` and `generate` name both a function and the submodule defining it. Importing
+    such a submodule makes the import system set the package attribute to the module (for instance
+    `import steerlab.methods` imports `steerlab.capture`), which would shadow the function; keep the
+    function (what the eager `from .capture import capture` used to guarantee)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
