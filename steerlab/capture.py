@@ -104,12 +104,15 @@ def capture(
     if len(prompts) == 0:
         raise SteerlabError("no prompts to capture")
     # Sort by length so batches pad little; restore the order at the end.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].text if isinstance(prompts[i], Prompt) else prompts[i]))
+    def size(p) -> int:  # a non-string is refused by encode() with a clear message
+        return len(p.text) if isinstance(p, Prompt) else len(p) if isinstance(p, str) else 0
+
+    order = sorted(range(len(prompts)), key=lambda i: size(prompts[i]))
     chunks: dict[int, list] = {}
     bar = tqdm(total=len(prompts), desc="capturing activations", disable=not progress, unit="prompt")
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        got = capture_batch(lm, encode(lm, [prompts[i] for i in idx]), layers, position)
+        got = capture_batch(lm, encode(lm, [prompts[i] for i in idx], indices=idx), layers, position)
         for layer, value in got.items():
             chunks.setdefault(layer, []).append(value)
         bar.update(len(idx))

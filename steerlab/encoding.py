@@ -111,12 +111,16 @@ def tokenize_prompts(lm, prompts: Sequence["str | Prompt"]) -> list[tuple[list[i
     return out
 
 
-def check_lengths(lm, lengths: Sequence[int], extra_tokens: int = 0) -> None:
-    """Refuse prompts that do not fit the context window (with `extra_tokens` still to generate)."""
+def check_lengths(lm, lengths: Sequence[int], extra_tokens: int = 0, indices: Sequence[int] | None = None) -> None:
+    """Refuse prompts that do not fit the context window (with `extra_tokens` still to generate).
+
+    `indices` are the prompts' positions in the caller's list, named in the error (default 0, 1, ...).
+    """
     limit = lm.max_context
     if limit is None:
         return
-    for i, n in enumerate(lengths):
+    for k, n in enumerate(lengths):
+        i = indices[k] if indices is not None else k
         if n + extra_tokens > limit:
             more = f" plus {extra_tokens} new tokens" if extra_tokens else ""
             raise PromptTooLongError(f"prompt {i} has {n} tokens{more}, more than the model's context window of {limit}")
@@ -134,15 +138,19 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def encode(lm, prompts: Sequence["str | Prompt"], *, extra_tokens: int = 0) -> EncodedBatch:
-    """Tokenize and left-pad prompts (plain strings are formatted as user messages for `lm`)."""
+def encode(lm, prompts: Sequence["str | Prompt"], *, extra_tokens: int = 0,
+           indices: Sequence[int] | None = None) -> EncodedBatch:
+    """Tokenize and left-pad prompts (plain strings are formatted as user messages for `lm`).
+
+    `indices`: the prompts' positions in the caller's full list (for batched callers), named in errors.
+    """
     if len(prompts) == 0:
         raise SteerlabError("no prompts given")
     rows = tokenize_prompts(lm, prompts)
-    for i, (ids, _, _) in enumerate(rows):
+    for k, (ids, _, _) in enumerate(rows):
         if not ids:
-            raise SteerlabError(f"prompt {i} is empty after tokenization")
-    check_lengths(lm, [len(r[0]) for r in rows], extra_tokens)
+            raise SteerlabError(f"prompt {indices[k] if indices is not None else k} is empty after tokenization")
+    check_lengths(lm, [len(r[0]) for r in rows], extra_tokens, indices)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     ids, mask = pad_left([r[0] for r in rows], pad_id)
     lengths = mask.sum(1)

@@ -49,7 +49,7 @@ def generate(
     bar = tqdm(total=len(prompts), desc="generating", disable=not progress, unit="prompt")
     for s in range(0, len(prompts), batch_size):
         chunk = list(prompts[s:s + batch_size])
-        batch = encode(lm, chunk, extra_tokens=max_new_tokens)
+        batch = encode(lm, chunk, extra_tokens=max_new_tokens, indices=range(s, s + len(chunk)))
         rows = [t.rows(s, s + len(chunk)) for t in terms]
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
         if do_sample:
