@@ -436,8 +436,8 @@ def test_bad_steering_input(tiny_lm, make_tiny, vec_factory):
         apply_steering(wide, Steering(v, 1.0))
     with pytest.raises(SteerlabError, match="no prompts"):
         sl.generate(lm, [], Steering(v, 1.0))
-    with pytest.raises(PromptTooLongError, match="context window of 128"):
-        sl.generate(lm, ["word " * 200], Steering(v, 1.0), max_new_tokens=2)
+    with pytest.raises(PromptTooLongError, match="prompt 2 has .* tokens plus 2 new tokens, .* context window of 128"):
+        sl.generate(lm, ["Hi", "Hi", "word " * 200], Steering(v, 1.0), max_new_tokens=2, batch_size=2)
     with pytest.raises(PromptTooLongError, match="plus 100 new tokens"):  # fits alone, not with the new tokens
         sl.generate(lm, ["Hi"], max_new_tokens=100)
 
