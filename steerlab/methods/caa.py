@@ -8,6 +8,7 @@ import torch
 
 from ..capture import ReadPosition, capture
 from ..data.records import ContrastPair
+from ..errors import SteerlabError
 from ..vector import SteeringVector
 from .common import make_meta, pair_prompts, pairs_hash
 
@@ -15,7 +16,7 @@ from .common import make_meta, pair_prompts, pairs_hash
 def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """Mean of row-wise differences [n, hidden] → [hidden], accumulated in float64."""
     if positive.shape != negative.shape:
-        raise ValueError(f"activation shapes differ: {tuple(positive.shape)} vs {tuple(negative.shape)}")
+        raise SteerlabError(f"activation shapes differ: {tuple(positive.shape)} vs {tuple(negative.shape)}")
     return (positive.double() - negative.double()).mean(0).float()
 
 
