@@ -182,15 +182,17 @@ class SteeringVector:
         return self._combine(other, -1.0)
 
     def __mul__(self, k: float) -> "SteeringVector":
-        if not isinstance(k, (int, float)) or isinstance(k, bool) or not math.isfinite(k):
+        if not isinstance(k, (int, float)) or isinstance(k, bool):
             return NotImplemented
+        if not math.isfinite(k):
+            raise VectorError(f"a vector can only be scaled by a finite number, got {k}")
         return SteeringVector({l: t * float(k) for l, t in self.directions.items()}, self.meta)
 
     __rmul__ = __mul__
 
     def __truediv__(self, k: float) -> "SteeringVector":
-        if not isinstance(k, (int, float)) or k == 0:
-            raise VectorError("a vector can only be divided by a non-zero number")
+        if not isinstance(k, (int, float)) or isinstance(k, bool) or k == 0 or not math.isfinite(k):
+            raise VectorError(f"a vector can only be divided by a finite non-zero number, got {k!r}")
         return self * (1.0 / k)
 
     def __neg__(self) -> "SteeringVector":
