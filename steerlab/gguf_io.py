@@ -88,9 +88,11 @@ def import_gguf(path: str | os.PathLike, *, model_id: str | None = None, n_layer
         meta = VectorMetadata.from_json(raw)
     else:
         hint = _field_str(reader, "controlvector.model_hint") or "unknown"
+        # llama.cpp files do not record the model's depth; unless told, check_compatible must not compare it
         meta = VectorMetadata(model_id=model_id or hint, family=hint, hidden_size=hidden,
                               n_layers=n_layers or max(directions) + 1, method="gguf-import",
-                              layers=tuple(sorted(directions)), template="unknown")
+                              layers=tuple(sorted(directions)), template="unknown",
+                              extra={} if n_layers else {"n_layers_unknown": True})
     if meta.hidden_size != hidden:
         raise VectorError(f"{path}: metadata says hidden size {meta.hidden_size} but directions have {hidden}")
     return SteeringVector(directions, meta)

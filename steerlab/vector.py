@@ -208,7 +208,8 @@ class SteeringVector:
             )
         if max(self.layers) >= lm.n_layers:
             raise VectorError(f"vector has layer {max(self.layers)}, but this model has only {lm.n_layers} layers")
-        if not allow_other_family and (m.family != lm.family or m.n_layers != lm.n_layers):
+        same_depth = m.n_layers == lm.n_layers or bool(m.extra.get("n_layers_unknown"))  # foreign GGUF files
+        if not allow_other_family and (m.family != lm.family or not same_depth):
             raise VectorError(
                 f"vector was made for {m.model_id} ({m.family}, {m.n_layers} layers), not {lm.model_id} "
                 f"({lm.family}, {lm.n_layers} layers); pass allow_other_family=True (--allow-other-model) to use it anyway"
