@@ -19,6 +19,8 @@ Hooks are always removed on exit, exceptions included, so the model is bit-ident
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Iterator, Literal, Sequence
 
@@ -53,7 +55,7 @@ class Steering:
     def rows(self, start: int, stop: int) -> "Steering":
         """This term for batch rows [start, stop) (per-row fields are sliced, shared ones kept)."""
         v = self.vector if isinstance(self.vector, SteeringVector) else list(self.vector)[start:stop]
-        s = self.strength if isinstance(self.strength, (int, float)) else list(self.strength)[start:stop]
+        s = self.strength if _is_scalar(self.strength) else list(self.strength)[start:stop]
         return replace(self, vector=v, strength=s)
 
 
@@ -124,12 +126,25 @@ def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.
     raise SteerlabError(f"unknown position policy '{policy}': choose one of {', '.join(POLICIES)}")
 
 
+def _is_scalar(x) -> bool:
+    """A single strength: a real number (numpy scalars included) or a 0-d tensor."""
+    return isinstance(x, numbers.Real) or (isinstance(x, torch.Tensor) and x.dim() == 0)
+
+
+def _strength(x) -> float:
+    if isinstance(x, (str, bytes, bool)) or not _is_scalar(x) or not math.isfinite(float(x)):
+        raise SteerlabError(f"a steering strength must be a finite number, got {x!r}")
+    return float(x)
+
+
 def _row_values(term: Steering, what: str, rows: int | None):
     value = getattr(term, what)
     if what == "vector" and isinstance(value, SteeringVector):
         return None
-    if what == "strength" and isinstance(value, (int, float)):
+    if what == "strength" and _is_scalar(value):
         return None
+    if what == "strength" and isinstance(value, (str, bytes)):
+        _strength(value)  # raises: a string is not a list of per-row strengths
     value = list(value)
     if rows is not None and len(value) != rows:
         raise SteerlabError(f"per-row {what}s: got {len(value)} for a batch of {rows} rows")
@@ -150,7 +165,7 @@ def build_terms(lm, steering: Sequence[Steering], rows: int | None = None) -> di
         if vectors is not None and strengths is not None and len(vectors) != len(strengths):
             raise SteerlabError(f"{len(vectors)} per-row vectors but {len(strengths)} per-row strengths")
         row_vecs = vectors if vectors is not None else [term.vector] * n
-        row_str = [float(s) for s in strengths] if strengths is not None else [float(term.strength)] * n
+        row_str = [_strength(s) for s in strengths] if strengths is not None else [_strength(term.strength)] * n
         present = [v for v in row_vecs if v is not None]
         if not present:
             continue
