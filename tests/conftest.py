@@ -63,8 +63,16 @@ def build_tiny(tokenizer, *, family: str = "llama", hidden: int = 32, layers: in
 
 @pytest.fixture(scope="session")
 def make_tiny(tokenizer) -> Callable[..., sl.LoadedModel]:
-    """Factory for tiny models (see `build_tiny`)."""
-    return lambda **kw: build_tiny(tokenizer, **kw)
+    """Factory for tiny models (see `build_tiny`); one model per distinct set of arguments."""
+    made: dict = {}
+
+    def make(**kw):
+        key = tuple(sorted(kw.items()))
+        if key not in made:
+            made[key] = build_tiny(tokenizer, **kw)
+        return made[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ Two kinds of reference:
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -300,6 +301,23 @@ def test_per_row_batch_equals_each_row_alone(tiny_lm, vec_factory):
         torch.testing.assert_close(logits[i, -n:], ref[0], atol=1e-5, rtol=1e-5)
 
 
+def test_numpy_and_tensor_strengths(tiny_lm, vec_factory):
+    """Strengths from numpy or torch (sweeps produce them) act exactly like Python floats."""
+    lm = tiny_lm
+    _, batch = _batch(lm)
+    v = vec_factory(lm, [1], seed=12)
+
+    def run(strength):
+        with torch.no_grad(), steer(lm, [Steering(v, strength)], batch=batch):
+            return _logits(lm, batch)
+
+    ref = run(1.5)
+    for s in (np.float32(1.5), np.float64(1.5), torch.tensor(1.5), [1.5, np.float32(1.5), torch.tensor(1.5)],
+              torch.full((3,), 1.5), np.full(3, 1.5)):
+        assert torch.equal(run(s), ref), repr(s)
+    assert not torch.equal(run([1.5, 1.5, 0.0]), ref)
+
+
 def test_output_hidden_states_see_the_steering(tiny_lm, vec_factory):
     """hidden_states[L+1] must be the steered stream even when transformers' own output-capture hooks
     were installed before steering (they are, by any earlier output_hidden_states=True call)."""
@@ -431,6 +449,9 @@ def test_bad_steering_input(tiny_lm, make_tiny, vec_factory):
     with pytest.raises(SteerlabError, match="after_user"):
         with steer(lm, v, 1.0, positions="after_user"):
             _logits(lm, batch)
+    for bad in (float("nan"), float("inf"), "2", [1.0, float("nan"), 1.0]):
+        with pytest.raises(SteerlabError, match="strength must be a finite number"):
+            apply_steering(lm, Steering(v, bad), batch=batch)
     wide = make_tiny(hidden=48)
     with pytest.raises(VectorError, match="hidden size 32"):
         apply_steering(wide, Steering(v, 1.0))
