@@ -256,6 +256,11 @@ def apply_steering(
     """
     terms = [steering] if isinstance(steering, Steering) else list(steering)
     by_layer = build_terms(lm, terms, rows=len(batch) if batch is not None else None)
+    if batch is None and getattr(lm, "use_chat_template", False) and any(
+            t.positional for layer_terms in by_layer.values() for t in layer_terms):
+        # without the batch the user's text would be assumed to start at token 0, inside the template header
+        raise SteerlabError("a per-position (ActAdd) vector is added from the start of the user's text; with a chat "
+                            "template pass batch=steerlab.encode(...) so that start is known")
     state = _ForwardState(batch)
     handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(a, k), with_kwargs=True, prepend=True)]
     try:
