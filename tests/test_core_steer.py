@@ -240,6 +240,63 @@ def test_last_prompt_without_batch_in_generate(tiny_lm, vec_factory):
     assert_exact_steering(rec, 1, expected_deltas(lm, batch, cols, [(1, [v] * 3, [2.0] * 3, "last_prompt")])[1])
 
 
+@pytest.mark.parametrize("policy", ["all", "last_prompt"])
+def test_hand_written_cached_loop_without_mask_or_batch(tiny_lm, vec_factory, policy):
+    """A step-by-step cached loop with no attention mask and no batch: positions come from the cache length."""
+    from transformers import DynamicCache
+
+    lm = tiny_lm
+    batch = sl.encode(lm, [PROMPTS[1]])
+    v = vec_factory(lm, [0, 3], seed=13)
+    handle = apply_steering(lm, Steering(v, -2.5, positions=policy))
+    rec = Recorder(lm, [0, 3], pre=True)
+    try:
+        with torch.no_grad():
+            cache = DynamicCache(config=lm.model.config)
+            out = lm.model(input_ids=batch.input_ids, past_key_values=cache, use_cache=True)
+            for _ in range(3):
+                nxt = out.logits[:, -1:].argmax(-1)
+                out = lm.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    finally:
+        rec.remove()
+        handle.remove()
+    assert [c.shape[1] for c in rec.chunks] == [batch.input_ids.shape[1], 1, 1, 1]
+    cols = rec.ids.shape[1]
+    deltas = expected_deltas(lm, batch, cols, [(0, [v], [-2.5], policy), (3, [v], [-2.5], policy)])
+    for layer in (0, 3):
+        assert_exact_steering(rec, layer, deltas[layer])
+    ref_after, _ = reference_forward(lm, rec.ids, torch.ones(1, cols, dtype=torch.long), deltas)
+    torch.testing.assert_close(rec.post(3), ref_after[3], atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_fed_in_chunks(tiny_lm, vec_factory):
+    """Prefilling a padded batch in two chunks (then one cached step) steers the same absolute positions."""
+    lm = tiny_lm
+    _, batch = _batch(lm)
+    v = vec_factory(lm, [1], seed=14)
+    terms = [Steering(v, 2.0, positions="after_user"), Steering(v, -1.0, positions="last_prompt")]
+    handle = apply_steering(lm, terms, batch=batch)
+    rec = Recorder(lm, [1], pre=True)
+    width = batch.input_ids.shape[1]
+    split = width - 4  # the second chunk holds the prefix of row 2 and every row's last prompt token
+    try:
+        with torch.no_grad():
+            ids, mask = batch.input_ids, batch.attention_mask
+            pos = (mask.cumsum(1) - 1).clamp_min(0)
+            out = lm.model(input_ids=ids[:, :split], attention_mask=mask[:, :split], position_ids=pos[:, :split])
+            out = lm.model(input_ids=ids[:, split:], attention_mask=mask, position_ids=pos[:, split:],
+                           past_key_values=out.past_key_values)
+            nxt = out.logits[:, -1:].argmax(-1)
+            lm.model(input_ids=nxt, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1),
+                     position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values)
+    finally:
+        rec.remove()
+        handle.remove()
+    deltas = expected_deltas(lm, batch, width + 1, [(1, [v] * 3, [2.0] * 3, "after_user"),
+                                                     (1, [v] * 3, [-1.0] * 3, "last_prompt")])
+    assert_exact_steering(rec, 1, deltas[1])
+
+
 def test_steerlab_generate_per_row_and_several_terms_match_reference(tiny_lm, vec_factory):
     """steerlab.generate: per-row vectors and strengths (one row unsteered), several terms and layers at
     once, padded batch, KV cache — equals a full forward with the hand-placed deltas, token for token."""
@@ -446,6 +503,9 @@ def test_bad_steering_input(tiny_lm, make_tiny, vec_factory):
         sl.generate(lm, PROMPTS, Steering(v, [1.0] * 4), max_new_tokens=1, batch_size=2)
     with pytest.raises(SteerlabError, match="Steering\\(vector, strength\\)"):
         sl.generate(lm, PROMPTS, v, max_new_tokens=1)
+    actadd = sl.train_actadd(lm, "Love", "Hate", layers=[1])
+    with pytest.raises(SteerlabError, match="per-position \\(ActAdd\\).*batch="):
+        apply_steering(lm, Steering(actadd, 1.0))
     with pytest.raises(SteerlabError, match="after_user"):
         with steer(lm, v, 1.0, positions="after_user"):
             _logits(lm, batch)
