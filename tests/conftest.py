@@ -18,7 +18,7 @@ import steerlab as sl
 from steerlab.layers import find_decoder_blocks
 from steerlab.vector import VectorMetadata
 
-_TINY_MODELS: list[sl.LoadedModel] = []
+_GUARDED_MODELS: list[sl.LoadedModel] = []
 
 
 def pytest_configure(config):
@@ -31,7 +31,7 @@ def pytest_configure(config):
 def real_lm() -> sl.LoadedModel:
     """The embedded SmolLM2-135M-Instruct (loaded from the steerlab cache)."""
     lm = sl.load_model()
-    _TINY_MODELS.append(lm)  # also guarded against leaked hooks
+    _GUARDED_MODELS.append(lm)
     return lm
 
 
@@ -57,7 +57,7 @@ def build_tiny(tokenizer, *, family: str = "llama", hidden: int = 32, layers: in
     # No EOS: greedy generation always runs the full max_new_tokens, so step counts are known.
     model.generation_config.eos_token_id = None
     lm = sl.LoadedModel(model, tokenizer, f"tiny-{family}-{hidden}", find_decoder_blocks(model), True)
-    _TINY_MODELS.append(lm)
+    _GUARDED_MODELS.append(lm)
     return lm
 
 
@@ -122,7 +122,7 @@ def _hooks_left(lm) -> list[str]:
 def no_leaked_hooks():
     """Every test must leave every model it touched without hooks (steering always cleans up)."""
     yield
-    for lm in _TINY_MODELS:
+    for lm in _GUARDED_MODELS:
         left = _hooks_left(lm)
         for _, mod in lm.model.named_modules():  # do not let one leak cascade into later tests
             for hooks in (mod._forward_hooks, mod._forward_pre_hooks):

@@ -188,12 +188,14 @@ def test_policy_positions_full_forward(tiny_lm, vec_factory, policy):
 
 @pytest.mark.parametrize("policy", ["all", "after_user", "last_prompt"])
 def test_policy_positions_in_cached_generate(tiny_lm, vec_factory, policy):
-    """Inside transformers' generate() with a KV cache: steps are one token long, positions absolute."""
+    """Inside transformers' generate() with a KV cache: steps are one token long, positions absolute.
+    Per-row vectors and strengths; the middle row is not steered at all."""
     lm = tiny_lm
     _, batch = _batch(lm)
-    v = vec_factory(lm, [2], seed=2)
+    v, w = vec_factory(lm, [2], seed=2), vec_factory(lm, [2], seed=22)
+    vecs, strengths = [v, None, w], [4.0, 7.0, -2.0]
     new = 5
-    handle = apply_steering(lm, Steering(v, 4.0, positions=policy), batch=batch)
+    handle = apply_steering(lm, Steering(vecs, strengths, positions=policy), batch=batch)
     rec = Recorder(lm, [2], pre=True)
     try:
         with torch.no_grad():
@@ -207,9 +209,10 @@ def test_policy_positions_in_cached_generate(tiny_lm, vec_factory, policy):
     assert [c.shape[1] for c in rec.chunks] == [width] + [1] * (new - 1)
     assert torch.equal(rec.ids, out[:, :-1])
     cols = width + new - 1
-    delta = expected_deltas(lm, batch, cols, [(2, [v] * 3, [4.0] * 3, policy)])[2]
-    if policy == "after_user":  # every generated token of every row is steered
-        assert (delta[:, width:] != 0).all()
+    delta = expected_deltas(lm, batch, cols, [(2, vecs, strengths, policy)])[2]
+    assert not delta[1].any()
+    if policy == "after_user":  # every generated token of every steered row is steered
+        assert (delta[[0, 2], width:] != 0).all()
     assert_exact_steering(rec, 2, delta)
 
     # The cached, steered run equals one full forward over the final ids with the hand-placed deltas.
