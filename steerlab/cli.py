@@ -325,6 +325,12 @@ def demo(
     _run(body)
 
 
+# Commands of the analysis areas live in their own modules, each with `register(app)`.
+_EXTENSIONS: tuple[str, ...] = ()
+for _name in _EXTENSIONS:
+    __import__(f"{__package__}.{_name}", fromlist=["register"]).register(app)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 
