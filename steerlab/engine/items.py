@@ -16,6 +16,7 @@ the naive reference (`score_naive`) runs exactly those ids.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -65,7 +66,10 @@ def _check_term(term: Steering) -> Steering:
         raise SteerlabError(f"a Setting holds steerlab.Steering terms, got {type(term).__name__}")
     if not isinstance(term.vector, SteeringVector):
         raise SteerlabError("a Setting's Steering terms take one SteeringVector (per-row vectors are the engine's business)")
-    if isinstance(term.strength, bool) or not isinstance(term.strength, (int, float)) or not math.isfinite(term.strength):
+    strength = term.strength
+    if hasattr(strength, "dim") and strength.dim() == 0:  # a 0-d tensor
+        strength = float(strength)
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(float(strength)):
         raise SteerlabError(f"a Setting's strength must be a finite number, got {term.strength!r}")
     if term.positions not in POLICIES:
         raise SteerlabError(f"unknown position policy '{term.positions}': choose one of {', '.join(POLICIES)}")
@@ -75,7 +79,7 @@ def _check_term(term: Steering) -> Steering:
         missing = [l for l in layers if l not in term.vector.directions]
         if missing:
             raise SteerlabError(f"the vector has no direction for layer(s) {missing} (it has {list(term.vector.layers)})")
-    return replace(term, strength=float(term.strength), layers=layers)
+    return replace(term, strength=float(strength), layers=layers)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ..capture import position_ids_for
 from ..encoding import EncodedBatch, pad_left
 from ..steer import steer
 from .items import ScoringItem, Setting, tokenize_items
-from .scoring import _check_inputs
+from .scoring import _check_inputs, _logits_kwargs
 from .table import ScoreTable
 
 
@@ -49,11 +49,14 @@ def score_naive(
                                  torch.tensor([tokenized[i].user_start for i, _ in chunk]),
                                  torch.tensor([tokenized[i].assistant_start for i, _ in chunk]))
             ctx = steer(lm, list(setting.steering), batch=batch) if setting.steering else contextlib.nullcontext()
+            # left padding right-aligns the candidates: the last (longest + 1) columns hold every logit needed
+            keep = 1 + max(len(tokenized[i].candidate_ids[j]) for i, j in chunk)
             with ctx, torch.no_grad():
                 logits = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  position_ids=position_ids_for(mask).to(device), use_cache=False).logits
+                                  position_ids=position_ids_for(mask).to(device), use_cache=False,
+                                  **_logits_kwargs(lm, keep)).logits
             lp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            width = ids.shape[1]
+            width = lp.shape[1]  # columns returned (all of them if the model ignores logits_to_keep)
             for r, (i, j) in enumerate(chunk):
                 cand = tokenized[i].candidate_ids[j]
                 start = width - len(cand)  # column of the candidate's first token

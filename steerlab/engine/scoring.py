@@ -39,6 +39,7 @@ whole prompt for every setting, still batching settings; `ScoreTable.info["reuse
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Sequence
@@ -199,11 +200,16 @@ class _Recorder:
         self._handles.clear()
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def _logits_kwargs(lm, keep: int | None) -> dict:
-    if keep is None:
+    """`logits_to_keep=keep` when the model supports it (the lm head then runs on the last `keep` columns only)."""
+    if keep is None or not _takes_logits_to_keep(type(lm.model)):
         return {}
-    params = inspect.signature(lm.model.forward).parameters
-    return {"logits_to_keep": keep} if "logits_to_keep" in params else {}
+    return {"logits_to_keep": keep}
 
 
 def _forward(lm, **kwargs):
