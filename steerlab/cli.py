@@ -317,16 +317,24 @@ def demo(
         rep = measure_effect(lm, vec, held, strengths=[-strength, strength], positions="after_user")
         _print_effect(rep)
         prompts = [p.prompt for p in held[:4]]
-        steering = Steering(vec, strength, positions="after_user")
-        plain = gen(lm, prompts, None, max_new_tokens=max_new_tokens)
-        steered = gen(lm, prompts, steering, max_new_tokens=max_new_tokens)
-        _print_comparison(prompts, plain, steered, f"steered (layer {layer}, x{strength:g})")
+        # One batch, three rows per prompt: unsteered, +strength, -strength (per-row steering).
+        rows = [p for p in prompts for _ in range(3)]
+        strengths = [0.0, strength, -strength] * len(prompts)
+        outs = gen(lm, rows, Steering([vec] * len(rows), strengths, positions="after_user"),
+                   max_new_tokens=max_new_tokens, batch_size=len(rows))
+        table = Table(show_lines=True, title=f"greedy generations, vector at layer {layer}")
+        table.add_column("prompt", style="bold", ratio=1)
+        for head in ("unsteered", f"cheerful (x{strength:+g})", f"gloomy (x{-strength:+g})"):
+            table.add_column(head, ratio=2)
+        for i, p in enumerate(prompts):
+            table.add_row(p, *(o.strip() for o in outs[3 * i:3 * i + 3]))
+        console.print(table)
 
     _run(body)
 
 
 # Commands of the analysis areas live in their own modules, each with `register(app)`.
-_EXTENSIONS: tuple[str, ...] = ()
+_EXTENSIONS: tuple[str, ...] = ("cli_cae",)
 for _name in _EXTENSIONS:
     __import__(f"{__package__}.{_name}", fromlist=["register"]).register(app)
 
