@@ -89,9 +89,8 @@ def _load_training_pairs(data: str):
         raise DatasetError(f"dataset file not found: {path}")
     from .data.io import read_records
 
-    first = next(iter(read_records(path)), None)
-    record = getattr(first, "record", first)
-    if isinstance(record, dict) and "answer_matching_behavior" in record:
+    fields = read_records(path)[0].data  # validates the file (empty, malformed JSON with its line)
+    if "answer_matching_behavior" in fields:
         from .data.mwe import load_mwe
 
         return [item.to_pair() for item in load_mwe(path)]
