@@ -30,6 +30,8 @@ DEMO_DATA = "demo"
 DEMO_TRAIN = 40  # the demo file's last 8 pairs are held apart for measuring the effect
 DEMO_LAYER = 9
 DEMO_STRENGTH = 6.0
+DEFAULT_STRENGTH = 4.0  # `generate --vector` without --strength, for vectors that record none
+DEFAULT_POSITIONS = "after_user"
 
 
 def _fail(msg: str) -> None:
@@ -160,9 +162,9 @@ def _load_vector(path: Path, lm, allow_other_model: bool):
 def generate(
     prompt: List[str] = typer.Argument(..., help="One or more prompts (user messages)."),
     vector: Optional[Path] = typer.Option(None, "--vector", "-v", help="Vector file (.safetensors or .gguf)."),
-    strength: float = typer.Option(4.0, "--strength", "-s", help="Multiplier alpha in h <- h + alpha * v."),
+    strength: Optional[float] = typer.Option(None, "--strength", "-s", help="Multiplier alpha in h <- h + alpha * v (default: the vector's chosen strength, else 4)."),
     layers: Optional[str] = typer.Option(None, help="Apply only these layers of the vector."),
-    positions: str = typer.Option("after_user", help="all, after_user (CAA) or last_prompt (PAS)."),
+    positions: Optional[str] = typer.Option(None, help="all, after_user (CAA) or last_prompt (PAS) (default: the vector's, else after_user)."),
     max_new_tokens: int = typer.Option(48, help="Tokens to generate."),
     compare: bool = typer.Option(False, "--compare", help="Print unsteered and steered outputs side by side."),
     allow_other_model: bool = typer.Option(False, help="Use a vector made for another model family."),
@@ -180,13 +182,15 @@ def generate(
             vec = _load_vector(vector, lm, allow_other_model)
             # A vector trained by `steerlab pas` carries its chosen layer/strength/positions.
             chosen = parse_layers(layers, lm.n_layers) or vec.meta.extra.get("selected_layers")
-            steering = Steering(vec, strength, chosen, positions)
+            alpha = strength if strength is not None else float(vec.meta.extra.get("strength", DEFAULT_STRENGTH))
+            where = positions or vec.meta.extra.get("positions", DEFAULT_POSITIONS)
+            steering = Steering(vec, alpha, chosen, where)
         elif compare:
             raise SteerlabError("--compare needs --vector")
         steered = gen(lm, prompt, steering, max_new_tokens=max_new_tokens, progress=len(prompt) > 4)
         if compare:
             plain = gen(lm, prompt, None, max_new_tokens=max_new_tokens)
-            _print_comparison(prompt, plain, steered, f"steered (x{strength:g})")
+            _print_comparison(prompt, plain, steered, f"steered (x{steering.strength:g})")
         else:
             for p, out in zip(prompt, steered):
                 console.print(f"[bold]{p}[/]\n{out}\n", highlight=False)
@@ -333,7 +337,7 @@ def demo(
 
 
 # Commands of the analysis areas live in their own modules, each with `register(app)`.
-_EXTENSIONS: tuple[str, ...] = ("cli_cae",)
+_EXTENSIONS: tuple[str, ...] = ("cli_cae", "cli_pas")
 for _name in _EXTENSIONS:
     __import__(f"{__package__}.{_name}", fromlist=["register"]).register(app)
 

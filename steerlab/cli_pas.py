@@ -1,0 +1,200 @@
+"""`steerlab pas`, `steerlab pas-sft`, `steerlab pas-transfer`: Painless Activation Steering from the shell.
+
+Registered on the main app through `cli._EXTENSIONS`; thin over `steerlab.analysis.pas`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli import _load_model, _run, console, parse_layers
+from .errors import OutputExistsError, SteerlabError
+
+
+def _methods(spec: List[str]) -> list[str]:
+    from .methods.pas import PAS_METHODS, normalize_method
+
+    out: list[str] = []
+    for part in spec:
+        for m in part.split(","):
+            m = m.strip()
+            if not m:
+                continue
+            out.extend(PAS_METHODS if m.lower() == "all" else [normalize_method(m)])
+    if not out:
+        raise SteerlabError("no --method given")
+    return list(dict.fromkeys(out))
+
+
+def _strengths(spec: Optional[str], signs: str) -> Optional[list[float]]:
+    from .analysis.pas import default_strengths
+
+    if spec is None:
+        return default_strengths(signs)
+    try:
+        vals = [float(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise SteerlabError(f"cannot read strengths '{spec}': use e.g. 1,4,8") from None
+    if not vals:
+        raise SteerlabError("--strengths is empty")
+    if signs == "both":
+        vals = sorted({*vals, *(-v for v in vals)})
+    elif signs != "positive":
+        raise SteerlabError(f"--signs must be both or positive, got {signs!r}")
+    return vals
+
+
+def _items(data: str, limit: Optional[int]):
+    from .data import load_task
+
+    items = load_task(data)
+    return items[:limit] if limit is not None else items
+
+
+def _check_out(out: Path, force: bool, names: list[str]) -> None:
+    if force:
+        return
+    for n in names:
+        if (out / n).exists():
+            raise OutputExistsError(f"{out / n} already exists; pass --force to overwrite it")
+
+
+def _vector_names(methods: list[str]) -> dict[str, str]:
+    return {m: ("vector.safetensors" if i == 0 else f"vector_{m}.safetensors") for i, m in enumerate(methods)}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the PAS commands to `app`."""
+
+    @app.command()
+    def pas(
+        data: str = typer.Option(..., "--data", "-d", help="A task name (e.g. bbq-nationality, truthfulqa-mc1) or a data file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output directory (vector, results.json, CSVs, plots)."),
+        method: List[str] = typer.Option(["ipas-wo"], "--method", help="pasf, ipas-a, ipas-wo, a comma list, or all."),
+        seeds: int = typer.Option(5, help="Number of seeds (0..N-1); each reshuffles splits and choice orders."),
+        cap: int = typer.Option(4000, help="Use at most this many items (after shuffling)."),
+        limit: Optional[int] = typer.Option(None, help="Read only the first N items of the data."),
+        layers: Optional[str] = typer.Option(None, help="Layer grid, e.g. 8-16 or 8,10,12 (default: the paper's, scaled)."),
+        strengths: Optional[str] = typer.Option(None, help="Strength grid, e.g. 1,4,8 (default: the paper's)."),
+        signs: str = typer.Option("both", help="both: also try each strength negated; positive: as given."),
+        icl: int = typer.Option(0, "--icl", help="Prefix K in-context exemplars (wrongly answered training items)."),
+        chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template",
+                                                     help="Wrap prompts in the chat template (default: as the model)."),
+        choice_shuffle: str = typer.Option("independent", help="independent (default) or per-size (the reference code's fault; demonstration only)."),
+        batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+        plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: embedded SmolLM2-135M-Instruct)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+    ) -> None:
+        """Painless Activation Steering: vectors from a labelled multiple-choice dataset, layer and strength
+        chosen on validation, Delta on test over seeds, with the letter-bias control."""
+
+        def body():
+            methods = _methods(method)
+            names = _vector_names(methods)
+            _check_out(out, force, ["results.json", *names.values()])
+            items = _items(data, limit)
+            lm = _load_model(model)
+            from .analysis.pas import run_pas
+
+            res = run_pas(lm, items, methods, seeds=seeds, cap=cap, layers=parse_layers(layers, lm.n_layers),
+                          strengths=_strengths(strengths, signs), chat_template=chat_template,
+                          choice_shuffle=choice_shuffle, icl_k=icl, dataset=data if not Path(data).is_file() else "",
+                          batch_size=batch_size, log=lambda s: console.print(s, highlight=False))
+            written = res.save(out, plots=plots, force=force)
+            for m, fname in names.items():
+                try:
+                    vec = res.vector(m)
+                except SteerlabError as e:
+                    console.print(f"[yellow]no {m} vector:[/] {e}", highlight=False)
+                    continue
+                vec.save(out / fname, force=force)
+                e = vec.meta.extra
+                console.print(f"wrote {out / fname}: {m} layer {e['selected_layers'][0]} strength {e['strength']:g} "
+                              f"positions {e['positions']} (seed {e['seed']})", highlight=False)
+            console.print(res.summary_table(), highlight=False)
+            console.print(f"results: {', '.join(written.values())}", highlight=False)
+
+        _run(body)
+
+    @app.command("pas-transfer")
+    def pas_transfer(
+        vector: Path = typer.Argument(..., help="A vector written by `steerlab pas`."),
+        data: str = typer.Option(..., "--data", "-d", help="The task or file to evaluate on (e.g. openbookqa)."),
+        cap: int = typer.Option(400, help="Evaluate at most this many items."),
+        seeds: int = typer.Option(1, help="Seeds (each draws items and choice orders)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as JSON here."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: embedded)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
+    ) -> None:
+        """Forgetting check: a PAS vector chosen on one task, applied unchanged to another, vs unsteered."""
+
+        def body():
+            if out is not None and out.exists() and not force:
+                raise OutputExistsError(f"{out} already exists; pass --force to overwrite it")
+            items = _items(data, None)
+            lm = _load_model(model)
+            from .analysis.pas import evaluate_transfer
+            from .analysis.pas_stats import summarize
+            from .vector import SteeringVector
+
+            vec = SteeringVector.load(vector)
+            vec.check_compatible(lm)
+            res = [evaluate_transfer(lm, vec, items, seed=s, cap=cap, dataset=data) for s in range(seeds)]
+            for r in res:
+                console.print(f"{r.dataset}: {r.n_items} items, L{r.layer}@{r.strength:+g}: unsteered "
+                              f"{100 * r.unsteered:.1f}% steered {100 * r.steered:.1f}% Delta {100 * r.delta:+.1f}pp "
+                              f"(balanced {100 * r.letter_bias.balanced_delta:+.1f}pp)", highlight=False)
+            s = summarize([r.delta for r in res])
+            console.print(f"Delta over {len(res)} seed(s): {s.format()} pp", highlight=False)
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                from .analysis.pas_report import _clean
+
+                out.write_text(json.dumps(_clean({"vector": str(vector), "runs": [r.to_dict() for r in res],
+                                                  "delta": s.to_dict()}), indent=1))
+                console.print(f"wrote {out}")
+
+        _run(body)
+
+    @app.command("pas-sft")
+    def pas_sft(
+        data: str = typer.Option(..., "--data", "-d", help="Task name or data file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output directory (results.json)."),
+        method: str = typer.Option("ipas-wo", help="PAS variant."),
+        seeds: int = typer.Option(1, help="Seeds."),
+        cap: int = typer.Option(4000, help="Use at most this many items."),
+        steps: int = typer.Option(100, help="LoRA optimiser steps."),
+        rank: int = typer.Option(8, help="LoRA rank."),
+        lr: float = typer.Option(5e-4, help="Learning rate."),
+        batch_size: int = typer.Option(8, help="Training batch size."),
+        layers: Optional[str] = typer.Option(None, help="Layer grid (default: the paper's, scaled)."),
+        strengths: Optional[str] = typer.Option(None, help="Strength grid (default: the paper's, both signs)."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: embedded)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+    ) -> None:
+        """PAS on a LoRA fine-tuned model vs the tuned model alone vs the base model with PAS."""
+
+        def body():
+            _check_out(out, force, ["results.json"])
+            items = _items(data, None)
+            lm = _load_model(model)
+            from .analysis.pas_sft import SFTConfig, run_sft_comparison
+
+            res = run_sft_comparison(lm, items, method, seeds=seeds, cap=cap,
+                                     sft=SFTConfig(steps=steps, rank=rank, lr=lr, batch_size=batch_size),
+                                     layers=parse_layers(layers, lm.n_layers), strengths=_strengths(strengths, "both"),
+                                     dataset=data if not Path(data).is_file() else "",
+                                     log=lambda s: console.print(s, highlight=False))
+            out.mkdir(parents=True, exist_ok=True)
+            from .analysis.pas_report import _clean
+
+            (out / "results.json").write_text(json.dumps(_clean(res.to_dict()), indent=1))
+            console.print(res.summary_table(), highlight=False)
+            console.print(f"wrote {out / 'results.json'}")
+
+        _run(body)
