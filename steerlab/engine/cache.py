@@ -100,7 +100,7 @@ def select_rows(cache: Cache, index: torch.Tensor) -> Cache:
     any other cache type is deep-copied and narrowed with its own `batch_select_indices`.
     """
     layers = getattr(cache, "layers", None)
-    if layers is not None and all(type(l) in (DynamicLayer, LengthOnlyLayer) for l in layers):
+    if layers is not None and all(type(l) in (DynamicLayer, PreallocLayer, LengthOnlyLayer) for l in layers):
         out = []
         for layer in layers:
             if isinstance(layer, LengthOnlyLayer):
@@ -114,24 +114,82 @@ def select_rows(cache: Cache, index: torch.Tensor) -> Cache:
     return fresh
 
 
-def prefix_cache(base: DynamicCache, columns: int, repeats: int, skip_below: int) -> DynamicCache:
+class PreallocLayer(DynamicLayer):
+    """A DynamicLayer that appends into a preallocated buffer instead of concatenating.
+
+    The prompt prefix is copied into the buffer once (broadcast over settings); the steered
+    tokens are then written in place, so each row's prefix is copied once, not twice (a plain
+    DynamicLayer would copy it again in `torch.cat`). Grows by concatenation if it ever overflows.
+    """
+
+    def __init__(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, filled: int):
+        super().__init__()
+        self.lazy_initialization(key_buffer, value_buffer)
+        self._kb, self._vb = key_buffer, value_buffer
+        self._filled = int(filled)
+        self.keys, self.values = key_buffer[:, :, :filled], value_buffer[:, :, :filled]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        end = self._filled + n
+        if end > self._kb.shape[-2]:  # not expected: fall back to growing
+            self._kb = torch.cat([self._kb[:, :, : self._filled], key_states], dim=-2)
+            self._vb = torch.cat([self._vb[:, :, : self._filled], value_states], dim=-2)
+        else:
+            self._kb[:, :, self._filled:end] = key_states
+            self._vb[:, :, self._filled:end] = value_states
+        self._filled = end
+        self.keys, self.values = self._kb[:, :, :end], self._vb[:, :, :end]
+        return self.keys, self.values
+
+
+class BufferPool:
+    """Scratch memory reused by successive chunks' caches.
+
+    A chunk's cache is hundreds of MB that live only until the next chunk; allocating it afresh
+    each time costs more in page faults than the copy itself. Buffers are handed out by key and
+    overwritten by the next chunk, so a cache built from the pool must be dropped before the next
+    one is built (the engine builds and uses them strictly one after the other).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict = {}
+
+    def take(self, key, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = like.new_empty(n)
+            self._buffers[key] = buf
+        return buf[:n].view(shape)
+
+
+def prefix_cache(base: DynamicCache, columns: int, repeats: int, skip_below: int, room: int = 0,
+                 pool: BufferPool | None = None) -> DynamicCache:
     """The first `columns` cached positions of a plain base cache, tiled `repeats` times over rows.
 
     Row r of the result is row r % B of `base` (rows ordered setting-major: (setting, item)).
-    Layers below `skip_below` become LengthOnlyLayers (their blocks will be skipped).
+    Layers below `skip_below` become LengthOnlyLayers (their blocks will be skipped); the others
+    are PreallocLayers with `room` free positions for the tokens about to be fed, in buffers from
+    `pool` when given.
     """
     out = []
     for l, layer in enumerate(base.layers):
         if l < skip_below:
             out.append(LengthOnlyLayer(columns))
-        else:
-            k = layer.keys[:, :, :columns]
-            v = layer.values[:, :, :columns]
-            if repeats > 1:
-                k, v = k.repeat(repeats, 1, 1, 1), v.repeat(repeats, 1, 1, 1)
-            else:
-                k, v = k.contiguous(), v.contiguous()
-            out.append(filled_layer(k, v))
+            continue
+        bufs = []
+        for name, src in (("k", layer.keys), ("v", layer.values)):
+            b, h, _, d = src.shape
+            shape = (repeats * b, h, columns + room, d)
+            buf = pool.take((l, name), shape, src) if pool is not None else src.new_empty(shape)
+            tiles = buf.view(repeats, b, h, columns + room, d)
+            for r in range(repeats):  # one plain copy per tile: faster than a stride-0 broadcast copy
+                tiles[r, :, :, :columns] = src[:, :, :columns]
+            bufs.append(buf)
+        out.append(PreallocLayer(bufs[0], bufs[1], columns))
     return cache_of(out)
 
 

@@ -53,7 +53,7 @@ from ..errors import SteerlabError
 from ..layers import block_hidden
 from ..steer import Steering, apply_steering
 from ..vector import SteeringVector
-from .cache import is_plain, prefix_cache, select_rows, skip_blocks
+from .cache import BufferPool, is_plain, prefix_cache, select_rows, skip_blocks
 from .items import ScoringItem, Setting, TokenizedItem, tokenize_items
 from .table import ScoreTable
 
@@ -349,9 +349,10 @@ def score(
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     bar = tqdm(total=len(batches), desc="scoring", unit="batch", disable=not progress)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pool = BufferPool()
     for idx in batches:
         _score_batch(lm, [tokenized[i] for i in idx], torch.tensor(idx), settings, steered, result, info,
-                     max_rows=max_rows, reuse=reuse, skip=skip_lower_layers, pad_id=pad_id)
+                     max_rows=max_rows, reuse=reuse, skip=skip_lower_layers, pad_id=pad_id, pool=pool)
         bar.update(1)
     bar.close()
     return ScoreTable(result, settings, items, info)
@@ -359,7 +360,7 @@ def score(
 
 def _score_batch(lm, items: list[TokenizedItem], global_idx: torch.Tensor, settings: list[Setting],
                  steered: list[_Plan], result: torch.Tensor, info: dict, *, max_rows: int, reuse: bool,
-                 skip: bool, pad_id: int) -> None:
+                 skip: bool, pad_id: int, pool: BufferPool) -> None:
     device = lm.device
     batch = _make_batch(lm, items)
     B, W = len(items), batch.width
@@ -421,13 +422,13 @@ def _score_batch(lm, items: list[TokenizedItem], global_idx: torch.Tensor, setti
             chunk = plans[c0:c0 + per_chunk]
             _run_chunk(lm, batch, chunk, S, low, use_skip, base_cache if (reuse and plain) else None,
                        rec.out.get(low - 1), cont_hidden.get(low - 1), conts, global_idx, result, info,
-                       max_rows=max_rows)
+                       max_rows=max_rows, pool=pool)
 
 
 def _run_chunk(lm, batch: _Batch, chunk: list[_Plan], S: int, low: int, use_skip: bool, base_cache,
                prompt_hidden: torch.Tensor | None, cont_hidden: torch.Tensor | None,
                conts: _Continuations | None, global_idx: torch.Tensor, result: torch.Tensor, info: dict, *,
-               max_rows: int) -> None:
+               max_rows: int, pool: BufferPool) -> None:
     """Steered prompt suffix (3) and continuations (4) for a chunk of settings sharing (S, low)."""
     device = lm.device
     enc = batch.enc
@@ -438,7 +439,7 @@ def _run_chunk(lm, batch: _Batch, chunk: list[_Plan], S: int, low: int, use_skip
     P = W - S
     skip_below = low if use_skip else 0
     if base_cache is not None:
-        cache = prefix_cache(base_cache, P, k, skip_below)
+        cache = prefix_cache(base_cache, P, k, skip_below, room=S, pool=pool)
     else:
         from transformers.cache_utils import DynamicCache
 
