@@ -1,0 +1,442 @@
+"""EPO attacks on steered behaviours (the CAE paper's adversarial-input experiment), end to end.
+
+`attack_behaviour` trains (or loads) a CAA vector for an MWE behaviour, checks which sign of the
+strength raises p(matching answer) on training items (on small models some vectors act against
+their trained sign), runs EPO against the steered model to raise log p(not-matching answer) on a
+small batch of training items, and evaluates the frontier on held-apart items:
+
+* behaviour score p(match) / (p(A) + p(B)) (mean over items) on natural prompts, unsteered and
+  steered (scoring engine);
+* the same, steered, with each evaluated frontier sequence inserted (as token ids, exactly as
+  optimised; and, for the strongest points, inserted as text and re-tokenized, via the engine);
+* cross-entropy references: natural text of the same length in the same slot (the EPO metric) and
+  the model's per-token cross-entropy of the natural question text.
+
+`attack_string` raises the log-probability of any target string after a given prompt.
+`python -m steerlab.analysis.epo --help` runs either from the command line (`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..data.mwe import load_mwe, split_items
+from ..data.records import BehaviourItem
+from ..data.tasks import resolve_behaviour
+from ..encoding import format_prompt
+from ..engine import ScoringItem, Setting, caa_vectors, score
+from ..errors import OutputExistsError, SteerlabError
+from ..steer import POLICIES, Steering
+from ..vector import SteeringVector
+from .epo import RESULT_FILE, EPOConfig, EPOResult, ProgressFn, check_epo_inputs, run_epo
+from .epo_objective import EPOObjective, behaviour_targets, insert_text, string_target
+
+
+@dataclass(frozen=True)
+class SignCheck:
+    """Behaviour score p(match) on training items: unsteered, at +strength and at -strength."""
+
+    unsteered: float
+    plus: float
+    minus: float
+    strength: float
+    n_items: int
+
+    @property
+    def chosen(self) -> float:
+        """The signed strength that raises p(match) more (ties: the trained sign)."""
+        return self.strength if self.plus >= self.minus else -self.strength
+
+    @property
+    def as_trained(self) -> bool:
+        return self.plus >= self.minus
+
+
+def behaviour_scores(lm, items: Sequence[BehaviourItem], settings: Sequence[Setting], *,
+                     user_texts: Sequence[str] | None = None) -> torch.Tensor:
+    """[settings, items] p(match) / (p(A) + p(B)) via the scoring engine (prompt: question + "(")."""
+    texts = list(user_texts) if user_texts is not None else [it.question for it in items]
+    sitems = [ScoringItem(format_prompt(lm, q, "(" if it.kind == "ab" else ""), (it.matching, it.not_matching), target=0)
+              for q, it in zip(texts, items)]
+    return score(lm, sitems, list(settings)).target_probs()
+
+
+def check_sign(lm, vector: SteeringVector, layer: int, strength: float, positions: str,
+               items: Sequence[BehaviourItem]) -> SignCheck:
+    """Measure p(match) at ±|strength| on `items` (engine) to pick the sign that steers toward the behaviour."""
+    s = abs(float(strength))
+    settings = [Setting.unsteered(), Setting.single(vector, layer, s, positions), Setting.single(vector, layer, -s, positions)]
+    p = behaviour_scores(lm, items, settings).mean(1).tolist()
+    return SignCheck(p[0], p[1], p[2], s, len(items))
+
+
+def _check_args(lm, layer: int, strength: float, positions: str, n_train: int, n_attack: int, n_test: int,
+                eval_points: int, text_eval_points: int) -> None:
+    lm.blocks.check_layer(layer)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) or strength == 0:
+        raise SteerlabError(f"the steering strength must be a finite non-zero number, got {strength!r}")
+    if positions not in POLICIES:
+        raise SteerlabError(f"unknown position policy {positions!r}: choose one of {', '.join(POLICIES)}")
+    if n_attack < 1:
+        raise SteerlabError(f"the attack needs at least one target item (n_attack={n_attack}): the target is empty")
+    if n_train < n_attack:
+        raise SteerlabError(f"the attack items are drawn from the training items: n_train ({n_train}) < n_attack ({n_attack})")
+    if n_test < 1:
+        raise SteerlabError(f"n_test must be positive, got {n_test}")
+    if eval_points < 1 or text_eval_points < 0:
+        raise SteerlabError("eval_points must be >= 1 and text_eval_points >= 0")
+
+
+def _spread(points: list, k: int) -> list[int]:
+    """Indices of up to k points spread evenly along the frontier (both ends included)."""
+    n = len(points)
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
+
+
+def natural_snippets(targets, seq_len: int, count: int) -> torch.Tensor:
+    """`count` natural token windows of `seq_len` ids: the first tokens of the user text of items."""
+    out = []
+    for it in targets:
+        user = list(it.head_ids[it.user_start:])
+        if len(user) >= seq_len:
+            out.append(user[:seq_len])
+        if len(out) == count:
+            break
+    return torch.tensor(out, dtype=torch.long).reshape(-1, seq_len)
+
+
+def question_xent(lm, items: Sequence[BehaviourItem], steering: Sequence[Steering], batch: int = 4) -> list[float]:
+    """Per item: the model's mean per-token cross-entropy (nats) of the question text in its prompt
+    (chat template, question as the user turn, answer opened with "("), under `steering`."""
+    from ..capture import position_ids_for
+    from ..encoding import encode
+    from ..steer import apply_steering
+
+    tok = lm.tokenizer
+    out: list[float] = []
+    for s in range(0, len(items), batch):
+        part = items[s:s + batch]
+        prompts = [format_prompt(lm, it.question, "(") for it in part]
+        enc = encode(lm, prompts)
+        handle = apply_steering(lm, list(steering), batch=enc) if steering else None
+        try:
+            with torch.no_grad():
+                logits = lm.model(input_ids=enc.input_ids.to(lm.device), attention_mask=enc.attention_mask.to(lm.device),
+                                  position_ids=position_ids_for(enc.attention_mask).to(lm.device)).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for r, (it, p) in enumerate(zip(part, prompts)):
+            offsets = tok(p.text, add_special_tokens=not p.templated, return_offsets_mapping=True)["offset_mapping"]
+            lo, hi = p.user_start, p.user_start + len(it.question)
+            idx = [k for k, (a, b) in enumerate(offsets) if k > 0 and b > a and a >= lo and b <= hi]
+            if not idx:
+                out.append(float("nan"))
+                continue
+            cols = int(enc.pad[r]) + torch.tensor(idx)
+            out.append(float(-lp[r, cols - 1, enc.input_ids[r, cols]].mean()))
+    return out
+
+
+def _run_dir_ready(run_dir: str | Path | None, force: bool) -> None:
+    if run_dir is not None and (Path(run_dir) / RESULT_FILE).exists() and not force:
+        raise OutputExistsError(f"{Path(run_dir) / RESULT_FILE} exists; pass force=True (--force) to overwrite it")
+
+
+def attack_behaviour(
+    lm,
+    behaviour: str,
+    *,
+    layer: int,
+    strength: float,
+    positions: str = "after_user",
+    vector: SteeringVector | str | Path | None = None,
+    auto_sign: bool = True,
+    n_train: int = 150,
+    n_attack: int = 4,
+    n_test: int = 40,
+    n_sign: int = 32,
+    split_seed: int = 0,
+    config: EPOConfig | None = None,
+    normalise: bool = False,
+    placement: str = "suffix",
+    separator: str = "\n",
+    eval_points: int = 6,
+    text_eval_points: int = 1,
+    run_dir: str | Path | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    log=print,
+) -> EPOResult:
+    """Reverse a steered MWE behaviour with EPO, and measure the attack on held-apart items.
+
+    Args:
+        behaviour: a CAE behaviour name (e.g. "power-seeking-inclination") or an MWE file path.
+        layer, strength, positions: the steering (`h_L += strength * v_L` at `positions`).
+        vector: a SteeringVector or a .safetensors path; default: CAA trained on the `n_train`
+            training items at `layer` (read at the answer letter).
+        auto_sign: measure p(match) at ±|strength| on `n_sign` training items and use the sign that
+            raises it (recorded in `meta["sign_check"]`); False uses `strength` as given.
+        n_train, n_test, split_seed: disjoint train/test split of the behaviour's items.
+        n_attack: training items whose mean log p(not-matching answer) is the EPO target.
+        config: EPO settings; normalise: target log of p(not match)/(p(A)+p(B)) instead of log p(not match).
+        placement, separator: where the sequence goes in the user text ("suffix": question + sep + seq).
+        eval_points: frontier points evaluated on the held-apart items (spread along the frontier).
+        text_eval_points: of those, how many (the strongest first) are also evaluated as text.
+        run_dir: where `epo.json`, the PNG and the vector are written (None: not saved).
+    """
+    config = config or EPOConfig()
+    t_start = time.perf_counter()
+    _check_args(lm, layer, strength, positions, n_train, n_attack, n_test, eval_points, text_eval_points)
+    _run_dir_ready(run_dir, force)
+    path = resolve_behaviour(behaviour)
+    items = load_mwe(path)
+    train, test = split_items(items, n_train, n_test, seed=split_seed)
+    attack_items = train[:n_attack]
+    targets = behaviour_targets(lm, attack_items, placement=placement, separator=separator)
+    test_targets = behaviour_targets(lm, test, placement=placement, separator=separator)
+    check_epo_inputs(lm, targets, config, normalise)
+    check_epo_inputs(lm, test_targets, config, True)
+    if isinstance(vector, (str, Path)):
+        vector = SteeringVector.load(vector)
+    if vector is not None and layer not in vector.directions:
+        raise SteerlabError(f"the vector has no direction for layer {layer} (it has {list(vector.layers)})")
+    # -- steering -------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if vector is None:
+        log(f"training a CAA vector on {n_train} items at layer {layer} ...")
+        vector = caa_vectors(lm, [it.to_pair() for it in train], layers=[layer])
+    vector_seconds = time.perf_counter() - t0
+    if run_dir is not None:
+        vector.save(Path(run_dir) / "vector.safetensors", force=True)
+    sign = None
+    signed = float(strength)
+    if auto_sign:
+        log(f"checking the sign of strength {abs(strength):g} on {n_sign} training items ...")
+        sign = check_sign(lm, vector, layer, strength, positions, train[:n_sign])
+        signed = sign.chosen
+        log(f"p(match): unsteered {sign.unsteered:.3f}, +{sign.strength:g} {sign.plus:.3f}, "
+            f"-{sign.strength:g} {sign.minus:.3f} -> strength {signed:+g}")
+    steering = [Steering(vector, signed, layers=[layer], positions=positions)]
+    setting = Setting.single(vector, layer, signed, positions)
+    # -- reference: the target without any sequence ------------------------------------------------
+    nat_attack = behaviour_scores(lm, attack_items, [setting])[0]
+    natural_target = (torch.log1p(-nat_attack) if normalise else _raw_not_match(lm, attack_items, setting)).mean()
+    # -- search -------------------------------------------------------------------------------------
+    name = path.stem
+    meta = {
+        "model_id": lm.model_id, "behaviour": name, "data_file": str(path), "layer": layer, "strength": signed,
+        "strength_given": float(strength), "positions": positions, "n_train": n_train, "n_attack": n_attack,
+        "n_test": n_test, "split_seed": split_seed, "placement": placement, "separator": separator,
+        "normalise": normalise, "attack_items": [it.index for it in attack_items],
+        "target_label": ("log p(not match)/(p(A)+p(B))" if normalise else "log p(not-matching letter)") + ", steered",
+        "title": f"{name}: L{layer} x {signed:+g} ({positions}), {lm.model_id}",
+        "vector_seconds": vector_seconds, "torch_threads": torch.get_num_threads(),
+    }
+    if sign is not None:
+        meta["sign_check"] = {"unsteered": sign.unsteered, "plus": sign.plus, "minus": sign.minus,
+                              "strength": sign.strength, "n_items": sign.n_items, "as_trained": sign.as_trained}
+    log(f"EPO: {config.iterations} iterations, P={config.population}, {config.children} children, "
+        f"{n_attack} target items ...")
+    result = run_epo(lm, targets, steering, config, normalise=normalise, progress=progress, meta=meta)
+    log(f"search: {result.seconds:.0f} s ({result.seconds_per_iteration:.1f} s/iteration), "
+        f"{result.n_evaluated} sequences evaluated")
+    result.reference["natural_target"] = float(natural_target)
+    # -- natural text in the same slot (same metric as EPO's xent) --------------------------------
+    attack_objective = EPOObjective(lm, targets, steering, seq_len=config.seq_len, normalise=normalise,
+                                    chunk_rows=config.chunk_rows)
+    snippets = natural_snippets(test_targets, config.seq_len, 8)
+    if snippets.shape[0]:
+        t, x = attack_objective.evaluate(snippets)
+        result.reference.update(natural_xent=float(x.mean()), natural_snippet_target=float(t.mean()),
+                                natural_snippets=[lm.tokenizer.decode(s) for s in snippets.tolist()],
+                                natural_snippet_xents=x.tolist())
+    # -- held-apart evaluation ----------------------------------------------------------------------
+    t0 = time.perf_counter()
+    log(f"evaluating {min(eval_points, len(result.frontier))} frontier points on {n_test} held-apart items ...")
+    result.evaluation = evaluate_heldout(lm, result, test, test_targets, steering, setting, eval_points=eval_points,
+                                         text_eval_points=text_eval_points, placement=placement, separator=separator)
+    result.evaluation["seconds"] = time.perf_counter() - t0
+    result.meta["total_seconds"] = time.perf_counter() - t_start
+    if run_dir is not None:
+        result.save(run_dir, force=force)
+    return result
+
+
+def _raw_not_match(lm, items: Sequence[BehaviourItem], setting: Setting) -> torch.Tensor:
+    """[items] log p(not-matching answer) (unnormalised) under `setting`."""
+    sitems = [ScoringItem(format_prompt(lm, it.question, "(" if it.kind == "ab" else ""), (it.not_matching,)) for it in items]
+    return score(lm, sitems, [setting]).logprobs[0, :, 0]
+
+
+def evaluate_heldout(lm, result: EPOResult, test: Sequence[BehaviourItem], test_targets, steering: Sequence[Steering],
+                     setting: Setting, *, eval_points: int = 6, text_eval_points: int = 1, placement: str = "suffix",
+                     separator: str = "\n") -> dict:
+    """Behaviour scores on held-apart items: natural prompts (unsteered, steered) and, steered, with
+    frontier sequences inserted; fills `FrontierPoint.heldout` and returns the summary dict."""
+    natural = behaviour_scores(lm, test, [Setting.unsteered(), setting])
+    ev: dict = {
+        "n_items": len(test),
+        "item_indices": [it.index for it in test],
+        "natural_unsteered": float(natural[0].mean()),
+        "natural_steered": float(natural[1].mean()),
+    }
+    qx = question_xent(lm, test, steering)
+    finite = [v for v in qx if math.isfinite(v)]
+    ev["question_xent_mean"] = sum(finite) / max(1, len(finite))
+    ev["question_xent_per_item"] = qx
+    chosen = _spread(result.frontier, eval_points)
+    objective = EPOObjective(lm, test_targets, steering, seq_len=result.config.seq_len, normalise=True,
+                             chunk_rows=result.config.chunk_rows)
+    ids = torch.tensor([result.frontier[i].ids for i in chosen], dtype=torch.long)
+    sc = objective.scores(ids)
+    p_match = 1.0 - sc.target.exp()  # normalised target = log p(not match)/(p(A)+p(B))
+    for row, i in enumerate(chosen):
+        pt = result.frontier[i]
+        pt.heldout.update(score_steered=float(p_match[row].mean()), xent_heldout=float(sc.xent[row].mean()))
+    by_strength = sorted(chosen, key=lambda i: -result.frontier[i].target)[:text_eval_points]
+    if by_strength:
+        texts = [[insert_text(it.question, result.frontier[i].text, placement, separator) for it in test] for i in by_strength]
+        flat_items = [it for _ in by_strength for it in test]
+        scores = behaviour_scores(lm, flat_items, [Setting.unsteered(), setting],
+                                  user_texts=[t for group in texts for t in group])
+        for g, i in enumerate(by_strength):
+            part = scores[:, g * len(test):(g + 1) * len(test)]
+            result.frontier[i].heldout.update(score_unsteered_text=float(part[0].mean()),
+                                              score_steered_text=float(part[1].mean()))
+    ev["evaluated_points"] = chosen
+    return ev
+
+
+def attack_string(lm, prompt: str, target: str, *, steering: Sequence[Steering] = (), config: EPOConfig | None = None,
+                  placement: str = "suffix", separator: str = "\n", assistant_prefix: str = "",
+                  run_dir: str | Path | None = None, force: bool = False, progress: ProgressFn | None = None) -> EPOResult:
+    """EPO that raises log p(`target` | prompt with the sequence inserted), optionally under steering."""
+    config = config or EPOConfig()
+    _run_dir_ready(run_dir, force)
+    item = string_target(lm, prompt, target, assistant_prefix=assistant_prefix, placement=placement, separator=separator)
+    meta = {"model_id": lm.model_id, "prompt": prompt, "target": target, "placement": placement, "separator": separator,
+            "target_label": f"log p({target!r})", "title": f"EPO: {target!r} after {prompt[:40]!r}"}
+    result = run_epo(lm, [item], list(steering), config, progress=progress, meta=meta)
+    if run_dir is not None:
+        result.save(run_dir, force=force)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m steerlab.analysis.epo ...
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EPOConfig()
+    p = argparse.ArgumentParser(prog="python -m steerlab.analysis.epo",
+                                description="EPO attack: find inputs that reverse a steered behaviour (or raise any target string).")
+    p.add_argument("--model", default=None, help="model id/path/GGUF (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--behaviour", help="MWE behaviour name or file (behaviour mode)")
+    p.add_argument("--prompt", help="user prompt (string mode, with --target)")
+    p.add_argument("--target", help="target string whose log-probability to raise (string mode)")
+    p.add_argument("--layer", type=int, help="steered layer (0-based block output)")
+    p.add_argument("--strength", type=float, help="steering strength (its sign is checked unless --no-auto-sign)")
+    p.add_argument("--positions", default="after_user", choices=list(POLICIES))
+    p.add_argument("--vector", help="a .safetensors steering vector (default: train CAA on the training items)")
+    p.add_argument("--no-auto-sign", action="store_true", help="use --strength's sign as given")
+    p.add_argument("--n-train", type=int, default=150)
+    p.add_argument("--n-attack", type=int, default=4, help="training items averaged in the EPO target")
+    p.add_argument("--n-test", type=int, default=40)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--normalise", action="store_true", help="target log p(not match)/(p(A)+p(B)) instead of log p(not match)")
+    p.add_argument("--placement", default="suffix", choices=["suffix", "prefix"])
+    p.add_argument("--separator", default="\n")
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--population", type=int, default=d.population)
+    p.add_argument("--children", type=int, default=d.children)
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--restart-every", type=int, default=d.restart_every)
+    p.add_argument("--lambda-min", type=float, default=d.lambda_min)
+    p.add_argument("--lambda-max", type=float, default=d.lambda_max)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--vocab", default=d.vocab, choices=["ascii", "all"])
+    p.add_argument("--allow-special", action="store_true", help="allow special tokens in the sequence")
+    p.add_argument("--fast-dtype", default=None, choices=["bfloat16", "float16"],
+                   help="autocast the search's passes (the frontier is re-scored exactly)")
+    p.add_argument("--chunk-rows", type=int, default=d.chunk_rows)
+    p.add_argument("--eval-points", type=int, default=6)
+    p.add_argument("--text-eval-points", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--out", required=True, help="run directory (epo.json, epo_frontier.png, vector)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing epo.json")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> EPOConfig:
+    return EPOConfig(seq_len=a.seq_len, population=a.population, lambda_min=a.lambda_min, lambda_max=a.lambda_max,
+                     children=a.children, top_k=a.top_k, iterations=a.iterations, restart_every=a.restart_every,
+                     seed=a.seed, vocab=a.vocab, exclude_special=not a.allow_special, chunk_rows=a.chunk_rows,
+                     fast_dtype=a.fast_dtype)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..models import load_model
+
+    a = build_parser().parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    config = config_from_args(a)
+    config.validate()
+    if bool(a.behaviour) == bool(a.target):
+        raise SystemExit("give either --behaviour (reverse a steered behaviour) or --prompt and --target")
+    log = (lambda *_: None) if a.quiet else (lambda m: print(m, flush=True))
+
+    def progress(step) -> None:
+        if not a.quiet and (step.iteration % 10 == 0 or step.restarted):
+            log(f"  iteration {step.iteration:4d}  best target {step.best_target:8.3f}  "
+                f"evaluated {step.n_evaluated:6d}  {step.seconds:7.1f} s" + ("  (restart)" if step.restarted else ""))
+
+    lm = load_model(a.model)
+    if a.behaviour:
+        if a.layer is None or a.strength is None:
+            raise SystemExit("--behaviour needs --layer and --strength")
+        result = attack_behaviour(lm, a.behaviour, layer=a.layer, strength=a.strength, positions=a.positions,
+                                  vector=a.vector, auto_sign=not a.no_auto_sign, n_train=a.n_train, n_attack=a.n_attack,
+                                  n_test=a.n_test, split_seed=a.split_seed, config=config, normalise=a.normalise,
+                                  placement=a.placement, separator=a.separator, eval_points=a.eval_points,
+                                  text_eval_points=a.text_eval_points, run_dir=a.out, force=a.force,
+                                  progress=progress, log=log)
+    else:
+        if not a.prompt:
+            raise SystemExit("string mode needs --prompt")
+        steering: list[Steering] = []
+        if a.vector:
+            if a.layer is None or a.strength is None:
+                raise SystemExit("--vector needs --layer and --strength")
+            steering = [Steering(SteeringVector.load(a.vector), a.strength, layers=[a.layer], positions=a.positions)]
+        result = attack_string(lm, a.prompt, a.target, steering=steering, config=config, placement=a.placement,
+                               separator=a.separator, run_dir=a.out, force=a.force, progress=progress)
+    log(summary(result))
+    return 0
+
+
+def summary(result: EPOResult) -> str:
+    """A few lines for the terminal."""
+    lines = [f"frontier ({len(result.frontier)} points), search {result.seconds:.0f} s "
+             f"({result.seconds_per_iteration:.1f} s/iteration):"]
+    for p in result.frontier:
+        extra = f"  held-apart p(match) {p.heldout['score_steered']:.3f}" if "score_steered" in p.heldout else ""
+        lines.append(f"  target {p.target:8.3f}  xent {p.xent:6.2f}{extra}  {p.text!r}")
+    ev = result.evaluation
+    if ev:
+        lines.append(f"held-apart natural prompts: unsteered {ev['natural_unsteered']:.3f}, steered {ev['natural_steered']:.3f}")
+    return "\n".join(lines)
