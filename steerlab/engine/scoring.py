@@ -46,6 +46,7 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicCache
 
 from ..capture import position_ids_for
 from ..encoding import EncodedBatch, pad_left
@@ -288,13 +289,38 @@ def _continuation_logprobs(lm, batch: _Batch, cache, cache_row: torch.Tensor, co
         if handle is not None:
             handle.remove()
     lp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
-    tok = lp.gather(2, targets[..., None]).squeeze(2) * cmask
-    return tok.sum(1), rec.out
+    tok = lp.gather(2, targets[..., None]).squeeze(2)
+    return torch.where(cmask.bool(), tok, torch.zeros_like(tok)).sum(1), rec.out
 
 
 # ---------------------------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """How big one forward may get: rows, and bytes of KV-cache copies or logits."""
+
+    max_rows: int
+    memory_bytes: int
+
+    def settings_per_chunk(self, items: int, cache_bytes_per_row: int) -> int:
+        by_memory = self.memory_bytes // max(1, items * cache_bytes_per_row)
+        return max(1, min(self.max_rows // items, by_memory))
+
+    def continuation_rows(self, tokens: int, vocab: int) -> int:
+        # logits, their log-softmax and a float copy: ~3 x rows x tokens x vocab x 4 bytes
+        return max(1, min(self.max_rows, self.memory_bytes // max(1, 12 * tokens * vocab)))
+
+
+def _cache_bytes_per_row(cache, skip_below: int) -> int:
+    """Bytes of one row's cached keys and values over the blocks that will run."""
+    total = 0
+    for l, layer in enumerate(cache.layers):
+        if l >= skip_below and getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:
+            total += 2 * layer.keys[0].numel() * layer.keys.element_size()
+    return total
 
 
 def _check_inputs(items, settings, batch_size, max_rows) -> None:
@@ -317,6 +343,7 @@ def score(
     batch_size: int = 16,
     progress: bool = False,
     max_rows: int = 256,
+    memory_mb: int = 2048,
     reuse: bool = True,
     skip_lower_layers: bool = True,
 ) -> ScoreTable:
@@ -327,151 +354,170 @@ def score(
         items: prompts with their candidate continuations.
         settings: steering settings; include `Setting.unsteered()` for the plain model.
         batch_size: items per base pass.
-        progress: show a progress bar.
-        max_rows: most rows (setting x item, or x candidate) in one steered forward; bounds memory
-            (each row carries a copy of its prompt's KV cache).
+        progress: show a progress bar (one step per item batch).
+        max_rows: most rows (setting x item, or x candidate) in one steered forward.
+        memory_mb: rough bound on one forward's working memory beyond the model (each row carries a
+            copy of its prompt's KV cache; continuations carry logits); chunks shrink to fit.
         reuse: False re-runs every prompt in full for every setting (still batched), for checks
             and timing comparisons.
         skip_lower_layers: skip the blocks below the steered layer (exact; disable to compare).
+
+    Returns:
+        A ScoreTable; `info["reuse"]` names the path that ran ("prefix+skip", "prefix", or
+        "none (...)" with the reason) and `info["forwards"]` counts model calls.
     """
     items = list(items)
     settings = list(settings)
     _check_inputs(items, settings, batch_size, max_rows)
+    if memory_mb <= 0:
+        raise SteerlabError("memory_mb must be positive")
     tokenized = tokenize_items(lm, items)
     plans = [_plan(lm, k, s) for k, s in enumerate(settings)]
     steered = [p for p in plans if p is not None]
     max_c = max(len(it.candidates) for it in items)
     result = torch.full((len(settings), len(items), max_c), float("nan"))
-    info = {"reuse": "prefix+skip" if reuse and skip_lower_layers else ("prefix" if reuse else "none"),
+    info = {"reuse": "prefix+skip" if reuse and skip_lower_layers else ("prefix" if reuse else "none (reuse=False)"),
             "fallback_candidates": sum(sum(t.fallback) for t in tokenized), "forwards": 0}
+    limits = _Limits(max_rows, memory_mb * 2**20)
 
-    order = sorted(range(len(items)), key=lambda i: tokenized[i].n_prompt)
+    order = sorted(range(len(items)), key=lambda i: tokenized[i].n_prompt)  # little padding per batch
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    bar = tqdm(total=len(batches), desc="scoring", unit="batch", disable=not progress)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     pool = BufferPool()
-    for idx in batches:
-        _score_batch(lm, [tokenized[i] for i in idx], torch.tensor(idx), settings, steered, result, info,
-                     max_rows=max_rows, reuse=reuse, skip=skip_lower_layers, pad_id=pad_id, pool=pool)
-        bar.update(1)
-    bar.close()
+    for idx in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+        run = _BatchRun(lm, [tokenized[i] for i in idx], torch.tensor(idx), result, info, limits, pool, pad_id)
+        run.execute(settings, steered, reuse=reuse, skip=skip_lower_layers)
     return ScoreTable(result, settings, items, info)
 
 
-def _score_batch(lm, items: list[TokenizedItem], global_idx: torch.Tensor, settings: list[Setting],
-                 steered: list[_Plan], result: torch.Tensor, info: dict, *, max_rows: int, reuse: bool,
-                 skip: bool, pad_id: int, pool: BufferPool) -> None:
-    device = lm.device
-    batch = _make_batch(lm, items)
-    B, W = len(items), batch.width
-    max_c = result.shape[2]
-    conts = _Continuations.of(items, pad_id)
+class _BatchRun:
+    """Everything `score` does for one batch of items (steps 1-4 of the module docstring)."""
 
-    # Plan the groups: settings sharing (re-run columns S, lowest steered layer L) share forwards.
-    groups: dict[tuple[int, int], list[_Plan]] = {}
-    for p in steered:
-        S = _suffix_len(p, items, W) if reuse else W
-        groups.setdefault((S, p.low), []).append(p)
-    want_skip = reuse and skip
-    record = sorted({low - 1 for (_, low) in groups if low > 0}) if want_skip else []
-    rec_cols = max((S for (S, _) in groups), default=1)
+    def __init__(self, lm, items: list[TokenizedItem], global_idx: torch.Tensor, result: torch.Tensor, info: dict,
+                 limits: _Limits, pool: BufferPool, pad_id: int):
+        self.lm, self.items, self.global_idx, self.result, self.info = lm, items, global_idx, result, info
+        self.limits, self.pool = limits, pool
+        self.batch = _make_batch(lm, items)
+        self.conts = _Continuations.of(items, pad_id)
+        self.B, self.W = len(items), self.batch.width
 
-    # 1. Base pass.
-    enc = batch.enc
-    rec = _Recorder(lm, record, rec_cols)
-    try:
-        base = _forward(lm, input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
-                        position_ids=position_ids_for(enc.attention_mask).to(device), use_cache=True,
-                        **_logits_kwargs(lm, 1))
-    finally:
-        rec.remove()
-    info["forwards"] += 1
-    base_cache = base.past_key_values
-    plain = is_plain(base_cache, lm.n_layers)
-    if reuse and not plain:
-        info["reuse"] = "none (cache type)"
-    can_skip = want_skip and plain and rec.tensor_outputs
-    if want_skip and plain and not rec.tensor_outputs:
-        info["reuse"] = "prefix (blocks return tuples)"
-    if reuse and not plain:  # no prefix slicing possible: re-plan every setting over the whole prompt
-        groups = {}
+    # -- steps 1 and 2: unsteered ----------------------------------------------------------------
+    def _base(self, record: list[int], rec_cols: int):
+        lm, enc, device = self.lm, self.batch.enc, self.lm.device
+        rec = _Recorder(lm, record, rec_cols)
+        try:
+            out = _forward(lm, input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
+                           position_ids=position_ids_for(enc.attention_mask).to(device), use_cache=True,
+                           **_logits_kwargs(lm, 1))
+        finally:
+            rec.remove()
+        self.info["forwards"] += 1
+        first = _first_token_logprobs(out.logits[:, -1], self.items, torch.arange(self.B), self.result.shape[2])
+        return out.past_key_values, first, rec
+
+    def _base_continuations(self, cache, record: list[int]):
+        """Unsteered scores of candidates' later tokens [B, max_c], and block outputs there."""
+        conts = self.conts
+        sums = torch.zeros(self.B, self.result.shape[2])
+        hidden: dict[int, torch.Tensor] = {}
+        if conts is None:
+            return sums, hidden
+        width = conts.inputs.shape[1]
+        step = self.limits.continuation_rows(width, _vocab(self.lm))
+        parts: dict[int, list[torch.Tensor]] = {l: [] for l in record}
+        for r0 in range(0, len(conts), step):
+            sel = torch.arange(r0, min(len(conts), r0 + step))
+            got, rec = _continuation_logprobs(self.lm, self.batch, cache, conts.item[sel], conts, sel, record=record)
+            self.info["forwards"] += 1
+            sums[conts.item[sel], conts.cand[sel]] = got
+            for l in record:  # pad each part to the full width (sub-chunks may be narrower)
+                h = rec[l]
+                parts[l].append(torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])))
+        return sums, {l: torch.cat(p) for l, p in parts.items()}
+
+    # -- steps 3 and 4: steered ------------------------------------------------------------------
+    def execute(self, settings: list[Setting], steered: list[_Plan], *, reuse: bool, skip: bool) -> None:
+        # Settings sharing (re-run columns S, lowest steered layer L) share forwards.
+        groups: dict[tuple[int, int], list[_Plan]] = {}
         for p in steered:
-            groups.setdefault((W, p.low), []).append(p)
-    items_row = torch.arange(B)
-    first = _first_token_logprobs(base.logits[:, -1], items, items_row, max_c)
-    base_cont = None
-    unsteered = [k for k, s in enumerate(settings) if s.is_unsteered]
+            S = _suffix_len(p, self.items, self.W) if reuse else self.W
+            groups.setdefault((S, p.low), []).append(p)
+        want_skip = reuse and skip
+        record = sorted({low - 1 for (_, low) in groups if low > 0}) if want_skip else []
+        rec_cols = max((S for (S, _) in groups), default=1)
 
-    # 2. Base continuation (unsteered scores of multi-token candidates; stream below steered layers).
-    cont_sum = torch.zeros(B, max_c)
-    cont_hidden: dict[int, torch.Tensor] = {}
-    if conts is not None:
-        sums, cont_hidden = _continuation_logprobs(lm, batch, base_cache, conts.item, conts,
-                                                   torch.arange(len(conts)), record=record if can_skip else ())
-        info["forwards"] += 1
-        cont_sum[conts.item, conts.cand] = sums
-    base_scores = first + cont_sum
-    for k in unsteered:
-        result[k, global_idx] = base_scores
+        base_cache, first, rec = self._base(record, rec_cols)
+        plain = is_plain(base_cache, self.lm.n_layers)
+        if reuse and not plain:  # the cache cannot be sliced: every setting re-runs the whole prompt
+            self.info["reuse"] = "none (cache is not plain full-attention DynamicLayers)"
+            groups = {}
+            for p in steered:
+                groups.setdefault((self.W, p.low), []).append(p)
+        can_skip = want_skip and plain and rec.tensor_outputs
+        if want_skip and plain and not rec.tensor_outputs:
+            self.info["reuse"] = "prefix (blocks return tuples: no block skipping)"
+        cont_sums, cont_hidden = self._base_continuations(base_cache, record if can_skip else [])
+        for k, s in enumerate(settings):
+            if s.is_unsteered:
+                self.result[k, self.global_idx] = first + cont_sums
 
-    # 3-4. Steered settings, group by group, chunk by chunk.
-    per_chunk = max(1, max_rows // B)
-    for (S, low), plans in groups.items():
-        use_skip = can_skip and low > 0
-        for c0 in range(0, len(plans), per_chunk):
-            chunk = plans[c0:c0 + per_chunk]
-            _run_chunk(lm, batch, chunk, S, low, use_skip, base_cache if (reuse and plain) else None,
-                       rec.out.get(low - 1), cont_hidden.get(low - 1), conts, global_idx, result, info,
-                       max_rows=max_rows, pool=pool)
+        for (S, low), plans in groups.items():
+            use_skip = can_skip and low > 0
+            skip_below = low if use_skip else 0
+            row_bytes = _cache_bytes_per_row(base_cache, skip_below) if reuse and plain else 0
+            per_chunk = self.limits.settings_per_chunk(self.B, row_bytes)
+            for c0 in range(0, len(plans), per_chunk):
+                self._steered_chunk(plans[c0:c0 + per_chunk], S, low, skip_below,
+                                    base_cache if (reuse and plain) else None,
+                                    rec.out.get(low - 1) if use_skip else None,
+                                    cont_hidden.get(low - 1) if use_skip else None)
+
+    def _steered_chunk(self, chunk: list[_Plan], S: int, low: int, skip_below: int, base_cache,
+                       prompt_hidden: torch.Tensor | None, cont_hidden: torch.Tensor | None) -> None:
+        lm, enc, device = self.lm, self.batch.enc, self.lm.device
+        B, W, k = self.B, self.W, len(chunk)
+        item_of_row = torch.arange(B).repeat(k)  # row r = (setting r // B, item r % B)
+        P = W - S
+        if base_cache is not None:
+            cache = prefix_cache(base_cache, P, k, skip_below, room=S, pool=self.pool)
+        else:
+            cache = DynamicCache(config=lm.model.config)
+        ids = enc.input_ids[:, P:].repeat(k, 1)
+        mask = enc.attention_mask.repeat(k, 1)
+        pos = position_ids_for(mask)[:, P:]
+        hidden = prompt_hidden[:, prompt_hidden.shape[1] - S:].repeat(k, 1, 1) if skip_below else None
+        handle = apply_steering(lm, _row_terms([p for p in chunk for _ in range(B)]),
+                                batch=self.batch.rows(item_of_row, ids))
+        try:
+            with skip_blocks(lm, skip_below, cache, hidden):
+                out = _forward(lm, input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=pos.to(device), past_key_values=cache, use_cache=True,
+                               **_logits_kwargs(lm, 1))
+        finally:
+            handle.remove()
+        self.info["forwards"] += 1
+        scores = _first_token_logprobs(out.logits[:, -1], self.items, item_of_row, self.result.shape[2])
+
+        conts = self.conts
+        if conts is not None:  # rows (setting, item, candidate) for candidates of 2+ tokens
+            n_c = len(conts)
+            sel = torch.arange(n_c).repeat(k)
+            setting_of = torch.arange(k).repeat_interleave(n_c)
+            cache_row = setting_of * B + conts.item[sel]
+            stage_cache = out.past_key_values if out.past_key_values is not None else cache
+            step = self.limits.continuation_rows(conts.inputs.shape[1], _vocab(lm))
+            for r0 in range(0, len(sel), step):
+                part = slice(r0, r0 + step)
+                sums, _ = _continuation_logprobs(
+                    lm, self.batch, stage_cache, cache_row[part], conts, sel[part],
+                    plans=[chunk[int(s)] for s in setting_of[part]], low=skip_below,
+                    hidden=cont_hidden[sel[part]] if skip_below else None)
+                self.info["forwards"] += 1
+                scores[cache_row[part], conts.cand[sel[part]]] += sums
+        for s_local, p in enumerate(chunk):
+            self.result[p.index, self.global_idx] = scores[s_local * B:(s_local + 1) * B]
 
 
-def _run_chunk(lm, batch: _Batch, chunk: list[_Plan], S: int, low: int, use_skip: bool, base_cache,
-               prompt_hidden: torch.Tensor | None, cont_hidden: torch.Tensor | None,
-               conts: _Continuations | None, global_idx: torch.Tensor, result: torch.Tensor, info: dict, *,
-               max_rows: int, pool: BufferPool) -> None:
-    """Steered prompt suffix (3) and continuations (4) for a chunk of settings sharing (S, low)."""
-    device = lm.device
-    enc = batch.enc
-    B, W = len(batch.items), batch.width
-    k = len(chunk)
-    item_of_row = torch.arange(B).repeat(k)  # row r = (setting r // B, item r % B)
-    plan_of_row = [p for p in chunk for _ in range(B)]
-    P = W - S
-    skip_below = low if use_skip else 0
-    if base_cache is not None:
-        cache = prefix_cache(base_cache, P, k, skip_below, room=S, pool=pool)
-    else:
-        from transformers.cache_utils import DynamicCache
-
-        cache = DynamicCache(config=lm.model.config)
-    ids = enc.input_ids[:, P:].repeat(k, 1)
-    mask = enc.attention_mask.repeat(k, 1)
-    pos = position_ids_for(mask)[:, P:]
-    hidden = prompt_hidden[:, prompt_hidden.shape[1] - S:].repeat(k, 1, 1) if use_skip else None
-    handle = apply_steering(lm, _row_terms(plan_of_row), batch=batch.rows(item_of_row, ids))
-    try:
-        with skip_blocks(lm, skip_below, cache, hidden):
-            out = _forward(lm, input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                           past_key_values=cache, use_cache=True, **_logits_kwargs(lm, 1))
-    finally:
-        handle.remove()
-    info["forwards"] += 1
-    scores = _first_token_logprobs(out.logits[:, -1], batch.items, item_of_row, result.shape[2])
-
-    if conts is not None:
-        # rows (setting, item, candidate) for candidates of 2+ tokens: cache row = s*B + item
-        n_c = len(conts)
-        sel = torch.arange(n_c).repeat(k)
-        setting_of = torch.arange(k).repeat_interleave(n_c)
-        cache_row = setting_of * B + conts.item[sel]
-        stage_cache = out.past_key_values if out.past_key_values is not None else cache
-        for r0 in range(0, len(sel), max_rows):
-            part = slice(r0, r0 + max_rows)
-            rows_plans = [chunk[int(s)] for s in setting_of[part]]
-            h = cont_hidden[sel[part]] if use_skip else None
-            sums, _ = _continuation_logprobs(lm, batch, stage_cache, cache_row[part], conts, sel[part],
-                                             plans=rows_plans, low=low, hidden=h)
-            info["forwards"] += 1
-            scores[cache_row[part], conts.cand[sel[part]]] += sums
-    for s_local, p in enumerate(chunk):
-        result[p.index, global_idx] = scores[s_local * B:(s_local + 1) * B]
+def _vocab(lm) -> int:
+    return int(lm.model.get_output_embeddings().weight.shape[0]) if lm.model.get_output_embeddings() is not None \
+        else int(lm.model.config.vocab_size)
