@@ -244,6 +244,38 @@ def test_sliding_window_model_falls_back_exactly(tokenizer):
     _close(fast, score_naive(slm, items, settings))
 
 
+_ARCHS = {
+    # absolute position embeddings: the skipped-block path must still get the right positions
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=3, n_head=4, bos_token_id=None, eos_token_id=None), "prefix+skip"),
+    # blocks that return tuples: prefix reuse without block skipping
+    "bloom": ("BloomConfig", dict(hidden_size=32, n_layer=3, n_head=4), "prefix (blocks return tuples"),
+    # every other layer sliding-window: no prefix slicing, batched recomputation
+    "gemma2": ("Gemma2Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=8, sliding_window=8), "none (cache"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(_ARCHS))
+def test_other_architectures_take_the_right_path_exactly(tokenizer, arch):
+    import transformers
+
+    cfg_name, kwargs, path = _ARCHS[arch]
+    cfg = getattr(transformers, cfg_name)(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **kwargs)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval().requires_grad_(False)
+    alm = sl.LoadedModel(model, tokenizer, f"tiny-{arch}", find_decoder_blocks(model), True)
+    v = _vector(alm, range(alm.n_layers), 1, scale=3.0)
+    items = [ScoringItem(sl.format_prompt(alm, "Which one?", "("), ("A", "B")),
+             ScoringItem(sl.format_prompt(alm, "A much longer question here, pick", "The answer is ("), ("A", "B C"))]
+    settings = [Setting.unsteered(), Setting.single(v, 1, 2.0, "after_user"), Setting.single(v, 2, 2.0, "all"),
+                Setting.single(v, 1, 2.0, "last_prompt")]
+    fast = score(alm, items, settings)
+    assert fast.info["reuse"].startswith(path)
+    _close(fast, score_naive(alm, items, settings))
+    assert bool(((fast.logprobs[1:] - fast.logprobs[:1]).nan_to_num().abs().amax(dim=(1, 2)) > 1e-2).all())
+    assert all("forward" not in blk.__dict__ for blk in alm.blocks)
+
+
 def test_candidate_tokenized_alone_when_prompt_tokens_merge(lm):
     """A prompt ending in a space: "Answer: A" tokenizes " A" as one token, so the prompt's ids are
     not a prefix; the candidate is then tokenized alone (documented) and both paths score the same ids."""

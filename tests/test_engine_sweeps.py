@@ -11,7 +11,6 @@ import steerlab as sl
 from steerlab.data.records import ContrastPair
 from steerlab.engine import (
     ScoringItem,
-    Setting,
     extract_pair_activations,
     grid_settings,
     grid_sweep,

@@ -17,7 +17,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 
 from ..data.records import ContrastPair
 from ..errors import DatasetError, SteerlabError
