@@ -10,8 +10,8 @@ One seed (`_run_seed`):
 
 1. **Splits** (`pas_splits.make_splits`): shuffle, cap, 60/20/20, every question's choices shuffled
    independently.
-2. **Unsteered answers on the training split**: the PAS prompt (`methods.pas.mc_prompt`) is scored
-   with the engine; the answer is the argmax over the letters (`letter_logprobs`).
+2. **Unsteered answers on the training split**: the PAS prompt (`methods.pas.mc_prompt`) is scored;
+   the answer is the argmax over the letters.
 3. **Vectors** for every requested variant and every grid layer from ONE capture of the distinct
    prompts they need (`methods.pas.pas_activations`).
 4. **Selection on validation**: one `engine.score` call with the unsteered setting and every
@@ -21,10 +21,9 @@ One seed (`_run_seed`):
 5. **Test**: one `score` call, unsteered and each variant's chosen setting; Delta = steered -
    unsteered test accuracy, with the letter-bias control (`pas_bias`).
 
-Letters. The prediction is the argmax over the choice letters of p(letter) = p("A") + p(" A"): the
-chat template makes the bare letter the natural first assistant token, a raw prompt ending in
-"Answer:" makes " A" natural, and summing both spellings (each a single token for SmolLM2/Llama
-tokenizers; longer spellings are scored exactly by the engine) gives one rule for both.
+Letters: p(letter) = p("A") + p(" A"), normalised over the item's letters (`pas_letters`). On the
+training split the answers and the PASf activations come from one fused pass
+(`pas_letters.answer_and_capture`).
 
 Grid. The paper's layers {8,11,13,14,15,16,17,19,22,25} of 32 are scaled to the model's depth
 (`default_layers`; 30 layers: 8,10,12,13,14,15,16,18,21,23) and its strengths
@@ -46,23 +45,20 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-import torch
-
-from ..data.prompts import LETTERS, format_mc_prompt, gold_letter
+from ..data.prompts import format_mc_prompt, gold_letter
 from ..data.records import MCItem
-from ..encoding import Prompt
-from ..engine import ScoringItem, Setting, score
+from ..engine import Setting
 from ..errors import DatasetError, SteerlabError
-from ..methods.pas import PASExample, normalize_method, pas_activations, mc_prompt
+from ..methods.pas import PASExample, normalize_method, pas_activations
 from ..steer import POLICIES
 from ..vector import SteeringVector
 from .pas_bias import LetterBiasReport, letter_bias_report
+from .pas_letters import answer_and_capture, score_letters
 from .pas_splits import DEFAULT_CAP, DEFAULT_FRACTIONS, PASSplits, Shown, make_splits
 from .pas_stats import SeedSummary, summarize
 
 PAPER_LAYERS_32 = (8, 11, 13, 14, 15, 16, 17, 19, 22, 25)
 PAPER_STRENGTHS = (0.25, 0.5, 0.75, 1.0, 4.0, 7.0, 10.0, 13.0, 16.0, 19.0, 22.0, 25.0, 28.0, 32.0)
-SPELLINGS = ("", " ")  # "A" and " A"
 
 
 # --------------------------------------------------------------------------------------------- grid
@@ -82,108 +78,6 @@ def default_strengths(signs: str = "both") -> list[float]:
     if signs == "both":
         return [-s for s in reversed(PAPER_STRENGTHS)] + list(PAPER_STRENGTHS)
     raise SteerlabError(f"signs must be 'both' or 'positive', got {signs!r}")
-
-
-# --------------------------------------------------------------------------------------------- letters
-
-
-def letter_items(prompts: Sequence[Prompt], n_choices: Sequence[int]) -> list[ScoringItem]:
-    """Engine items scoring every letter of each prompt in both spellings ("A".."X", then " A".." X")."""
-    return [ScoringItem(p, tuple(sp + LETTERS[j] for sp in SPELLINGS for j in range(n)))
-            for p, n in zip(prompts, n_choices)]
-
-
-def letter_logprobs(logprobs: torch.Tensor, n_choices: Sequence[int]) -> torch.Tensor:
-    """[settings, items, max letters] log p(letter) summed over spellings; -inf beyond an item's letters.
-
-    `logprobs` is a ScoreTable's [settings, items, candidates] for `letter_items`.
-    """
-    S, I = logprobs.shape[:2]
-    m = max(n_choices)
-    out = torch.full((S, I, m), -math.inf, dtype=torch.float64)
-    lp = logprobs.double()
-    by_n: dict[int, list[int]] = {}
-    for i, n in enumerate(n_choices):
-        by_n.setdefault(int(n), []).append(i)
-    k = len(SPELLINGS)
-    for n, rows in by_n.items():
-        idx = torch.tensor(rows)
-        parts = lp[:, idx, : k * n].reshape(S, len(rows), k, n)
-        out[:, idx, :n] = torch.logsumexp(parts, dim=2)
-    return out
-
-
-def _gold_positions(shown: Sequence[Shown]) -> torch.Tensor:
-    return torch.tensor([order.index(item.gold) for item, order in shown])
-
-
-@dataclass
-class LetterScores:
-    """Letter log-probabilities of `shown` items under `settings` (normalised over each item's letters)."""
-
-    settings: list[Setting]
-    shown: list[Shown]
-    logp: torch.Tensor  # [settings, items, max letters], normalised log-probabilities (float64)
-    info: dict = field(default_factory=dict)
-
-    @property
-    def pred_positions(self) -> torch.Tensor:
-        """[settings, items] index of the most probable letter."""
-        return self.logp.argmax(-1)
-
-    @property
-    def correct(self) -> torch.Tensor:
-        """[settings, items] 1.0 where the most probable letter is the gold one."""
-        return (self.pred_positions == _gold_positions(self.shown)[None, :]).double()
-
-    @property
-    def accuracy(self) -> torch.Tensor:
-        return self.correct.mean(1)
-
-    @property
-    def gold_prob(self) -> torch.Tensor:
-        """[settings] mean probability of the gold letter."""
-        g = _gold_positions(self.shown)
-        return self.logp.gather(2, g[None, :, None].expand(self.logp.shape[0], -1, 1)).squeeze(2).exp().mean(1)
-
-    def pred_letters(self, s: int) -> list[str]:
-        return [LETTERS[int(j)] for j in self.pred_positions[s]]
-
-    def pred_choices(self, s: int) -> list[int]:
-        """Predicted choice index (into item.choices) per item under setting s."""
-        return [order[int(j)] for (_, order), j in zip(self.shown, self.pred_positions[s])]
-
-
-def _cache_bytes_per_token(lm) -> int:
-    cfg = lm.model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    heads = getattr(cfg, "num_attention_heads", None) or 1
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or lm.hidden_size // heads
-    return lm.n_layers * 2 * kv * head_dim * torch.finfo(lm.dtype).bits // 8
-
-
-def rows_for_budget(lm, longest_prompt: int, budget_bytes: float = 1.5e9) -> int:
-    """Engine `max_rows` that keeps the per-row KV-cache copies of a steered chunk under `budget_bytes`."""
-    per_row = max(1, longest_prompt) * _cache_bytes_per_token(lm)
-    return int(max(8, min(512, budget_bytes // per_row)))
-
-
-def score_letters(lm, shown: Sequence[Shown], settings: Sequence[Setting], *, prefix: str = "",
-                  chat_template: bool | None = None, batch_size: int = 16, max_rows: int | None = None,
-                  progress: bool = False) -> LetterScores:
-    """Score the PAS prompts of `shown` (after `prefix`) under `settings` with one engine call."""
-    shown = list(shown)
-    prompts = [mc_prompt(lm, it, order, prefix=prefix, chat_template=chat_template) for it, order in shown]
-    n_choices = [len(it.choices) for it, _ in shown]
-    items = letter_items(prompts, n_choices)
-    if max_rows is None:
-        longest = max(len(p.text) for p in prompts) // 3 + 8  # a cheap upper estimate of tokens
-        max_rows = rows_for_budget(lm, longest)
-    table = score(lm, items, list(settings), batch_size=batch_size, max_rows=max_rows, progress=progress)
-    lp = letter_logprobs(table.logprobs, n_choices)
-    lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
-    return LetterScores(list(settings), shown, lp, dict(table.info))
 
 
 # --------------------------------------------------------------------------------------------- ICL
@@ -475,14 +369,21 @@ def run_pas(
 def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, progress: bool) -> SeedRun:
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
-    kw = dict(chat_template=config.chat_template, batch_size=config.batch_size, progress=progress)
     name = splits.dataset
+    kw = dict(chat_template=config.chat_template, batch_size=config.batch_size, progress=progress, dataset=name)
 
     # 1. unsteered answers on the training split (and ICL exemplars from its wrong answers)
     tic = time.perf_counter()
     train = list(splits.train)
-    plain_train = score_letters(lm, train, [Setting.unsteered()], **kw)
+    fuse = "pasf" in config.methods  # the PASf prompts are the prompts being answered: read them in that pass
     prefix, exemplar_idx = "", []
+    given = None
+    fused = answer_and_capture(lm, train, config.layers, chat_template=config.chat_template,
+                               batch_size=config.batch_size, dataset=name) if fuse and not config.icl_k else None
+    if fused is not None:
+        plain_train, given = fused[0], (fused[2], fused[1])
+    else:
+        plain_train = score_letters(lm, train, [Setting.unsteered()], **kw)
     if config.icl_k:
         wrong = [k for k, c in enumerate(plain_train.correct[0].tolist()) if not c]
         if not wrong:
@@ -494,7 +395,12 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, p
         train = [s for k, s in enumerate(train) if k not in set(pick)]
         if len(train) < 1:
             raise DatasetError(f"{name} seed {splits.seed}: no training items left after taking {len(pick)} exemplars")
-        train_scores = score_letters(lm, train, [Setting.unsteered()], prefix=prefix, **kw)
+        fused = answer_and_capture(lm, train, config.layers, prefix=prefix, chat_template=config.chat_template,
+                                   batch_size=config.batch_size, dataset=name) if fuse else None
+        if fused is not None:
+            train_scores, given = fused[0], (fused[2], fused[1])
+        else:
+            train_scores = score_letters(lm, train, [Setting.unsteered()], prefix=prefix, **kw)
     else:
         train_scores = plain_train
     preds = train_scores.pred_choices(0)
@@ -512,7 +418,8 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, p
     while try_methods and acts is None:
         try:
             acts = pas_activations(lm, examples, try_methods, config.layers, dataset=f"{name} seed {splits.seed}",
-                                   chat_template=config.chat_template, batch_size=config.batch_size, progress=progress)
+                                   chat_template=config.chat_template, batch_size=config.batch_size, progress=progress,
+                                   given=given)
         except DatasetError as e:  # find which variants cannot run; keep the others
             bad = _failing_methods(lm, examples, try_methods, f"{name} seed {splits.seed}", config.chat_template)
             if not bad:

@@ -29,7 +29,8 @@ from ..errors import SteerlabError
 from ..layers import find_decoder_blocks
 from ..methods.pas import mc_prompt, normalize_method
 from ..models import LoadedModel
-from .pas import SPELLINGS, run_pas
+from .pas import run_pas
+from .pas_letters import SPELLINGS
 from .pas_splits import DEFAULT_CAP, Shown, make_splits
 from .pas_stats import SeedSummary, summarize
 

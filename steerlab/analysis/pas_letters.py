@@ -1,0 +1,198 @@
+"""Letter scoring for PAS: p(letter) over both spellings, through the scoring engine.
+
+The prediction for a PAS prompt is the argmax over its choice letters of
+p(letter) = p("A") + p(" A"): the chat template makes the bare letter the natural first assistant
+token, a raw prompt ending in "Answer:" makes " A" natural, and summing both spellings (each a
+single token for SmolLM2/Llama tokenizers; longer spellings are scored exactly by the engine) gives
+one rule for both. Letter log-probabilities are normalised over the item's letters.
+
+`score_letters` scores prompts under many steering settings with one `engine.score` call.
+`answer_and_capture` is the unsteered special case fused with the PAS capture: one forward per
+batch gives the letter scores *and* the last-token activations at the requested layers (the PASf
+prompts are the prompts being answered); it equals `score_letters` + `capture` (tested) and falls
+back to them when a spelling is more than one token.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..capture import position_ids_for
+from ..data.prompts import LETTERS
+from ..encoding import Prompt, pad_left
+from ..engine import ScoringItem, Setting, score, tokenize_items
+from ..errors import PromptTooLongError
+from ..layers import block_hidden
+from ..methods.pas import mc_prompt
+from .pas_splits import Shown
+
+SPELLINGS = ("", " ")  # "A" and " A"
+
+
+
+
+def letter_items(prompts: Sequence[Prompt], n_choices: Sequence[int]) -> list[ScoringItem]:
+    """Engine items scoring every letter of each prompt in both spellings ("A".."X", then " A".." X")."""
+    return [ScoringItem(p, tuple(sp + LETTERS[j] for sp in SPELLINGS for j in range(n)))
+            for p, n in zip(prompts, n_choices)]
+
+
+def letter_logprobs(logprobs: torch.Tensor, n_choices: Sequence[int]) -> torch.Tensor:
+    """[settings, items, max letters] log p(letter) summed over spellings; -inf beyond an item's letters.
+
+    `logprobs` is a ScoreTable's [settings, items, candidates] for `letter_items`.
+    """
+    S, I = logprobs.shape[:2]
+    m = max(n_choices)
+    out = torch.full((S, I, m), -math.inf, dtype=torch.float64)
+    lp = logprobs.double()
+    by_n: dict[int, list[int]] = {}
+    for i, n in enumerate(n_choices):
+        by_n.setdefault(int(n), []).append(i)
+    k = len(SPELLINGS)
+    for n, rows in by_n.items():
+        idx = torch.tensor(rows)
+        parts = lp[:, idx, : k * n].reshape(S, len(rows), k, n)
+        out[:, idx, :n] = torch.logsumexp(parts, dim=2)
+    return out
+
+
+def _gold_positions(shown: Sequence[Shown]) -> torch.Tensor:
+    return torch.tensor([order.index(item.gold) for item, order in shown])
+
+
+@dataclass
+class LetterScores:
+    """Letter log-probabilities of `shown` items under `settings` (normalised over each item's letters)."""
+
+    settings: list[Setting]
+    shown: list[Shown]
+    logp: torch.Tensor  # [settings, items, max letters], normalised log-probabilities (float64)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def pred_positions(self) -> torch.Tensor:
+        """[settings, items] index of the most probable letter."""
+        return self.logp.argmax(-1)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """[settings, items] 1.0 where the most probable letter is the gold one."""
+        return (self.pred_positions == _gold_positions(self.shown)[None, :]).double()
+
+    @property
+    def accuracy(self) -> torch.Tensor:
+        return self.correct.mean(1)
+
+    @property
+    def gold_prob(self) -> torch.Tensor:
+        """[settings] mean probability of the gold letter."""
+        g = _gold_positions(self.shown)
+        return self.logp.gather(2, g[None, :, None].expand(self.logp.shape[0], -1, 1)).squeeze(2).exp().mean(1)
+
+    def pred_letters(self, s: int) -> list[str]:
+        return [LETTERS[int(j)] for j in self.pred_positions[s]]
+
+    def pred_choices(self, s: int) -> list[int]:
+        """Predicted choice index (into item.choices) per item under setting s."""
+        return [order[int(j)] for (_, order), j in zip(self.shown, self.pred_positions[s])]
+
+
+def _cache_bytes_per_token(lm) -> int:
+    cfg = lm.model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    heads = getattr(cfg, "num_attention_heads", None) or 1
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or lm.hidden_size // heads
+    return lm.n_layers * 2 * kv * head_dim * torch.finfo(lm.dtype).bits // 8
+
+
+def rows_for_budget(lm, longest_prompt: int, budget_bytes: float = 1.5e9) -> int:
+    """Engine `max_rows` that keeps the per-row KV-cache copies of a steered chunk under `budget_bytes`."""
+    per_row = max(1, longest_prompt) * _cache_bytes_per_token(lm)
+    return int(max(8, min(512, budget_bytes // per_row)))
+
+
+def score_letters(lm, shown: Sequence[Shown], settings: Sequence[Setting], *, prefix: str = "",
+                  chat_template: bool | None = None, batch_size: int = 16, max_rows: int | None = None,
+                  progress: bool = False, dataset: str = "") -> LetterScores:
+    """Score the PAS prompts of `shown` (after `prefix`) under `settings` with one engine call."""
+    shown = list(shown)
+    prompts = [mc_prompt(lm, it, order, prefix=prefix, chat_template=chat_template) for it, order in shown]
+    n_choices = [len(it.choices) for it, _ in shown]
+    items = letter_items(prompts, n_choices)
+    if max_rows is None:
+        longest = max(len(p.text) for p in prompts) // 3 + 8  # a cheap upper estimate of tokens
+        max_rows = rows_for_budget(lm, longest)
+    try:
+        table = score(lm, items, list(settings), batch_size=batch_size, max_rows=max_rows, progress=progress)
+    except PromptTooLongError as e:
+        raise _rename_too_long(e, shown, dataset) from None
+    lp = letter_logprobs(table.logprobs, n_choices)
+    lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+    return LetterScores(list(settings), shown, lp, dict(table.info))
+
+
+def _rename_too_long(e: PromptTooLongError, shown: Sequence[Shown], dataset: str) -> PromptTooLongError:
+    m = re.match(r"item (\d+): (.*)", str(e))
+    if not m:
+        return e
+    it = shown[int(m.group(1))][0]
+    return PromptTooLongError(f"{dataset or it.source or 'dataset'} item {it.index}: {m.group(2)}")
+
+
+def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, prefix: str = "",
+                       chat_template: bool | None = None, batch_size: int = 16,
+                       dataset: str = "") -> tuple[LetterScores, dict[int, torch.Tensor], list[Prompt]] | None:
+    """Unsteered letter scores of the PAS prompts of `shown` and their last-token activations at `layers`
+    ({layer: [n, hidden]}), from one forward per batch; None when some spelling is not a single token."""
+    shown = list(shown)
+    prompts = [mc_prompt(lm, it, order, prefix=prefix, chat_template=chat_template) for it, order in shown]
+    n_choices = [len(it.choices) for it, _ in shown]
+    items = letter_items(prompts, n_choices)
+    try:
+        tok = tokenize_items(lm, items)
+    except PromptTooLongError as e:
+        raise _rename_too_long(e, shown, dataset) from None
+    if any(len(c) != 1 for t in tok for c in t.candidate_ids):
+        return None
+    layers = sorted({lm.blocks.check_layer(l) for l in layers})
+    max_c = max(len(it.candidates) for it in items)
+    logprobs = torch.full((1, len(items), max_c), float("nan"))
+    acts = {l: torch.empty(len(items), lm.hidden_size) for l in layers}
+    grabbed: dict[int, torch.Tensor] = {}
+
+    def hook_for(layer):
+        def hook(module, args, output):
+            grabbed[layer] = block_hidden(output)[:, -1].detach().float().cpu()
+        return hook
+
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(items)), key=lambda i: tok[i].n_prompt)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(lm.model).forward).parameters else {}
+    handles = [lm.blocks[l].register_forward_hook(hook_for(l)) for l in layers]
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            ids, mask = pad_left([tok[i].prompt_ids for i in idx], pad_id)
+            with torch.no_grad():
+                out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                               position_ids=position_ids_for(mask).to(lm.device), use_cache=False, **keep)
+            lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+            for r, i in enumerate(idx):
+                firsts = [c[0] for c in tok[i].candidate_ids]
+                logprobs[0, i, : len(firsts)] = lp[r, firsts]
+                for l in layers:
+                    acts[l][i] = grabbed[l][r]
+    finally:
+        for h in handles:
+            h.remove()
+    lp = letter_logprobs(logprobs, n_choices)
+    lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+    return LetterScores([Setting.unsteered()], shown, lp, {"fused": True}), acts, prompts
