@@ -41,7 +41,13 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a result file; a corrupt one is a SteerlabError naming it (rerun the stage that wrote it)."""
+    from ..errors import SteerlabError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise SteerlabError(f"{path}: not valid JSON ({e}); rerun the stage that wrote it") from None
 
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
@@ -72,10 +78,23 @@ def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file ([] if it does not exist). A truncated last line (a run killed while
+    appending) is dropped; any other bad line is a SteerlabError."""
+    from ..errors import SteerlabError
+
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = []
+    for k, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:
+                break
+            raise SteerlabError(f"{path}, line {k + 1}: not valid JSON") from None
+    return out
 
 
 def check_fresh(paths: Sequence[Path], force: bool) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -138,6 +139,26 @@ class EPOConfig:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known})
 
 
+_ASCII_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _ascii_mask(tokenizer, n: int) -> torch.Tensor:
+    """[n] whether each token decodes (alone) to non-empty printable ASCII; cached per tokenizer."""
+    try:
+        cached = _ASCII_CACHE.get(tokenizer)
+    except TypeError:  # pragma: no cover - an unhashable tokenizer
+        cached = None
+    if cached is not None and cached.shape[0] == n:
+        return cached
+    texts = tokenizer.batch_decode([[i] for i in range(n)])
+    mask = torch.tensor([bool(t) and t.isascii() and t.isprintable() for t in texts], dtype=torch.bool)
+    try:
+        _ASCII_CACHE[tokenizer] = mask
+    except TypeError:  # pragma: no cover
+        pass
+    return mask
+
+
 def allowed_tokens(tokenizer, vocab_size: int, *, vocab: str = "ascii", exclude_special: bool = True,
                    allowed_ids: Sequence[int] | None = None) -> torch.Tensor:
     """Boolean mask [vocab_size] of tokens a sequence may use.
@@ -160,9 +181,7 @@ def allowed_tokens(tokenizer, vocab_size: int, *, vocab: str = "ascii", exclude_
             if 0 <= i < vocab_size:
                 mask[i] = False
     if vocab == "ascii":
-        texts = tokenizer.batch_decode([[i] for i in range(n)])
-        ok = torch.tensor([bool(t) and t.isascii() and t.isprintable() for t in texts], dtype=torch.bool)
-        mask[:n] &= ok
+        mask[:n] &= _ascii_mask(tokenizer, n)
     if allowed_ids is not None:
         keep = torch.zeros(vocab_size, dtype=torch.bool)
         ids = [int(i) for i in allowed_ids if 0 <= int(i) < vocab_size]

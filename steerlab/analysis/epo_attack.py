@@ -10,7 +10,8 @@ small batch of training items, and evaluates the frontier on held-apart items:
 * the same, steered, with each evaluated frontier sequence inserted (as token ids, exactly as
   optimised; and, for the strongest points, inserted as text and re-tokenized, via the engine);
 * cross-entropy references: natural text of the same length in the same slot (the EPO metric) and
-  the model's per-token cross-entropy of the natural question text.
+  the model's per-token cross-entropy of the natural question text in its prompt (the user's text
+  and the separator after it, from the held-apart heads' pass).
 
 `attack_string` raises the log-probability of any target string after a given prompt.
 `python -m steerlab.analysis.epo --help` runs either from the command line (`main`).
@@ -112,40 +113,6 @@ def natural_snippets(targets, seq_len: int, count: int) -> torch.Tensor:
         if len(out) == count:
             break
     return torch.tensor(out, dtype=torch.long).reshape(-1, seq_len)
-
-
-def question_xent(lm, items: Sequence[BehaviourItem], steering: Sequence[Steering], batch: int = 4) -> list[float]:
-    """Per item: the model's mean per-token cross-entropy (nats) of the question text in its prompt
-    (chat template, question as the user turn, answer opened with "("), under `steering`."""
-    from ..capture import position_ids_for
-    from ..encoding import encode
-    from ..steer import apply_steering
-
-    tok = lm.tokenizer
-    out: list[float] = []
-    for s in range(0, len(items), batch):
-        part = items[s:s + batch]
-        prompts = [format_prompt(lm, it.question, "(") for it in part]
-        enc = encode(lm, prompts)
-        handle = apply_steering(lm, list(steering), batch=enc) if steering else None
-        try:
-            with torch.no_grad():
-                logits = lm.model(input_ids=enc.input_ids.to(lm.device), attention_mask=enc.attention_mask.to(lm.device),
-                                  position_ids=position_ids_for(enc.attention_mask).to(lm.device)).logits
-        finally:
-            if handle is not None:
-                handle.remove()
-        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for r, (it, p) in enumerate(zip(part, prompts)):
-            offsets = tok(p.text, add_special_tokens=not p.templated, return_offsets_mapping=True)["offset_mapping"]
-            lo, hi = p.user_start, p.user_start + len(it.question)
-            idx = [k for k, (a, b) in enumerate(offsets) if k > 0 and b > a and a >= lo and b <= hi]
-            if not idx:
-                out.append(float("nan"))
-                continue
-            cols = int(enc.pad[r]) + torch.tensor(idx)
-            out.append(float(-lp[r, cols - 1, enc.input_ids[r, cols]].mean()))
-    return out
 
 
 def _run_dir_ready(run_dir: str | Path | None, force: bool) -> None:
@@ -291,13 +258,13 @@ def evaluate_heldout(lm, result: EPOResult, test: Sequence[BehaviourItem], test_
         "natural_unsteered": float(natural[0].mean()),
         "natural_steered": float(natural[1].mean()),
     }
-    qx = question_xent(lm, test, steering)
+    chosen = _spread(result.frontier, eval_points)
+    objective = EPOObjective(lm, test_targets, steering, seq_len=result.config.seq_len, normalise=True,
+                             chunk_rows=result.config.chunk_rows, record_heads=True)
+    qx = objective.head_xent()
     finite = [v for v in qx if math.isfinite(v)]
     ev["question_xent_mean"] = sum(finite) / max(1, len(finite))
     ev["question_xent_per_item"] = qx
-    chosen = _spread(result.frontier, eval_points)
-    objective = EPOObjective(lm, test_targets, steering, seq_len=result.config.seq_len, normalise=True,
-                             chunk_rows=result.config.chunk_rows)
     ids = torch.tensor([result.frontier[i].ids for i in chosen], dtype=torch.long)
     sc = objective.scores(ids)
     p_match = 1.0 - sc.target.exp()  # normalised target = log p(not match)/(p(A)+p(B))

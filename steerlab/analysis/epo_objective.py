@@ -230,11 +230,13 @@ class EPOObjective:
             `gradient`) under autocast to that dtype (about 2.5x faster matrix products on CPUs with
             bfloat16 support); `scores(..., exact=True)` always runs in the model's own dtype. The
             heads are always computed exactly.
+        record_heads: keep each head's token log-probabilities (`head_token_logprobs`, for
+            `head_xent`: the cross-entropy of natural prompt text, e.g. the question).
     """
 
     def __init__(self, lm, items: Sequence[TargetItem], steering: Steering | Sequence[Steering] = (), *,
                  seq_len: int, normalise: bool = False, chunk_rows: int = 32,
-                 fast_dtype: torch.dtype | None = None):
+                 fast_dtype: torch.dtype | None = None, record_heads: bool = False):
         self.lm = lm
         self.items = list(items)
         self.steering = [steering] if isinstance(steering, Steering) else list(steering)
@@ -244,6 +246,7 @@ class EPOObjective:
         self.fast_dtype = fast_dtype
         check_objective_inputs(lm, self.items, self.seq_len, self.normalise, self.chunk_rows)
         emb = lm.model.get_input_embeddings()
+        self.record_heads = bool(record_heads)
         self._embedding = emb
         self._embed_scale = getattr(emb, "embed_scale", None)
         self.vocab_size = int(emb.weight.shape[0])
@@ -296,15 +299,18 @@ class EPOObjective:
         keys: list[list[torch.Tensor]] = []
         values: list[list[torch.Tensor]] = []
         first = []
-        for s in range(0, len(self.items), self.chunk_rows):
-            rows = torch.arange(s, min(s + self.chunk_rows, len(self.items)))
+        self.head_token_logprobs: list[torch.Tensor] | None = [] if self.record_heads else None
+        step = min(self.chunk_rows, 4) if self.record_heads else self.chunk_rows  # full logits are large
+        width = ids.shape[1]
+        for s in range(0, len(self.items), step):
+            rows = torch.arange(s, min(s + step, len(self.items)))
             batch = self._batch(rows, ids[rows], mask[rows])
             handle = apply_steering(lm, self.steering, batch=batch) if self.steering else None
             try:
                 with torch.no_grad():
                     out = lm.model(input_ids=ids[rows].to(lm.device), attention_mask=mask[rows].to(lm.device),
                                    position_ids=position_ids_for(mask[rows]).to(lm.device), use_cache=True,
-                                   **({"logits_to_keep": 1} if self._keep_supported else {}))
+                                   **({"logits_to_keep": 1} if self._keep_supported and not self.record_heads else {}))
             finally:
                 if handle is not None:
                     handle.remove()
@@ -319,10 +325,29 @@ class EPOObjective:
                 keys[l].append(layer.keys)
                 values[l].append(layer.values)
             first.append(torch.log_softmax(out.logits[:, -1].float(), dim=-1))
+            if self.head_token_logprobs is not None:
+                lp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+                got = lp.gather(2, ids[rows][:, 1:, None].to(lp.device)).squeeze(2).cpu()
+                for r, i in enumerate(rows.tolist()):
+                    n = int(self._head_len[i])
+                    self.head_token_logprobs.append(got[r, width - n:])  # log p(head token t | <t), t = 1..n-1
         self._keys = [torch.cat(k) for k in keys]
         self._values = [torch.cat(v) for v in values]
         self._fast_kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         self._first_logprobs = torch.cat(first)  # [I, V]: log p(sequence token 0 | head)
+
+    def head_xent(self, from_user: bool = True) -> list[float]:
+        """Per item: mean per-token cross-entropy (nats) of the head's tokens (from the user's text on
+        when `from_user`; for a suffix the head is the question and the separator), as the model sees
+        them in the prompt, under the steering. Needs `record_heads=True`."""
+        if self.head_token_logprobs is None:
+            raise SteerlabError("head_xent needs EPOObjective(..., record_heads=True)")
+        out = []
+        for it, lp in zip(self.items, self.head_token_logprobs):
+            start = max(it.user_start, 1) if from_user else 1
+            part = lp[start - 1:]  # lp[t - 1] = log p(head token t)
+            out.append(float(-part.mean()) if part.numel() else float("nan"))
+        return out
 
     def _batch(self, item_of_row: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> EncodedBatch:
         """The EncodedBatch the steering hooks need (row-relative boundaries of the full prompt)."""

@@ -53,7 +53,7 @@ from ..methods.pas import PASExample, normalize_method, pas_activations
 from ..steer import POLICIES
 from ..vector import SteeringVector
 from .pas_bias import LetterBiasReport, letter_bias_report
-from .pas_letters import answer_and_capture, score_letters
+from .pas_letters import PromptMemo, score_letters
 from .pas_splits import DEFAULT_CAP, DEFAULT_FRACTIONS, PASSplits, Shown, make_splits
 from .pas_stats import SeedSummary, summarize
 
@@ -173,6 +173,7 @@ class PASConfig:
     positions: str = "last_prompt"
     chat_template: bool = True
     choice_shuffle: str = "independent"
+    choice_seed: int | None = None
     icl_k: int = 0
     dataset: str = ""
     batch_size: int = 16
@@ -308,6 +309,7 @@ def run_pas(
     positions: str = "last_prompt",
     chat_template: bool | None = None,
     choice_shuffle: str = "independent",
+    choice_seed: int | None = None,
     icl_k: int = 0,
     dataset: str = "",
     batch_size: int = 16,
@@ -327,6 +329,9 @@ def run_pas(
         positions: where the vector is added ("last_prompt", as PAS).
         chat_template: wrap prompts in the chat template (default: as `lm`).
         choice_shuffle: "independent" (default); "per-size" reproduces the reference code's fault.
+        choice_seed: None (default) draws every question's choice order anew with each seed; an int
+            fixes the orders across seeds (only the split varies), so the unsteered answers and
+            activations of a recurring prompt are computed once (`PromptMemo`).
         icl_k: in-context exemplars prefixed to every multiple-choice prompt (0 = none).
         dataset: the name used in messages and results (default: the items' source).
         keep_vectors: keep each seed's chosen vector in the result.
@@ -352,12 +357,13 @@ def run_pas(
         raise SteerlabError(f"icl_k must be >= 0, got {icl_k}")
     templated = bool(lm.use_chat_template if chat_template is None else chat_template)
     config = PASConfig(methods, _seeds(seeds), cap, tuple(fractions), grid_layers, grid_strengths, positions,
-                       templated, choice_shuffle, icl_k, name, batch_size)
+                       templated, choice_shuffle, choice_seed, icl_k, name, batch_size)
     runs = []
+    memo = PromptMemo()
     for seed in config.seeds:
         splits = make_splits(items, seed, cap=cap, fractions=fractions, choice_shuffle=choice_shuffle,  # type: ignore[arg-type]
-                             dataset=name)
-        run = _run_seed(lm, splits, config, keep_vectors=keep_vectors, progress=progress)
+                             choice_seed=choice_seed, dataset=name)
+        run = _run_seed(lm, splits, config, memo, keep_vectors=keep_vectors, progress=progress)
         runs.append(run)
         if log is not None:
             parts = ", ".join(f"{m} L{r.layer}@{r.strength:+g} {100 * r.delta:+.1f}pp" if not r.skipped else f"{m} skipped"
@@ -366,7 +372,8 @@ def run_pas(
     return PASResult(config, lm.model_id, runs, time.perf_counter() - t_all)
 
 
-def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, progress: bool) -> SeedRun:
+def _run_seed(lm, splits: PASSplits, config: PASConfig, memo: PromptMemo, *, keep_vectors: bool,
+              progress: bool) -> SeedRun:
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
     name = splits.dataset
@@ -375,15 +382,10 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, p
     # 1. unsteered answers on the training split (and ICL exemplars from its wrong answers)
     tic = time.perf_counter()
     train = list(splits.train)
-    fuse = "pasf" in config.methods  # the PASf prompts are the prompts being answered: read them in that pass
+    read = "pasf" in config.methods  # the PASf prompts are the prompts being answered: read them in that pass
     prefix, exemplar_idx = "", []
-    given = None
-    fused = answer_and_capture(lm, train, config.layers, chat_template=config.chat_template,
-                               batch_size=config.batch_size, dataset=name) if fuse and not config.icl_k else None
-    if fused is not None:
-        plain_train, given = fused[0], (fused[2], fused[1])
-    else:
-        plain_train = score_letters(lm, train, [Setting.unsteered()], **kw)
+    answer = dict(chat_template=config.chat_template, batch_size=config.batch_size, dataset=name)
+    plain_train = memo.answer(lm, train, config.layers, read=read and not config.icl_k, **answer)
     if config.icl_k:
         wrong = [k for k, c in enumerate(plain_train.correct[0].tolist()) if not c]
         if not wrong:
@@ -395,12 +397,7 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, p
         train = [s for k, s in enumerate(train) if k not in set(pick)]
         if len(train) < 1:
             raise DatasetError(f"{name} seed {splits.seed}: no training items left after taking {len(pick)} exemplars")
-        fused = answer_and_capture(lm, train, config.layers, prefix=prefix, chat_template=config.chat_template,
-                                   batch_size=config.batch_size, dataset=name) if fuse else None
-        if fused is not None:
-            train_scores, given = fused[0], (fused[2], fused[1])
-        else:
-            train_scores = score_letters(lm, train, [Setting.unsteered()], prefix=prefix, **kw)
+        train_scores = memo.answer(lm, train, config.layers, prefix=prefix, read=read, **answer)
     else:
         train_scores = plain_train
     preds = train_scores.pred_choices(0)
@@ -419,7 +416,7 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, p
         try:
             acts = pas_activations(lm, examples, try_methods, config.layers, dataset=f"{name} seed {splits.seed}",
                                    chat_template=config.chat_template, batch_size=config.batch_size, progress=progress,
-                                   given=given)
+                                   known=memo.acts)
         except DatasetError as e:  # find which variants cannot run; keep the others
             bad = _failing_methods(lm, examples, try_methods, f"{name} seed {splits.seed}", config.chat_template)
             if not bad:
@@ -429,6 +426,7 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, p
             try_methods = [m for m in try_methods if m not in bad]
             if not try_methods:
                 raise DatasetError("; ".join(bad.values())) from e
+    memo.add_acts(list(acts.index), acts.acts)
     for m in try_methods:
         vectors[m] = acts.vector(lm, m, n_train=len(examples), extra={"dataset": name, "seed": splits.seed})
         ok.append(m)
@@ -480,6 +478,7 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, *, keep_vectors: bool, p
             vec = SteeringVector(base.directions, replace(base.meta, extra={
                 **base.meta.extra, "selected_layers": [layer], "strength": strength, "positions": config.positions,
                 "chat_template": config.chat_template, "choice_shuffle": config.choice_shuffle,
+                "choice_seed": config.choice_seed,
                 "icl_k": config.icl_k, "val_accuracy": val_acc[chosen[m]], "val_unsteered": val_acc[0],
                 "test_accuracy": test_acc[1 + i], "test_unsteered": test_acc[0],
                 "delta": test_acc[1 + i] - test_acc[0], "grid_layers": list(config.layers),

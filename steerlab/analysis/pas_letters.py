@@ -196,3 +196,53 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
     lp = letter_logprobs(logprobs, n_choices)
     lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
     return LetterScores([Setting.unsteered()], shown, lp, {"fused": True}), acts, prompts
+
+
+class PromptMemo:
+    """Unsteered outputs already computed for a model, by prompt text: normalised letter
+    log-probabilities and last-token activations per layer.
+
+    `run_pas` keeps one across its seeds, so a prompt that recurs (the same question with the same
+    choice order, or an iPAS question + answer text, which has no choice order) is run once. Exact:
+    the same text gives the same ids and the same outputs.
+    """
+
+    def __init__(self) -> None:
+        self.letters: dict[str, torch.Tensor] = {}
+        self.acts: dict[str, dict[int, torch.Tensor]] = {}
+
+    def add_acts(self, texts: Sequence[str], acts: dict[int, torch.Tensor]) -> None:
+        """Remember rows of {layer: [n, hidden]} for `texts`."""
+        for k, t in enumerate(texts):
+            slot = self.acts.setdefault(t, {})
+            for layer, a in acts.items():
+                slot[layer] = a[k]
+
+    def answer(self, lm, shown: Sequence[Shown], layers: Sequence[int], *, prefix: str = "",
+               chat_template: bool | None = None, batch_size: int = 16, dataset: str = "",
+               read: bool = True) -> LetterScores:
+        """Unsteered letter scores of `shown` (after `prefix`); prompts not seen yet are run, fused with
+        reading their activations at `layers` when `read` (see `answer_and_capture`)."""
+        shown = list(shown)
+        prompts = [mc_prompt(lm, it, order, prefix=prefix, chat_template=chat_template) for it, order in shown]
+        need = lambda t: t not in self.letters or (read and not all(l in self.acts.get(t, {}) for l in layers))  # noqa: E731
+        todo = [k for k, p in enumerate(prompts) if need(p.text)]
+        if todo:
+            sub = [shown[k] for k in todo]
+            fused = answer_and_capture(lm, sub, layers, prefix=prefix, chat_template=chat_template,
+                                       batch_size=batch_size, dataset=dataset) if read else None
+            if fused is not None:
+                scores, acts, _ = fused
+                self.add_acts([prompts[k].text for k in todo], acts)
+            else:
+                scores = score_letters(lm, sub, [Setting.unsteered()], prefix=prefix, chat_template=chat_template,
+                                       batch_size=batch_size, dataset=dataset)
+            for r, k in enumerate(todo):
+                n = len(shown[k][0].choices)
+                self.letters[prompts[k].text] = scores.logp[0, r, :n].clone()
+        m = max(len(it.choices) for it, _ in shown)
+        logp = torch.full((1, len(shown), m), -math.inf, dtype=torch.float64)
+        for i, p in enumerate(prompts):
+            row = self.letters[p.text]
+            logp[0, i, : len(row)] = row
+        return LetterScores([Setting.unsteered()], shown, logp, {"run": len(todo), "reused": len(shown) - len(todo)})

@@ -91,9 +91,13 @@ class PASSplits:
 
 def make_splits(items: Sequence[MCItem], seed: int, *, cap: int | None = DEFAULT_CAP,
                 fractions: Sequence[float] = DEFAULT_FRACTIONS, choice_shuffle: ChoiceShuffle = "independent",
-                dataset: str = "", min_sizes: tuple[int, int, int] = (2, 1, 1)) -> PASSplits:
+                choice_seed: int | None = None, dataset: str = "",
+                min_sizes: tuple[int, int, int] = (2, 1, 1)) -> PASSplits:
     """Shuffle `items` with `seed`, cap, split 60/20/20 and give each question a choice order.
 
+    Choice orders are drawn over the whole item list (in its given order) from `choice_seed`, or
+    from `seed` when it is None; a fixed `choice_seed` keeps every question's order across seeds
+    (only the split changes), so prompts repeat and their model outputs can be reused.
     Raises DatasetError naming `dataset` for invalid items or too few items for the splits.
     """
     items = list(items)
@@ -112,7 +116,7 @@ def make_splits(items: Sequence[MCItem], seed: int, *, cap: int | None = DEFAULT
             f"PAS needs at least {min_sizes[0]}/{min_sizes[1]}/{min_sizes[2]}, i.e. {need} items with fractions "
             f"{'/'.join(f'{f:g}' for f in fractions)}"
         )
-    orders = choice_orders(kept, seed, choice_shuffle)
-    shown = list(zip(kept, orders))
+    all_orders = choice_orders(items, seed if choice_seed is None else choice_seed, choice_shuffle)
+    shown = [(items[i], all_orders[i]) for i in order[: len(kept)]]
     a, b = sizes[0], sizes[0] + sizes[1]
     return PASSplits(seed, tuple(shown[:a]), tuple(shown[a:b]), tuple(shown[b:]), name, len(items), choice_shuffle)
