@@ -85,6 +85,7 @@ def register(app: typer.Typer) -> None:
         chat_template: Optional[bool] = typer.Option(None, "--chat-template/--no-chat-template",
                                                      help="Wrap prompts in the chat template (default: as the model)."),
         choice_shuffle: str = typer.Option("independent", help="independent (default) or per-size (the reference code's fault; demonstration only)."),
+        choice_seed: Optional[int] = typer.Option(None, help="Fix every question's choice order across seeds (only the split varies; recurring prompts run once)."),
         batch_size: int = typer.Option(16, help="Prompts per forward pass."),
         plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: embedded SmolLM2-135M-Instruct)."),
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
 
             res = run_pas(lm, items, methods, seeds=seeds, cap=cap, layers=parse_layers(layers, lm.n_layers),
                           strengths=_strengths(strengths, signs), chat_template=chat_template,
-                          choice_shuffle=choice_shuffle, icl_k=icl, dataset=data if not Path(data).is_file() else "",
+                          choice_shuffle=choice_shuffle, choice_seed=choice_seed, icl_k=icl, dataset=data if not Path(data).is_file() else "",
                           batch_size=batch_size, log=lambda s: console.print(s, highlight=False))
             written = res.save(out, plots=plots, force=force)
             for m, fname in names.items():

@@ -118,7 +118,10 @@ def test_icl_and_several_methods(make_tiny, tiny_lm):
     assert run.sizes["train"] == 15  # splits are as without ICL; the exemplars then leave the training set
     assert run.methods["pasf"].n_positive + run.methods["pasf"].n_negative == 13
     ex = [it for it in _items(25) if it.index in run.icl_exemplars]
-    assert icl_prefix([(ex[0], (0, 1, 2)[:len(ex[0].choices)])]).endswith(" A\n\n" if ex[0].gold == 0 else "\n\n")
+    order = tuple(range(len(ex[0].choices)))
+    assert icl_prefix([(ex[0], order)]) == (ex[0].question + "\n" + "\n".join(
+        f"{'ABCD'[k]}: {c}" for k, c in enumerate(ex[0].choices)) + "\nRespond with a single letter.\nAnswer: "
+        + "ABCD"[ex[0].gold] + "\n\n")
     assert "Delta" in res.summary_table()
 
 
@@ -143,3 +146,17 @@ def test_bad_configuration(tiny_lm):
         run_pas(tiny_lm, _items(), layers=[1], strengths=[float("nan")])
     with pytest.raises(SteerlabError, match="number of seeds"):
         run_pas(tiny_lm, _items(), seeds=0)
+
+
+def test_fixed_choice_orders_reuse_outputs_across_seeds(tiny_lm):
+    items = _items(20)
+    fixed = run_pas(tiny_lm, items, ["pasf", "ipas-wo"], seeds=[0, 1], layers=[1], strengths=[2.0], choice_seed=5)
+    alone = run_pas(tiny_lm, items, ["pasf", "ipas-wo"], seeds=[1], layers=[1], strengths=[2.0], choice_seed=5)
+    a, b = fixed.runs[1], alone.runs[0]  # seed 1 after seed 0 (memo warm) equals seed 1 alone (memo cold)
+    assert (a.train_accuracy, a.val_unsteered, a.test_unsteered) == (b.train_accuracy, b.val_unsteered, b.test_unsteered)
+    for m in ("pasf", "ipas-wo"):
+        torch.testing.assert_close(a.methods[m].vector[1], b.methods[m].vector[1], atol=1e-5, rtol=1e-5)
+        assert a.methods[m].grid_accuracy == b.methods[m].grid_accuracy
+    s0, s1 = make_splits(items, 0, choice_seed=5), make_splits(items, 1, choice_seed=5)
+    orders0 = {it.index: o for part in (s0.train, s0.val, s0.test) for it, o in part}
+    assert all(orders0[it.index] == o for part in (s1.train, s1.val, s1.test) for it, o in part)

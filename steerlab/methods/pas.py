@@ -28,7 +28,7 @@ correct answers of the wrong items, and records that in the vector's metadata).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 
@@ -228,12 +228,12 @@ class PASActivations:
 
 def pas_activations(lm, examples: Sequence[PASExample], methods: Sequence[str], layers: Sequence[int], *,
                     dataset: str = "", chat_template: bool | None = None, batch_size: int = 16,
-                    progress: bool = False, given: tuple[Sequence[Prompt], dict[int, torch.Tensor]] | None = None
+                    progress: bool = False, known: Mapping[str, Mapping[int, torch.Tensor]] | None = None
                     ) -> PASActivations:
     """Capture, once, the last-token activations of every distinct prompt the variants `methods` need.
 
-    `given`: prompts whose activations at (at least) `layers` are already known, as (prompts,
-    {layer: [n, hidden]}), e.g. the PASf prompts read while answering them; they are not re-run.
+    `known`: activations already read, {prompt text: {layer: [hidden]}} (e.g. the PASf prompts read
+    while answering them, or prompts of an earlier seed); those prompts are not re-run.
     """
     methods = list(dict.fromkeys(normalize_method(m) for m in methods))
     if not methods:
@@ -249,22 +249,17 @@ def pas_activations(lm, examples: Sequence[PASExample], methods: Sequence[str], 
             if p.text not in index:
                 index[p.text] = len(prompts)
                 prompts.append(p)
-    known = {p.text: k for k, p in enumerate(given[0])} if given is not None else {}
-    if given is not None:
-        missing = [l for l in layers if l not in given[1]]
-        if missing:
-            raise SteerlabError(f"given activations lack layers {missing}")
-    todo = [k for k, p in enumerate(prompts) if p.text not in known]
+    known = known or {}
+    reuse = [k for k, p in enumerate(prompts) if p.text in known and all(l in known[p.text] for l in layers)]
+    todo = sorted(set(range(len(prompts))) - set(reuse))
     acts = {l: torch.empty(len(prompts), lm.hidden_size) for l in layers}
     if todo:
         got = capture(lm, [prompts[k] for k in todo], layers, "last", batch_size=batch_size, progress=progress)
         for l in layers:
             acts[l][torch.tensor(todo)] = got[l]
-    reuse = [k for k, p in enumerate(prompts) if p.text in known]
-    if reuse:
-        rows = torch.tensor([known[prompts[k].text] for k in reuse])
+    for k in reuse:
         for l in layers:
-            acts[l][torch.tensor(reuse)] = given[1][l][rows].float()
+            acts[l][k] = known[prompts[k].text][l].float()
     return PASActivations(contrasts, tuple(layers), index, acts,
                           {"distinct_prompts": len(prompts), "captured": len(todo), "reused": len(reuse)})
 
