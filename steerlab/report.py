@@ -113,13 +113,16 @@ def build_page(run_dir: str | Path) -> RunPage:
     side = _load(path, "side_effects.json")
     if layer:
         page.figures.append(Figure("layers", "Effect vs layer",
-                                   f"Behaviour score on {layer.get('items', 'the scored')} items at ±r per layer; the best "
-                                   f"layer ({layer.get('best_layer')}) is the largest effect at +r. Bands: bootstrap 95%.",
+                                   f"Effect (steered − unsteered behaviour score, per item, averaged) on {layer.get('items', 'the scored')} "
+                                   f"items at ±r per layer; the best layer ({layer.get('best_layer')}) has the largest "
+                                   "effect at +r. Bands: paired bootstrap 95%.",
                                    _png(lambda p: plot_sweep(layer, p))))
     if strength:
         page.figures.append(Figure("strength", "Effect vs strength, with the perplexity cost",
-                                   f"Test items at layer {strength['config']['layer']}; red: WikiText-2 perplexity with "
-                                   "the vector at every position (right axis, log).",
+                                   f"Effect on test items at layer {strength['config']['layer']} (band: paired bootstrap 95%); "
+                                   "dashed: the effect on items whose matching answer is each answer token (opposite "
+                                   "signs = the vector pushes an answer token, not the behaviour); red: corpus perplexity "
+                                   "with the vector at every position (right axis, log).",
                                    _png(lambda p: _strength_cost_figure(strength, side, p))))
         page.tables.append(("Strength sweep (test items)", _rows(strength)))
     if side:

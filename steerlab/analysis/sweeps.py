@@ -326,16 +326,26 @@ def write_sweep(sweep: Sweep, out_dir: str | Path, name: str | None = None, *, e
 
 
 def _band(ax, xs, rows, label, **style):
-    y = np.array([r["score"] for r in rows])
-    lo = np.array([r["score_low"] for r in rows])
-    hi = np.array([r["score_high"] for r in rows])
+    y = np.array([r["effect"] for r in rows])
+    lo = np.array([r["effect_low"] for r in rows])
+    hi = np.array([r["effect_high"] for r in rows])
     line, = ax.plot(xs, y, marker="o", label=label, **style)
     ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
     return line
 
 
+def _by_answer(ax, xs, rows) -> None:
+    """Thin dashed lines: the effect on items whose matching answer is A/Yes vs B/No (a vector that pushes
+    one answer token shows up as lines of opposite sign)."""
+    keys = sorted({k for r in rows for k in r if k.startswith("effect_if_")})
+    for k in keys:
+        ax.plot(xs, [r.get(k) for r in rows], ls="--", lw=0.8, alpha=0.8,
+                label=f"items matching '{k[len('effect_if_'):]}'")
+
+
 def plot_sweep(data: dict, path: str | Path, ax=None) -> Path | None:
-    """The figure of a sweep's JSON (`Sweep.to_json()`): behaviour score with 95% intervals vs the swept value.
+    """The figure of a sweep's JSON (`Sweep.to_json()`): the effect on the behaviour score (steered −
+    unsteered, paired bootstrap 95% band) vs the swept value.
 
     With `ax`, draws into it and returns None (for composite report figures).
     """
@@ -345,42 +355,45 @@ def plot_sweep(data: dict, path: str | Path, ax=None) -> Path | None:
     kind = data["kind"]
     rows = [r for r in data["rows"] if r.get("method") is not None]
     base = data["unsteered"]
+
+    def xval(r):
+        return r["relative"] if r.get("relative") is not None else r["strength"]
+
     if kind == "layer":
-        for s in sorted({(r["relative"] if r["relative"] is not None else r["strength"]) for r in rows}):
-            sel = sorted([r for r in rows if _same(r["relative"] if r["relative"] is not None else r["strength"], s)],
-                         key=lambda r: r["layer"])
+        for s in sorted({xval(r) for r in rows}):
+            sel = sorted([r for r in rows if _same(xval(r), s)], key=lambda r: r["layer"])
             _band(ax, [r["layer"] for r in sel], sel, f"{'r' if data['config'].get('relative') else 'alpha'}={s:+g}")
         ax.set_xlabel("layer")
-        title = "behaviour score vs layer"
+        title = "effect vs layer"
     elif kind == "strength":
-        sel = sorted(rows, key=lambda r: r["relative"] if r["relative"] is not None else r["strength"])
+        sel = sorted(rows, key=xval)
         rel = data["config"].get("relative")
         xs = [r["relative"] if rel else r["strength"] for r in sel]
         _band(ax, xs, sel, f"layer {data['config']['layer']}")
+        _by_answer(ax, xs, sel)
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel("relative strength r (alpha·||v|| = r·mean||h||)" if rel else "strength alpha")
-        title = "behaviour score vs strength"
+        title = "effect vs strength"
     elif kind == "sample_count":
         sel = sorted(rows, key=lambda r: r["n_train"])
-        _band(ax, [r["n_train"] for r in sel], sel, f"layer {data['config']['layer']}, alpha={data['config']['strength']:.3g}")
+        xs = [r["n_train"] for r in sel]
+        _band(ax, xs, sel, f"layer {data['config']['layer']}, alpha={data['config']['strength']:.3g}")
+        _by_answer(ax, xs, sel)
         ax.set_xscale("log")
         ax.set_xlabel("training pairs")
-        title = "behaviour score vs training-sample count"
+        title = "effect vs training-sample count"
     elif kind == "method":
-        methods = data["config"]["methods"]
-        for m in methods:
-            sel = sorted([r for r in rows if r["method"] == m], key=lambda r: r["relative"] if r["relative"] is not None else r["strength"])
-            xs = [r["relative"] if r["relative"] is not None else r["strength"] for r in sel]
-            _band(ax, xs, sel, m)
+        for m in data["config"]["methods"]:
+            sel = sorted([r for r in rows if r["method"] == m], key=xval)
+            _band(ax, [xval(r) for r in sel], sel, m)
         ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlabel("relative strength r" if data["config"].get("relative") else "strength alpha")
+        ax.set_xlabel("relative strength r (norm-matched)" if data["config"].get("relative") else "strength alpha")
         title = "CAA vs ActAdd"
     else:
         raise SteerlabError(f"unknown sweep kind {kind!r}")
-    ax.axhline(base["score"], color="black", ls="--", lw=1, label=f"unsteered {base['score']:.3f}")
-    ax.axhspan(base["score_low"], base["score_high"], color="black", alpha=0.07)
-    ax.set_ylabel("p(match) / (p(match)+p(not match))")
-    ax.set_title(data.get("title", title))
+    ax.axhline(0.0, color="black", ls="--", lw=1)
+    ax.set_ylabel("effect on p(match)/(p(match)+p(not match))", fontsize=8)
+    ax.set_title(data.get("title", f"{title} (unsteered score {base['score']:.3f}, n={base['n_items']})"), fontsize=9)
     ax.legend(fontsize=7)
     if own:
         return _io.save_figure(fig, path)
