@@ -13,8 +13,8 @@ Two tricks keep the engine exact while doing less work (see `scoring` for where 
   build the attention mask. Blocks L and above run for real on the recorded stream.
 
 Both need a cache made of plain `DynamicLayer`s (full attention, no sliding window or recurrent
-state) and blocks that return the hidden-state tensor itself (transformers 5 style); the engine
-checks both and otherwise falls back to batched recomputation, which is always exact.
+state); skipping also needs blocks that return the hidden-state tensor itself (transformers 5
+style). The engine checks both and otherwise falls back (see `engine.scoring`), always exactly.
 """
 
 from __future__ import annotations

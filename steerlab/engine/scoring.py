@@ -31,10 +31,16 @@ assistant prefix's tokens (e.g. "(") through blocks L..N-1; "all" the whole prom
 through blocks L..N-1. Exactness against a full forward per setting (`score_naive`) is tested to
 1e-4 in float32, with left padding and mixed settings.
 
-Fallback. Prefix reuse and block skipping need a cache of plain full-attention `DynamicLayer`s and
-blocks that return the hidden tensor (Llama, Qwen2/3, Mistral without sliding window, Phi-3, ...).
-For other models (sliding-window or recurrent layers, blocks returning tuples) the engine re-runs the
-whole prompt for every setting, still batching settings; `ScoreTable.info["reuse"]` says which path ran.
+Memory. Every row of a steered forward carries its own copy of the prompt prefix's KV cache
+(blocks >= L only), in buffers reused from chunk to chunk; `max_rows` and `memory_mb` bound a
+chunk, and continuation rows are chunked so their logits fit `memory_mb` too.
+
+Fallbacks, all exact, named in `ScoreTable.info["reuse"]`. Prefix reuse needs a cache of plain
+full-attention `DynamicLayer`s (Llama, Qwen2/3, Mistral without sliding window, Phi-3, GPT-2, ...):
+with sliding-window or recurrent layers (Gemma 2/3, Mistral v0.1, hybrids) every setting re-runs
+the whole prompt through every block, still batched across settings. Block skipping also needs
+blocks that return the hidden-state tensor itself; with blocks returning tuples (Bloom, Falcon)
+the prefix is reused but every block runs.
 """
 
 from __future__ import annotations
