@@ -108,7 +108,7 @@ def finetune_lora(lm, shown: Sequence[Shown], config: SFTConfig = SFTConfig(), *
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log is not None and (step + 1) % max(1, config.steps // 5) == 0:
             log(f"  sft step {step + 1}/{config.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.3f}")
     merged = pm.merge_and_unload()
