@@ -17,7 +17,7 @@ import torch
 import steerlab as sl
 from steerlab.engine import ScoreTable, ScoringItem, Setting, score, score_naive, tokenize_items
 from steerlab.engine.cache import skip_blocks
-from steerlab.errors import LayerError, SteerlabError
+from steerlab.errors import LayerError, PromptTooLongError, SteerlabError
 from steerlab.layers import block_hidden, find_decoder_blocks, with_block_hidden
 from steerlab.vector import VectorMetadata
 
@@ -378,6 +378,8 @@ def test_errors_are_clear(lm):
         score(lm, [item], [Setting((sl.Steering(big, 1.0),))])
     with pytest.raises(SteerlabError, match="not an engine.ScoringItem"):
         score(lm, ["hi"], [Setting.unsteered()])
+    with pytest.raises(PromptTooLongError, match="context window of 256"):
+        score(lm, [ScoringItem("word " * 300, ("A",))], [Setting.unsteered()])
 
 
 def test_skip_blocks_restores_forward_on_error(lm):
