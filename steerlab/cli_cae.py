@@ -96,7 +96,7 @@ class _Prepared:
     """Model, data split, vector and residual norms shared by the single-stage commands."""
 
     def __init__(self, behaviour: str, n_train: int, n_test: int, seed: int, layers: list[int] | None,
-                 vector: Optional[Path], model: Optional[str], need_acts: bool = False):
+                 vector: Optional[Path], model: Optional[str], need_acts: bool = False, save_to: Optional[Path] = None):
         from .analysis.behaviour import load_behaviour, pair_residual_norms, residual_norms
         from .analysis.sweeps import train_activations
         from .vector import SteeringVector
@@ -122,6 +122,13 @@ class _Prepared:
             console.print(f"extracted training activations in {time.perf_counter() - t0:.0f} s")
             self.vec = self.acts.caa_vector(self.lm)
             self.norms = pair_residual_norms(self.acts)
+            if save_to is not None:  # keep the trained vector for later commands (--vector OUT/caa.safetensors)
+                path = Path(save_to) / "caa.safetensors"
+                if path.exists():
+                    console.print(f"kept the existing {path} (this command's vector was not saved)")
+                else:
+                    self.vec.save(path)
+                    console.print(f"saved the CAA vector (layers {list(self.vec.layers)}) to {path}")
 
     @property
     def test(self):
@@ -214,7 +221,7 @@ def layers_cmd(
             raise SteerlabError("--layer-step must be at least 1")
         n_layers = _peek_layers(model)
         chosen = parse_layers(layers, n_layers) or list(range(0, n_layers, layer_step))
-        prep = _Prepared(behaviour, n_train, n_test, seed, chosen, vector, model)
+        prep = _Prepared(behaviour, n_train, n_test, seed, chosen, vector, model, save_to=out)
         plan = layer_plan(prep.vec, prep.data.kind, chosen, [strength, -strength], relative=relative, norms=prep.norms,
                           positions=positions)
         sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token)[0]
@@ -265,7 +272,7 @@ def strengths_cmd(
 
         _check_out(out, ["strength_sweep.json", "strength_sweep.csv", "strength_sweep.png"], force)
         values = _floats(strengths, "strengths")
-        prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model)
+        prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model, save_to=out)
         plan = strength_plan(prep.vec, prep.data.kind, layer, values, relative=relative, norms=prep.norms,
                              positions=positions)
         sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token)[0]

@@ -11,6 +11,9 @@ JSON files (so a report can be rebuilt without the model):
 
 * effect vs layer; effect vs strength with the perplexity cost on a second axis of the same plot;
 * the sample-count curve; CAA vs ActAdd; OOD vs in-distribution effect; example generations.
+
+A figure a stage already saved (``layer_sweep.png`` ...) is inlined as it is; the composite figures
+are drawn from the JSON files.
 """
 
 from __future__ import annotations
@@ -69,10 +72,12 @@ def _load(path: Path, name: str) -> dict | None:
         raise SteerlabError(f"{f}: not valid JSON ({e}); rerun the stage that wrote it") from None
 
 
-def _png(draw) -> bytes:
-    """Run `draw(path)` into a temporary file and return the PNG bytes."""
+def _png(draw, saved: Path | None = None) -> bytes:
+    """The PNG a stage saved (`saved`, when it exists), else `draw(path)` into a temporary file."""
     import tempfile
 
+    if saved is not None and saved.is_file():
+        return saved.read_bytes()
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "fig.png"
         draw(p)
@@ -116,7 +121,7 @@ def build_page(run_dir: str | Path) -> RunPage:
                                    f"Effect (steered − unsteered behaviour score, per item, averaged) on {layer.get('items', 'the scored')} "
                                    f"items at ±r per layer; the best layer ({layer.get('best_layer')}) has the largest "
                                    "effect at +r. Bands: paired bootstrap 95%.",
-                                   _png(lambda p: plot_sweep(layer, p))))
+                                   _png(lambda p: plot_sweep(layer, p), path / "layer_sweep.png")))
     if strength:
         page.figures.append(Figure("strength", "Effect vs strength, with the perplexity cost",
                                    f"Effect on test items at layer {strength['config']['layer']} (band: paired bootstrap 95%); "
@@ -129,7 +134,7 @@ def build_page(run_dir: str | Path) -> RunPage:
         page.figures.append(Figure("cost", "Perplexity and KL vs strength",
                                    f"{side['config']['n_tokens']} tokens of {Path(side['config']['corpus']).name}; KL("
                                    "unsteered || steered) per token with a bootstrap interval over windows.",
-                                   _png(lambda p: plot_side_effects(side, p))))
+                                   _png(lambda p: plot_side_effects(side, p), path / "side_effects.png")))
         page.tables.append(("Side effects", [{k: r[k] for k in ("relative", "strength", "perplexity", "perplexity_ratio",
                                                                  "kl", "kl_low", "kl_high")} for r in side["rows"]]))
     if samples:
@@ -137,7 +142,8 @@ def build_page(run_dir: str | Path) -> RunPage:
         page.figures.append(Figure("samples", "Sample-count curve",
                                    f"CAA vectors from the first n training pairs, alpha {samples['config']['strength']:.3g} "
                                    f"at layer {samples['config']['layer']}. Gains flatten at n = {fl.get('n')} "
-                                   f"({fl.get('reason', '')}).", _png(lambda p: plot_sweep(samples, p))))
+                                   f"({fl.get('reason', '')}).", _png(lambda p: plot_sweep(samples, p),
+                                                                     path / "sample_count_sweep.png")))
         page.tables.append(("Sample-count sweep (test items)", _rows(samples)))
     if methods:
         desc = "; ".join(f"{k}: {v.get('method')}" + (f" ({v['positive']!r} vs {v['negative']!r})" if "positive" in v else
@@ -145,7 +151,7 @@ def build_page(run_dir: str | Path) -> RunPage:
                          for k, v in methods["config"].get("vectors", {}).items())
         page.figures.append(Figure("methods", "CAA vs ActAdd",
                                    f"Same test items, same layer, norm-matched strengths. {desc}.",
-                                   _png(lambda p: plot_sweep(methods, p))))
+                                   _png(lambda p: plot_sweep(methods, p), path / "method_comparison.png")))
         page.tables.append(("CAA vs ActAdd (test items)", _rows(methods)))
     if ood:
         ind = next((r for r in (strength or {}).get("rows", []) if r.get("method") is not None and

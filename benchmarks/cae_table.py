@@ -1,0 +1,100 @@
+"""Tables of docs/results/cae.md from CAE run directories (runs/cae/<behaviour>/summary.json).
+
+    python benchmarks/cae_table.py                      # print the tables
+    python benchmarks/cae_table.py --update docs/results/cae.md   # replace the generated section
+
+Every number comes from a run's files; nothing is typed by hand. The generated section of the
+document lies between the markers `<!-- cae-tables:start -->` and `<!-- cae-tables:end -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from steerlab.analysis.cae import summarize_run  # noqa: E402
+from steerlab.data import CAE_BEHAVIOURS  # noqa: E402
+
+START, END = "<!-- cae-tables:start -->", "<!-- cae-tables:end -->"
+
+
+def ci(d: dict | None, key: str = "effect", digits: int = 3) -> str:
+    if not d or d.get(key) is None:
+        return "–"
+    return f"{d[key]:+.{digits}f} [{d[key + '_low']:+.{digits}f}, {d[key + '_high']:+.{digits}f}]"
+
+
+def run_command(name: str) -> str:
+    return f"`steerlab cae run --behaviour {name} --out runs/cae/{name} --threads 1`"
+
+
+def tables(runs: Path) -> str:
+    rows, details, missing = [], [], []
+    for name in CAE_BEHAVIOURS:
+        d = runs / name
+        if not (d / "manifest.json").is_file():
+            missing.append(name)
+            continue
+        s = summarize_run(d)
+        stages = s.get("stages", {})
+        if any(v.get("status") != "done" for v in stages.values()) or "side_effects" not in stages:
+            missing.append(name + " (incomplete: " + ", ".join(k for k, v in stages.items() if v.get("status") == "done") + ")")
+        e = s.get("effect_at_best") or {}
+        by = e.get("by_answer") or {}
+        u = s.get("unsteered") or {}
+        cost = s.get("cost_at_chosen") or {}
+        ood = s.get("ood") or {}
+        methods = s.get("methods") or {}
+        rows.append("| " + " | ".join([
+            name, {"ab": "A/B", "yesno": "Yes/No"}.get(s.get("kind"), "?"),
+            f"{u.get('score', float('nan')):.3f} [{u.get('score_low', float('nan')):.3f}, {u.get('score_high', float('nan')):.3f}]",
+            str(s.get("best_layer", "–")), ci(e), ci(s.get("effect_at_minus")),
+            " / ".join(f"{k} {v:+.3f}" for k, v in sorted(by.items())) or "–",
+            str((s.get("flatten") or {}).get("n", "–")),
+            ci(methods.get("actadd@+0.5")),
+            ci(ood.get("judge/all")), ci(ood.get("projection/all"), digits=1),
+            f"{cost.get('perplexity', float('nan')):.1f} (x{cost.get('perplexity_ratio', float('nan')):.2f}), KL {cost.get('kl', float('nan')):.2f}",
+            f"{s.get('total_seconds', 0) / 60:.0f} min",
+        ]) + " |")
+        stage_t = ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in stages.items() if v.get("seconds") is not None)
+        sc = s.get("sample_counts") or {}
+        details.append(f"- **{name}**: {run_command(name)} — stages: {stage_t}. Sample-count effects: "
+                       + ", ".join(f"n={n}: {v['effect']:+.3f}" for n, v in sc.items())
+                       + f"; flatten: {(s.get('flatten') or {}).get('reason', '–')}. Unsteered perplexity "
+                         f"{s.get('unsteered_perplexity', float('nan')):.1f}.")
+    head = ("| behaviour | format | unsteered score (test) [95%] | best layer (val) | effect at best layer, r=+0.5 [95%] "
+            "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | gains flatten at n | one-pair ActAdd effect "
+            "(r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] | perplexity at r=+0.5 (ratio), KL "
+            "| wall time |\n|" + "---|" * 13)
+    out = [head, *rows, "", *details]
+    if missing:
+        out += ["", "Missing or incomplete: " + "; ".join(missing) + ". Each reruns (and resumes) with the command above "
+                "with its behaviour name."]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "cae")
+    ap.add_argument("--update", type=Path, help="Replace the generated section of this Markdown file.")
+    args = ap.parse_args()
+    text = tables(args.runs)
+    if args.update is None:
+        print(text)
+        return
+    doc = args.update.read_text()
+    if START not in doc or END not in doc:
+        raise SystemExit(f"{args.update} has no {START} ... {END} section")
+    a, rest = doc.split(START, 1)
+    _, b = rest.split(END, 1)
+    args.update.write_text(a + START + "\n" + text + END + b)
+    print(f"updated {args.update}")
+
+
+if __name__ == "__main__":
+    main()
