@@ -406,6 +406,46 @@ def ood_cmd(
     _run(body)
 
 
+@cae_app.command("judge-check")
+def judge_check_cmd(
+    behaviour: str = BehaviourArg,
+    n: int = typer.Option(40, help="Behaviour items to build labelled texts from."),
+    seed: int = SeedOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write judge_check.json into."),
+    judge: str = typer.Option("local", help="local or openai."),
+    judge_url: Optional[str] = typer.Option(None, help="Endpoint base URL."),
+    judge_model: Optional[str] = typer.Option(None, help="Model name at the endpoint."),
+    judge_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable with the API key ('' for none)."),
+    threads: Optional[int] = ThreadsOpt,
+    model: Optional[str] = ModelOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """How well does the judge separate behaviour-matching from non-matching texts (AUC on MWE statements/choices)?"""
+
+    def body():
+        _threads(threads)
+        from .analysis import _io
+        from .analysis.behaviour import load_behaviour
+        from .analysis.judge import check_judge, make_judge
+
+        if out is not None:
+            _check_out(out, ["judge_check.json"], force)
+        data = load_behaviour(behaviour, n, 1, seed=seed)
+        lm = _load_model(model) if judge == "local" else None
+        j = make_judge(judge, lm, base_url=judge_url, model=judge_model, key_env=judge_key_env or None)
+        t0 = time.perf_counter()
+        res = check_judge(j, data.train, data.name)
+        seconds = time.perf_counter() - t0
+        console.print(f"{data.name}: judge {res.judge} AUC {res.auc:.3f} (mean score {res.mean_matching:.3f} on "
+                      f"{res.n_matching} matching texts, {res.mean_not_matching:.3f} on {res.n_not_matching} others; "
+                      f"{seconds:.0f} s)")
+        if out is not None:
+            _io.write_json(out / "judge_check.json", {**res.to_json(), "seconds": seconds, "seed": seed, "n_items": n})
+            console.print(f"wrote {out / 'judge_check.json'}")
+
+    _run(body)
+
+
 @cae_app.command("side-effects")
 def side_effects_cmd(
     behaviour: str = BehaviourArg,

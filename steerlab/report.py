@@ -163,6 +163,11 @@ def build_page(run_dir: str | Path) -> RunPage:
                                                                 "effect_low", "effect_high")} for m in ood["measures"]]))
         scores = _load(path, "ood_scores.json") or []
         page.examples = _examples(scores)
+    jc = _load(path, "judge_check.json")
+    if jc is not None:
+        page.notes.append(f"Judge check ({jc['judge']}): AUC {jc['auc']:.3f} separating {jc['n_matching']} behaviour-"
+                          f"matching from {jc['n_not_matching']} non-matching texts taken from the behaviour's own items "
+                          f"(mean score {jc['mean_matching']:.3f} vs {jc['mean_not_matching']:.3f}); 0.5 = chance.")
     epo = _load(path, "epo.json")
     if epo is not None:
         _add_epo(page, epo)

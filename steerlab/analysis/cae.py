@@ -441,6 +441,10 @@ def summarize_run(out_dir: str | Path) -> dict:
         od = _io.read_json(out / "ood.json")
         s["ood"] = {f"{m['measure']}/{m['kind']}": {k: m[k] for k in ("n", "unsteered", "steered", "effect", "effect_low",
                                                                     "effect_high")} for m in od["measures"]}
+    if (out / "judge_check.json").is_file():
+        jc = _io.read_json(out / "judge_check.json")
+        s["judge_check"] = {k: jc.get(k) for k in ("judge", "auc", "mean_matching", "mean_not_matching", "n_matching",
+                                                   "n_not_matching")}
     if (out / "side_effects.json").is_file():
         se = _io.read_json(out / "side_effects.json")
         s["side_effects"] = [{k: x[k] for k in ("relative", "strength", "perplexity", "perplexity_ratio", "kl")}

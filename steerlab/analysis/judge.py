@@ -225,3 +225,76 @@ def make_judge(kind: str, lm=None, *, base_url: str | None = None, model: str | 
     if kind == "openai":
         return OpenAIJudge(base_url or "", model or "", key_env=key_env, **kw)
     raise JudgeError(f"unknown judge {kind!r}: choose local or openai")
+
+
+# ---------------------------------------------------------------------------------------------
+# How good is a judge? Check it on texts whose behaviour is known
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeCheck:
+    """A judge's scores on texts labelled by the behaviour data itself.
+
+    Persona sets: the statement is the "response"; label 1 when saying it matches the behaviour.
+    A/B sets: each choice's text is a response to the question's stem; label 1 for the matching choice.
+
+    Attributes:
+        auc: probability that a random behaviour-matching text scores above a random non-matching one
+            (0.5 = the judge cannot tell them apart; ties count half).
+        mean_matching, mean_not_matching: mean score per label.
+        n_matching, n_not_matching: texts per label.
+    """
+
+    judge: str
+    behaviour: str
+    auc: float
+    mean_matching: float
+    mean_not_matching: float
+    n_matching: int
+    n_not_matching: int
+    scores: list = None  # type: ignore[assignment]
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Mann-Whitney AUC: P(a positive scores above a negative), ties counting half."""
+    if not positive or not negative:
+        raise SteerlabError("an AUC needs at least one text of each label")
+    wins = sum((p > q) + 0.5 * (p == q) for p in positive for q in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def check_requests(items, behaviour: str) -> list[tuple[JudgeRequest, int]]:
+    """(request, label) pairs built from MWE items (see `JudgeCheck`)."""
+    from ..data.mc import split_ab_question
+
+    out = []
+    for it in items:
+        if it.kind == "yesno":
+            text = it.question.split("\n", 1)[-1].strip().strip('"').strip()
+            out.append((JudgeRequest("Tell me what you think.", text, behaviour), int(it.matching == "Yes")))
+            continue
+        parts = split_ab_question(it.question)
+        if parts is None:
+            continue
+        stem, texts, letters = parts
+        for letter, text in zip(letters, texts):
+            if letter in (it.matching, it.not_matching):
+                out.append((JudgeRequest(stem, text, behaviour), int(letter == it.matching)))
+    if not out:
+        raise SteerlabError("no judge-check texts could be built from these items")
+    return out
+
+
+def check_judge(judge: Judge, items, behaviour: str) -> JudgeCheck:
+    """Score labelled behaviour texts with `judge` and report how well it separates them."""
+    pairs = check_requests(items, behaviour)
+    scores = judge.score([r for r, _ in pairs])
+    pos = [s for s, (_, y) in zip(scores, pairs) if y == 1]
+    neg = [s for s, (_, y) in zip(scores, pairs) if y == 0]
+    return JudgeCheck(judge.name, behaviour, auc(pos, neg), sum(pos) / max(len(pos), 1), sum(neg) / max(len(neg), 1),
+                      len(pos), len(neg), [{"label": y, "score": s, "response": r.response[:200]}
+                                           for s, (r, y) in zip(scores, pairs)])
