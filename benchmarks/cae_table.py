@@ -71,11 +71,64 @@ def tables(runs: Path) -> str:
             "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | gains flatten at n | one-pair ActAdd effect "
             "(r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] | perplexity at r=+0.5 (ratio), KL "
             "| wall time |\n|" + "---|" * 13)
-    out = [head, *rows, "", *details]
+    out = [head, *rows, "", *details, "", layer_profile(runs), "", strength_profile(runs), "", judge_checks(runs)]
     if missing:
         out += ["", "Missing or incomplete: " + "; ".join(missing) + ". Each reruns (and resumes) with the command above "
                 "with its behaviour name."]
     return "\n".join(out) + "\n"
+
+
+def _done(runs: Path) -> list[tuple[str, dict]]:
+    return [(n, summarize_run(runs / n)) for n in CAE_BEHAVIOURS if (runs / n / "manifest.json").is_file()]
+
+
+def layer_profile(runs: Path) -> str:
+    """Validation effect at +r and -r per layer, for every behaviour (where does steering act?)."""
+    done = [(n, s) for n, s in _done(runs) if s.get("layer_effects")]
+    if not done:
+        return ""
+    keys = list(done[0][1]["layer_effects"])
+    layers = sorted({int(k.split("@")[0]) for k in keys})
+    lines = ["Validation-set effect per layer at r=+0.5 / r=−0.5 (the layer sweep; * = the chosen layer):", "",
+             "| behaviour | " + " | ".join(f"L{l}" for l in layers) + " |", "|---|" + "---|" * len(layers)]
+    for n, s in done:
+        le = s["layer_effects"]
+        cells = []
+        for l in layers:
+            star = "*" if s.get("best_layer") == l else ""
+            cells.append(f"{star}{le.get(f'{l}@+0.5', float('nan')):+.3f} / {le.get(f'{l}@-0.5', float('nan')):+.3f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def strength_profile(runs: Path) -> str:
+    """Test effect and corpus perplexity per relative strength at the chosen layer."""
+    done = [(n, s) for n, s in _done(runs) if s.get("strength_effects")]
+    if not done:
+        return ""
+    rs = sorted({x["relative"] for _, s in done for x in s["strength_effects"]})
+    lines = ["Test-set effect [95%] and corpus perplexity per relative strength r at the chosen layer:", "",
+             "| behaviour | " + " | ".join(f"r={r:+g}" for r in rs) + " |", "|---|" + "---|" * len(rs)]
+    for n, s in done:
+        eff = {x["relative"]: x for x in s["strength_effects"]}
+        ppl = {x["relative"]: x["perplexity"] for x in s.get("side_effects", []) if x.get("relative") is not None}
+        cells = [f"{eff[r]['effect']:+.3f} [{eff[r]['effect_low']:+.3f}, {eff[r]['effect_high']:+.3f}]; ppl "
+                 f"{ppl.get(r, float('nan')):.0f}" if r in eff else "–" for r in rs]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def judge_checks(runs: Path) -> str:
+    done = [(n, s["judge_check"]) for n, s in _done(runs) if s.get("judge_check")]
+    if not done:
+        return ""
+    lines = ["Local judge check (`steerlab cae judge-check`): AUC separating behaviour-matching from non-matching "
+             "texts of the behaviour's own items (0.5 = chance):", "", "| behaviour | AUC | mean score matching | "
+             "mean score not matching | texts |", "|---|---|---|---|---|"]
+    for n, j in done:
+        lines.append(f"| {n} | {j['auc']:.3f} | {j['mean_matching']:.3f} | {j['mean_not_matching']:.3f} | "
+                     f"{j['n_matching']} + {j['n_not_matching']} |")
+    return "\n".join(lines)
 
 
 def main() -> None:

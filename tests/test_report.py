@@ -59,12 +59,12 @@ def test_html_is_self_contained(run_dir, tmp_path):
 
 def test_markdown_with_image_files_and_epo(run_dir, tmp_path):
     run = partial_copy(run_dir, tmp_path / "run")
-    # a colleague's EPO result in the same directory
-    png = (run_dir / "layer_sweep.png").read_bytes()
-    (run / "epo_frontier.png").write_bytes(png)
-    _io.write_json(run / "epo.json", {"format_version": 1, "frontier": [
-        {"ids": [1, 2], "text": "zq| lorem", "target": -0.4, "xent": 7.9, "iteration": 12, "heldout": {}}],
-        "reference": {"natural_target": -2.1}, "meta": {"behaviour": "toy"}, "seconds": 31.0})
+    # an EPO result saved by steerlab.analysis.epo in the same directory (epo.json + epo_frontier.png)
+    from steerlab.analysis.epo import EPOConfig, EPOResult, EPOStep, FrontierPoint
+
+    EPOResult(EPOConfig(iterations=1), [0.1, 10.0], [FrontierPoint([1, 2], "zq| lorem", -0.4, 7.9, 1)],
+              [EPOStep(0, [[1, 2]], [-0.4], [7.9], -0.4, 1, 0.1)], 31.0, reference={"natural_target": -2.1}).save(run)
+    assert (run / "epo_frontier.png").is_file()
     out = write_report(run, tmp_path / "doc" / "r.md")
     text = out.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
