@@ -1,9 +1,11 @@
 """CAE sweeps over the scoring engine: layer, strength (both signs), training-sample count, CAA vs ActAdd.
 
-Each sweep is one `steerlab.engine.score` call (through `behaviour.score_behaviour`) over the test items:
-the unsteered model plus one setting per swept value. Each returns a `Sweep` (per-item and per-setting
-results) that `write_sweep` saves as ``NAME.csv`` (one row per setting x item), ``NAME.json`` (per
-setting: score and effect with bootstrap intervals, plus the sweep's configuration) and ``NAME.png``.
+A sweep is first a `SweepPlan` (its steered settings and what they are); `run_plans` scores one or
+several plans on the same items in ONE `steerlab.engine.score` call (the unsteered model first, so
+every plan shares the base pass) and splits the table back into one `Sweep` per plan (per-item and
+per-setting results). `write_sweep` saves a Sweep as ``NAME.csv`` (one row per setting x item),
+``NAME.json`` (per setting: score and effect with bootstrap intervals, plus the configuration) and
+``NAME.png`` (the effect with its paired bootstrap band vs the swept value).
 
 Strengths are raw (``h <- h + alpha * v``) or *relative*: r means alpha * ||v_L|| = r * mean ||h_L||,
 the typical residual norm at layer L (read at the answer token, see `behaviour.residual_norms`), so
