@@ -147,3 +147,15 @@ def test_a_letter_only_vector_is_exposed():
     assert r.accuracy_by_letter_steered == {"A": 1.0, "B": 0.0, "C": 0.0}
     with pytest.raises(SteerlabError):
         letter_bias_report([], [], [], [], [])
+
+
+def test_fused_pass_shares_a_long_common_prefix_exactly(make_tiny):
+    lm = make_tiny(max_positions=512)
+    items = [MCItem(f"Which {i}?", ("yes", "no", "maybe")[: 2 + i % 2], i % 2, source="t", index=i) for i in range(5)]
+    shown = list(zip(items, choice_orders(items, 2)))
+    prefix = "Example: Is water wet?\nA: yes\nB: no\nRespond with a single letter.\nAnswer: A\n\n"
+    scores, acts, prompts = answer_and_capture(lm, shown, [2], prefix=prefix, batch_size=2)
+    assert scores.info["shared_prefix_tokens"] > 40
+    ref = score_letters(lm, shown, [Setting.unsteered()], prefix=prefix)
+    torch.testing.assert_close(scores.logp, ref.logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(acts[2], capture(lm, prompts, [2], "last")[2], atol=1e-5, rtol=1e-5)

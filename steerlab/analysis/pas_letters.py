@@ -9,8 +9,9 @@ one rule for both. Letter log-probabilities are normalised over the item's lette
 `score_letters` scores prompts under many steering settings with one `engine.score` call.
 `answer_and_capture` is the unsteered special case fused with the PAS capture: one forward per
 batch gives the letter scores *and* the last-token activations at the requested layers (the PASf
-prompts are the prompts being answered); it equals `score_letters` + `capture` (tested) and falls
-back to them when a spelling is more than one token.
+prompts are the prompts being answered), and the token prefix all prompts share (chat header, ICL
+exemplars) runs once; it equals `score_letters` + `capture` (tested) and falls back to them when a
+spelling is more than one token.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..capture import position_ids_for
 from ..data.prompts import LETTERS
 from ..encoding import Prompt, pad_left
 from ..engine import ScoringItem, Setting, score, tokenize_items
+from ..engine.cache import is_plain, select_rows
 from ..errors import PromptTooLongError
 from ..layers import block_hidden
 from ..methods.pas import mc_prompt
@@ -147,11 +149,26 @@ def _rename_too_long(e: PromptTooLongError, shown: Sequence[Shown], dataset: str
     return PromptTooLongError(f"{dataset or it.source or 'dataset'} item {it.index}: {m.group(2)}")
 
 
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    k = 0
+    while k < n and all(r[k] == first[k] for r in rows):
+        k += 1
+    return k
+
+
 def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, prefix: str = "",
                        chat_template: bool | None = None, batch_size: int = 16,
                        dataset: str = "") -> tuple[LetterScores, dict[int, torch.Tensor], list[Prompt]] | None:
     """Unsteered letter scores of the PAS prompts of `shown` and their last-token activations at `layers`
-    ({layer: [n, hidden]}), from one forward per batch; None when some spelling is not a single token."""
+    ({layer: [n, hidden]}; `layers` may be empty), or None when some spelling is not a single token.
+
+    The token prefix every prompt shares (the chat template's header, plus the in-context exemplars
+    of an ICL run) is run once and its KV cache reused by every batch (pads then sit between the
+    shared prefix and each prompt's own tokens, masked; positions continue from the prefix).
+    """
     shown = list(shown)
     prompts = [mc_prompt(lm, it, order, prefix=prefix, chat_template=chat_template) for it, order in shown]
     n_choices = [len(it.choices) for it, _ in shown]
@@ -173,17 +190,31 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
             grabbed[layer] = block_hidden(output)[:, -1].detach().float().cpu()
         return hook
 
+    device = lm.device
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(items)), key=lambda i: tok[i].n_prompt)
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(lm.model).forward).parameters else {}
+    P = _common_prefix([t.prompt_ids for t in tok])
+    shared = None
+    if P > 0:
+        with torch.no_grad():
+            out = lm.model(input_ids=torch.tensor([tok[0].prompt_ids[:P]], device=device), use_cache=True, **keep)
+        shared = out.past_key_values if is_plain(out.past_key_values, lm.n_layers) else None
+        if shared is None:
+            P = 0
+    order = sorted(range(len(items)), key=lambda i: tok[i].n_prompt)
     handles = [lm.blocks[l].register_forward_hook(hook_for(l)) for l in layers]
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            ids, mask = pad_left([tok[i].prompt_ids for i in idx], pad_id)
+            ids, mask = pad_left([tok[i].prompt_ids[P:] for i in idx], pad_id)
+            pos = position_ids_for(mask) + P
+            kwargs = {}
+            if shared is not None:
+                kwargs["past_key_values"] = select_rows(shared, torch.zeros(len(idx), dtype=torch.long))
+                mask = torch.cat([torch.ones(len(idx), P, dtype=mask.dtype), mask], dim=1)
             with torch.no_grad():
-                out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                               position_ids=position_ids_for(mask).to(lm.device), use_cache=False, **keep)
+                out = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                               use_cache=shared is not None, **kwargs, **keep)
             lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
             for r, i in enumerate(idx):
                 firsts = [c[0] for c in tok[i].candidate_ids]
@@ -195,7 +226,7 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
             h.remove()
     lp = letter_logprobs(logprobs, n_choices)
     lp = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
-    return LetterScores([Setting.unsteered()], shown, lp, {"fused": True}), acts, prompts
+    return LetterScores([Setting.unsteered()], shown, lp, {"fused": True, "shared_prefix_tokens": P}), acts, prompts
 
 
 class PromptMemo:
@@ -229,11 +260,12 @@ class PromptMemo:
         todo = [k for k, p in enumerate(prompts) if need(p.text)]
         if todo:
             sub = [shown[k] for k in todo]
-            fused = answer_and_capture(lm, sub, layers, prefix=prefix, chat_template=chat_template,
-                                       batch_size=batch_size, dataset=dataset) if read else None
+            fused = answer_and_capture(lm, sub, layers if read else [], prefix=prefix, chat_template=chat_template,
+                                       batch_size=batch_size, dataset=dataset)
             if fused is not None:
                 scores, acts, _ = fused
-                self.add_acts([prompts[k].text for k in todo], acts)
+                if read:
+                    self.add_acts([prompts[k].text for k in todo], acts)
             else:
                 scores = score_letters(lm, sub, [Setting.unsteered()], prefix=prefix, chat_template=chat_template,
                                        batch_size=batch_size, dataset=dataset)
