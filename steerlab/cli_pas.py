@@ -175,6 +175,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, help="Training batch size."),
         layers: Optional[str] = typer.Option(None, help="Layer grid (default: the paper's, scaled)."),
         strengths: Optional[str] = typer.Option(None, help="Strength grid (default: the paper's, both signs)."),
+        choice_seed: Optional[int] = typer.Option(None, help="Fix every question's choice order across seeds."),
+        base: Optional[Path] = typer.Option(None, help="A `steerlab pas` output directory (same data, cap, grid, choice seed) whose base and base+PAS numbers are reused."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: embedded)."),
         force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     ) -> None:
@@ -182,6 +184,12 @@ def register(app: typer.Typer) -> None:
 
         def body():
             _check_out(out, force, ["results.json"])
+            base_result = None
+            if base is not None:
+                f = base / "results.json" if base.is_dir() else base
+                if not f.is_file():
+                    raise SteerlabError(f"--base: {f} not found")
+                base_result = json.loads(f.read_text())
             items = _items(data, None)
             lm = _load_model(model)
             from .analysis.pas_sft import SFTConfig, run_sft_comparison
@@ -189,8 +197,8 @@ def register(app: typer.Typer) -> None:
             res = run_sft_comparison(lm, items, method, seeds=seeds, cap=cap,
                                      sft=SFTConfig(steps=steps, rank=rank, lr=lr, batch_size=batch_size),
                                      layers=parse_layers(layers, lm.n_layers), strengths=_strengths(strengths, "both"),
-                                     dataset=data if not Path(data).is_file() else "",
-                                     log=lambda s: console.print(s, highlight=False))
+                                     choice_seed=choice_seed, dataset=data if not Path(data).is_file() else "",
+                                     base=base_result, log=lambda s: console.print(s, highlight=False))
             out.mkdir(parents=True, exist_ok=True)
             from .analysis.pas_report import _clean
 

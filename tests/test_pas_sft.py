@@ -54,5 +54,16 @@ def test_sft_comparison_runs_pas_on_the_tuned_model(tiny_lm):
     assert s.sft_choice[0] in (1, 2) and set(res.summaries()) == {"pas_on_base", "sft_alone", "pas_on_sft",
                                                                    "sft_pas_vs_base_pas"}
     assert res.to_dict()["seeds"][0]["sft_info"]["steps"] == 4 and "SFT+PAS" in res.summary_table()
+    # a matching run_pas result supplies the base numbers; a mismatching one is refused
+    from steerlab.analysis.pas import run_pas
+
+    base = run_pas(tiny_lm, _items(20), "ipas-wo", seeds=[0], layers=[1, 2], strengths=[-2.0, 2.0])
+    again = run_sft_comparison(tiny_lm, _items(20), "ipas-wo", seeds=[0], layers=[1, 2], strengths=[-2.0, 2.0],
+                               sft=SFTConfig(steps=4, batch_size=4), base=base.to_dict())
+    assert (again.seeds[0].base, again.seeds[0].base_pas) == (s.base, s.base_pas)
+    assert again.seeds[0].sft == pytest.approx(s.sft)
+    with pytest.raises(SteerlabError, match="base result was run with cap=4000, not 10"):
+        run_sft_comparison(tiny_lm, _items(20), "ipas-wo", seeds=[0], cap=10, layers=[1, 2], strengths=[-2.0, 2.0],
+                           sft=SFTConfig(steps=1), base=base)
     with pytest.raises(SteerlabError, match="steps"):
         SFTConfig(steps=0)

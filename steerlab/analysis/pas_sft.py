@@ -174,27 +174,58 @@ class SFTComparison:
         return "\n".join(lines)
 
 
+def _base_from(base, seed: int, method: str, config: dict):
+    """(unsteered, steered, (layer, strength)) of `seed` from a `run_pas` result (PASResult or its
+    results.json dict) whose configuration matches `config`; None when that seed is not in it."""
+    d = base.to_dict() if hasattr(base, "to_dict") else base
+    cfg = d["config"]
+    for k, v in config.items():
+        if cfg.get(k) != v:
+            raise SteerlabError(f"the base result was run with {k}={cfg.get(k)!r}, not {v!r}: its splits or grid differ")
+    for r in d["runs"]:
+        if r["seed"] == seed and method in r["methods"]:
+            m = r["methods"][method]
+            if m.get("skipped"):
+                return r["test_unsteered"], r["test_unsteered"], (None, None)
+            return r["test_unsteered"], m["test_accuracy"], (m["layer"], m["strength"])
+    return None
+
+
 def run_sft_comparison(lm, items: Sequence[MCItem], method: str = "ipas-wo", *, seeds: int | Sequence[int] = 1,
                        cap: int | None = DEFAULT_CAP, sft: SFTConfig = SFTConfig(), layers=None, strengths=None,
-                       chat_template: bool | None = None, dataset: str = "", log=None) -> SFTComparison:
-    """Per seed: LoRA-tune on the training split, then PAS on the tuned model vs tuned alone vs base + PAS."""
+                       chat_template: bool | None = None, choice_seed: int | None = None, dataset: str = "",
+                       base=None, log=None) -> SFTComparison:
+    """Per seed: LoRA-tune on the training split, then PAS on the tuned model vs tuned alone vs base + PAS.
+
+    `base`: a `run_pas` result (or its results.json as a dict) of the same data, cap, grid and choice
+    seed; its seeds' base and base + PAS accuracies are reused instead of recomputed.
+    """
+    from .pas import default_layers, default_strengths
+
     method = normalize_method(method)
     items = list(items)
     name = dataset or (items[0].source if items else "") or "dataset"
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    grid_layers = default_layers(lm.n_layers) if layers is None else sorted({int(l) for l in layers})
+    grid_strengths = default_strengths() if strengths is None else [float(x) for x in strengths]
+    expect = {"dataset": name, "cap": cap, "layers": grid_layers, "strengths": grid_strengths, "choice_seed": choice_seed}
     out = []
     for seed in seed_list:
         t0 = time.perf_counter()
-        splits = make_splits(items, seed, cap=cap, dataset=name)
-        kw = dict(seeds=[seed], cap=cap, layers=layers, strengths=strengths, chat_template=chat_template,
-                  dataset=name, keep_vectors=False)
-        base = run_pas(lm, items, method, **kw).runs[0]
+        splits = make_splits(items, seed, cap=cap, choice_seed=choice_seed, dataset=name)
+        kw = dict(seeds=[seed], cap=cap, layers=grid_layers, strengths=grid_strengths, chat_template=chat_template,
+                  choice_seed=choice_seed, dataset=name, keep_vectors=False)
+        got = _base_from(base, seed, method, expect) if base is not None else None
+        if got is None:
+            b = run_pas(lm, items, method, **kw).runs[0]
+            m = b.methods[method]
+            got = (b.test_unsteered, b.test_unsteered if m.skipped else m.test_accuracy, (m.layer, m.strength))
         tuned, info = finetune_lora(lm, splits.train, sft, seed=seed, chat_template=chat_template, log=log)
         on_tuned = run_pas(tuned, items, method, **kw).runs[0]
-        b, t = base.methods[method], on_tuned.methods[method]
-        rec = SFTSeed(seed, base.test_unsteered, b.test_accuracy if not b.skipped else base.test_unsteered,
-                      on_tuned.test_unsteered, t.test_accuracy if not t.skipped else on_tuned.test_unsteered,
-                      (b.layer, b.strength), (t.layer, t.strength), info, time.perf_counter() - t0)
+        t = on_tuned.methods[method]
+        rec = SFTSeed(seed, got[0], got[1], on_tuned.test_unsteered,
+                      t.test_accuracy if not t.skipped else on_tuned.test_unsteered, tuple(got[2]),
+                      (t.layer, t.strength), info, time.perf_counter() - t0)
         out.append(rec)
         if log is not None:
             log(f"{name} seed {seed}: base {100 * rec.base:.1f}% base+PAS {100 * rec.base_pas:.1f}% "
