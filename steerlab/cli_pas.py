@@ -154,9 +154,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"Delta over {len(res)} seed(s): {s.format()} pp", highlight=False)
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                from .analysis.pas_report import _clean
+                from .analysis.pas_report import json_safe
 
-                out.write_text(json.dumps(_clean({"vector": str(vector), "runs": [r.to_dict() for r in res],
+                out.write_text(json.dumps(json_safe({"vector": str(vector), "runs": [r.to_dict() for r in res],
                                                   "delta": s.to_dict()}), indent=1))
                 console.print(f"wrote {out}")
 
@@ -200,9 +200,9 @@ def register(app: typer.Typer) -> None:
                                      choice_seed=choice_seed, dataset=data if not Path(data).is_file() else "",
                                      base=base_result, log=lambda s: console.print(s, highlight=False))
             out.mkdir(parents=True, exist_ok=True)
-            from .analysis.pas_report import _clean
+            from .analysis.pas_report import json_safe
 
-            (out / "results.json").write_text(json.dumps(_clean(res.to_dict()), indent=1))
+            (out / "results.json").write_text(json.dumps(json_safe(res.to_dict()), indent=1))
             console.print(res.summary_table(), highlight=False)
             console.print(f"wrote {out / 'results.json'}")
 

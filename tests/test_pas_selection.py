@@ -4,6 +4,7 @@ point's validation accuracy and the chosen point's test accuracy recomputed with
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -87,6 +88,8 @@ def test_selection_matches_brute_force_with_naive_scoring(tiny_lm):
     # the saved vector is the best-validation seed's, with the selection summary attached
     v = res.vector("ipas-wo")
     assert v.meta.extra["selection_summary"]["n_seeds"] == 1
+    assert v.meta.extra["selection_summary"]["delta"]["ci_low"] is None  # one seed: no interval, valid JSON
+    json.loads(v.meta.to_json(), parse_constant=lambda c: pytest.fail(f"{c} in vector metadata"))
     tr = evaluate_transfer(lm, v, _items(10, "other"), cap=6)
     assert tr.layer == got.layer and tr.strength == got.strength and tr.n_items == 6
 

@@ -250,10 +250,12 @@ class PASResult:
         vec = run.methods[method].vector
         if vec is None:
             raise SteerlabError(f"the {method} vector of seed {run.seed} was not kept (keep_vectors=False)")
+        from .pas_report import json_safe
+
         s = self.summary(method)
-        extra = {**vec.meta.extra, "selection_summary": {
+        extra = {**vec.meta.extra, "selection_summary": json_safe({
             "delta": s["delta"], "balanced_delta": s["balanced_delta"], "test_unsteered": s["test_unsteered"],
-            "test_steered": s["test_steered"], "chosen_per_seed": s["chosen"], "n_seeds": s["n_seeds"]}}
+            "test_steered": s["test_steered"], "chosen_per_seed": s["chosen"], "n_seeds": s["n_seeds"]})}
         return SteeringVector(vec.directions, replace(vec.meta, extra=extra))
 
     def to_dict(self) -> dict:

@@ -23,14 +23,14 @@ from ..errors import OutputExistsError
 RESULT_FILES = ("results.json", "runs.csv", "grid.csv")
 
 
-def _clean(x):
+def json_safe(x):
     """JSON-safe: NaN/inf -> None, tuples -> lists."""
     if isinstance(x, float):
         return None if (math.isnan(x) or math.isinf(x)) else x
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -89,7 +89,7 @@ def save_result(result, out_dir, *, plots: bool = True, force: bool = False) -> 
             raise OutputExistsError(f"{out / clash[0]} already exists; pass force=True (--force) to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    (out / "results.json").write_text(json.dumps(_clean(result.to_dict()), indent=1))
+    (out / "results.json").write_text(json.dumps(json_safe(result.to_dict()), indent=1))
     written["results"] = str(out / "results.json")
     _write_csv(out / "runs.csv", run_rows(result))
     written["runs"] = str(out / "runs.csv")
