@@ -116,3 +116,16 @@ def test_write_sweep_files(lm, data, acts, tmp_path):
         sw.layer_plan(vec, "yesno", [], [1.0])
     with pytest.raises(SteerlabError, match="residual norm"):
         sw.layer_plan(vec, "yesno", [1], [1.0], relative=True, norms={})
+
+
+def test_answer_balanced_vector(lm, data, acts):
+    vec = sw.answer_balanced_vector(lm, acts, data.train, [1])
+    yes = [k for k, it in enumerate(data.train) if it.matching == "Yes"]
+    no = [k for k, it in enumerate(data.train) if it.matching == "No"]
+    assert yes and no
+    d = acts.positive[1].double() - acts.negative[1].double()
+    expect = (d[yes].mean(0) + d[no].mean(0)) / 2
+    assert torch.allclose(vec[1].double(), expect, atol=1e-5)
+    assert vec.meta.method == "caa-balanced" and vec.meta.extra["groups"] == {"No": len(no), "Yes": len(yes)}
+    with pytest.raises(SteerlabError, match="nothing to balance"):
+        sw.answer_balanced_vector(lm, acts, [data.train[yes[0]]] * len(acts), [1])

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ..data.records import BehaviourItem, ContrastPair
 from ..engine import PairActivations, ScoreTable, Setting, extract_pair_activations, score
@@ -307,6 +308,34 @@ def actadd_vectors(lm, positive: str, negative: str, layers: Sequence[int]) -> d
     one = SteeringVector(one.directions, replace(one.meta, method="actadd-last",
                                                  extra={"positive": positive, "negative": negative}))
     return {"actadd": one, "actadd-pp": train_actadd(lm, positive, negative, list(layers))}
+
+
+def answer_balanced_vector(lm, acts: PairActivations, items: Sequence[BehaviourItem],
+                           layers: Sequence[int] | None = None) -> SteeringVector:
+    """CAA with the matching answers weighted equally: the mean of the per-answer mean differences.
+
+    Plain CAA averages h(match) − h(not match) over the pairs; when more pairs match with "Yes" (or
+    "A") than with "No" ("B"), the average keeps a share of the answer tokens' own difference, and the
+    vector pushes that token rather than the behaviour. Averaging the mean difference of each
+    matching-answer group with equal weights removes that share. `items` are the pairs' source items,
+    in `acts` order.
+    """
+    if len(items) != len(acts):
+        raise SteerlabError(f"{len(items)} items for {len(acts)} extracted pairs")
+    groups: dict[str, list[int]] = {}
+    for k, it in enumerate(items):
+        groups.setdefault(it.matching, []).append(k)
+    if len(groups) < 2:
+        raise SteerlabError(f"every item matches with {next(iter(groups))!r}: there is nothing to balance")
+    layers = list(acts.layers) if layers is None else list(layers)
+    directions = {}
+    for l in layers:
+        means = [acts.mean_difference(l, idx).double() for idx in groups.values()]
+        directions[l] = torch.stack(means).mean(0).float()
+    base = acts.caa_vector(lm, layers=layers)
+    meta = replace(base.meta, method="caa-balanced",
+                   extra={**base.meta.extra, "groups": {a: len(i) for a, i in sorted(groups.items())}})
+    return SteeringVector(directions, meta)
 
 
 # ---------------------------------------------------------------------------------------------
