@@ -58,7 +58,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lm = sl.load_model()
     for d in args.runs:
-        res = run(lm, d)
+        try:
+            res = run(lm, d)
+        except Exception as e:  # a run that is missing or incomplete: say so, go on with the others
+            print(f"{d}: skipped ({type(e).__name__}: {e})")
+            continue
         rows = [r for r in res["rows"] if r.get("method")]
         print(f"{res['behaviour']} L{res['layer']} cos(plain, balanced) {res['cosine_plain_balanced']:.3f} "
               f"groups {res['train_groups']} ({res['seconds']:.0f} s)")
