@@ -54,7 +54,8 @@ def tables(runs: Path) -> str:
             name, {"ab": "A/B", "yesno": "Yes/No"}.get(s.get("kind"), "?"),
             f"{u.get('score', float('nan')):.3f} [{u.get('score_low', float('nan')):.3f}, {u.get('score_high', float('nan')):.3f}]",
             str(s.get("best_layer", "–")), ci(e), ci(s.get("effect_at_minus")),
-            " / ".join(f"{k} {v:+.3f}" for k, v in sorted(by.items())) or "–",
+            " / ".join(f"{k} {v:+.3f}" for k, v in sorted(by.items(), key=lambda kv: kv[0] in ("B", "No"))) or "–",
+            f"{sum(by.values()) / len(by):+.3f}" if by else "–",
             str((s.get("flatten") or {}).get("n", "–")),
             ci(methods.get("actadd@+0.5")),
             ci(ood.get("judge/all")), ci(ood.get("projection/all"), digits=1),
@@ -68,9 +69,9 @@ def tables(runs: Path) -> str:
                        + f"; flatten: {(s.get('flatten') or {}).get('reason', '–')}. Unsteered perplexity "
                          f"{s.get('unsteered_perplexity', float('nan')):.1f}.")
     head = ("| behaviour | format | unsteered score (test) [95%] | best layer (val) | effect at best layer, r=+0.5 [95%] "
-            "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | gains flatten at n | one-pair ActAdd effect "
-            "(r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] | perplexity at r=+0.5 (ratio), KL "
-            "| wall time |\n|" + "---|" * 13)
+            "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | answer-balanced effect (r=+0.5) "
+            "| gains flatten at n | one-pair ActAdd effect (r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] "
+            "| perplexity at r=+0.5 (ratio), KL | wall time |\n|" + "---|" * 14)
     out = [head, *rows, "", *details, "", layer_profile(runs), "", strength_profile(runs), "", judge_checks(runs)]
     if missing:
         out += ["", "Missing or incomplete: " + "; ".join(missing) + ". Each reruns (and resumes) with the command above "
