@@ -29,6 +29,35 @@ def ci(d: dict | None, key: str = "effect", digits: int = 3) -> str:
     return f"{d[key]:+.{digits}f} [{d[key + '_low']:+.{digits}f}, {d[key + '_high']:+.{digits}f}]"
 
 
+def balanced_effect(run_dir: Path, relative: float = 0.5, csv_name: str = "strength_sweep.csv",
+                    n_train: int | None = None) -> dict | None:
+    """The answer-balanced effect on the test items (at `relative`, or of the vector from `n_train` pairs
+    in sample_count_sweep.csv), with its stratified bootstrap interval, recomputed from the per-item CSV
+    and the behaviour file (each item's matching answer)."""
+    import numpy as np
+    import pandas as pd
+
+    from steerlab.analysis.behaviour import balanced_bootstrap_ci
+    from steerlab.data import load_mwe, resolve_behaviour
+
+    csv = run_dir / csv_name
+    man = run_dir / "manifest.json"
+    if not csv.is_file() or not man.is_file():
+        return None
+    cfg = json.loads(man.read_text())["config"]
+    frame = pd.read_csv(csv)
+    matching = {it.index: it.matching for it in load_mwe(resolve_behaviour(cfg["behaviour"], cfg.get("data_root")))}
+    base = frame[frame["label"] == "unsteered"].set_index("item")["p_match"]
+    if n_train is not None:
+        sel = frame[frame["n_train"] == n_train].set_index("item")["p_match"]
+    else:
+        sel = frame[(frame["relative"] - relative).abs() < 1e-9].set_index("item")["p_match"]
+    d = (sel - base.loc[sel.index]).to_numpy()
+    groups = np.array([matching[i] for i in sel.index])
+    point, lo, hi = balanced_bootstrap_ci(d, groups, n_boot=cfg.get("n_boot", 2000), seed=cfg.get("seed", 0))
+    return {"effect": point, "effect_low": lo, "effect_high": hi}
+
+
 def run_command(name: str) -> str:
     return f"`steerlab cae run --behaviour {name} --out runs/cae/{name} --threads 1`"
 
@@ -55,7 +84,7 @@ def tables(runs: Path) -> str:
             f"{u.get('score', float('nan')):.3f} [{u.get('score_low', float('nan')):.3f}, {u.get('score_high', float('nan')):.3f}]",
             str(s.get("best_layer", "–")), ci(e), ci(s.get("effect_at_minus")),
             " / ".join(f"{k} {v:+.3f}" for k, v in sorted(by.items(), key=lambda kv: kv[0] in ("B", "No"))) or "–",
-            f"{sum(by.values()) / len(by):+.3f}" if by else "–",
+            ci(balanced_effect(d)),
             str((s.get("flatten") or {}).get("n", "–")),
             ci(methods.get("actadd@+0.5")),
             ci(ood.get("judge/all")), ci(ood.get("projection/all"), digits=1),
@@ -64,12 +93,14 @@ def tables(runs: Path) -> str:
         ]) + " |")
         stage_t = ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in stages.items() if v.get("seconds") is not None)
         sc = s.get("sample_counts") or {}
-        details.append(f"- **{name}**: {run_command(name)} — stages: {stage_t}. Sample-count effects: "
-                       + ", ".join(f"n={n}: {v['effect']:+.3f}" for n, v in sc.items())
+        bal_n = {n: balanced_effect(d, csv_name="sample_count_sweep.csv", n_train=int(n)) for n in sc}
+        details.append(f"- **{name}**: {run_command(name)} — stages: {stage_t}. Sample-count effects "
+                       "(plain; answer-balanced): "
+                       + ", ".join(f"n={n}: {v['effect']:+.3f}; {bal_n[n]['effect']:+.3f}" for n, v in sc.items())
                        + f"; flatten: {(s.get('flatten') or {}).get('reason', '–')}. Unsteered perplexity "
                          f"{s.get('unsteered_perplexity', float('nan')):.1f}.")
     head = ("| behaviour | format | unsteered score (test) [95%] | best layer (val) | effect at best layer, r=+0.5 [95%] "
-            "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | answer-balanced effect (r=+0.5) "
+            "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | answer-balanced effect (r=+0.5) [95%] "
             "| gains flatten at n | one-pair ActAdd effect (r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] "
             "| perplexity at r=+0.5 (ratio), KL | wall time |\n|" + "---|" * 14)
     out = [head, *rows, "", *details, "", layer_profile(runs), "", strength_profile(runs), "", judge_checks(runs)]

@@ -82,6 +82,8 @@ def test_scores_match_a_naive_per_item_forward(lm, vec_factory, ab_file, yn_file
         for ans, v in sc.by_answer.items():
             mask = np.array([it.matching == ans for it in items])
             assert v["n"] == mask.sum() and v["effect"] == pytest.approx((p[s] - p[0])[mask].mean())
+        if s:
+            assert sc.balanced == pytest.approx(np.mean([v["effect"] for v in sc.by_answer.values()]))
     assert any(abs(sc.effect) > 1e-4 for sc in res.scores[1:])
 
 
@@ -222,3 +224,16 @@ def test_relative_strength_and_residual_norms(lm, vec_factory, ab_file):
         bh.direction_norm(zero, 1)
     with pytest.raises(SteerlabError, match="unknown positions"):
         bh.steering_terms(vec, 0, 1.0, "ab", positions="everywhere")
+
+
+def test_balanced_bootstrap_equals_a_hand_computation():
+    d = np.array([0.3, 0.1, -0.2, -0.4, 0.5, -0.1, 0.2])
+    g = np.array(["Yes", "Yes", "No", "No", "Yes", "No", "Yes"])
+    point, lo, hi = bh.balanced_bootstrap_ci(d, g, n_boot=300, seed=3)
+    yes, no = d[g == "Yes"], d[g == "No"]
+    assert point == pytest.approx((yes.mean() + no.mean()) / 2)
+    rng = np.random.default_rng(3)  # groups are drawn in sorted order: "No", then "Yes"
+    idx_no = rng.integers(0, len(no), size=(300, len(no)))
+    idx_yes = rng.integers(0, len(yes), size=(300, len(yes)))
+    means = sorted((no[idx_no[b]].mean() + yes[idx_yes[b]].mean()) / 2 for b in range(300))
+    assert lo == pytest.approx(np.quantile(means, 0.025)) and hi == pytest.approx(np.quantile(means, 0.975))

@@ -212,6 +212,10 @@ class SettingScore:
         by_answer: per matching answer ("A", "B", "Yes", "No"): n, score and effect on those items
             only. A vector that pushes one letter/word instead of the behaviour shows up here as
             effects of opposite signs that cancel in the mean.
+        balanced, balanced_low, balanced_high: the answer-balanced effect — the mean of the
+            per-answer mean effects, each answer weighted equally, with a stratified bootstrap
+            interval (resampling within each answer group). It does not depend on how many test
+            items match with each answer, so a pure answer-token push contributes ~0 to it.
     """
 
     label: str
@@ -224,6 +228,9 @@ class SettingScore:
     effect_high: float
     meta: dict = field(default_factory=dict)
     by_answer: dict = field(default_factory=dict)
+    balanced: float = 0.0
+    balanced_low: float = 0.0
+    balanced_high: float = 0.0
 
     def row(self) -> dict:
         """A flat dict (meta first) for tables; by_answer flattened to effect_if_<answer> columns."""
@@ -277,6 +284,30 @@ class BehaviourResult:
         return [s.row() for s in self.scores]
 
 
+def balanced_bootstrap_ci(values: np.ndarray, groups: np.ndarray, *, n_boot: int = 2000, level: float = 0.95,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(mean of the group means, interval low, high): a stratified percentile bootstrap.
+
+    Each resample draws every group's items with replacement within the group
+    (`default_rng(seed).integers(0, n_g, size=(n_boot, n_g))`, groups in sorted order) and averages
+    the group means with equal weights.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    labels = sorted(set(np.asarray(groups).tolist()))
+    if not labels:
+        raise SteerlabError("cannot bootstrap an empty set of values")
+    rng = np.random.default_rng(seed)
+    point, boots = [], []
+    for g in labels:
+        xg = x[np.asarray(groups) == g]
+        point.append(xg.mean())
+        boots.append(xg[rng.integers(0, xg.size, size=(n_boot, xg.size))].mean(axis=1))
+    means = np.mean(boots, axis=0)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(np.mean(point)), float(lo), float(hi)
+
+
 def summarize(table: ScoreTable, items: Sequence[BehaviourItem], meta: Sequence[dict], *, n_boot: int = 2000,
               seed: int = 0) -> BehaviourResult:
     """Scores and effects (with bootstrap intervals) of every setting of `table`."""
@@ -295,8 +326,9 @@ def summarize(table: ScoreTable, items: Sequence[BehaviourItem], meta: Sequence[
         elo, ehi = (0.0, 0.0) if s == baseline else bootstrap_ci(d, n_boot=n_boot, seed=seed)
         by = {str(a): {"n": int((answers == a).sum()), "score": float(p[s][answers == a].mean()),
                        "effect": float(d[answers == a].mean())} for a in sorted(set(answers.tolist()))}
+        bal = (0.0, 0.0, 0.0) if s == baseline else balanced_bootstrap_ci(d, answers, n_boot=n_boot, seed=seed)
         scores.append(SettingScore(setting.label, int(p.shape[1]), float(p[s].mean()), lo, hi, float(d.mean()),
-                                   elo, ehi, dict(meta[s]), by))
+                                   elo, ehi, dict(meta[s]), by, *bal))
     return BehaviourResult(table, list(items), [dict(m) for m in meta], scores, baseline)
 
 
