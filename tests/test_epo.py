@@ -416,8 +416,25 @@ def test_attack_behaviour_end_to_end(tiny, tmp_path):
     assert sum("score_steered_text" in p.heldout for p in res.frontier) == 1
     assert (tmp_path / "run" / "epo.json").is_file() and (tmp_path / "run" / "vector.safetensors").is_file()
     assert EPOResult.load(tmp_path / "run").evaluation["natural_steered"] == ev["natural_steered"]
+    assert all(0 <= p.heldout["score_steered_attack_items"] <= 1 for p in scored)
+    assert 0 <= ev["attack_items"]["natural_steered"] <= 1
+    from steerlab.analysis.epo_attack import reevaluate
+
+    again = reevaluate(lm, tmp_path / "run", eval_points=2, log=lambda *_: None)
+    assert again.evaluation["natural_steered"] == pytest.approx(ev["natural_steered"], abs=1e-6)
+    assert [p.heldout.get("score_steered") for p in again.frontier] == pytest.approx(
+        [p.heldout.get("score_steered") for p in res.frontier], abs=1e-5)
     with pytest.raises(sl.errors.OutputExistsError):  # refuses before any computation
         attack_behaviour(lm, "power-seeking-inclination", layer=1, strength=4.0, n_train=3, n_attack=2, n_test=2,
                          config=cfg, run_dir=tmp_path / "run", log=lambda *_: None)
     with pytest.raises(SteerlabError, match="empty"):
         attack_behaviour(lm, "power-seeking-inclination", layer=1, strength=4.0, n_attack=0, config=cfg)
+
+
+def test_balanced_attack_items():
+    from steerlab.analysis.epo_attack import balanced_items
+
+    pool = [BehaviourItem(f"q{i}", m, nm, "ab", "toy", i) for i, (m, nm) in enumerate(["AB", "AB", "AB", "BA", "AB", "BA"])]
+    assert [it.index for it in balanced_items(pool, 4)] == [3, 0, 5, 1]
+    assert [it.not_matching for it in balanced_items(pool, 3)] == ["A", "B", "A"]
+    assert len(balanced_items(pool[:2], 5)) == 2

@@ -394,13 +394,8 @@ class _Memo:
         self.first: list[int] = []
 
     def missing(self, rows: torch.Tensor) -> torch.Tensor:
-        seen, out = set(), []
-        for r in rows.tolist():
-            key = tuple(r)
-            if key not in self.index and key not in seen:
-                seen.add(key)
-                out.append(r)
-        return torch.tensor(out, dtype=torch.long).reshape(-1, rows.shape[1])
+        """The rows not evaluated yet (each once)."""
+        return rows[self.missing_rows(rows)].reshape(-1, rows.shape[1])
 
     def missing_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Indices of the rows not evaluated yet (first occurrence of each)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,25 @@ def _check_args(lm, layer: int, strength: float, positions: str, n_train: int, n
         raise SteerlabError("eval_points must be >= 1 and text_eval_points >= 0")
 
 
+def balanced_items(items: Sequence[BehaviourItem], n: int) -> list[BehaviourItem]:
+    """The first `n` items taking not-matching answers in turn (A, B, A, ... where available), so that
+    a plain bias toward one letter cannot raise the target on every item."""
+    by: dict[str, list[BehaviourItem]] = {}
+    for it in items:
+        by.setdefault(it.not_matching, []).append(it)
+    keys = sorted(by)
+    out: list[BehaviourItem] = []
+    pos = dict.fromkeys(keys, 0)
+    k = 0
+    while len(out) < n and any(pos[key] < len(by[key]) for key in keys):
+        key = keys[k % len(keys)]
+        k += 1
+        if pos[key] < len(by[key]):
+            out.append(by[key][pos[key]])
+            pos[key] += 1
+    return out
+
+
 def _spread(points: list, k: int) -> list[int]:
     """Indices of up to k points spread evenly along the frontier (both ends included)."""
     n = len(points)
@@ -155,7 +175,8 @@ def attack_behaviour(
         auto_sign: measure p(match) at ±|strength| on `n_sign` training items and use the sign that
             raises it (recorded in `meta["sign_check"]`); False uses `strength` as given.
         n_train, n_test, split_seed: disjoint train/test split of the behaviour's items.
-        n_attack: training items whose mean log p(not-matching answer) is the EPO target.
+        n_attack: training items whose mean log p(not-matching answer) is the EPO target, chosen with
+            the not-matching letter alternating (`balanced_items`).
         config: EPO settings; normalise: target log of p(not match)/(p(A)+p(B)) instead of log p(not match).
         placement, separator: where the sequence goes in the user text ("suffix": question + sep + seq).
         eval_points: frontier points evaluated on the held-apart items (spread along the frontier).
@@ -169,7 +190,7 @@ def attack_behaviour(
     path = resolve_behaviour(behaviour)
     items = load_mwe(path)
     train, test = split_items(items, n_train, n_test, seed=split_seed)
-    attack_items = train[:n_attack]
+    attack_items = balanced_items(train, n_attack)
     targets = behaviour_targets(lm, attack_items, placement=placement, separator=separator)
     test_targets = behaviour_targets(lm, test, placement=placement, separator=separator)
     check_epo_inputs(lm, targets, config, normalise)
@@ -197,8 +218,10 @@ def attack_behaviour(
     steering = [Steering(vector, signed, layers=[layer], positions=positions)]
     setting = Setting.single(vector, layer, signed, positions)
     # -- reference: the target without any sequence ------------------------------------------------
-    nat_attack = behaviour_scores(lm, attack_items, [setting])[0]
-    natural_target = (torch.log1p(-nat_attack) if normalise else _raw_not_match(lm, attack_items, setting)).mean()
+    if normalise:
+        natural_target = torch.log1p(-behaviour_scores(lm, attack_items, [setting])[0]).mean()
+    else:
+        natural_target = _raw_not_match(lm, attack_items, setting).mean()
     # -- search -------------------------------------------------------------------------------------
     name = path.stem
     meta = {
@@ -215,29 +238,91 @@ def attack_behaviour(
                               "strength": sign.strength, "n_items": sign.n_items, "as_trained": sign.as_trained}
     log(f"EPO: {config.iterations} iterations, P={config.population}, {config.children} children, "
         f"{n_attack} target items ...")
+    if run_dir is not None:
+        _run_dir_ready(run_dir, force)
+    meta["loadavg_before_search"] = _loadavg()
     result = run_epo(lm, targets, steering, config, normalise=normalise, progress=progress, meta=meta)
+    result.meta["loadavg_after_search"] = _loadavg()
     log(f"search: {result.seconds:.0f} s ({result.seconds_per_iteration:.1f} s/iteration), "
         f"{result.n_evaluated} sequences evaluated")
     result.reference["natural_target"] = float(natural_target)
-    # -- natural text in the same slot (same metric as EPO's xent) --------------------------------
-    attack_objective = EPOObjective(lm, targets, steering, seq_len=config.seq_len, normalise=normalise,
-                                    chunk_rows=config.chunk_rows)
-    snippets = natural_snippets(test_targets, config.seq_len, 8)
+    if run_dir is not None:  # the search is the expensive part: keep it even if the evaluation fails
+        result.save(run_dir, force=True)
+    evaluate_attack(lm, result, vector, eval_points=eval_points, text_eval_points=text_eval_points, log=log)
+    result.meta["total_seconds"] = time.perf_counter() - t_start
+    if run_dir is not None:
+        result.save(run_dir, force=True)
+    return result
+
+
+def _split_from_meta(lm, meta: dict):
+    """(train, test, attack items) of a behaviour run, rebuilt from its metadata."""
+    items = load_mwe(meta["data_file"])
+    train, test = split_items(items, int(meta["n_train"]), int(meta["n_test"]), seed=int(meta["split_seed"]))
+    by_index = {it.index: it for it in train}
+    attack = [by_index[i] for i in meta["attack_items"]]
+    return train, test, attack
+
+
+def evaluate_attack(lm, result: EPOResult, vector: SteeringVector, *, eval_points: int = 6, text_eval_points: int = 1,
+                    log=print) -> EPOResult:
+    """Fill `result.reference` (natural text in the same slot) and `result.evaluation` (held-apart and
+    attack-item behaviour scores) of a behaviour run, from its metadata and its vector."""
+    t0 = time.perf_counter()
+    meta = result.meta
+    cfg = result.config
+    placement, separator = meta["placement"], meta["separator"]
+    layer, signed, positions = int(meta["layer"]), float(meta["strength"]), meta["positions"]
+    steering = [Steering(vector, signed, layers=[layer], positions=positions)]
+    setting = Setting.single(vector, layer, signed, positions)
+    _, test, attack = _split_from_meta(lm, meta)
+    targets = behaviour_targets(lm, attack, placement=placement, separator=separator)
+    test_targets = behaviour_targets(lm, test, placement=placement, separator=separator)
+    # -- natural text in the same slot, with EPO's own metrics -------------------------------------
+    attack_objective = EPOObjective(lm, targets, steering, seq_len=cfg.seq_len, normalise=bool(meta["normalise"]),
+                                    chunk_rows=cfg.chunk_rows)
+    snippets = natural_snippets(test_targets, cfg.seq_len, 8)
     if snippets.shape[0]:
         t, x = attack_objective.evaluate(snippets)
         result.reference.update(natural_xent=float(x.mean()), natural_snippet_target=float(t.mean()),
                                 natural_snippets=[lm.tokenizer.decode(s) for s in snippets.tolist()],
                                 natural_snippet_xents=x.tolist())
-    # -- held-apart evaluation ----------------------------------------------------------------------
-    t0 = time.perf_counter()
-    log(f"evaluating {min(eval_points, len(result.frontier))} frontier points on {n_test} held-apart items ...")
+    # -- held-apart items ---------------------------------------------------------------------------
+    log(f"evaluating {min(eval_points, len(result.frontier))} frontier points on {len(test)} held-apart items ...")
     result.evaluation = evaluate_heldout(lm, result, test, test_targets, steering, setting, eval_points=eval_points,
                                          text_eval_points=text_eval_points, placement=placement, separator=separator)
+    # -- the attack items themselves (behaviour score, as on held-apart items) -----------------------
+    natural = behaviour_scores(lm, attack, [Setting.unsteered(), setting])
+    scored = EPOObjective(lm, targets, steering, seq_len=cfg.seq_len, normalise=True, chunk_rows=cfg.chunk_rows)
+    chosen = result.evaluation["evaluated_points"]
+    sc = scored.scores(torch.tensor([result.frontier[i].ids for i in chosen], dtype=torch.long))
+    for row, i in enumerate(chosen):
+        result.frontier[i].heldout["score_steered_attack_items"] = float((1.0 - sc.target[row].exp()).mean())
+    result.evaluation["attack_items"] = {"n_items": len(attack), "natural_unsteered": float(natural[0].mean()),
+                                         "natural_steered": float(natural[1].mean())}
     result.evaluation["seconds"] = time.perf_counter() - t0
-    result.meta["total_seconds"] = time.perf_counter() - t_start
-    if run_dir is not None:
-        result.save(run_dir, force=force)
     return result
+
+
+def reevaluate(lm, run_dir: str | Path, *, eval_points: int = 6, text_eval_points: int = 1, log=print) -> EPOResult:
+    """Re-run the evaluation of a saved behaviour run (its `epo.json` and `vector.safetensors`) and save it."""
+    result = EPOResult.load(run_dir)
+    if "data_file" not in result.meta:
+        raise SteerlabError(f"{run_dir}: not a behaviour run (no data_file in its metadata)")
+    vector = SteeringVector.load(Path(run_dir) / "vector.safetensors")
+    for p in result.frontier:
+        p.heldout.clear()
+    evaluate_attack(lm, result, vector, eval_points=eval_points, text_eval_points=text_eval_points, log=log)
+    result.save(run_dir, force=True)
+    return result
+
+
+def _loadavg() -> list[float] | None:
+    """The machine's 1/5/15-minute load averages (timings on a shared machine depend on them)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):  # pragma: no cover
+        return None
 
 
 def _raw_not_match(lm, items: Sequence[BehaviourItem], setting: Setting) -> torch.Tensor:
@@ -321,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=150)
     p.add_argument("--n-attack", type=int, default=4, help="training items averaged in the EPO target")
     p.add_argument("--n-test", type=int, default=40)
+    p.add_argument("--n-sign", type=int, default=32, help="training items for the sign check")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--normalise", action="store_true", help="target log p(not match)/(p(A)+p(B)) instead of log p(not match)")
     p.add_argument("--placement", default="suffix", choices=["suffix", "prefix"])
@@ -342,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-points", type=int, default=6)
     p.add_argument("--text-eval-points", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--out", required=True, help="run directory (epo.json, epo_frontier.png, vector)")
+    p.add_argument("--out", help="run directory (epo.json, epo_frontier.png, vector)")
+    p.add_argument("--reevaluate", metavar="RUN_DIR", help="only re-run the evaluation of a saved behaviour run")
     p.add_argument("--force", action="store_true", help="overwrite an existing epo.json")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -363,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     config = config_from_args(a)
     config.validate()
-    if bool(a.behaviour) == bool(a.target):
+    if not a.reevaluate and bool(a.behaviour) == bool(a.target):
         raise SystemExit("give either --behaviour (reverse a steered behaviour) or --prompt and --target")
     log = (lambda *_: None) if a.quiet else (lambda m: print(m, flush=True))
 
@@ -373,12 +460,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"evaluated {step.n_evaluated:6d}  {step.seconds:7.1f} s" + ("  (restart)" if step.restarted else ""))
 
     lm = load_model(a.model)
+    if a.reevaluate:
+        result = reevaluate(lm, a.reevaluate, eval_points=a.eval_points, text_eval_points=a.text_eval_points, log=log)
+        log(summary(result))
+        return 0
+    if not a.out:
+        raise SystemExit("--out RUN_DIR is required")
     if a.behaviour:
         if a.layer is None or a.strength is None:
             raise SystemExit("--behaviour needs --layer and --strength")
         result = attack_behaviour(lm, a.behaviour, layer=a.layer, strength=a.strength, positions=a.positions,
                                   vector=a.vector, auto_sign=not a.no_auto_sign, n_train=a.n_train, n_attack=a.n_attack,
-                                  n_test=a.n_test, split_seed=a.split_seed, config=config, normalise=a.normalise,
+                                  n_test=a.n_test, n_sign=a.n_sign, split_seed=a.split_seed, config=config, normalise=a.normalise,
                                   placement=a.placement, separator=a.separator, eval_points=a.eval_points,
                                   text_eval_points=a.text_eval_points, run_dir=a.out, force=a.force,
                                   progress=progress, log=log)
@@ -401,9 +494,18 @@ def summary(result: EPOResult) -> str:
     lines = [f"frontier ({len(result.frontier)} points), search {result.seconds:.0f} s "
              f"({result.seconds_per_iteration:.1f} s/iteration):"]
     for p in result.frontier:
-        extra = f"  held-apart p(match) {p.heldout['score_steered']:.3f}" if "score_steered" in p.heldout else ""
+        extra = ""
+        if "score_steered" in p.heldout:
+            extra = f"  p(match) held-apart {p.heldout['score_steered']:.3f}"
+        if "score_steered_attack_items" in p.heldout:
+            extra += f", attack items {p.heldout['score_steered_attack_items']:.3f}"
         lines.append(f"  target {p.target:8.3f}  xent {p.xent:6.2f}{extra}  {p.text!r}")
     ev = result.evaluation
     if ev:
-        lines.append(f"held-apart natural prompts: unsteered {ev['natural_unsteered']:.3f}, steered {ev['natural_steered']:.3f}")
+        lines.append(f"natural prompts, p(match): held-apart unsteered {ev['natural_unsteered']:.3f}, steered "
+                     f"{ev['natural_steered']:.3f}")
+        if "attack_items" in ev:
+            at = ev["attack_items"]
+            lines.append(f"natural prompts, p(match): attack items unsteered {at['natural_unsteered']:.3f}, steered "
+                         f"{at['natural_steered']:.3f}")
     return "\n".join(lines)

@@ -47,7 +47,12 @@ def plot_result(result: "EPOResult", path: Path) -> Path:
         if all("score_steered_text" in p.heldout for p in evaluated):
             ax2.plot(ex, [p.heldout["score_steered_text"] for p in evaluated], "s--", c="C1", ms=4,
                      label="steered + sequence (as text)")
+        if all("score_steered_attack_items" in p.heldout for p in evaluated):
+            ax2.plot(ex, [p.heldout["score_steered_attack_items"] for p in evaluated], "^-", c="C4", ms=4,
+                     label="attack items, steered + sequence")
         ev = result.evaluation
+        if "attack_items" in ev:
+            ax2.axhline(ev["attack_items"]["natural_steered"], c="C4", ls=":", lw=1, label="attack items, steered, natural")
         if "natural_steered" in ev:
             ax2.axhline(ev["natural_steered"], c="C3", ls=":", lw=1, label="steered, natural prompt")
         if "natural_unsteered" in ev:
