@@ -56,16 +56,24 @@ def main_table(dirs: list[str]) -> str:
     return "\n".join(rows)
 
 
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def bias_table(dirs: list[str]) -> str:
-    rows = ["| task | method | Delta pp | letter-balanced Delta pp [95% CI] | majority letter (train) | "
-            "best single letter (test) | unsteered | pred. letter shift (TV) | top letter share steered |",
+    rows = ["| task | method | Delta pp | letter-balanced Delta pp [95% CI] | unsteered | majority letter of train, on test "
+            "| best single letter on test | top predicted letter share, unsteered -> steered | prediction shift (TV) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         r = _load(d)
         for m, s in r["summary"].items():
+            lbs = [run["methods"][m]["letter_bias"] for run in r["runs"] if run["methods"][m].get("letter_bias")]
+            top_u = _mean([max(lb["pred_unsteered"].values()) for lb in lbs])
+            top_s = _mean([max(lb["pred_steered"].values()) for lb in lbs])
             rows.append(f"| {r['config']['dataset']} | {m} | {_pp(s['delta']['mean'])} | {_ci(s['balanced_delta'])} | "
-                        f"{_acc(s['majority_train'])} | {_acc(s['majority_test'])} | {_acc(s['test_unsteered'])} | "
-                        f"{s['pred_shift']:.2f} | {s['top_letter_share_steered']:.2f} |")
+                        f"{_acc(s['test_unsteered'])} | {_acc(s['majority_train'])} | {_acc(s['majority_test'])} | "
+                        f"{top_u:.2f} -> {top_s:.2f} | {s['pred_shift']:.2f} |")
     return "\n".join(rows)
 
 

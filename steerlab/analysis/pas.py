@@ -227,6 +227,7 @@ class PASResult:
             "majority_test": mean([r.methods[method].letter_bias.majority_test for r in ran]),
             "pred_shift": mean([r.methods[method].letter_bias.pred_shift for r in ran]),
             "top_letter_share_steered": mean([r.methods[method].letter_bias.top_letter_share_steered for r in ran]),
+            "top_letter_share_unsteered": mean([max(r.methods[method].letter_bias.pred_unsteered.values()) for r in ran]),
             "wall_s_per_seed": mean([r.wall_s for r in self.runs]),
         }
         plain = [r.test_plain for r in ran if r.test_plain is not None]
