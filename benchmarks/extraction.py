@@ -43,15 +43,56 @@ def build_texts(n_pairs: int, path: Path) -> dict:
     pairs = [it.to_pair() for it in load_items(n_pairs, path=path)]
     pos = [format_prompt(tok, p.prompt, p.positive, chat_template=True).text for p in pairs]
     neg = [format_prompt(tok, p.prompt, p.negative, chat_template=True).text for p in pairs]
-    n_tokens = sum(len(tok(t, add_special_tokens=False).input_ids) for t in pos + neg)
-    return {"file": str(path), "positive": pos, "negative": neg, "n_tokens": n_tokens}
+    ids_p = [tok(t, add_special_tokens=False).input_ids for t in pos]
+    ids_n = [tok(t, add_special_tokens=False).input_ids for t in neg]
+    n_tokens = sum(map(len, ids_p)) + sum(map(len, ids_n))
+
+    def shared(a: list[int], b: list[int]) -> int:  # common prefix, leaving each side >= 1 token
+        k = 0
+        while k < min(len(a), len(b)) - 1 and a[k] == b[k]:
+            k += 1
+        return k
+
+    # What prefix sharing saves: a pair's common prefix runs once, then its two differing tails.
+    pair_tokens = sum(len(a) + len(b) - shared(a, b) for a, b in zip(ids_p, ids_n))
+    # The template header every text starts with (system turn + "<|im_start|>user\n").
+    header = ids_p[0]
+    for a in ids_p + ids_n:
+        header = header[: shared(header + [-1], a + [-2])]
+    stats = {"lengths": [[len(a), len(b), shared(a, b)] for a, b in zip(ids_p, ids_n)], "n_tokens": n_tokens, "tokens_with_pair_sharing": pair_tokens, "common_header_tokens": len(header),
+             "longest_text_tokens": max(map(len, ids_p + ids_n)), "mean_text_tokens": n_tokens / len(ids_p + ids_n)}
+    return {"file": str(path), "positive": pos, "negative": neg, **stats}
+
+
+def tokens_fed(impl: str, lengths: list[list[int]], batch_size: int) -> int:
+    """Token positions an implementation feeds the model, padding included (from its batching rule)."""
+    P = [p for p, _, _ in lengths]
+    N = [n for _, n, _ in lengths]
+    if impl == "naive loop" or batch_size == 1 and impl != "engine":
+        return sum(P) + sum(N)
+    if impl == "repeng":  # texts in the order p0, n0, p1, n1, ...; batches of `batch_size` texts, padded
+        seq = [v for pn in zip(P, N) for v in pn]
+        return sum(max(seq[i:i + batch_size]) * len(seq[i:i + batch_size]) for i in range(0, len(seq), batch_size))
+    if impl == "steering-vectors":  # batches of `batch_size` pairs: a padded positive batch and a padded negative batch
+        return sum(max(X[i:i + batch_size]) * len(X[i:i + batch_size]) for X in (P, N) for i in range(0, len(P), batch_size))
+    if impl == "engine":  # pairs sorted by (shared prefix, total); padded prefixes once, then 2 padded tails per pair
+        order = sorted(range(len(lengths)), key=lambda k: (lengths[k][2], lengths[k][0] + lengths[k][1]))
+        total = 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            total += max(lengths[k][2] for k in idx) * len(idx)
+            total += max(max(lengths[k][0], lengths[k][1]) - lengths[k][2] for k in idx) * 2 * len(idx)
+        return total
+    return -1
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-pairs", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=16, help="batch size for steerlab and the peers (default 16)")
-    ap.add_argument("--peer-batch-size", type=int, default=None, help="override the peers' batch size")
+    ap.add_argument("--peer-batch-sizes", type=int, nargs="+", default=[1, 16],
+                    help="batch sizes to run each peer at (default 1 16: 1 is steering-vectors' default and pads "
+                         "nothing, 16 is steerlab's; the verdict uses the fastest peer run)")
     ap.add_argument("--skip-peers", action="store_true", help="no repeng / steering-vectors (no venv needed)")
     ap.add_argument("--skip-naive", action="store_true", help="no naive loop (then vectors are compared with steerlab's)")
     ap.add_argument("--steerlab", choices=["engine", "train_caa", "both"], default="engine",
@@ -68,7 +109,6 @@ def main(argv: list[str] | None = None) -> dict:
     texts_path.write_text(json.dumps(texts))
     log(f"{args.n_pairs} pairs, {texts['n_tokens']} tokens in {2 * args.n_pairs} texts")
     worker = HERE / "_worker.py"
-    peer_bs = args.peer_batch_size or args.batch_size
 
     runs: list[dict] = []
     if args.steerlab in ("engine", "both"):
@@ -85,9 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
         versions = peer_versions()
         ckpt = peer_checkpoint()
         for impl in ("repeng", "steering-vectors"):
-            runs.append(run_worker(py, HERE / "_peer_worker.py", [impl, "--texts", texts_path, "--checkpoint", ckpt, "--save",
-                                                                   work / f"{impl}.npy", "--batch-size", peer_bs],
-                                   label=impl, env=env))
+            for bs in args.peer_batch_sizes:
+                r = run_worker(py, HERE / "_peer_worker.py", [impl, "--texts", texts_path, "--checkpoint", ckpt, "--save",
+                                                              work / f"{impl}-b{bs}.npy", "--batch-size", bs],
+                               label=f"{impl} (batch {bs})", env=env)
+                r["label"] = f"{impl}, batch {bs}"
+                runs.append(r)
     if not args.skip_naive:
         runs.append(run_worker(sys.executable, worker, ["extract", "naive", "--texts", texts_path, "--save", work / "naive.npy"],
                                label="naive loop", env=env))
@@ -113,39 +156,48 @@ def main(argv: list[str] | None = None) -> dict:
     fastest_peer = min(peers, key=lambda r: r["time_s"]) if peers else None
     rows = []
     for r in runs:
-        rows.append([r["impl"], r["time_s"], 2 * r["n_pairs"] / r["time_s"], r["time_s"] / steer_t,
-                     r["peak_rss_mb"], r.get("rss_after_load_mb"), r["max_abs_diff_vs_ref"],
+        kind = "engine" if "engine" in r["impl"] else r["impl"]
+        r["tokens_fed"] = tokens_fed(kind, texts["lengths"], int(r.get("batch_size") or 1)) if kind != "steerlab.train_caa" else None
+        rows.append([r.get("label", r["impl"]), r["time_s"], 2 * r["n_pairs"] / r["time_s"], r["time_s"] / steer_t,
+                     r["tokens_fed"], r["peak_rss_mb"], r.get("rss_after_load_mb"), r["max_abs_diff_vs_ref"],
                      r["max_abs_diff_vs_ref_except_last"]])
     threads = sorted({r.get("torch_threads") for r in runs})
     notes = [machine_line(info) + f" | worker torch threads {threads}",
              f"{args.n_pairs} pairs = {2 * args.n_pairs} texts, {texts['n_tokens']} tokens, {len(ref)} layers; batch size "
-             f"steerlab {args.batch_size}, peers {peer_bs}; reference for diffs: {ref_run['impl']} (largest |v| {ref_norm:.2f})",
-             "time = vectors for every layer, after model load and one warm-up forward; peak RSS = whole process"]
-    for r in peers:
-        if r["impl"] == "repeng" and r["max_abs_diff_vs_ref"] > 10 * max(r["max_abs_diff_vs_ref_except_last"], 1e-6):
+             f"steerlab {args.batch_size}, peers {args.peer_batch_sizes}; reference for diffs: {ref_run['impl']} (largest |v| {ref_norm:.2f})",
+             "time = vectors for every layer, after model load and one warm-up forward; peak RSS = whole process",
+             f"tokens: {texts['n_tokens']} in full texts (what the peers and the naive loop run, before padding); "
+             f"{texts['tokens_with_pair_sharing']} with each pair's common prefix run once (what the engine runs); "
+             f"{texts['common_header_tokens']} header tokens are common to every text"]
+    rep = [r for r in peers if r["impl"] == "repeng"]
+    if rep:
+        if any(r["max_abs_diff_vs_ref"] > 10 * max(r["max_abs_diff_vs_ref_except_last"], 1e-6) for r in rep):
             notes.append("repeng reads layer L at hidden_states[L + 1]; for the last layer transformers puts the final-norm "
                          "output there, not the block output, hence its large last-layer diff")
-        if r["impl"] == "repeng":
-            notes.append(f"repeng has no mean-difference mode: its time is ControlVector.train(method='pca_diff') "
-                         f"(gather {r['gather_s']:.1f} s + PCA/sign {r['reduce_s']:.1f} s); its diff is the mean difference "
-                         f"of the activations it gathered; PCA direction cosine vs reference: min "
-                         f"{r.get('pca_cosine_vs_ref_min', float('nan')):.3f}")
+        notes.append("repeng has no mean-difference mode: its time is ControlVector.train(method='pca_diff') ("
+                     + "; ".join(f"batch {r['batch_size']}: gather {r['gather_s']:.1f} s + PCA/sign {r['reduce_s']:.1f} s"
+                                 for r in rep)
+                     + "); its diffs are the mean difference of the activations it gathered; its PCA direction's cosine "
+                     f"with the reference: min {min(r.get('pca_cosine_vs_ref_min', float('nan')) for r in rep):.3f}, mean "
+                     f"{np.mean([r.get('pca_cosine_vs_ref_mean', float('nan')) for r in rep]):.3f}")
     verdict = {}
     if fastest_peer:
         speedup = fastest_peer["time_s"] / steer_t
-        verdict = {"speedup_vs_fastest_peer": speedup, "fastest_peer": fastest_peer["impl"],
+        verdict = {"speedup_vs_fastest_peer": speedup, "fastest_peer": fastest_peer.get("label", fastest_peer["impl"]),
                    "speedup_target": TARGET_SPEEDUP, "speedup_met": speedup >= TARGET_SPEEDUP}
-        notes.append(f"steerlab vs fastest peer ({fastest_peer['impl']}): {speedup:.2f}x (target >= {TARGET_SPEEDUP:g}x: "
+        notes.append(f"steerlab vs fastest peer run ({verdict['fastest_peer']}): {speedup:.2f}x (target >= {TARGET_SPEEDUP:g}x: "
                      f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'})")
     if not args.skip_naive:
         d = runs[0]["max_abs_diff_vs_ref"]
         verdict.update(max_abs_diff=d, diff_target=TARGET_MAX_DIFF, diff_met=d <= TARGET_MAX_DIFF)
         notes.append(f"steerlab vs naive max |diff| {d:.2e} (target <= {TARGET_MAX_DIFF:g}: {'met' if d <= TARGET_MAX_DIFF else 'MISSED'})")
-    print_table("CAA extraction, every layer", ["implementation", "time s", "texts/s", "x steerlab time", "peak RSS MiB",
+    print_table("CAA extraction, every layer", ["implementation", "time s", "texts/s", "x steerlab time", "tokens fed", "peak RSS MiB",
                                                  "RSS after load MiB", "max |diff| vs ref",
                                                  "same, layers < last"], rows, notes)
     payload = {"machine": info, "peer_versions": versions, "args": {k: str(v) for k, v in vars(args).items()},
-               "n_tokens": texts["n_tokens"], "runs": runs, "verdict": verdict, "notes": notes}
+               "token_stats": {k: texts[k] for k in ("n_tokens", "tokens_with_pair_sharing", "common_header_tokens",
+                                                      "longest_text_tokens", "mean_text_tokens")},
+               "runs": runs, "verdict": verdict, "notes": notes}
     path = write_json("extraction", payload)
     log(f"wrote {path}")
     return payload
