@@ -49,11 +49,11 @@ from ..data.prompts import format_mc_prompt, gold_letter
 from ..data.records import MCItem
 from ..engine import Setting
 from ..errors import DatasetError, SteerlabError
-from ..methods.pas import PASExample, normalize_method, pas_activations
+from ..methods.pas import PASActivations, PASExample, normalize_method, pas_activations, pas_contrast
 from ..steer import POLICIES
 from ..vector import SteeringVector
 from .pas_bias import LetterBiasReport, letter_bias_report
-from .pas_letters import PromptMemo, score_letters
+from .pas_letters import LetterScores, PromptMemo, score_letters
 from .pas_splits import DEFAULT_CAP, DEFAULT_FRACTIONS, PASSplits, Shown, make_splits
 from .pas_stats import SeedSummary, summarize
 
@@ -375,136 +375,145 @@ def run_pas(
     return PASResult(config, lm.model_id, runs, time.perf_counter() - t_all)
 
 
+@dataclass
+class _Training:
+    """Step 1 of a seed: the training examples with the unsteered answers (after any ICL exemplars)."""
+
+    shown: list[Shown]
+    examples: list[PASExample]
+    accuracy: float
+    prefix: str = ""
+    exemplars: list[int] = field(default_factory=list)
+
+
+def _train_answers(lm, splits: PASSplits, config: PASConfig, memo: PromptMemo) -> _Training:
+    """Unsteered answers on the training split; with ICL, exemplars drawn from its wrong answers are
+    taken out and the remaining items answered again after them."""
+    name = splits.dataset
+    train = list(splits.train)
+    read = "pasf" in config.methods  # the PASf prompts are the prompts being answered: read them in that pass
+    answer = dict(chat_template=config.chat_template, batch_size=config.batch_size, dataset=name)
+    scores = memo.answer(lm, train, config.layers, read=read and not config.icl_k, **answer)
+    prefix, exemplars = "", []
+    if config.icl_k:
+        wrong = [k for k, c in enumerate(scores.correct[0].tolist()) if not c]
+        if not wrong:
+            raise DatasetError(f"{name} seed {splits.seed}: the model answers every training item correctly; no wrong "
+                               f"items to draw in-context exemplars from")
+        pick = set(random.Random(f"icl-{splits.seed}").sample(wrong, min(config.icl_k, len(wrong))))
+        prefix = icl_prefix([train[k] for k in sorted(pick)])
+        exemplars = [train[k][0].index for k in sorted(pick)]
+        train = [x for k, x in enumerate(train) if k not in pick]
+        if not train:
+            raise DatasetError(f"{name} seed {splits.seed}: no training items left after taking {len(pick)} exemplars")
+        scores = memo.answer(lm, train, config.layers, prefix=prefix, read=read, **answer)
+    examples = [PASExample(it, order, p, prefix) for (it, order), p in zip(train, scores.pred_choices(0))]
+    return _Training(train, examples, float(scores.accuracy[0]), prefix, exemplars)
+
+
+def _build_vectors(lm, training: _Training, splits: PASSplits, config: PASConfig, memo: PromptMemo, *,
+                   progress: bool) -> tuple[dict[str, SteeringVector], PASActivations | None, dict[str, str]]:
+    """Step 2: every runnable variant's vector at every grid layer from one capture; {variant: why not}
+    for the variants whose contrast is empty (an error when none can run)."""
+    where = f"{splits.dataset} seed {splits.seed}"
+    skipped: dict[str, str] = {}
+    for m in config.methods:
+        try:
+            pas_contrast(lm, training.examples, m, dataset=where, chat_template=config.chat_template)
+        except DatasetError as e:
+            skipped[m] = str(e)
+    runnable = [m for m in config.methods if m not in skipped]
+    if not runnable:
+        raise DatasetError("; ".join(skipped.values()))
+    acts = pas_activations(lm, training.examples, runnable, config.layers, dataset=where,
+                           chat_template=config.chat_template, batch_size=config.batch_size, progress=progress,
+                           known=memo.acts)
+    memo.add_acts(list(acts.index), acts.acts)
+    vectors = {m: acts.vector(lm, m, n_train=len(training.examples), extra={"dataset": splits.dataset,
+                                                                              "seed": splits.seed})
+               for m in runnable}
+    return vectors, acts, skipped
+
+
+def _choose(val: LetterScores, config: PASConfig, n_methods: int) -> list[int]:
+    """Step 4: per variant (blocks of layers x strengths after the unsteered setting 0), the setting index."""
+    nL, nS = len(config.layers), len(config.strengths)
+    acc, gold = val.accuracy.tolist(), val.gold_prob.tolist()
+    grid_layers = [l for l in config.layers for _ in config.strengths]
+    grid_strengths = [s for _ in config.layers for s in config.strengths]
+    out = []
+    for i in range(n_methods):
+        lo = 1 + i * nL * nS
+        out.append(lo + select_best(acc[lo:lo + nL * nS], gold[lo:lo + nL * nS], grid_layers, grid_strengths))
+    return out
+
+
 def _run_seed(lm, splits: PASSplits, config: PASConfig, memo: PromptMemo, *, keep_vectors: bool,
               progress: bool) -> SeedRun:
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
-    name = splits.dataset
-    kw = dict(chat_template=config.chat_template, batch_size=config.batch_size, progress=progress, dataset=name)
+    kw = dict(chat_template=config.chat_template, batch_size=config.batch_size, progress=progress,
+              dataset=splits.dataset)
 
-    # 1. unsteered answers on the training split (and ICL exemplars from its wrong answers)
     tic = time.perf_counter()
-    train = list(splits.train)
-    read = "pasf" in config.methods  # the PASf prompts are the prompts being answered: read them in that pass
-    prefix, exemplar_idx = "", []
-    answer = dict(chat_template=config.chat_template, batch_size=config.batch_size, dataset=name)
-    plain_train = memo.answer(lm, train, config.layers, read=read and not config.icl_k, **answer)
-    if config.icl_k:
-        wrong = [k for k, c in enumerate(plain_train.correct[0].tolist()) if not c]
-        if not wrong:
-            raise DatasetError(f"{name} seed {splits.seed}: the model answers every training item correctly; no wrong "
-                               f"items to draw in-context exemplars from")
-        pick = sorted(random.Random(f"icl-{splits.seed}").sample(wrong, min(config.icl_k, len(wrong))))
-        prefix = icl_prefix([train[k] for k in pick])
-        exemplar_idx = [train[k][0].index for k in pick]
-        train = [s for k, s in enumerate(train) if k not in set(pick)]
-        if len(train) < 1:
-            raise DatasetError(f"{name} seed {splits.seed}: no training items left after taking {len(pick)} exemplars")
-        train_scores = memo.answer(lm, train, config.layers, prefix=prefix, read=read, **answer)
-    else:
-        train_scores = plain_train
-    preds = train_scores.pred_choices(0)
-    examples = [PASExample(it, order, p, prefix) for (it, order), p in zip(train, preds)]
-    train_acc = float(train_scores.accuracy[0])
+    training = _train_answers(lm, splits, config, memo)
     phases["train_answers"] = time.perf_counter() - tic
 
-    # 2. vectors for every method and grid layer from one capture
     tic = time.perf_counter()
-    methods: dict[str, MethodRun] = {}
-    vectors: dict[str, SteeringVector] = {}
-    ok = []
-    try_methods = list(config.methods)
-    acts = None
-    while try_methods and acts is None:
-        try:
-            acts = pas_activations(lm, examples, try_methods, config.layers, dataset=f"{name} seed {splits.seed}",
-                                   chat_template=config.chat_template, batch_size=config.batch_size, progress=progress,
-                                   known=memo.acts)
-        except DatasetError as e:  # find which variants cannot run; keep the others
-            bad = _failing_methods(lm, examples, try_methods, f"{name} seed {splits.seed}", config.chat_template)
-            if not bad:
-                raise
-            for m, msg in bad.items():
-                methods[m] = MethodRun(m, skipped=msg)
-            try_methods = [m for m in try_methods if m not in bad]
-            if not try_methods:
-                raise DatasetError("; ".join(bad.values())) from e
-    memo.add_acts(list(acts.index), acts.acts)
-    for m in try_methods:
-        vectors[m] = acts.vector(lm, m, n_train=len(examples), extra={"dataset": name, "seed": splits.seed})
-        ok.append(m)
+    vectors, acts, skipped = _build_vectors(lm, training, splits, config, memo, progress=progress)
+    ok = list(vectors)
     phases["vectors"] = time.perf_counter() - tic
 
-    # 3. validation: unsteered + every (method, layer, strength) in one engine call
-    tic = time.perf_counter()
-    settings = [Setting.unsteered()]
-    where: list[tuple[str, int, float]] = []
-    for m in ok:
-        for l in config.layers:
-            for s in config.strengths:
-                settings.append(Setting.single(vectors[m], l, s, config.positions, label=f"{m} L{l}@{s:g}"))
-                where.append((m, l, s))
-    val = score_letters(lm, splits.val, settings, prefix=prefix, **kw)
-    val_acc, val_gold = val.accuracy.tolist(), val.gold_prob.tolist()
+    tic = time.perf_counter()  # 3. validation: unsteered + every (variant, layer, strength), one engine call
+    settings = [Setting.unsteered()] + [Setting.single(vectors[m], l, s, config.positions, label=f"{m} L{l}@{s:g}")
+                                        for m in ok for l in config.layers for s in config.strengths]
+    val = score_letters(lm, splits.val, settings, prefix=training.prefix, **kw)
     phases["validation_grid"] = time.perf_counter() - tic
 
-    # 4. choose per method, then test
-    tic = time.perf_counter()
-    chosen: dict[str, int] = {}
-    nL, nS = len(config.layers), len(config.strengths)
-    for i, m in enumerate(ok):
-        lo = 1 + i * nL * nS
-        block = range(lo, lo + nL * nS)
-        k = select_best([val_acc[j] for j in block], [val_gold[j] for j in block],
-                        [where[j - 1][1] for j in block], [where[j - 1][2] for j in block])
-        chosen[m] = lo + k
-    test_settings = [Setting.unsteered()] + [settings[chosen[m]] for m in ok]
-    test = score_letters(lm, splits.test, test_settings, prefix=prefix, **kw)
-    test_acc = test.accuracy.tolist()
+    tic = time.perf_counter()  # 4-5. choose on validation, then test
+    chosen = _choose(val, config, len(ok))
+    test = score_letters(lm, splits.test, [Setting.unsteered()] + [settings[c] for c in chosen],
+                         prefix=training.prefix, **kw)
     test_plain = None
-    if prefix:
-        test_plain = float(score_letters(lm, splits.test, [Setting.unsteered()], **kw).accuracy[0])
+    if training.prefix:  # the plain model (no exemplars) on the same test items
+        answer = dict(chat_template=config.chat_template, batch_size=config.batch_size, dataset=splits.dataset)
+        test_plain = float(memo.answer(lm, splits.test, [], read=False, **answer).accuracy[0])
     phases["test"] = time.perf_counter() - tic
 
+    val_acc, test_acc = val.accuracy.tolist(), test.accuracy.tolist()
     gold = [gold_letter(it, o) for it, o in splits.test]
     n_choices = [len(it.choices) for it, _ in splits.test]
-    train_gold = [gold_letter(it, o) for it, o in train]
+    train_gold = [gold_letter(it, o) for it, o in training.shown]
+    nL, nS = len(config.layers), len(config.strengths)
+    methods = {m: MethodRun(m, skipped=why) for m, why in skipped.items()}
     for i, m in enumerate(ok):
-        _, layer, strength = where[chosen[m] - 1]
+        c = chosen[i]
+        layer, strength = settings[c].layer, settings[c].strength
         lo = 1 + i * nL * nS
-        grid = [[val_acc[lo + a * nS + b] for b in range(nS)] for a in range(nL)]
-        report = letter_bias_report(gold, test.pred_letters(0), test.pred_letters(1 + i), n_choices, train_gold)
-        c = acts.contrasts[m]
-        vec = None
-        if keep_vectors:
-            base = vectors[m].select([layer])
-            vec = SteeringVector(base.directions, replace(base.meta, extra={
-                **base.meta.extra, "selected_layers": [layer], "strength": strength, "positions": config.positions,
-                "chat_template": config.chat_template, "choice_shuffle": config.choice_shuffle,
-                "choice_seed": config.choice_seed,
-                "icl_k": config.icl_k, "val_accuracy": val_acc[chosen[m]], "val_unsteered": val_acc[0],
-                "test_accuracy": test_acc[1 + i], "test_unsteered": test_acc[0],
-                "delta": test_acc[1 + i] - test_acc[0], "grid_layers": list(config.layers),
-                "grid_strengths": list(config.strengths)}))
+        record = {"val_accuracy": val_acc[c], "val_unsteered": val_acc[0], "test_accuracy": test_acc[1 + i],
+                  "test_unsteered": test_acc[0], "delta": test_acc[1 + i] - test_acc[0]}
+        vec = _chosen_vector(vectors[m], layer, strength, config, record) if keep_vectors else None
+        contrast = acts.contrasts[m]
         methods[m] = MethodRun(
-            m, layer, strength, val_acc[chosen[m]], test_acc[1 + i], test_acc[1 + i] - test_acc[0],
-            val_acc[chosen[m]] - val_acc[0], grid, report, len(c.positive), len(c.negative), c.fallback, vec,
-            float(vectors[m][layer].norm()))
-    ordered = {m: methods[m] for m in config.methods}
-    return SeedRun(splits.seed, splits.sizes, train_acc, val_acc[0], test_acc[0], ordered,
-                   time.perf_counter() - t0, phases, test_plain, exemplar_idx)
+            m, layer, strength, val_acc[c], test_acc[1 + i], record["delta"], val_acc[c] - val_acc[0],
+            [[val_acc[lo + a * nS + b] for b in range(nS)] for a in range(nL)],
+            letter_bias_report(gold, test.pred_letters(0), test.pred_letters(1 + i), n_choices, train_gold),
+            len(contrast.positive), len(contrast.negative), contrast.fallback, vec, float(vectors[m][layer].norm()))
+    return SeedRun(splits.seed, splits.sizes, training.accuracy, val_acc[0], test_acc[0],
+                   {m: methods[m] for m in config.methods}, time.perf_counter() - t0, phases, test_plain,
+                   training.exemplars)
 
 
-def _failing_methods(lm, examples, methods, dataset, chat_template) -> dict[str, str]:
-    from ..methods.pas import pas_contrast
-
-    bad = {}
-    for m in methods:
-        try:
-            pas_contrast(lm, examples, m, dataset=dataset, chat_template=chat_template)
-        except DatasetError as e:
-            bad[m] = str(e)
-    return bad
+def _chosen_vector(vector: SteeringVector, layer: int, strength: float, config: PASConfig,
+                   record: dict) -> SteeringVector:
+    """The variant's direction at the chosen layer, its metadata carrying the choice and the run's results
+    (`steerlab generate --vector` reads selected_layers, strength and positions from it)."""
+    base = vector.select([layer])
+    return SteeringVector(base.directions, replace(base.meta, extra={
+        **base.meta.extra, "selected_layers": [layer], "strength": strength, "positions": config.positions,
+        "chat_template": config.chat_template, "choice_shuffle": config.choice_shuffle,
+        "choice_seed": config.choice_seed, "icl_k": config.icl_k, **record, "grid_layers": list(config.layers),
+        "grid_strengths": list(config.strengths)}))
 
 
 # --------------------------------------------------------------------------------------------- transfer
