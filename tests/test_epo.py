@@ -438,3 +438,13 @@ def test_balanced_attack_items():
     assert [it.index for it in balanced_items(pool, 4)] == [3, 0, 5, 1]
     assert [it.not_matching for it in balanced_items(pool, 3)] == ["A", "B", "A"]
     assert len(balanced_items(pool[:2], 5)) == 2
+
+
+def test_paired_difference():
+    from steerlab.analysis.epo_attack import paired_difference
+
+    d = paired_difference(torch.tensor([0.5, 0.7, 0.9]), torch.tensor([0.4, 0.4, 0.4]))
+    diffs = torch.tensor([0.1, 0.3, 0.5], dtype=torch.float64)
+    half = 1.96 * float(diffs.std()) / math.sqrt(3)
+    assert d["mean"] == pytest.approx(0.3) and d["n"] == 3
+    assert (d["low"], d["high"]) == pytest.approx((0.3 - half, 0.3 + half))

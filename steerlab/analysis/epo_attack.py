@@ -96,6 +96,15 @@ def _check_args(lm, layer: int, strength: float, positions: str, n_train: int, n
         raise SteerlabError("eval_points must be >= 1 and text_eval_points >= 0")
 
 
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Mean of a - b over paired items with a 95% normal interval: {"mean", "low", "high", "n"}."""
+    d = (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)).reshape(-1)
+    n = d.numel()
+    m = float(d.mean())
+    half = 1.96 * float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": m, "low": m - half, "high": m + half, "n": n}
+
+
 def balanced_items(items: Sequence[BehaviourItem], n: int) -> list[BehaviourItem]:
     """The first `n` items taking not-matching answers in turn (A, B, A, ... where available), so that
     a plain bias toward one letter cannot raise the target on every item."""
@@ -342,6 +351,9 @@ def evaluate_heldout(lm, result: EPOResult, test: Sequence[BehaviourItem], test_
         "item_indices": [it.index for it in test],
         "natural_unsteered": float(natural[0].mean()),
         "natural_steered": float(natural[1].mean()),
+        "natural_unsteered_items": natural[0].tolist(),
+        "natural_steered_items": natural[1].tolist(),
+        "steering_effect": paired_difference(natural[1], natural[0]),
     }
     chosen = _spread(result.frontier, eval_points)
     objective = EPOObjective(lm, test_targets, steering, seq_len=result.config.seq_len, normalise=True,
@@ -355,7 +367,10 @@ def evaluate_heldout(lm, result: EPOResult, test: Sequence[BehaviourItem], test_
     p_match = 1.0 - sc.target.exp()  # normalised target = log p(not match)/(p(A)+p(B))
     for row, i in enumerate(chosen):
         pt = result.frontier[i]
-        pt.heldout.update(score_steered=float(p_match[row].mean()), xent_heldout=float(sc.xent[row].mean()))
+        pt.heldout.update(score_steered=float(p_match[row].mean()), xent_heldout=float(sc.xent[row].mean()),
+                          score_steered_items=p_match[row].tolist(),
+                          change_vs_steered=paired_difference(p_match[row], natural[1]),
+                          change_vs_unsteered=paired_difference(p_match[row], natural[0]))
     by_strength = sorted(chosen, key=lambda i: -result.frontier[i].target)[:text_eval_points]
     if by_strength:
         texts = [[insert_text(it.question, result.frontier[i].text, placement, separator) for it in test] for i in by_strength]
