@@ -265,6 +265,8 @@ def generate_task(args) -> dict:
                 outputs[m] = ids
         res.update(batch_size=bs, n_prompts=len(group), times=times,
                    tokens_per_s={m: len(group) * T / float(np.median(v)) for m, v in times.items()})
+        if len(modes) == 2:  # steered / unsteered time of each round (neighbours in time: drift mostly cancels)
+            res["paired_ratios"] = [s / p for p, s in zip(times["plain"], times["steered"])]
         if "plain" in outputs and "steered" in outputs:
             res["steered_changed_rows"] = sum(a != b for a, b in zip(outputs["plain"], outputs["steered"]))
     else:  # per_row / one_by_one

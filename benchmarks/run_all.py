@@ -25,7 +25,8 @@ from _common import log, machine_info, machine_line, print_table, write_json  # 
 QUICK = {
     "extraction": ["--n-pairs", "8", "--batch-size", "4"],
     "sweep": ["--n-items", "8", "--layers", "0", "10", "20", "--naive-settings", "3", "--n-train", "10"],
-    "generation": ["--new-tokens", "8", "--batch-size", "4", "--n-per-row", "4", "--repeats", "1", "--skip-memory"],
+    "generation": ["--new-tokens", "8", "--batch-size", "4", "--n-per-row", "4", "--repeats", "2", "--repeats-per-row", "1",
+                   "--skip-memory"],
 }
 
 
