@@ -337,7 +337,7 @@ def demo(
 
 
 # Commands of the analysis areas live in their own modules, each with `register(app)`.
-_EXTENSIONS: tuple[str, ...] = ("cli_cae", "cli_pas")
+_EXTENSIONS: tuple[str, ...] = ("cli_cae", "cli_pas", "cli_epo")
 for _name in _EXTENSIONS:
     __import__(f"{__package__}.{_name}", fromlist=["register"]).register(app)
 

@@ -23,7 +23,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -413,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--behaviour", help="MWE behaviour name or file (behaviour mode)")
     p.add_argument("--prompt", help="user prompt (string mode, with --target)")
     p.add_argument("--target", help="target string whose log-probability to raise (string mode)")
+    p.add_argument("--assistant-prefix", default="", help="string mode: text the assistant turn starts with, before the target")
     p.add_argument("--layer", type=int, help="steered layer (0-based block output)")
     p.add_argument("--strength", type=float, help="steering strength (its sign is checked unless --no-auto-sign)")
     p.add_argument("--positions", default="after_user", choices=list(POLICIES))
@@ -437,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--vocab", default=d.vocab, choices=["ascii", "all"])
     p.add_argument("--allow-special", action="store_true", help="allow special tokens in the sequence")
+    p.add_argument("--allowed-ids", default=None, help="only these token ids (comma list, or @FILE), intersected with --vocab")
     p.add_argument("--fast-dtype", default=None, choices=["bfloat16", "float16"],
                    help="autocast the search's passes (the frontier is re-scored exactly)")
     p.add_argument("--chunk-rows", type=int, default=d.chunk_rows)
@@ -454,52 +456,179 @@ def config_from_args(a: argparse.Namespace) -> EPOConfig:
     return EPOConfig(seq_len=a.seq_len, population=a.population, lambda_min=a.lambda_min, lambda_max=a.lambda_max,
                      children=a.children, top_k=a.top_k, iterations=a.iterations, restart_every=a.restart_every,
                      seed=a.seed, vocab=a.vocab, exclude_special=not a.allow_special, chunk_rows=a.chunk_rows,
-                     fast_dtype=a.fast_dtype)
+                     fast_dtype=a.fast_dtype, allowed_ids=parse_ids(a.allowed_ids))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..models import load_model
+def parse_ids(spec: str | None) -> tuple[int, ...] | None:
+    """'12,345,6789' (or a file of ids separated by commas/whitespace, given as @PATH) -> token ids; None stays None."""
+    if spec is None:
+        return None
+    text = spec
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise SteerlabError(f"allowed-ids file not found: {path}")
+        text = path.read_text()
+    parts = [t for t in text.replace(",", " ").split() if t]
+    try:
+        return tuple(int(t) for t in parts)
+    except ValueError:
+        raise SteerlabError(f"cannot read token ids {spec[:60]!r}: use e.g. 12,345,6789 or @ids.txt") from None
 
-    a = build_parser().parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    config = config_from_args(a)
-    config.validate()
-    if not a.reevaluate and bool(a.behaviour) == bool(a.target):
-        raise SystemExit("give either --behaviour (reverse a steered behaviour) or --prompt and --target")
-    log = (lambda *_: None) if a.quiet else (lambda m: print(m, flush=True))
+
+def unescape(text: str) -> str:
+    """Decode the escapes \\n, \\t and \\\\ a shell passes literally (e.g. --separator '\\n')."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+@dataclass
+class AttackOptions:
+    """Everything an attack run needs; shared by `python -m steerlab.analysis.epo` and `steerlab attack`.
+
+    Mode: `behaviour` (reverse a steered MWE behaviour; needs `layer`, `strength`), `target` with
+    `prompt` (raise log p(target | prompt); steered when `vector`, `layer` and `strength` are given), or
+    `reevaluate` (re-run the held-apart evaluation of a saved behaviour run).
+    """
+
+    out: str | Path | None = None
+    model: str | None = None
+    behaviour: str | None = None
+    prompt: str | None = None
+    target: str | None = None
+    assistant_prefix: str = ""
+    layer: int | None = None
+    strength: float | None = None
+    positions: str = "after_user"
+    vector: str | Path | None = None
+    auto_sign: bool = True
+    n_train: int = 150
+    n_attack: int = 4
+    n_test: int = 40
+    n_sign: int = 32
+    split_seed: int = 0
+    normalise: bool = False
+    placement: str = "suffix"
+    separator: str = "\n"
+    config: EPOConfig = field(default_factory=EPOConfig)
+    eval_points: int = 6
+    text_eval_points: int = 1
+    threads: int | None = None
+    reevaluate: str | Path | None = None
+    force: bool = False
+    progress_every: int = 10
+
+
+def check_options(o: AttackOptions) -> None:
+    """Every check that needs no model: raises SteerlabError (OutputExistsError) before anything is loaded."""
+    o.config.validate()
+    if o.threads is not None and o.threads < 1:
+        raise SteerlabError(f"threads must be a positive integer, got {o.threads}")
+    if o.progress_every < 0:
+        raise SteerlabError("progress_every must be >= 0")
+    if o.reevaluate is not None:
+        if o.behaviour is not None or o.target is not None:
+            raise SteerlabError("--reevaluate takes a saved run directory only (no --behaviour/--target)")
+        if not (Path(o.reevaluate) / RESULT_FILE).is_file():
+            raise SteerlabError(f"{Path(o.reevaluate) / RESULT_FILE}: no EPO result to re-evaluate")
+        return
+    if o.behaviour is not None and o.target is not None:
+        raise SteerlabError("give either --behaviour (reverse a steered behaviour) or --target with --prompt, not both")
+    if o.behaviour is None and o.target is None:
+        raise SteerlabError("give either --behaviour (reverse a steered behaviour) or --target with --prompt")
+    if o.out is None:
+        raise SteerlabError("--out RUN_DIR is required")
+    if o.positions not in POLICIES:
+        raise SteerlabError(f"unknown position policy {o.positions!r}: choose one of {', '.join(POLICIES)}")
+    if o.placement not in ("suffix", "prefix"):
+        raise SteerlabError(f"unknown placement {o.placement!r}: choose suffix or prefix")
+    if o.vector is not None and not Path(o.vector).is_file():
+        raise SteerlabError(f"vector file not found: {o.vector}")
+    if o.behaviour is not None:
+        if o.layer is None or o.strength is None:
+            raise SteerlabError("--behaviour needs --layer and --strength")
+        if o.prompt is not None:
+            raise SteerlabError("--prompt belongs to the target-string mode (--target), not to --behaviour")
+        resolve_behaviour(o.behaviour)  # a clear error for an unknown name or a missing file
+    else:
+        if o.target == "":
+            raise SteerlabError("the target string is empty")
+        if not o.prompt:
+            raise SteerlabError("--target needs a non-empty --prompt (the user message the sequence is attached to)")
+        if o.vector is not None and (o.layer is None or o.strength is None):
+            raise SteerlabError("--vector needs --layer and --strength")
+        if o.vector is None and (o.layer is not None or o.strength is not None):
+            raise SteerlabError("steering a target-string attack needs --vector (with --layer and --strength)")
+    _run_dir_ready(o.out, o.force)
+
+
+def run_attack(o: AttackOptions, *, load=None, log=print) -> EPOResult:
+    """Check `o` (before loading anything), load the model, run the attack and save the run directory.
+
+    `load(model)` loads the model (default `steerlab.models.load_model`); `log` gets progress lines.
+    """
+    check_options(o)
+    if o.threads:
+        torch.set_num_threads(int(o.threads))
+    if load is None:
+        from ..models import load_model as load
 
     def progress(step) -> None:
-        if not a.quiet and (step.iteration % 10 == 0 or step.restarted):
+        if o.progress_every and (step.iteration % o.progress_every == 0 or step.restarted):
             log(f"  iteration {step.iteration:4d}  best target {step.best_target:8.3f}  "
                 f"evaluated {step.n_evaluated:6d}  {step.seconds:7.1f} s" + ("  (restart)" if step.restarted else ""))
 
-    lm = load_model(a.model)
-    if a.reevaluate:
-        result = reevaluate(lm, a.reevaluate, eval_points=a.eval_points, text_eval_points=a.text_eval_points, log=log)
-        log(summary(result))
-        return 0
-    if not a.out:
-        raise SystemExit("--out RUN_DIR is required")
-    if a.behaviour:
-        if a.layer is None or a.strength is None:
-            raise SystemExit("--behaviour needs --layer and --strength")
-        result = attack_behaviour(lm, a.behaviour, layer=a.layer, strength=a.strength, positions=a.positions,
-                                  vector=a.vector, auto_sign=not a.no_auto_sign, n_train=a.n_train, n_attack=a.n_attack,
-                                  n_test=a.n_test, n_sign=a.n_sign, split_seed=a.split_seed, config=config, normalise=a.normalise,
-                                  placement=a.placement, separator=a.separator, eval_points=a.eval_points,
-                                  text_eval_points=a.text_eval_points, run_dir=a.out, force=a.force,
-                                  progress=progress, log=log)
-    else:
-        if not a.prompt:
-            raise SystemExit("string mode needs --prompt")
-        steering: list[Steering] = []
-        if a.vector:
-            if a.layer is None or a.strength is None:
-                raise SystemExit("--vector needs --layer and --strength")
-            steering = [Steering(SteeringVector.load(a.vector), a.strength, layers=[a.layer], positions=a.positions)]
-        result = attack_string(lm, a.prompt, a.target, steering=steering, config=config, placement=a.placement,
-                               separator=a.separator, run_dir=a.out, force=a.force, progress=progress)
+    lm = load(o.model)
+    if o.reevaluate is not None:
+        return reevaluate(lm, o.reevaluate, eval_points=o.eval_points, text_eval_points=o.text_eval_points, log=log)
+    if o.behaviour is not None:
+        return attack_behaviour(lm, o.behaviour, layer=int(o.layer), strength=float(o.strength), positions=o.positions,
+                                vector=o.vector, auto_sign=o.auto_sign, n_train=o.n_train, n_attack=o.n_attack,
+                                n_test=o.n_test, n_sign=o.n_sign, split_seed=o.split_seed, config=o.config,
+                                normalise=o.normalise, placement=o.placement, separator=o.separator,
+                                eval_points=o.eval_points, text_eval_points=o.text_eval_points, run_dir=o.out,
+                                force=o.force, progress=progress, log=log)
+    steering: list[Steering] = []
+    if o.vector is not None:
+        vec = SteeringVector.load(o.vector)
+        lm.blocks.check_layer(int(o.layer))
+        if int(o.layer) not in vec.directions:
+            raise SteerlabError(f"the vector has no direction for layer {o.layer} (it has {list(vec.layers)})")
+        steering = [Steering(vec, float(o.strength), layers=[int(o.layer)], positions=o.positions)]
+    return attack_string(lm, o.prompt, o.target, steering=steering, config=o.config, placement=o.placement,
+                         separator=o.separator, assistant_prefix=o.assistant_prefix, run_dir=o.out, force=o.force,
+                         progress=progress)
+
+
+def options_from_args(a: argparse.Namespace) -> AttackOptions:
+    return AttackOptions(out=a.out, model=a.model, behaviour=a.behaviour, prompt=a.prompt, target=a.target,
+                         assistant_prefix=a.assistant_prefix, layer=a.layer, strength=a.strength, positions=a.positions,
+                         vector=a.vector, auto_sign=not a.no_auto_sign, n_train=a.n_train, n_attack=a.n_attack,
+                         n_test=a.n_test, n_sign=a.n_sign, split_seed=a.split_seed, normalise=a.normalise,
+                         placement=a.placement, separator=unescape(a.separator), config=config_from_args(a),
+                         eval_points=a.eval_points, text_eval_points=a.text_eval_points, threads=a.threads,
+                         reevaluate=a.reevaluate, force=a.force, progress_every=0 if a.quiet else 10)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m steerlab.analysis.epo ...`: parse, then `run_attack` (as `steerlab attack`). Errors: one line, exit 1."""
+    import sys
+
+    a = build_parser().parse_args(argv)
+    log = (lambda *_: None) if a.quiet else (lambda m: print(m, flush=True))
+    try:
+        result = run_attack(options_from_args(a), log=log)
+    except SteerlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     log(summary(result))
     return 0
 
