@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def attack(
-        out: Path = typer.Option(..., "--out", "-o", help="Run directory: epo.json, epo_frontier.png (and vector.safetensors)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory: epo.json, epo_frontier.png (and vector.safetensors); required unless --reevaluate."),
         behaviour: Optional[str] = typer.Option(None, "--behaviour", "--data", "-b",
                                                 help="Reverse a steered behaviour: a CAE/MWE behaviour name (e.g. power-seeking-inclination) or an MWE .jsonl file."),
         target: Optional[str] = typer.Option(None, "--target", help="Instead: raise the log-probability of this string after --prompt."),
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         chunk_rows: int = typer.Option(32, help="Rows (sequence x item) per forward pass."),
         eval_points: int = typer.Option(6, help="Frontier points evaluated on the held-apart items."),
         text_eval_points: int = typer.Option(1, help="Of those, how many (strongest first) are also evaluated as re-tokenized text."),
-        reevaluate: Optional[Path] = typer.Option(None, "--reevaluate", help="Only re-run the evaluation of this saved behaviour run (--out is then ignored)."),
+        reevaluate: Optional[Path] = typer.Option(None, "--reevaluate", help="Only re-run the held-apart evaluation of this saved behaviour run (rewrites its epo.json and plot)."),
         threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress lines."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: embedded SmolLM2-135M-Instruct)."),

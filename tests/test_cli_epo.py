@@ -86,7 +86,7 @@ def test_attack_behaviour_writes_a_run_directory(loaded, tmp_path):
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / "epo.json").read_text())["config"]["seed"] == 1
     # re-evaluation of the saved run, and the vector file as --vector
-    re = runner.invoke(app, ["attack", "--reevaluate", str(out), "--out", str(out), "--eval-points", "2", "--quiet"])
+    re = runner.invoke(app, ["attack", "--reevaluate", str(out), "--eval-points", "2", "--quiet"])
     assert re.exit_code == 0, re.output
     out2 = tmp_path / "run2"
     v = runner.invoke(app, ["attack", *BEHAVIOUR, *TINY, "--vector", str(out / "vector.safetensors"),
@@ -114,6 +114,7 @@ def test_attack_target_string(loaded, tmp_path):
     (["--target", "x", "--prompt", "Hi", "--vocab", "klingon"], "vocabulary filter", False),
     (["--target", "x"], "--prompt", False),
     (["--prompt", "Hi"], "either --behaviour", False),
+    (["--reevaluate", "no-such-dir"], "no EPO result", False),
     ([*BEHAVIOUR, "--target", "x"], "not both", False),
     (["--behaviour", "power-seeking-inclination", "--layer", "1"], "--strength", False),
     (["--behaviour", "no-such-behaviour", "--layer", "1", "--strength", "4"], "no-such-behaviour", False),
@@ -165,3 +166,9 @@ def test_module_entry_point_and_cli_build_the_same_options(monkeypatch, tmp_path
 def test_module_entry_point_bad_input(capsys, tmp_path):
     assert epo_attack.main(["--target", "", "--prompt", "Hi", "--out", str(tmp_path / "r")]) == 1
     assert "the target string is empty" in capsys.readouterr().err
+
+
+def test_out_is_required_except_for_reevaluate(loaded):
+    r = runner.invoke(app, ["attack", "--target", "x", "--prompt", "Hi"])
+    _one_line_error(r, "--out")
+    assert loaded["load"] == 0
