@@ -59,10 +59,23 @@ def _one_line_error(r, match: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], r.output
 
 
-def test_defaults_match_the_config():
+def test_defaults_match_the_config_and_the_module_entry_point():
+    import dataclasses
+
+    import typer
+
     d = EPOConfig()
-    assert (cli_epo._D_SEQ, cli_epo._D_POP, cli_epo._D_CHILDREN, cli_epo._D_TOPK, cli_epo._D_ITERS,
-            cli_epo._D_RESTART) == (d.seq_len, d.population, d.children, d.top_k, d.iterations, d.restart_every)
+    cmd = typer.main.get_command(app).commands["attack"]
+    cli = {p.name: p.default for p in cmd.params}
+    mod = vars(epo_attack.build_parser().parse_args([]))
+    for name in ("seq_len", "population", "lambda_min", "lambda_max", "children", "top_k", "iterations",
+                 "restart_every", "seed", "vocab", "chunk_rows", "fast_dtype"):
+        assert cli[name] == getattr(d, name) == mod[name], name
+    opts = epo_attack.AttackOptions()
+    for f in dataclasses.fields(opts):
+        if f.name in cli and f.name not in ("separator", "out", "force", "threads", "auto_sign"):
+            assert cli[f.name] == getattr(opts, f.name) == mod[f.name], f.name
+    assert cli["auto_sign"] is opts.auto_sign is (not mod["no_auto_sign"]) is True
 
 
 @pytest.mark.skipif(not _has_data(), reason="no data root")
