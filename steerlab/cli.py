@@ -30,8 +30,6 @@ DEMO_DATA = "demo"
 DEMO_TRAIN = 40  # the demo file's last 8 pairs are held apart for measuring the effect
 DEMO_LAYER = 12  # measured: monotonic, as trained, largest shift of the middle layers (docs/findings.md)
 DEMO_STRENGTH = 6.0
-DEFAULT_STRENGTH = 4.0  # `generate --vector` without --strength, for vectors that record none
-DEFAULT_POSITIONS = "after_user"
 
 
 def _fail(msg: str) -> None:
@@ -181,10 +179,7 @@ def generate(
         if vector is not None:
             vec = _load_vector(vector, lm, allow_other_model)
             # A vector trained by `steerlab pas` carries its chosen layer/strength/positions.
-            chosen = parse_layers(layers, lm.n_layers) or vec.meta.extra.get("selected_layers")
-            alpha = strength if strength is not None else float(vec.meta.extra.get("strength", DEFAULT_STRENGTH))
-            where = positions or vec.meta.extra.get("positions", DEFAULT_POSITIONS)
-            steering = Steering(vec, alpha, chosen, where)
+            steering = Steering.from_vector(vec, strength, parse_layers(layers, lm.n_layers), positions)
         elif compare:
             raise SteerlabError("--compare needs --vector")
         steered = gen(lm, prompt, steering, max_new_tokens=max_new_tokens, progress=len(prompt) > 4)
@@ -337,6 +332,37 @@ def demo(
 
 
 # Commands of the analysis areas live in their own modules, each with `register(app)`.
+@app.command()
+def serve(
+    vector: List[str] = typer.Option([], "--vector", "-v", help="A vector to serve, as NAME=PATH or PATH (named after "
+                                     "the file); repeat for several."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+    max_batch: int = typer.Option(32, help="Most prompts run together in one batch (across requests)."),
+    batch_window_ms: float = typer.Option(10.0, help="How long the first request waits for others to share its batch."),
+    max_new_tokens_limit: int = typer.Option(512, help="Largest max_new_tokens a request may ask for."),
+    allow_other_model: bool = typer.Option(False, help="Serve vectors made for another model family."),
+    model: Optional[str] = ModelOpt,
+) -> None:
+    """Serve generation over HTTP (POST /generate, GET /vectors, GET /health), steering per request."""
+
+    def body():
+        try:
+            import uvicorn
+        except ImportError:
+            raise SteerlabError('the server needs FastAPI and uvicorn: pip install "steerlab[server]"') from None
+        from .server import create_app, load_vectors
+
+        lm = _load_model(model)
+        vectors = load_vectors(vector, lm, allow_other_model=allow_other_model)
+        api = create_app(lm, vectors, max_new_tokens_limit=max_new_tokens_limit, window_s=batch_window_ms / 1000,
+                         max_batch=max_batch)
+        console.print(f"serving {lm.model_id} with vectors: {', '.join(vectors) or 'none'} on http://{host}:{port}")
+        uvicorn.run(api, host=host, port=port, log_level="info")
+
+    _run(body)
+
+
 _EXTENSIONS: tuple[str, ...] = ("cli_cae", "cli_pas", "cli_epo")
 for _name in _EXTENSIONS:
     __import__(f"{__package__}.{_name}", fromlist=["register"]).register(app)

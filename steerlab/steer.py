@@ -33,6 +33,8 @@ from .vector import SteeringVector
 
 PositionPolicy = Literal["all", "after_user", "last_prompt"]
 POLICIES: tuple[str, ...] = ("all", "after_user", "last_prompt")
+DEFAULT_STRENGTH = 4.0  # for a vector that records no chosen strength
+DEFAULT_POSITIONS: PositionPolicy = "after_user"  # the CAA convention
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,17 @@ class Steering:
     strength: float | Sequence[float] = 1.0
     layers: Sequence[int] | None = None
     positions: PositionPolicy = "all"
+
+    @classmethod
+    def from_vector(cls, vector: SteeringVector, strength: float | None = None, layers: Sequence[int] | None = None,
+                    positions: PositionPolicy | None = None) -> "Steering":
+        """Steer with `vector` as it was meant to be used: what is not given comes from the vector's metadata
+        (`steerlab pas` records its chosen layer, strength and positions), else strength 4 at "after_user"."""
+        extra = vector.meta.extra
+        return cls(vector,
+                   float(strength if strength is not None else extra.get("strength", DEFAULT_STRENGTH)),
+                   layers if layers is not None else extra.get("selected_layers"),
+                   positions or extra.get("positions", DEFAULT_POSITIONS))
 
     def rows(self, start: int, stop: int) -> "Steering":
         """This term for batch rows [start, stop) (per-row fields are sliced, shared ones kept)."""
