@@ -1,11 +1,14 @@
 """Cross-behaviour figures of docs/results/cae.md, drawn from CAE run directories (runs/cae/<behaviour>/).
 
-    python benchmarks/cae_figures.py --out docs/results/cae
+    python benchmarks/cae_figures.py --out docs/results/cae_files [--copy]
 
 Writes layers.png (validation effect per layer and behaviour, at r = +0.5 and -0.5), strengths.png
 (test effect vs r at each behaviour's chosen layer, with the corpus perplexity), answers.png (the
-effect split by matching answer, plain vs answer-balanced CAA when `balanced.json` exists) and
-ood.png (in-distribution vs OOD judge and projection effects).
+effect split by matching answer, plain vs answer-balanced CAA when `balanced.json` exists),
+samples.png (test effect vs training-sample count) and ood.png (in-distribution vs OOD judge and
+projection effects). With --copy it also copies each run's small result files (summary and stage
+JSONs, the OOD generations) into <out>/<behaviour>/, so that the numbers of docs/results/cae.md can be
+checked without the (git-ignored) run directories.
 """
 
 from __future__ import annotations
@@ -166,6 +169,67 @@ def ood_figure(runs: Path, out: Path) -> Path | None:
     return _io.save_figure(fig, out / "ood.png")
 
 
+def samples_figure(runs: Path, out: Path) -> Path | None:
+    done = runs_with(runs, "sample_count_sweep.json")
+    if not done:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for n, d in done:
+        js = _io.read_json(d / "sample_count_sweep.json")
+        rows = sorted([r for r in js["rows"] if r.get("method")], key=lambda r: r["n_train"])
+        xs = [r["n_train"] for r in rows]
+        line, = a.plot(xs, [r["effect"] for r in rows], marker="o", ms=3, label=f"{short(n)} (L{js['config']['layer']})")
+        a.fill_between(xs, [r["effect_low"] for r in rows], [r["effect_high"] for r in rows], color=line.get_color(),
+                       alpha=0.08)
+        b.plot(xs, [_ordered(r)[0][1] - _ordered(r)[1][1] for r in rows], marker="o", ms=3, color=line.get_color(),
+               label=short(n))
+    for ax in (a, b):
+        ax.set_xscale("log")
+        ax.set_xticks([10, 20, 40, 80, 160], ["10", "20", "40", "80", "160"])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("training pairs")
+    a.set_ylabel("test effect at the chosen layer and alpha")
+    a.set_title("effect vs training-sample count (band: 95%)", fontsize=10)
+    a.legend(fontsize=6)
+    b.set_ylabel("effect on A/Yes-matching − on B/No-matching items")
+    b.set_title("answer-token push (0 = none)", fontsize=10)
+    return _io.save_figure(fig, out / "samples.png")
+
+
+SMALL_FILES = ("manifest.json", "split.json", "norms.json", "layer_sweep.json", "strength_sweep.json",
+               "sample_count_sweep.json", "method_comparison.json", "ood.json", "side_effects.json", "judge_check.json",
+               "balanced.json", "ood_generations.jsonl")
+
+
+def copy_files(runs: Path, out: Path) -> list[Path]:
+    """Each run's small result files (no per-item CSVs, no activations) into <out>/<behaviour>/."""
+    import json
+    import shutil
+
+    from steerlab.analysis.cae import summarize_run
+
+    copied = []
+    for n in CAE_BEHAVIOURS:
+        d = runs / n
+        if not (d / "manifest.json").is_file():
+            continue
+        stages = summarize_run(d).get("stages", {})
+        if "side_effects" not in stages or any(v.get("status") != "done" for v in stages.values()):
+            print(f"{n}: run incomplete, not copied")
+            continue
+        dst = out / n
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / "summary.json").write_text(json.dumps(summarize_run(d), indent=1))  # fresh: includes later stages
+        copied.append(dst / "summary.json")
+        for f in SMALL_FILES:
+            if (d / f).is_file():
+                shutil.copyfile(d / f, dst / f)
+                copied.append(dst / f)
+    return copied
+
+
 def _measure(d: Path, measure: str, kind: str) -> dict:
     for m in _io.read_json(d / "ood.json")["measures"]:
         if m["measure"] == measure and m["kind"] == kind:
@@ -176,15 +240,18 @@ def _measure(d: Path, measure: str, kind: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "cae")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "cae")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "cae_files")
+    ap.add_argument("--copy", action="store_true", help="Also copy each run's small result files into OUT/<behaviour>/.")
     args = ap.parse_args()
     import matplotlib
 
     matplotlib.use("Agg")
     args.out.mkdir(parents=True, exist_ok=True)
-    for fn in (layers_figure, strengths_figure, answers_figure, ood_figure):
+    for fn in (layers_figure, strengths_figure, answers_figure, samples_figure, ood_figure):
         path = fn(args.runs, args.out)
         print(f"{fn.__name__}: {path or 'no runs with the files it needs'}")
+    if args.copy:
+        print(f"copied {len(copy_files(args.runs, args.out))} files into {args.out}/<behaviour>/")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,14 @@ def balanced_effect(run_dir: Path, relative: float = 0.5, csv_name: str = "stren
     return {"effect": point, "effect_low": lo, "effect_high": hi}
 
 
+def flatten_cell(f: dict | None) -> str:
+    if not f:
+        return "–"
+    if f.get("n") is None:
+        return "none (no effect at n=160)" if "no effect" in f.get("reason", "") else "–"
+    return str(f["n"])
+
+
 def run_command(name: str) -> str:
     return f"`steerlab cae run --behaviour {name} --out runs/cae/{name} --threads 1`"
 
@@ -73,6 +81,7 @@ def tables(runs: Path) -> str:
         stages = s.get("stages", {})
         if any(v.get("status") != "done" for v in stages.values()) or "side_effects" not in stages:
             missing.append(name + " (incomplete: " + ", ".join(k for k, v in stages.items() if v.get("status") == "done") + ")")
+            continue
         e = s.get("effect_at_best") or {}
         by = e.get("by_answer") or {}
         u = s.get("unsteered") or {}
@@ -85,7 +94,7 @@ def tables(runs: Path) -> str:
             str(s.get("best_layer", "–")), ci(e), ci(s.get("effect_at_minus")),
             " / ".join(f"{k} {v:+.3f}" for k, v in sorted(by.items(), key=lambda kv: kv[0] in ("B", "No"))) or "–",
             ci(balanced_effect(d)),
-            str((s.get("flatten") or {}).get("n", "–")),
+            flatten_cell(s.get("flatten")),
             ci(methods.get("actadd@+0.5")),
             ci(ood.get("judge/all")), ci(ood.get("projection/all"), digits=1),
             f"{cost.get('perplexity', float('nan')):.1f} (x{cost.get('perplexity_ratio', float('nan')):.2f}), KL {cost.get('kl', float('nan')):.2f}",
@@ -103,7 +112,8 @@ def tables(runs: Path) -> str:
             "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | answer-balanced effect (r=+0.5) [95%] "
             "| gains flatten at n | one-pair ActAdd effect (r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] "
             "| perplexity at r=+0.5 (ratio), KL | wall time |\n|" + "---|" * 14)
-    out = [head, *rows, "", *details, "", layer_profile(runs), "", strength_profile(runs), "", judge_checks(runs)]
+    out = [head, *rows, "", *details, "", layer_profile(runs), "", strength_profile(runs), "", answer_profile(runs), "",
+           ood_profile(runs), "", balanced_vectors(runs), "", judge_checks(runs)]
     if missing:
         out += ["", "Missing or incomplete: " + "; ".join(missing) + ". Each reruns (and resumes) with the command above "
                 "with its behaviour name."]
@@ -147,6 +157,91 @@ def strength_profile(runs: Path) -> str:
         cells = [f"{eff[r]['effect']:+.3f} [{eff[r]['effect_low']:+.3f}, {eff[r]['effect_high']:+.3f}]; ppl "
                  f"{ppl.get(r, float('nan')):.0f}" if r in eff else "–" for r in rs]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def answer_profile(runs: Path) -> str:
+    """Effect per relative strength split by the items' matching answer: does the vector move the answer
+    (both groups, opposite signs) while the behaviour score stays put?"""
+    done = [(n, runs / n) for n, _ in _done(runs) if (runs / n / "strength_sweep.json").is_file()]
+    if not done:
+        return ""
+    rows_by = {n: sorted([r for r in json.loads((d / "strength_sweep.json").read_text())["rows"] if r.get("method")],
+                         key=lambda r: r["relative"]) for n, d in done}
+    rs = sorted({r["relative"] for rows in rows_by.values() for r in rows})
+    lines = ["Test-set effect at the chosen layer split by the item's matching answer — items whose matching answer is "
+             "A/Yes / items whose matching answer is B/No (a content-blind push towards one answer token shows as "
+             "opposite signs; the behaviour effect is roughly their item-weighted mean):", "",
+             "| behaviour | " + " | ".join(f"r={r:+g}" for r in rs) + " |", "|---|" + "---|" * len(rs)]
+    order = {"A": 0, "Yes": 0, "B": 1, "No": 1}
+    for n, rows in rows_by.items():
+        cells = []
+        for r in rows:
+            by = sorted(((k[len("effect_if_"):], v) for k, v in r.items() if k.startswith("effect_if_")),
+                        key=lambda kv: order.get(kv[0], 2))
+            cells.append(" / ".join(f"{v:+.2f}" for _, v in by))
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def distinct_ngrams(text: str, n: int = 3) -> float:
+    """Distinct word n-grams / all word n-grams of a text (1 = no repetition; looping text is low)."""
+    w = text.split()
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / max(1, len(grams))
+
+
+def repetition(run_dir: Path) -> dict | None:
+    """Mean distinct-3-gram ratio of the OOD responses and how many fall below 0.6, per condition."""
+    path = run_dir / "ood_generations.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = {}
+    for cond in ("unsteered", "steered"):
+        d = [distinct_ngrams(r["response"]) for r in rows if r["condition"] == cond]
+        out[cond] = (sum(d) / max(1, len(d)), sum(x < 0.6 for x in d), len(d))
+    return out
+
+
+def ood_profile(runs: Path) -> str:
+    """OOD measures by prompt kind at the chosen layer and strength."""
+    done = [(n, s["ood"]) for n, s in _done(runs) if s.get("ood")]
+    if not done:
+        return ""
+    keys = ["judge/choice-qa", "judge/open-ended", "projection/choice-qa", "projection/open-ended"]
+    lines = ["OOD (10 short prompts per kind, greedy, 48 new tokens, chosen layer, r=+0.5): steered − unsteered local-judge "
+             "score (p(Yes) to the rubric question) and mean projection of the response's activations on the unit "
+             "vector, [95%] paired bootstrap:", "",
+             "| behaviour | unsteered judge (all) | " + " | ".join(keys)
+             + " | distinct 3-grams unsteered → steered (responses below 0.6) |", "|---|---|" + "---|" * (len(keys) + 1)]
+    for n, o in done:
+        cells = [ci(o.get(k), digits=1 if k.startswith("projection") else 3) for k in keys]
+        rep = repetition(runs / n)
+        rep_cell = "–" if rep is None else (f"{rep['unsteered'][0]:.2f} ({rep['unsteered'][1]}/{rep['unsteered'][2]}) → "
+                                            f"{rep['steered'][0]:.2f} ({rep['steered'][1]}/{rep['steered'][2]})")
+        lines.append(f"| {n} | {(o.get('judge/all') or {}).get('unsteered', float('nan')):.3f} | " + " | ".join(cells)
+                     + f" | {rep_cell} |")
+    return "\n".join(lines)
+
+
+def balanced_vectors(runs: Path) -> str:
+    """Plain vs answer-balanced CAA vector (benchmarks/cae_balanced.py's balanced.json), where it was run."""
+    done = [(n, json.loads((runs / n / "balanced.json").read_text())) for n in CAE_BEHAVIOURS
+            if (runs / n / "balanced.json").is_file()]
+    if not done:
+        return ""
+    rs = sorted({r["relative"] for _, b in done for r in b["rows"] if r.get("method")})
+    lines = ["Plain vs answer-balanced CAA vector on the test items at the chosen layer "
+             "(`python benchmarks/cae_balanced.py runs/cae/<behaviour>`; the balanced vector weights the "
+             "training pairs' two matching-answer groups equally), effect [95%]:", "",
+             "| behaviour | layer | cos(plain, balanced) | vector | " + " | ".join(f"r={r:+g}" for r in rs) + " |",
+             "|---|---|---|---|" + "---|" * len(rs)]
+    for n, b in done:
+        for m in ("caa", "caa-balanced"):
+            eff = {r["relative"]: r for r in b["rows"] if r.get("method") == m}
+            lines.append(f"| {n} | {b['layer']} | {b['cosine_plain_balanced']:.3f} | {m} | "
+                         + " | ".join(ci(eff.get(r)) for r in rs) + " |")
     return "\n".join(lines)
 
 
