@@ -14,7 +14,8 @@ small batch of training items, and evaluates the frontier on held-apart items:
   and the separator after it, from the held-apart heads' pass).
 
 `attack_string` raises the log-probability of any target string after a given prompt.
-`python -m steerlab.analysis.epo --help` runs either from the command line (`main`).
+`python -m steerlab.analysis.epo --help` (`main`) and `steerlab attack` (`steerlab.cli_epo`) run either from
+the command line; both only build an `AttackOptions` and call `run_attack`.
 """
 
 from __future__ import annotations
