@@ -6,6 +6,7 @@ and `pas-transfer`.
     python benchmarks/pas_tables.py icl   runs/pas-icl/* --plain runs/pas
     python benchmarks/pas_tables.py sft   runs/pas-sft/*/results.json
     python benchmarks/pas_tables.py transfer runs/pas-transfer/*.json
+    python benchmarks/pas_tables.py groups runs/pas/*
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def _load(d: str) -> dict:
 
 
 def main_table(dirs: list[str]) -> str:
-    rows = ["| task | method | seeds | n (train/val/test) | unsteered | steered | Delta pp [95% CI] | p (Delta>0) | "
-            "chosen (layer@strength) | s/seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| task | method | seeds | n (train/val/test) | unsteered | steered | Delta pp [95% CI] | p (Delta>0) | "
+            "chosen (layer@strength) | s/seed |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         r = _load(d)
         sizes = r["runs"][0]["sizes"]
@@ -62,8 +63,8 @@ def _mean(xs):
 
 
 def bias_table(dirs: list[str]) -> str:
-    rows = ["| task | method | Delta pp | letter-balanced Delta pp [95% CI] | unsteered | majority letter of train, on test "
-            "| best single letter on test | top predicted letter share, unsteered -> steered | prediction shift (TV) |",
+    rows = [("| task | method | Delta pp | letter-balanced Delta pp [95% CI] | unsteered | majority letter of train, on test "
+            "| best single letter on test | top predicted letter share, unsteered -> steered | prediction shift (TV) |"),
             "|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         r = _load(d)
@@ -78,8 +79,8 @@ def bias_table(dirs: list[str]) -> str:
 
 
 def icl_table(dirs: list[str]) -> str:
-    rows = ["| task | method | k | seeds | plain (no ICL) | ICL alone | ICL + PAS | PAS on top of ICL, pp [95% CI] | "
-            "p | s/seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| task | method | k | seeds | plain (no ICL) | ICL alone | ICL + PAS | PAS on top of ICL, pp [95% CI] | "
+            "p | s/seed |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         r = _load(d)
         for m, s in r["summary"].items():
@@ -90,12 +91,15 @@ def icl_table(dirs: list[str]) -> str:
 
 
 def sft_table(files: list[str]) -> str:
-    rows = ["| task | method | seeds | base | base + PAS | SFT | SFT + PAS | PAS on SFT, pp [95% CI] | SFT alone vs base, pp |"
-            " fine-tune s/seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| task | method | seeds | base | base + PAS | SFT | SFT + PAS | PAS on SFT, pp [95% CI] | SFT alone vs base, pp |"
+            " fine-tune s/seed |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         r = _load(f)
         s = r["seeds"]
-        mean = lambda k: sum(x[k] for x in s) / len(s)  # noqa: E731
+
+        def mean(k, s=s):
+            return sum(x[k] for x in s) / len(s)
+
         ft = sum(x["sft_info"]["wall_s"] for x in s) / len(s)
         rows.append(f"| {r['dataset']} | {r['method']} | {len(s)} | {_acc(mean('base'))} | {_acc(mean('base_pas'))} | "
                     f"{_acc(mean('sft'))} | {_acc(mean('sft_pas'))} | {_ci(r['summary']['pas_on_sft'])} | "
@@ -115,10 +119,68 @@ def transfer_table(files: list[str]) -> str:
     return "\n".join(rows)
 
 
+_GROUPS = {"bbq-": "bias", "ethics-": "morality", "truthfulqa": "alignment", "sycophancy": "alignment",
+           "openbookqa": "intelligence", "arc": "intelligence", "lsat": "intelligence"}
+
+
+def _group(name: str) -> str:
+    return next((g for k, g in _GROUPS.items() if name.startswith(k)), "other")
+
+
+def groups_table(dirs: list[str]) -> str:
+    """Per group (bias / alignment / intelligence) and method: the per-seed Delta of every task pooled
+    (mean, 95% t-interval over task x seed, one-sided p), the same for the letter-balanced Delta, and the
+    correlation across those seeds between Delta and 1 - (share of test items whose gold letter is the
+    unsteered model's top letter): near +1 means Delta is what moving answers off that letter buys."""
+    try:
+        from steerlab.analysis.pas_stats import summarize
+    except ImportError:  # run from a checkout without the package installed
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from steerlab.analysis.pas_stats import summarize
+
+    pooled: dict[tuple[str, str], dict[str, list]] = {}
+    for d in dirs:
+        r = _load(d)
+        g = _group(r["config"]["dataset"])
+        for run in r["runs"]:
+            for m, x in run["methods"].items():
+                lb = x.get("letter_bias")
+                if x.get("skipped") or not lb:
+                    continue
+                top = max(lb["pred_unsteered"], key=lb["pred_unsteered"].get)
+                p = pooled.setdefault((g, m), {"delta": [], "bal": [], "off": [], "tasks": set()})
+                p["delta"].append(x["delta"])
+                p["bal"].append(lb["balanced_delta"])
+                p["off"].append(1 - lb["gold_distribution"].get(top, 0.0))
+                p["tasks"].add(r["config"]["dataset"])
+    rows = [("| group | method | tasks | task-seeds | Delta pp [95% CI] | p (Delta>0) | letter-balanced Delta pp [95% CI] | "
+            "p | corr(Delta, gold off the top letter) |"), "|---|---|---|---|---|---|---|---|---|"]
+    order = {k: i for i, k in enumerate(["bias", "morality", "alignment", "intelligence", "other", "pasf", "ipas-a",
+                                                 "ipas-wo"])}
+    for (g, m), p in sorted(pooled.items(), key=lambda kv: (order.get(kv[0][0], 9), order.get(kv[0][1], 9))):
+        sd, sb = summarize(p["delta"]), summarize(p["bal"])
+        rows.append(f"| {g} | {m} | {len(p['tasks'])} | {sd.n} | {_ci(sd.to_dict())} | {_p(sd.to_dict())} | "
+                    f"{_ci(sb.to_dict())} | {_p(sb.to_dict())} | {_corr(p['delta'], p['off'])} |")
+    return "\n".join(rows)
+
+
+def _corr(a, b) -> str:
+    n = len(a)
+    if n < 3:
+        return "n/a"
+    ma, mb = sum(a) / n, sum(b) / n
+    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
+    if va == 0 or vb == 0:
+        return "n/a"
+    return f"{sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(va * vb):+.2f}"
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["main", "bias", "icl", "sft", "transfer"])
+    ap.add_argument("kind", choices=["main", "bias", "icl", "sft", "transfer", "groups"])
     ap.add_argument("paths", nargs="+")
     a = ap.parse_args()
     print({"main": main_table, "bias": bias_table, "icl": icl_table, "sft": sft_table,
-           "transfer": transfer_table}[a.kind](a.paths))
+           "transfer": transfer_table, "groups": groups_table}[a.kind](a.paths))
