@@ -111,7 +111,7 @@ def tables(runs: Path) -> str:
     head = ("| behaviour | format | unsteered score (test) [95%] | best layer (val) | effect at best layer, r=+0.5 [95%] "
             "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | answer-balanced effect (r=+0.5) [95%] "
             "| gains flatten at n | one-pair ActAdd effect (r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] "
-            "| perplexity at r=+0.5 (ratio), KL | wall time |\n|" + "---|" * 14)
+            "| perplexity at r=+0.5 (ratio), KL | stage time (sum) |\n|" + "---|" * 14)
     out = [head, *rows, "", *details, "", layer_profile(runs), "", strength_profile(runs), "", answer_profile(runs), "",
            ood_profile(runs), "", balanced_vectors(runs), "", judge_checks(runs)]
     if missing:
