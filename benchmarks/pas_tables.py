@@ -7,6 +7,7 @@ and `pas-transfer`.
     python benchmarks/pas_tables.py sft   runs/pas-sft/*/results.json
     python benchmarks/pas_tables.py transfer runs/pas-transfer/*.json
     python benchmarks/pas_tables.py groups runs/pas/*
+    python benchmarks/pas_tables.py strengths runs/pas/bbq-nationality
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _load(d: str) -> dict:
 
 def main_table(dirs: list[str]) -> str:
     rows = [("| task | method | seeds | n (train/val/test) | unsteered | steered | Delta pp [95% CI] | p (Delta>0) | "
-            "chosen (layer@strength) | s/seed |"), "|---|---|---|---|---|---|---|---|---|---|"]
+            "validation gain of the chosen setting, pp | chosen (layer@strength) | s/seed |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         r = _load(d)
         sizes = r["runs"][0]["sizes"]
@@ -53,7 +55,8 @@ def main_table(dirs: list[str]) -> str:
             chosen = ", ".join(f"{c[0]}@{c[1]:+g}" for c in s["chosen"])
             rows.append(f"| {r['config']['dataset']} | {m} | {s['n_seeds']} | {sizes['train']}/{sizes['val']}/"
                         f"{sizes['test']} | {_acc(s['test_unsteered'])} | {_acc(s['test_steered'])} | "
-                        f"{_ci(s['delta'])} | {_p(s['delta'])} | {chosen} | {s['wall_s_per_seed']:.0f} |")
+                        f"{_ci(s['delta'])} | {_p(s['delta'])} | {_pp(s['val_steered'] - s['val_unsteered'])} | {chosen} | "
+                        f"{s['wall_s_per_seed']:.0f} |")
     return "\n".join(rows)
 
 
@@ -177,10 +180,35 @@ def _corr(a, b) -> str:
     return f"{sum((x - ma) * (y - mb) for x, y in zip(a, b)) / math.sqrt(va * vb):+.2f}"
 
 
+def strengths_table(dirs: list[str]) -> str:
+    """From grid.csv: per method and |strength|, the best validation gain over layers and both signs, and
+    the mean absolute change of validation accuracy (pp), pooled over seeds."""
+    import csv
+
+    acc: dict[tuple[str, float], list[float]] = {}
+    for d in dirs:
+        with open(Path(d) / "grid.csv") as f:
+            for row in csv.DictReader(f):
+                key = (row["method"], abs(float(row["strength"])))
+                acc.setdefault(key, []).append(float(row["val_accuracy"]) - float(row["val_unsteered"]))
+    mags = sorted({k[1] for k in acc})
+    methods = [m for m in ("pasf", "ipas-a", "ipas-wo") if any(k[0] == m for k in acc)]
+    rows = ["| \\|strength\\| | " + " | ".join(f"{m}: best / mean \\|change\\| pp" for m in methods) + " |",
+            "|---|" + "---|" * len(methods)]
+    for g in mags:
+        cells = []
+        for m in methods:
+            v = acc.get((m, g), [])
+            cells.append(f"{_pp(max(v), 0)} / {100 * sum(abs(x) for x in v) / len(v):.1f}" if v else "n/a")
+        rows.append(f"| {g:g} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["main", "bias", "icl", "sft", "transfer", "groups"])
+    ap.add_argument("kind", choices=["main", "bias", "icl", "sft", "transfer", "groups", "strengths"])
     ap.add_argument("paths", nargs="+")
     a = ap.parse_args()
     print({"main": main_table, "bias": bias_table, "icl": icl_table, "sft": sft_table,
-           "transfer": transfer_table, "groups": groups_table}[a.kind](a.paths))
+           "transfer": transfer_table, "groups": groups_table,
+           "strengths": strengths_table}[a.kind](a.paths))
