@@ -8,6 +8,7 @@ and `pas-transfer`.
     python benchmarks/pas_tables.py transfer runs/pas-transfer/*.json
     python benchmarks/pas_tables.py groups runs/pas/*
     python benchmarks/pas_tables.py strengths runs/pas/bbq-nationality
+    python benchmarks/pas_tables.py wall runs/pas/*
 """
 
 from __future__ import annotations
@@ -204,11 +205,26 @@ def strengths_table(dirs: list[str]) -> str:
     return "\n".join(rows)
 
 
+def wall_table(dirs: list[str]) -> str:
+    """Wall time per run from results.json: whole run, per seed, and per seed by phase."""
+    rows = [("| run | items (train/val/test) | seeds | wall s (run) | s/seed | per seed: train answers / vectors / "
+            "validation grid / test, s |"), "|---|---|---|---|---|---|"]
+    for d in dirs:
+        r = _load(d)
+        runs = r["runs"]
+        sz = runs[0]["sizes"]
+        ph = " / ".join(f"{sum(x['phases'][k] for x in runs) / len(runs):.0f}"
+                        for k in ("train_answers", "vectors", "validation_grid", "test"))
+        rows.append(f"| {Path(d).parent.name}/{Path(d).name} | {sz['train']}/{sz['val']}/{sz['test']} | {len(runs)} | "
+                    f"{r['wall_s']:.0f} | {r['wall_s'] / len(runs):.0f} | {ph} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["main", "bias", "icl", "sft", "transfer", "groups", "strengths"])
+    ap.add_argument("kind", choices=["main", "bias", "icl", "sft", "transfer", "groups", "strengths", "wall"])
     ap.add_argument("paths", nargs="+")
     a = ap.parse_args()
     print({"main": main_table, "bias": bias_table, "icl": icl_table, "sft": sft_table,
            "transfer": transfer_table, "groups": groups_table,
-           "strengths": strengths_table}[a.kind](a.paths))
+           "strengths": strengths_table, "wall": wall_table}[a.kind](a.paths))
