@@ -66,10 +66,22 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _swaps(lbs: list[dict], share: float = 0.9) -> int:
+    """Seeds where the unsteered and the steered model each give one letter on >= `share` of the test items,
+    and the letters differ: the vector moved the answer letter wholesale."""
+    n = 0
+    for lb in lbs:
+        u, st = lb["pred_unsteered"], lb["pred_steered"]
+        tu, ts = max(u, key=u.get), max(st, key=st.get)
+        n += u[tu] >= share and st[ts] >= share and tu != ts
+    return n
+
+
 def bias_table(dirs: list[str]) -> str:
     rows = [("| task | method | Delta pp | letter-balanced Delta pp [95% CI] | unsteered | majority letter of train, on test "
-            "| best single letter on test | top predicted letter share, unsteered -> steered | prediction shift (TV) |"),
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| best single letter on test | top predicted letter share, unsteered -> steered | prediction shift (TV) | "
+             "seeds where steering only swaps the letter |"),
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for d in dirs:
         r = _load(d)
         for m, s in r["summary"].items():
@@ -78,7 +90,7 @@ def bias_table(dirs: list[str]) -> str:
             top_s = _mean([max(lb["pred_steered"].values()) for lb in lbs])
             rows.append(f"| {r['config']['dataset']} | {m} | {_pp(s['delta']['mean'])} | {_ci(s['balanced_delta'])} | "
                         f"{_acc(s['test_unsteered'])} | {_acc(s['majority_train'])} | {_acc(s['majority_test'])} | "
-                        f"{top_u:.2f} -> {top_s:.2f} | {s['pred_shift']:.2f} |")
+                        f"{top_u:.2f} -> {top_s:.2f} | {s['pred_shift']:.2f} | {_swaps(lbs)}/{len(lbs)} |")
     return "\n".join(rows)
 
 
