@@ -62,10 +62,10 @@ def run_repeng(args, pos: list[str], neg: list[str]) -> dict:
 
     rx.batched_get_hiddens = timed_gather
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         vec = ControlVector.train(model, tok, dataset, batch_size=args.batch_size, method="pca_diff",
                                   hidden_layers=list(range(n_layers)))
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         rx.batched_get_hiddens = original
     pca = np.stack([vec.directions[l] for l in range(n_layers)]).astype(np.float32)
@@ -77,6 +77,7 @@ def run_repeng(args, pos: list[str], neg: list[str]) -> dict:
         "impl": "repeng",
         "version": repeng.__version__ if hasattr(repeng, "__version__") else None,
         "time_s": total,
+        "cpu_s": cpu,
         "gather_s": captured["gather_s"],
         "reduce_s": total - captured["gather_s"],
         "method": "ControlVector.train(method='pca_diff'); vectors compared = mean difference of its gathered activations",
@@ -94,15 +95,16 @@ def run_steering_vectors(args, pos: list[str], neg: list[str]) -> dict:
     n_layers = model.config.num_hidden_layers
     warmup(model, tok, pos[0])
     samples = list(zip(pos, neg))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sv = train_steering_vector(model, tok, samples, layers=None, layer_type="decoder_block",
                                read_token_index=-1, batch_size=args.batch_size, show_progress=False)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     vecs = np.stack([sv.layer_activations[l].float().cpu().numpy() for l in range(n_layers)])
     np.save(args.save, vecs.astype(np.float32))
     return {
         "impl": "steering-vectors",
         "time_s": total,
+        "cpu_s": cpu,
         "method": "train_steering_vector(read_token_index=-1, aggregator=mean_aggregator())",
         "rss_after_load_mb": rss_loaded,
         "tokenizer_padding_side": tok.padding_side,

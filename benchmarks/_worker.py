@@ -52,19 +52,19 @@ def extract(args) -> dict:
         from steerlab.engine import caa_vectors
 
         kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         vec = caa_vectors(lm, pairs, layers, **kwargs)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         label = "steerlab.engine.caa_vectors"
     else:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         vec = steerlab.train_caa(lm, pairs, layers, batch_size=args.batch_size or 16)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         label = "steerlab.train_caa"
     dirs = vec.directions if hasattr(vec, "directions") else vec
     arr = np.stack([dirs[l].float().cpu().numpy() for l in layers])
     np.save(args.save, arr.astype(np.float32))
-    return {"impl": label, "time_s": dt, "rss_after_load_mb": rss_loaded, "n_pairs": n,
+    return {"impl": label, "time_s": dt, "cpu_s": cpu, "rss_after_load_mb": rss_loaded, "n_pairs": n,
             "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(), "vectors": args.save}
 
 
@@ -97,14 +97,14 @@ def _extract_naive(args, pos: list[str], neg: list[str]) -> dict:
         return torch.stack(rows).double().numpy()
 
     total = np.zeros((n_layers, model.config.hidden_size), dtype=np.float64)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for p, q in zip(pos, neg):
             total += acts(p) - acts(q)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     handle.remove()
     np.save(args.save, (total / len(pos)).astype(np.float32))
-    return {"impl": "naive loop", "time_s": dt, "rss_after_load_mb": rss_loaded, "n_pairs": len(pos),
+    return {"impl": "naive loop", "time_s": dt, "cpu_s": cpu, "rss_after_load_mb": rss_loaded, "n_pairs": len(pos),
             "batch_size": 1, "torch_threads": torch.get_num_threads(), "vectors": args.save}
 
 
@@ -246,9 +246,12 @@ def generate_task(args) -> dict:
     res: dict = {"impl": args.impl, "rss_after_load_mb": rss_loaded, "torch_threads": torch.get_num_threads(),
                  "new_tokens": T, "repeats": reps}
 
+    cpu_log: list[float] = []  # CPU time of each timed call, in call order (robust to other jobs' load)
+
     def timed(fn):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = fn()
+        cpu_log.append(time.process_time() - c0)
         return time.perf_counter() - t0, r
 
     if args.impl in ("plain", "steered", "ab"):
@@ -265,8 +268,10 @@ def generate_task(args) -> dict:
                 outputs[m] = ids
         res.update(batch_size=bs, n_prompts=len(group), times=times,
                    tokens_per_s={m: len(group) * T / float(np.median(v)) for m, v in times.items()})
+        res["cpu_times"] = {m: cpu_log[k::len(modes)] for k, m in enumerate(modes)}
         if len(modes) == 2:  # steered / unsteered time of each round (neighbours in time: drift mostly cancels)
             res["paired_ratios"] = [s / p for p, s in zip(times["plain"], times["steered"])]
+            res["paired_cpu_ratios"] = [s / p for p, s in zip(res["cpu_times"]["plain"], res["cpu_times"]["steered"])]
         if "plain" in outputs and "steered" in outputs:
             res["steered_changed_rows"] = sum(a != b for a, b in zip(outputs["plain"], outputs["steered"]))
     else:  # per_row / one_by_one
@@ -295,7 +300,8 @@ def generate_task(args) -> dict:
                 dt, ids = timed(one_by_one)
             times.append(dt)
         Path(args.save).write_text(json.dumps(ids))
-        res.update(n_prompts=n, times=times, tokens_per_s=n * T / float(np.median(times)), outputs=args.save)
+        res.update(n_prompts=n, times=times, cpu_times=cpu_log, tokens_per_s=n * T / float(np.median(times)),
+                   outputs=args.save)
     return res
 
 

@@ -158,14 +158,15 @@ def main(argv: list[str] | None = None) -> dict:
     for r in runs:
         kind = "engine" if "engine" in r["impl"] else r["impl"]
         r["tokens_fed"] = tokens_fed(kind, texts["lengths"], int(r.get("batch_size") or 1)) if kind != "steerlab.train_caa" else None
-        rows.append([r.get("label", r["impl"]), r["time_s"], 2 * r["n_pairs"] / r["time_s"], r["time_s"] / steer_t,
+        rows.append([r.get("label", r["impl"]), r["time_s"], r.get("cpu_s", "-"), 2 * r["n_pairs"] / r["time_s"], r["time_s"] / steer_t,
                      r["tokens_fed"], r["peak_rss_mb"], r.get("rss_after_load_mb"), r["max_abs_diff_vs_ref"],
                      r["max_abs_diff_vs_ref_except_last"]])
     threads = sorted({r.get("torch_threads") for r in runs})
     notes = [machine_line(info) + f" | worker torch threads {threads}",
              f"{args.n_pairs} pairs = {2 * args.n_pairs} texts, {texts['n_tokens']} tokens, {len(ref)} layers; batch size "
              f"steerlab {args.batch_size}, peers {args.peer_batch_sizes}; reference for diffs: {ref_run['impl']} (largest |v| {ref_norm:.2f})",
-             "time = vectors for every layer, after model load and one warm-up forward; peak RSS = whole process",
+             "time = vectors for every layer, after model load and one warm-up forward (wall clock; cpu = the process's CPU "
+             "time over the same span, which other jobs on a shared machine disturb far less); peak RSS = whole process",
              f"tokens: {texts['n_tokens']} in full texts (what the peers and the naive loop run, before padding); "
              f"{texts['tokens_with_pair_sharing']} with each pair's common prefix run once (what the engine runs); "
              f"{texts['common_header_tokens']} header tokens are common to every text"]
@@ -187,11 +188,16 @@ def main(argv: list[str] | None = None) -> dict:
                    "speedup_target": TARGET_SPEEDUP, "speedup_met": speedup >= TARGET_SPEEDUP}
         notes.append(f"steerlab vs fastest peer run ({verdict['fastest_peer']}): {speedup:.2f}x (target >= {TARGET_SPEEDUP:g}x: "
                      f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'})")
+        if all("cpu_s" in r for r in [runs[0], *peers]):
+            fastest_cpu = min(peers, key=lambda r: r["cpu_s"])
+            cpu_speedup = fastest_cpu["cpu_s"] / runs[0]["cpu_s"]
+            verdict.update(cpu_speedup_vs_fastest_peer=cpu_speedup, fastest_peer_cpu=fastest_cpu.get("label", fastest_cpu["impl"]))
+            notes.append(f"in CPU time: {cpu_speedup:.2f}x vs {verdict['fastest_peer_cpu']}")
     if not args.skip_naive:
         d = runs[0]["max_abs_diff_vs_ref"]
         verdict.update(max_abs_diff=d, diff_target=TARGET_MAX_DIFF, diff_met=d <= TARGET_MAX_DIFF)
         notes.append(f"steerlab vs naive max |diff| {d:.2e} (target <= {TARGET_MAX_DIFF:g}: {'met' if d <= TARGET_MAX_DIFF else 'MISSED'})")
-    print_table("CAA extraction, every layer", ["implementation", "time s", "texts/s", "x steerlab time", "tokens fed", "peak RSS MiB",
+    print_table("CAA extraction, every layer", ["implementation", "time s", "cpu s", "texts/s", "x steerlab time", "tokens fed", "peak RSS MiB",
                                                  "RSS after load MiB", "max |diff| vs ref",
                                                  "same, layers < last"], rows, notes)
     payload = {"machine": info, "peer_versions": versions, "args": {k: str(v) for k, v in vars(args).items()},
