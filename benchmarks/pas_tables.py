@@ -123,15 +123,21 @@ def sft_table(files: list[str]) -> str:
     return "\n".join(rows)
 
 
+def _top(dist: dict) -> str:
+    k = max(dist, key=dist.get)
+    return f"{k} {dist[k]:.2f}"
+
+
 def transfer_table(files: list[str]) -> str:
-    rows = ["| vector | evaluated on | n | layer@strength | unsteered | steered | Delta pp | balanced Delta pp |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [("| vector | evaluated on | n | layer@strength | unsteered | steered | Delta pp | balanced Delta pp | "
+             "top predicted letter, unsteered -> steered |"), "|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         r = _load(f)
         for x in r["runs"]:
             rows.append(f"| {Path(r['vector']).parent.name}/{Path(r['vector']).name} | {x['dataset']} | {x['n_items']} | "
                         f"{x['layer']}@{x['strength']:+g} | {_acc(x['unsteered'])} | {_acc(x['steered'])} | "
-                        f"{_pp(x['delta'])} | {_pp(x['letter_bias']['balanced_delta'])} |")
+                        f"{_pp(x['delta'])} | {_pp(x['letter_bias']['balanced_delta'])} | "
+                        f"{_top(x['letter_bias']['pred_unsteered'])} -> {_top(x['letter_bias']['pred_steered'])} |")
     return "\n".join(rows)
 
 
