@@ -56,6 +56,21 @@ def test_activations_equal_full_capture(lm):
         torch.testing.assert_close(acts.positive[l], full[l][:n], rtol=0, atol=ATOL)
         torch.testing.assert_close(acts.negative[l], full[l][n:], rtol=0, atol=ATOL)
     assert acts.info["tokens_run"] < 0.7 * acts.info["tokens_full"]  # the questions ran once, not twice
+    assert acts.info["shared_header_tokens"] > 0  # the chat template's common header ran once
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+def test_shared_header_with_empty_and_long_questions(lm, batch_size):
+    """An empty user message leaves nothing after the shared header in its batch: still exact."""
+    pairs = [ContrastPair("", "Yes", "No"), ContrastPair("", "I agree entirely", "No"),
+             ContrastPair("A much longer question that pads the others " * 3, "Yes", "No")]
+    acts = extract_pair_activations(lm, pairs, batch_size=batch_size)
+    pos, neg = pair_prompts(lm, pairs)
+    full = capture(lm, pos + neg, list(range(lm.n_layers)), "last", batch_size=1)
+    assert acts.info["shared_header_tokens"] > 0
+    for l in acts.layers:
+        torch.testing.assert_close(acts.positive[l], full[l][:3], rtol=0, atol=ATOL)
+        torch.testing.assert_close(acts.negative[l], full[l][3:], rtol=0, atol=ATOL)
 
 
 def test_caa_vectors_equal_train_caa(lm):

@@ -8,12 +8,18 @@ block outputs are read at each tail's last token, at every requested layer in th
 Both passes stop after the deepest requested block. The result equals `train_caa`'s within float
 tolerance (tested to 1e-4).
 
+Before that, the token prefix common to *every* sequence (with a chat template: the system turn and
+the user-turn header, ~24 tokens for SmolLM2) is run once for the whole dataset, and its KV cache is
+copied into every batch; each batch's prefixes then run left-padded *after* it (the padding sits
+between the header and the question, masked out, with position ids counting real tokens only).
+
 Token ids are exactly `train_caa`'s (each side tokenized as its full text); the shared prefix is
 the longest common prefix of the two id lists, cut so that each side keeps at least one token.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -101,6 +107,20 @@ def _split(pos: list[int], neg: list[int]) -> int:
     return c
 
 
+def _common_prefix_len(seqs: Sequence[list[int]], cap: int) -> int:
+    """Length of the token prefix shared by all `seqs`, at most `cap`."""
+    first = seqs[0]
+    c = min(cap, min(map(len, seqs)))
+    for s in seqs[1:]:
+        k = 0
+        while k < c and s[k] == first[k]:
+            k += 1
+        c = k
+        if not c:
+            break
+    return c
+
+
 def _capture_hooks(lm, layers: Sequence[int], grabbed: dict[int, torch.Tensor]):
     deepest = max(layers)
 
@@ -157,6 +177,13 @@ def extract_pair_activations(
             raise DatasetError(f"pair {k}: a side is empty after tokenization")
     shared = [_split(p, q) for p, q in zip(pos_ids, neg_ids)]
     deepest = layers[-1]
+    head_len = _common_prefix_len(pos_ids + neg_ids, cap=min(shared))
+    head_cache = None
+    if head_len:
+        head_cache = DynamicCache(config=lm.model.config)
+        _run(lm, [deepest], {}, input_ids=torch.tensor([pos_ids[0][:head_len]], device=lm.device),
+             position_ids=torch.arange(head_len, device=lm.device)[None], past_key_values=head_cache,
+             use_cache=True)
     hidden = lm.hidden_size
     out_pos = {l: torch.empty(n, hidden) for l in layers}
     out_neg = {l: torch.empty(n, hidden) for l in layers}
@@ -164,19 +191,29 @@ def extract_pair_activations(
     device = lm.device
     order = sorted(range(n), key=lambda k: (shared[k], len(pos_ids[k]) + len(neg_ids[k])))
     bar = tqdm(total=n, desc="extracting pairs", unit="pair", disable=not progress)
-    tokens_run = 0
+    tokens_run = head_len
     for b0 in range(0, n, batch_size):
         idx = order[b0:b0 + batch_size]
-        prefixes = [pos_ids[k][: shared[k]] for k in idx]
+        prefixes = [pos_ids[k][head_len: shared[k]] for k in idx]
         tails = []
         for k in idx:
             tails += [pos_ids[k][shared[k]:], neg_ids[k][shared[k]:]]
         pre_ids, pre_mask = pad_left(prefixes, pad_id) if max(map(len, prefixes)) else (
             torch.zeros(len(idx), 0, dtype=torch.long), torch.zeros(len(idx), 0, dtype=torch.long))
-        cache = DynamicCache(config=lm.model.config)
+        if head_cache is not None:
+            cache = copy.deepcopy(head_cache)
+            cache.batch_repeat_interleave(len(idx))
+        else:
+            cache = DynamicCache(config=lm.model.config)
+        tokens_run += int(pre_mask.sum())
+        # The header's columns count as real tokens in every mask from here on.
+        pre_mask = torch.cat([torch.ones(len(idx), head_len, dtype=torch.long), pre_mask], dim=1)
         if pre_ids.shape[1]:
             _run(lm, [deepest], {}, input_ids=pre_ids.to(device), attention_mask=pre_mask.to(device),
-                 position_ids=position_ids_for(pre_mask).to(device), past_key_values=cache, use_cache=True)
+                 position_ids=position_ids_for(pre_mask)[:, head_len:].to(device), past_key_values=cache,
+                 use_cache=True)
+        has_cache = pre_mask.shape[1] > 0
+        if has_cache:
             cache.batch_repeat_interleave(2)  # rows (pair, side): 2k positive, 2k+1 negative
         width = max(map(len, tails))
         tail_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
@@ -187,18 +224,18 @@ def extract_pair_activations(
         mask = torch.cat([pre_mask.repeat_interleave(2, 0), tail_mask], dim=1)
         grabbed: dict[int, torch.Tensor] = {}
         _run(lm, layers, grabbed, input_ids=tail_ids.to(device), attention_mask=mask.to(device),
-             position_ids=position_ids_for(mask)[:, pre_ids.shape[1]:].to(device),
-             past_key_values=cache if pre_ids.shape[1] else None, use_cache=bool(pre_ids.shape[1]))
+             position_ids=position_ids_for(mask)[:, pre_mask.shape[1]:].to(device),
+             past_key_values=cache if has_cache else None, use_cache=has_cache)
         last = torch.tensor([len(t) - 1 for t in tails])
         rows = torch.arange(len(tails))
         for l in layers:
             h = grabbed[l].float().cpu()[rows, last]  # [2B, hidden]
             out_pos[l][idx] = h[0::2]
             out_neg[l][idx] = h[1::2]
-        tokens_run += int(pre_mask.sum()) + int(tail_mask.sum())
+        tokens_run += int(tail_mask.sum())
         bar.update(len(idx))
     bar.close()
-    info = {"tokens_run": tokens_run, "tokens_full": sum(map(len, pos_ids)) + sum(map(len, neg_ids))}
+    info = {"tokens_run": tokens_run, "shared_header_tokens": head_len, "tokens_full": sum(map(len, pos_ids)) + sum(map(len, neg_ids))}
     return PairActivations(pairs, tuple(layers), out_pos, out_neg, info)
 
 
