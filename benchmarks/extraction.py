@@ -64,8 +64,10 @@ def build_texts(n_pairs: int, path: Path) -> dict:
     return {"file": str(path), "positive": pos, "negative": neg, **stats}
 
 
-def tokens_fed(impl: str, lengths: list[list[int]], batch_size: int) -> int:
-    """Token positions an implementation feeds the model, padding included (from its batching rule)."""
+def tokens_fed(impl: str, lengths: list[list[int]], batch_size: int, header: int = 0) -> int:
+    """Token positions an implementation feeds the model, padding included (from its batching rule).
+
+    `header`: tokens common to every text, which the engine runs once for the whole dataset."""
     P = [p for p, _, _ in lengths]
     N = [n for _, n, _ in lengths]
     if impl == "naive loop" or batch_size == 1 and impl != "engine":
@@ -75,12 +77,12 @@ def tokens_fed(impl: str, lengths: list[list[int]], batch_size: int) -> int:
         return sum(max(seq[i:i + batch_size]) * len(seq[i:i + batch_size]) for i in range(0, len(seq), batch_size))
     if impl == "steering-vectors":  # batches of `batch_size` pairs: a padded positive batch and a padded negative batch
         return sum(max(X[i:i + batch_size]) * len(X[i:i + batch_size]) for X in (P, N) for i in range(0, len(P), batch_size))
-    if impl == "engine":  # pairs sorted by (shared prefix, total); padded prefixes once, then 2 padded tails per pair
+    if impl == "engine":  # header once; pairs sorted by (shared prefix, total); padded prefixes, then 2 padded tails per pair
         order = sorted(range(len(lengths)), key=lambda k: (lengths[k][2], lengths[k][0] + lengths[k][1]))
-        total = 0
+        total = header
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            total += max(lengths[k][2] for k in idx) * len(idx)
+            total += (max(lengths[k][2] for k in idx) - header) * len(idx)
             total += max(max(lengths[k][0], lengths[k][1]) - lengths[k][2] for k in idx) * 2 * len(idx)
         return total
     return -1
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for r in runs:
         kind = "engine" if "engine" in r["impl"] else r["impl"]
-        r["tokens_fed"] = tokens_fed(kind, texts["lengths"], int(r.get("batch_size") or 1)) if kind != "steerlab.train_caa" else None
+        r["tokens_fed"] = tokens_fed(kind, texts["lengths"], int(r.get("batch_size") or 1), texts["common_header_tokens"]) if kind != "steerlab.train_caa" else None
         rows.append([r.get("label", r["impl"]), r["time_s"], r.get("cpu_s", "-"), 2 * r["n_pairs"] / r["time_s"], r["time_s"] / steer_t,
                      r["tokens_fed"], r["peak_rss_mb"], r.get("rss_after_load_mb"), r["max_abs_diff_vs_ref"],
                      r["max_abs_diff_vs_ref_except_last"]])
