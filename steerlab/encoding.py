@@ -126,6 +126,17 @@ def check_lengths(lm, lengths: Sequence[int], extra_tokens: int = 0, indices: Se
             raise PromptTooLongError(f"prompt {i} has {n} tokens{more}, more than the model's context window of {limit}")
 
 
+def common_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix shared by all `rows`, leaving every row at least one token of its own
+    (the last token is where a continuation is read or scored, so it is never shared)."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    k = 0
+    while k < n and all(r[k] == first[k] for r in rows):
+        k += 1
+    return max(k, 0)
+
+
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token rows to one tensor and its attention mask."""
     width = max(len(r) for r in rows)

@@ -26,7 +26,7 @@ import torch
 
 from ..capture import position_ids_for
 from ..data.prompts import LETTERS
-from ..encoding import Prompt, pad_left
+from ..encoding import Prompt, common_prefix_len, pad_left
 from ..engine import ScoringItem, Setting, score, tokenize_items
 from ..engine.cache import is_plain, select_rows
 from ..errors import PromptTooLongError
@@ -149,16 +149,6 @@ def _rename_too_long(e: PromptTooLongError, shown: Sequence[Shown], dataset: str
     return PromptTooLongError(f"{dataset or it.source or 'dataset'} item {it.index}: {m.group(2)}")
 
 
-def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common token prefix, leaving every row at least one token of its own."""
-    n = min(len(r) for r in rows) - 1
-    first = rows[0]
-    k = 0
-    while k < n and all(r[k] == first[k] for r in rows):
-        k += 1
-    return k
-
-
 def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, prefix: str = "",
                        chat_template: bool | None = None, batch_size: int = 16,
                        dataset: str = "") -> tuple[LetterScores, dict[int, torch.Tensor], list[Prompt]] | None:
@@ -193,7 +183,7 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
     device = lm.device
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(lm.model).forward).parameters else {}
-    P = _common_prefix([t.prompt_ids for t in tok])
+    P = common_prefix_len([t.prompt_ids for t in tok])
     shared = None
     if P > 0:
         with torch.no_grad():

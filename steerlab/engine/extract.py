@@ -29,7 +29,7 @@ from transformers.cache_utils import DynamicCache
 
 from ..capture import position_ids_for
 from ..data.records import ContrastPair
-from ..encoding import pad_left, tokenize_prompts
+from ..encoding import common_prefix_len, pad_left, tokenize_prompts
 from ..errors import DatasetError, SteerlabError
 from ..layers import block_hidden
 from ..methods.caa import mean_difference
@@ -98,29 +98,6 @@ class PairActivations:
         return SteeringVector(directions, meta)
 
 
-def _split(pos: list[int], neg: list[int]) -> int:
-    """Length of the shared token prefix, leaving each side at least one token."""
-    n = min(len(pos), len(neg)) - 1
-    c = 0
-    while c < n and pos[c] == neg[c]:
-        c += 1
-    return c
-
-
-def _common_prefix_len(seqs: Sequence[list[int]], cap: int) -> int:
-    """Length of the token prefix shared by all `seqs`, at most `cap`."""
-    first = seqs[0]
-    c = min(cap, min(map(len, seqs)))
-    for s in seqs[1:]:
-        k = 0
-        while k < c and s[k] == first[k]:
-            k += 1
-        c = k
-        if not c:
-            break
-    return c
-
-
 def _capture_hooks(lm, layers: Sequence[int], grabbed: dict[int, torch.Tensor]):
     deepest = max(layers)
 
@@ -175,9 +152,9 @@ def extract_pair_activations(
     for k in range(n):
         if not pos_ids[k] or not neg_ids[k]:
             raise DatasetError(f"pair {k}: a side is empty after tokenization")
-    shared = [_split(p, q) for p, q in zip(pos_ids, neg_ids)]
+    shared = [common_prefix_len([p, q]) for p, q in zip(pos_ids, neg_ids)]
     deepest = layers[-1]
-    head_len = _common_prefix_len(pos_ids + neg_ids, cap=min(shared))
+    head_len = common_prefix_len(pos_ids + neg_ids)  # <= every shared[k]: common to each pair too
     head_cache = None
     if head_len:
         head_cache = DynamicCache(config=lm.model.config)
