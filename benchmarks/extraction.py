@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads in every worker (default: torch's choice)")
     ap.add_argument("--data", type=Path, default=MWE_FILE)
     args = ap.parse_args(argv)
+    if args.n_pairs < 1 or args.batch_size < 1 or min(args.peer_batch_sizes) < 1:
+        ap.error("--n-pairs, --batch-size and --peer-batch-sizes must be at least 1")
 
     info = machine_info()
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else None
