@@ -106,6 +106,8 @@ class _ForwardState:
         else:
             cache_position = kwargs.get("cache_position")
             past = kwargs.get("past_key_values")
+            if past is None:  # transformers >= 5 names the cache `cache`
+                past = kwargs.get("cache")
             if isinstance(cache_position, torch.Tensor) and cache_position.numel():
                 start = int(cache_position.reshape(-1)[0])
             elif past is not None and hasattr(past, "get_seq_length"):
