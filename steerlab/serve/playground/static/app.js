@@ -425,6 +425,7 @@ async function streamInto(col, steering) {
         if (ch && ch.delta && ch.delta.content) {
           if (ttft === null) ttft = performance.now() - t0;
           text.textContent += ch.delta.content;
+          col.dataset.chunks = +(col.dataset.chunks || 0) + 1; // how many pieces arrived (streaming, not one blob)
         }
         if (ch && ch.finish_reason) finish = ch.finish_reason;
         if (chunk.usage) tokens = chunk.usage.completion_tokens;
@@ -473,7 +474,7 @@ function run(ev) {
     try { xs = parseStrengths(); } catch (e) { banner(e.message, "error"); return; }
     xs.forEach((s, i) => {
       const steering = steeringList({ name, strength: s });
-      const cls = "steered sweep " + (s < 0 ? "neg" : s > 0 ? "pos" : "unsteered");
+      const cls = s === 0 ? "unsteered sweep" : "steered sweep " + (s < 0 ? "neg" : "pos");
       jobs.push([makeColumn("col-sweep-" + i, `${name} ${signed(s)}`, describe(steering), cls), steering]);
     });
   }
