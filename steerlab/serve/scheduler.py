@@ -49,8 +49,10 @@ class ShuttingDown(Exception):
 class Job:
     """One generation request as the scheduler runs it.
 
-    `emit(kind, payload)` is called from the generation thread: ("text", piece) while generating, then
-    once ("done", {"text", "finish_reason", "prompt_tokens", "completion_tokens"}) or ("error", message).
+    `emit(kind, payload)` is called from the generation thread: ("first", monotonic time) at the first
+    token, ("text", piece) while generating, then
+    once ("done", {"text", "finish_reason", "prompt_tokens", "completion_tokens"}) or
+    ("error", {"status": 500 or 503, "message": ...}).
     """
 
     enc: EncodedBatch  # the prompt alone: one row, no padding (from steerlab.encode)
@@ -103,6 +105,7 @@ class _Row:
         self.last = token
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+            self.job.emit("first", self.first_token_at)
         if token in self.eos:
             self.finish("stop")
             return
@@ -167,6 +170,7 @@ class Scheduler:
         self._steer = None  # steering hooks for the current rows' decoding steps
         self._closing = False
         self._abort = False
+        self._admitting = False  # jobs taken from the queue, not yet rows
         self.forward_calls = 0
         self.steps = 0
         self._thread = threading.Thread(target=self._loop, name="steerlab-generate", daemon=True)
@@ -194,13 +198,17 @@ class Scheduler:
     def closing(self) -> bool:
         return self._closing
 
-    def close(self, grace_s: float = 10.0) -> None:
-        """Stop taking requests, let running and queued ones finish for up to `grace_s`, cancel the rest."""
+    def begin_shutdown(self) -> None:
+        """Refuse new requests (ShuttingDown); running and queued ones go on."""
         with self._cond:
             self._closing = True
             self._cond.notify()
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Stop taking requests, let running and queued ones finish for up to `grace_s`, cancel the rest."""
+        self.begin_shutdown()
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and (self._rows or self._waiting) and self._thread.is_alive():
+        while time.monotonic() < deadline and (self._rows or self._waiting or self._admitting) and self._thread.is_alive():
             time.sleep(0.02)
         with self._cond:
             self._abort = True
@@ -226,20 +234,20 @@ class Scheduler:
             except Exception as e:  # never lose the thread: fail what was running, keep serving
                 log.exception("generation step failed")
                 self._fail_all(f"generation failed: {type(e).__name__}: {e}")
-        self._fail_all("the server shut down before this request finished", include_waiting=True)
+        self._fail_all("the server shut down before this request finished", include_waiting=True, status=503)
 
-    def _fail_all(self, message: str, include_waiting: bool = False) -> None:
+    def _fail_all(self, message: str, include_waiting: bool = False, status: int = 500) -> None:
         self._drop_steer()
         for r in self._rows:
             if not r.done:
                 r.done = True
-                r.job.emit("error", message)
+                r.job.emit("error", {"status": status, "message": message})
         self._rows, self._cache, self._mask = [], None, None
         if include_waiting:
             with self._cond:
                 waiting, self._waiting = list(self._waiting), deque()
             for j in waiting:
-                j.emit("error", message)
+                j.emit("error", {"status": status, "message": message})
 
     def _drop_steer(self) -> None:
         if self._steer is not None:
@@ -264,6 +272,7 @@ class Scheduler:
                 if take and (len(take) + 1) * w > self.max_prefill_tokens:
                     break
                 take.append(self._waiting.popleft())
+                self._admitting = True
                 width = w
         return take
 
@@ -280,7 +289,12 @@ class Scheduler:
         return out.logits[:, -1, :]
 
     def _admit(self) -> None:
-        take = self._take()
+        try:
+            self._prefill(self._take())
+        finally:
+            self._admitting = False
+
+    def _prefill(self, take: list[Job]) -> None:
         if not take:
             return
         self._drop_steer()
@@ -296,7 +310,7 @@ class Scheduler:
         except Exception as e:
             for r in rows:
                 r.done = True
-                r.job.emit("error", f"generation failed: {type(e).__name__}: {e}")
+                r.job.emit("error", {"status": 500, "message": f"generation failed: {type(e).__name__}: {e}"})
             raise
         finally:
             if handle is not None:

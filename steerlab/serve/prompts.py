@@ -1,0 +1,58 @@
+"""Request text → a one-row `EncodedBatch`, on a worker thread (never the generation thread).
+
+A chat request with one user message is formatted exactly as `steerlab.generate` formats a plain
+prompt (`format_prompt`), so its output can equal `steerlab.generate` for that prompt; a longer
+conversation goes through the chat template with the user text boundary at the last user message.
+A completion request is a raw prompt (no template). Length is checked against the context with
+`max_tokens` still to come (`PromptTooLongError` → 400) before the request is queued.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from ..encoding import EncodedBatch, Prompt, encode, format_prompt
+from ..errors import SteerlabError
+
+
+class PromptError(SteerlabError):
+    """The messages cannot be made into a prompt for this model (answered with 400)."""
+
+
+def request_model(lm):
+    """A view of `lm` with its own tokenizer copy: request threads never share the generation thread's."""
+    try:
+        return dataclasses.replace(lm, tokenizer=copy.deepcopy(lm.tokenizer))
+    except Exception:  # an object that is not the LoadedModel dataclass: share it
+        return lm
+
+
+def chat_prompt(lm, messages: list) -> Prompt:
+    """`messages`: ChatMessage models (role, text())."""
+    users = [m for m in messages if m.role == "user"]
+    if not users:
+        raise PromptError("messages need at least one message with role 'user'")
+    if len(messages) == 1:
+        return format_prompt(lm, users[0].text())
+    if not lm.use_chat_template:
+        raise PromptError("this model has no chat template: send one user message, or use /v1/completions")
+    turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+    try:
+        text = lm.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # templates raise on role orders they do not support
+        raise PromptError(f"the model's chat template refused these messages: {e}") from None
+    last = users[-1].text()
+    user_start = text.rfind(last) if last else -1
+    if user_start < 0:
+        user_start = 0
+    return Prompt(text, user_start, len(text), templated=True)
+
+
+def completion_prompt(lm, text: str) -> Prompt:
+    return format_prompt(lm, text, chat_template=False)
+
+
+def encode_one(lm, prompt: Prompt, max_new_tokens: int) -> EncodedBatch:
+    """Tokenize, refuse what does not fit the context with `max_new_tokens` to come, return one row."""
+    return encode(lm, [prompt], extra_tokens=max_new_tokens)
