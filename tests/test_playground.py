@@ -113,8 +113,11 @@ def _request(url: str, body: dict | None = None, key: str | None = KEY, timeout:
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                  headers={"content-type": "application/json",
                                           **({"authorization": f"Bearer {key}"} if key else {})})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{url} answered {e.code}: {e.read().decode(errors='replace')}") from None
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +146,9 @@ def server(vector_files, tmp_path_factory):
     """`steerlab serve` in its own process on a free loopback port, with an API key."""
     port = _free_port()
     log = tmp_path_factory.mktemp("playground_server") / "server.log"
-    cmd = [sys.executable, "-m", "steerlab.cli", "serve", "--port", str(port), "--api-key", KEY,
+    script = Path(sys.executable).with_name("steerlab")  # the installed command, as a user runs it
+    launcher = [str(script)] if script.exists() else [sys.executable, "-c", "from steerlab.cli import main; main()"]
+    cmd = [*launcher, "serve", "--port", str(port), "--api-key", KEY,
            *[a for name, path in vector_files.items() for a in ("--vector", f"{name}={path}")]]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("STEERLAB_API_KEY", None)
@@ -210,7 +215,9 @@ def _text(pg, selector: str) -> str:
 
 
 def _chat(server: str, steering) -> str:
-    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS, "temperature": 0}
+    model = _request(server + "/health", key=None)["model"]
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS,
+            "temperature": 0}
     if steering:
         body["steering"] = steering
     return _request(server + "/v1/chat/completions", body)["choices"][0]["message"]["content"]

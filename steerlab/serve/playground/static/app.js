@@ -255,7 +255,7 @@ function renderMeta() {
   }
   const effect = effectRows(v.effect);
   if (effect) {
-    parts.push(el("h3", { text: "measured effect (log p(positive) − log p(negative), nats/token; shift vs unsteered)" }), effect);
+    parts.push(el("h3", { text: "measured effect on held-apart pairs" }), el("p", { class: "hint", text: "gap = log p(positive) − log p(negative) per token, in nats; a positive shift moves answers the trained way." }), effect);
   } else {
     parts.push(el("p", { class: "hint", text: "No measured effect in this file (steerlab effect measures one)." }));
   }
@@ -274,12 +274,20 @@ function effectRows(effect) {
   if (!rows) return typeof effect === "object" ? kvTable(effect) : null;
   rows = rows.filter((r) => r && typeof r === "object");
   if (!rows.length) return null;
-  const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  const ORDER = ["strength", "mean_gap", "shift", "ci"];
+  const hasCI = rows.some((r) => "ci_low" in r && "ci_high" in r);
+  let cols = [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((c) => !(hasCI && (c === "ci_low" || c === "ci_high")));
+  if (hasCI) cols.push("ci");
+  cols.sort((a, b) => (ORDER.indexOf(a) + 1 || 99) - (ORDER.indexOf(b) + 1 || 99));
+  const head = { strength: "strength", mean_gap: "mean gap", shift: "shift vs unsteered", ci: "95% interval of the shift" };
+  rows = [...rows].sort((a, b) => (+a.strength || 0) - (+b.strength || 0));
   return el("table", { class: "data effect" },
-    el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: c.replace(/_/g, " ") })))),
+    el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: head[c] || c.replace(/_/g, " ") })))),
     el("tbody", {}, rows.map((r) => el("tr", {}, cols.map((c) => {
+      if (c === "ci") return el("td", { text: `[${fmt(r.ci_low, 2)}, ${fmt(r.ci_high, 2)}]` });
       const x = r[c];
       const cls = c === "shift" && typeof x === "number" ? (x > 0 ? "pos" : x < 0 ? "neg" : null) : null;
+      if (c === "strength" && typeof x === "number") return el("td", { text: x === 0 ? "0 (unsteered)" : signed(x) });
       return el("td", { class: cls, text: c === "shift" && typeof x === "number" ? signed(x) : fmt(x) });
     })))));
 }
