@@ -35,7 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 KEY = "playground-test-key"
 PROMPT = "How was your weekend?"
 MAX_TOKENS = 24
-SLIDER = 8.0  # the test moves the slider here (the vector's own strength is 6)
+SLIDER = -8.0  # the test moves the slider here, to the negative side (the vector's own strength is +6)
 
 
 # ------------------------------------------------------------------ static: shipped, offline, mounted
@@ -247,7 +247,7 @@ def test_compare_streams_unsteered_and_steered_side_by_side(page, server):
     # The page sent what its controls say: the same request made directly gives the same text (greedy).
     assert steered == _chat(server, {"vector": "cheerful", "strength": SLIDER, "layers": [12], "positions": "after_user"})
     assert unsteered == _chat(server, None)
-    assert "cheerful +8" in pg.inner_text("#col-steered .col-sub")
+    assert f"cheerful {SLIDER:+g} @L12 after_user" in pg.inner_text("#col-steered .col-sub")
     # Details of the ticked vector: method, layer, norm, chosen strength and the measured effect table.
     meta = pg.inner_text("#meta-body")
     assert "caa" in meta and "L12" in meta

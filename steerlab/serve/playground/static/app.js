@@ -249,7 +249,7 @@ function renderMeta() {
   if (norms.length) {
     const top = Math.max(...norms.map(([, n]) => n)) || 1;
     parts.push(el("h3", { text: "norm per layer" }), el("div", { class: "norms" }, norms.flatMap(([L, n]) => [
-      el("span", { text: "L" + L + (d.layers.has(L) ? " •" : "") }),
+      el("span", { text: "L" + L + (d.layers.has(L) ? " •" : ""), title: d.layers.has(L) ? "applied by default" : null }),
       el("div", {}, el("div", { class: "bar", style: `width:${(100 * n / top).toFixed(1)}%` })),
       el("span", { class: "num", text: fmt(n) })])));
   }
@@ -473,7 +473,8 @@ function run(ev) {
   if (state.mode === "compare") {
     const steering = steeringList();
     jobs.push([makeColumn("col-unsteered", "Unsteered", "no vector", "unsteered"), []]);
-    jobs.push([makeColumn("col-steered", "Steered", describe(steering), "steered"), steering]);
+    const sign = steering.length && steering.every((t) => t.strength < 0) ? " neg" : steering.length && steering.every((t) => t.strength > 0) ? " pos" : "";
+    jobs.push([makeColumn("col-steered", "Steered", describe(steering), "steered" + sign), steering]);
     if (!steering.length) banner("No vector is ticked (or all strengths are 0): both columns are the unsteered model.");
   } else {
     const name = $("#sweep-vector").value;
@@ -486,12 +487,29 @@ function run(ev) {
       jobs.push([makeColumn("col-sweep-" + i, `${name} ${signed(s)}`, describe(steering), cls), steering]);
     });
   }
+  $("#columns-empty").hidden = true;
   cols.style.setProperty("--ncols", jobs.length);
   cols.replaceChildren(...jobs.map(([c]) => c));
   $("#run-btn").disabled = true;
   $("#stop-btn").disabled = false;
   // All at once: the server batches them into the same forward passes.
-  for (const [col, steering] of jobs) streamInto(col, steering);
+  const runs = jobs.map(([col, steering]) => streamInto(col, steering));
+  if (state.mode === "compare") Promise.all(runs).then(() => markDivergence(jobs[0][0], jobs[1][0]));
+}
+
+// Dim the part of the steered answer that equals the unsteered one, so the change stands out.
+function markDivergence(a, b) {
+  if (a.dataset.state !== "done" || b.dataset.state !== "done") return;
+  const ta = a.querySelector(".col-text"), tb = b.querySelector(".col-text");
+  const x = ta.textContent, y = tb.textContent;
+  let n = 0;
+  while (n < x.length && n < y.length && x[n] === y[n]) n++;
+  if (x === y) { b.querySelector(".col-foot").append(el("span", { class: "same-note", text: "same as unsteered" })); return; }
+  if (n === 0) return;
+  for (const [t, s] of [[ta, x], [tb, y]]) {
+    t.replaceChildren(el("span", { class: "shared", title: "the same in both answers", text: s.slice(0, n) }),
+      el("span", { class: "diverged", text: s.slice(n) }));
+  }
 }
 
 function stop() { for (const c of state.runs) c.abort(); }
