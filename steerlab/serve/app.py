@@ -67,6 +67,21 @@ class _MetricsMiddleware:
             self.metrics.observe_request(route_label(scope.get("path", "")), status["code"] or 499)
 
 
+class _JobStream(StreamingResponse):
+    """A streamed completion that cancels its job when the response ends early, for whatever reason
+    (Starlette stops a stream on disconnect without always closing the generator at once)."""
+
+    def __init__(self, content, on_close, **kw):
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
 class _Pending:
     """Events from the generation thread for one request, delivered on the event loop."""
 
@@ -226,8 +241,15 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
                 return oa.chat_chunk(rid, model_id, created, content=text, finish_reason=finish, usage_=usage_, empty=empty)
             return oa.text_chunk(rid, model_id, created, text=text or "", finish_reason=finish, usage_=usage_, empty=empty)
 
+        state = {"done": False}
+
+        def close() -> None:  # runs however the response ends; a client that left cancels its row
+            if not state["done"]:
+                state["done"] = True
+                job.cancel()
+                metrics.observe_cancel()
+
         async def stream():
-            done = False
             try:
                 if chat:
                     first = oa.chat_chunk(rid, model_id, created, role="assistant", content="")
@@ -240,7 +262,7 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
                     elif kind == "text":
                         yield event(piece(payload))
                     elif kind == "done":
-                        done = True
+                        state["done"] = True
                         finished(job, pending, payload)
                         yield event(piece(None if chat else "", payload["finish_reason"]))
                         if include_usage:
@@ -249,17 +271,15 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
                         yield "data: [DONE]\n\n"
                         return
                     elif kind == "error":
-                        done = True
+                        state["done"] = True
                         yield event(oa.error_body(payload["message"], "server_error"))
                         yield "data: [DONE]\n\n"
                         return
             finally:
-                if not done:  # the client went away mid-stream (or the server is stopping)
-                    job.cancel()
-                    metrics.observe_cancel()
+                close()
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _JobStream(stream(), close, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def complete(request: Request, body, chat: bool):
         job, pending, steering = await prepare(body, chat)

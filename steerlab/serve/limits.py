@@ -20,10 +20,6 @@ def _error(message: str, type_: str, code: str) -> dict:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """413 for a body over `limit` bytes (`upload_limit` on vector uploads), by Content-Length or as it streams."""
 
@@ -45,27 +41,31 @@ class BodyLimit:
                     return await _send_json(send, 413, _error(message, "invalid_request_error", "body_too_large"))
         seen = 0
         started = False
+        refused = False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge()
+                if seen > limit and not started:
+                    # answer now; the app sees the client leave and whatever it sends is dropped
+                    refused = True
+                    await _send_json(send, 413, _error(message, "invalid_request_error", "body_too_large"))
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracking_send(msg):
             nonlocal started
+            if refused:
+                return
             if msg["type"] == "http.response.start":
                 started = True
             await send(msg)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_json(send, 413, _error(message, "invalid_request_error", "body_too_large"))
+        await self.app(scope, limited_receive, tracking_send)
 
 
 class BearerAuth:
