@@ -279,6 +279,9 @@ def test_sweep_shows_one_column_per_strength_with_two_vectors(page, server):
     assert len({neg, zero, pos}) == 3
     assert zero == _chat(server, None)  # strength 0 everywhere is the unsteered model
     assert pos == _chat(server, {"vector": "cheerful", "strength": 8.0, "layers": [12], "positions": "after_user"})
+    shot = os.environ.get("STEERLAB_PLAYGROUND_SCREENSHOT")
+    if shot:
+        pg.screenshot(path=str(Path(shot).with_name(Path(shot).stem + "-sweep.png")), full_page=True)
     # A bad sweep list is refused in the page, before any request.
     pg.fill("#sweep-strengths", "-8, 8")
     pg.click("#run-btn")
@@ -328,3 +331,21 @@ def test_api_key_is_entered_once_and_a_wrong_key_is_reported(page, server):
     pg.click("#key-form button[type=submit]")
     pg.wait_for_selector("#banner:not([hidden])")
     assert "API key" in pg.inner_text("#banner")
+
+
+@pytest.mark.slow
+def test_stop_cancels_the_streams_on_the_server(page, server):
+    pg = page
+    pg.check("#pick-cheerful")
+    pg.fill("#max-tokens", "400")
+    pg.click("#run-btn")
+    pg.wait_for_function("""() => [...document.querySelectorAll('#columns .col')].every(
+                              c => c.dataset.state === 'streaming' && +(c.dataset.chunks || 0) >= 2)""",
+                         timeout=120_000)
+    pg.click("#stop-btn")
+    pg.wait_for_function("""() => [...document.querySelectorAll('#columns .col')].every(c => c.dataset.state === 'stopped')""")
+    assert pg.is_enabled("#run-btn")
+    deadline = time.monotonic() + 30  # the server drops the abandoned rows instead of generating 400 tokens
+    while (h := _request(server + "/health", key=None))["active"] or h["queued"]:
+        assert time.monotonic() < deadline, f"the server still generates for the stopped page: {h}"
+        time.sleep(0.2)
