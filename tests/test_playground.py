@@ -61,6 +61,15 @@ def test_page_needs_no_network():
         assert "@import" not in text
 
 
+def test_script_parses():
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("needs node to check app.js without a browser (the browser tests load it anyway)")
+    with resources.as_file(STATIC / "app.js") as js:
+        r = subprocess.run([node, "--check", str(js)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_mount_serves_the_page_and_redirects_root():
     pytest.importorskip("fastapi")
     from fastapi import FastAPI
@@ -190,12 +199,15 @@ def page(playwright_or_skip, server, tmp_path):
     pg.set_default_timeout(30_000)
     pg.goto(server + "/")
     assert pg.url.endswith("/playground/")
-    # Without the key the list cannot load and the page says why.
-    pg.wait_for_selector("#banner:not([hidden])")
-    assert "API key" in pg.inner_text("#banner")
-    pg.fill("#api-key", KEY)
-    pg.click("#key-form button[type=submit]")
-    pg.wait_for_selector("#vector-list li[data-vector='cheerful']")
+    try:
+        # Without the key the list cannot load and the page says why.
+        pg.wait_for_selector("#banner:not([hidden])")
+        assert "API key" in pg.inner_text("#banner")
+        pg.fill("#api-key", KEY)
+        pg.click("#key-form button[type=submit]")
+        pg.wait_for_selector("#vector-list li[data-vector='cheerful']")
+    except Exception as e:
+        raise AssertionError(f"the page did not list the served vectors ({e}); JavaScript errors: {errors}") from None
     yield pg
     ctx.close()
     assert not errors, f"JavaScript errors on the page: {errors}"

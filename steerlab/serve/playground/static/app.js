@@ -257,7 +257,7 @@ function renderMeta() {
   if (effect) {
     parts.push(el("h3", { text: "measured effect on held-apart pairs" }), el("p", { class: "hint", text: "gap = log p(positive) − log p(negative) per token, in nats; a positive shift moves answers the trained way." }), effect);
   } else {
-    parts.push(el("p", { class: "hint", text: "No effect table in this file's metadata (its "effect" entry, rows as steerlab.effect.EffectReport.rows() gives them)." }));
+    parts.push(el("p", { class: "hint", text: "No effect table in this file's metadata (an 'effect' entry with EffectReport.rows())." }));
   }
   if (v.selection_summary) parts.push(el("h3", { text: "selection (PAS)" }), kvTable(v.selection_summary));
   if (v.extra && Object.keys(v.extra).length) {
