@@ -6,8 +6,9 @@ serves it at `/playground/` with `/` redirecting there.
 Browser checks (`slow`): Debian's `chromium`, headless, driven by Playwright's Python package with the
 system executable (no browser download), against `steerlab serve` on the embedded model on a free
 loopback port, with an API key. Without Chromium or Playwright they skip with a message naming what to
-install. `STEERLAB_PLAYGROUND_SCREENSHOT=docs/playground.png` also saves a screenshot of the page after
-a compare run (how the README's picture is made).
+install (they fail instead where STEERLAB_REQUIRE_BROWSER=1, as CI sets it).
+`STEERLAB_PLAYGROUND_SCREENSHOT=docs/playground.png` also saves screenshots of the page after the
+compare run and (as playground-sweep.png) the sweep run: how the README's picture is made.
 """
 
 from __future__ import annotations
@@ -99,15 +100,22 @@ def _chromium() -> str | None:
     return os.environ.get("STEERLAB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _missing(why: str):
+    """Skip, or fail where CI sets STEERLAB_REQUIRE_BROWSER=1 (so a missing browser cannot pass unseen)."""
+    if os.environ.get("STEERLAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(why + " (STEERLAB_REQUIRE_BROWSER=1)")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def playwright_or_skip():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("browser tests need the Python package 'playwright' (pip install playwright; "
-                    "no browser download: they drive Debian's chromium)")
+        _missing("browser tests need the Python package 'playwright' (pip install playwright; "
+                 "no browser download: they drive Debian's chromium)")
     if not _chromium():
-        pytest.skip("browser tests need Chromium: apt-get install chromium (Debian package 'chromium')")
+        _missing("browser tests need Chromium: apt-get install chromium (Debian package 'chromium')")
     with sync_playwright() as p:
         yield p
 
