@@ -116,6 +116,11 @@ def playwright_or_skip():
                  "no browser download: they drive Debian's chromium)")
     if not _chromium():
         _missing("browser tests need Chromium: apt-get install chromium (Debian package 'chromium')")
+    for mod in ("fastapi", "uvicorn"):
+        try:
+            __import__(mod)
+        except ImportError:
+            _missing(f"browser tests run steerlab serve, which needs {mod}: pip install -e '.[server]'")
     with sync_playwright() as p:
         yield p
 
