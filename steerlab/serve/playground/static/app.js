@@ -329,7 +329,7 @@ async function upload(ev) {
     ok.textContent = `Registered '${v.id}' (${v.method}, layers ${compactLayers(v.layers)}).`;
     ok.hidden = false;
     $("#upload-form").reset();
-    $("#upload-file-label").textContent = "choose a .safetensors or .gguf file";
+    $("#upload-file-label").textContent = "choose or drop a .safetensors or .gguf file";
     await loadVectors(v.id);
   } catch (e) {
     err.textContent = `Not registered: ${e.message}`;
@@ -341,7 +341,7 @@ async function upload(ev) {
 
 function fileChosen() {
   const f = $("#upload-file").files[0];
-  $("#upload-file-label").textContent = f ? `${f.name} · ${(f.size / 1024).toFixed(1)} KiB` : "choose a .safetensors or .gguf file";
+  $("#upload-file-label").textContent = f ? `${f.name} · ${(f.size / 1024).toFixed(1)} KiB` : "choose or drop a .safetensors or .gguf file";
   if (f && !$("#upload-name").value) {
     $("#upload-name").value = f.name.replace(/\.(safetensors|gguf)$/i, "").replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[^A-Za-z0-9]+/, "").slice(0, 64);
   }
@@ -407,9 +407,13 @@ async function streamInto(col, steering) {
     col.insertBefore(el("div", { class: "msg error col-error", role: "alert", text: msg }), foot);
   };
   try {
+    const body = requestBody(steering);
+    const shown = Object.assign({}, body, { stream: undefined, stream_options: undefined });
+    col.append(el("details", { class: "req" }, el("summary", { text: "request body (POST /v1/chat/completions)" }),
+      el("pre", { class: "json", text: JSON.stringify(shown, null, 2) })));
     const resp = await api("v1/chat/completions", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(requestBody(steering)), signal: ctrl.signal,
+      body: JSON.stringify(body), signal: ctrl.signal,
     });
     setColState(col, "streaming");
     const reader = resp.body.getReader();
@@ -558,6 +562,14 @@ function init() {
   $("#refresh-vectors").addEventListener("click", () => loadVectors());
   $("#upload-form").addEventListener("submit", upload);
   $("#upload-file").addEventListener("change", fileChosen);
+  const drop = $(".file");  // a file dropped on the upload box is chosen as if picked
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    if (ev.dataTransfer.files.length) { $("#upload-file").files = ev.dataTransfer.files; fileChosen(); }
+  });
   $("#run-form").addEventListener("submit", run);
   $("#stop-btn").addEventListener("click", stop);
   $("#delete-vector").addEventListener("click", deleteFocused);
