@@ -192,7 +192,7 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
         pending = _Pending(loop)
         sampler = Sampler(body.temperature, body.top_p, body.seed, body.top_k if body.top_k is not None else top_k,
                           lm.device)
-        job = Job(enc, terms, max_new, sampler, pending.emit, body.stop_list())
+        job = Job(enc, terms, max_new, sampler, pending.emit, body.stop_list(), ignore_eos=body.ignore_eos)
         try:
             scheduler.submit(job)
         except QueueFull as e:

@@ -55,6 +55,7 @@ class _Common(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     seed: Optional[int] = Field(None, ge=0, lt=2**64)
     top_k: Optional[int] = Field(None, ge=0, le=1 << 20)  # extension (as vLLM): default = what steerlab.generate uses
+    ignore_eos: bool = False  # extension (as vLLM): always generate max_tokens
     stop: Union[str, list[str], None] = None
     n: int = 1
     stream: bool = False

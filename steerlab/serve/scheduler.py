@@ -61,6 +61,7 @@ class Job:
     sampler: Sampler
     emit: Callable[[str, object], None]
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
 
@@ -303,7 +304,7 @@ class Scheduler:
         cache = kvcache.new_cache(self.lm.model)
         mask = batch.attention_mask
         pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        rows = [_Row(j, self.lm.tokenizer, self.eos) for j in take]
+        rows = [_Row(j, self.lm.tokenizer, set() if j.ignore_eos else self.eos) for j in take]
         handle = apply_steering(self.lm, terms, batch=batch) if terms else None
         try:
             logits = self._forward(batch.input_ids, mask, pos, cache)
