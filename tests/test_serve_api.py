@@ -205,6 +205,12 @@ BAD = [
     ({"messages": [{"role": "system", "content": "x"}]}, 400, "role 'user'"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
     ({"messages": [{"role": "user", "content": "word " * 200}]}, 400, "context window"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "content"),
+    ({"messages": [{"role": "user", "content": "\ud800 lone surrogate"}]}, 400, "prompt"),
+    ({"steering": "cheerful"}, 400, "steering"),
+    ({"steering": {"vector": "a", "layers": [10 ** 30]}}, 400, "has no layers"),
+    ({"temperature": 1e400}, 400, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "steering": None,
       "stream": "yes please"}, 400, "stream"),
 ]
@@ -227,6 +233,18 @@ def test_malformed_bodies(served, content, status):
     r = served.http("POST", "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert "error" in r.json()
+
+
+@pytest.mark.parametrize("fields,fragment", [({"prompt": [1, 2, 3]}, "prompt"), ({"prompt": ["a", "b"]}, "one string"),
+                                             ({"prompt": ""}, "empty"), ({"echo": True}, "echo"), ({}, "prompt")])
+def test_bad_completion_requests(served, tiny_lm, fields, fragment):
+    body = {"model": tiny_lm.model_id, "max_tokens": 3, **fields}
+    if not fields:
+        body.pop("prompt", None)
+    else:
+        body.setdefault("prompt", "hi")
+    r = served.http("POST", "/v1/completions", json=body)
+    assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text
 
 
 def test_oversized_body_without_content_length_is_413(served):

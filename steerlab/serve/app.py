@@ -189,6 +189,9 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
                            code="context_length_exceeded")
         except (SteerlabError, ValueError) as e:
             raise ApiError(400, str(e).replace("prompt 0", "the prompt"), param="messages" if chat else "prompt")
+        except Exception as e:  # the tokenizer refused the text: still the client's input, not a server fault
+            raise ApiError(400, f"the prompt could not be tokenized: {type(e).__name__}: {e}",
+                           param="messages" if chat else "prompt")
         pending = _Pending(loop)
         sampler = Sampler(body.temperature, body.top_p, body.seed, body.top_k if body.top_k is not None else top_k,
                           lm.device)

@@ -28,8 +28,18 @@ def request_model(lm):
         return lm
 
 
+def _check_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PromptError("the prompt contains invalid Unicode (a lone surrogate \\ud800-\\udfff)") from None
+    return text
+
+
 def chat_prompt(lm, messages: list) -> Prompt:
     """`messages`: ChatMessage models (role, text())."""
+    for m in messages:
+        _check_text(m.text())
     users = [m for m in messages if m.role == "user"]
     if not users:
         raise PromptError("messages need at least one message with role 'user'")
@@ -50,7 +60,7 @@ def chat_prompt(lm, messages: list) -> Prompt:
 
 
 def completion_prompt(lm, text: str) -> Prompt:
-    return format_prompt(lm, text, chat_template=False)
+    return format_prompt(lm, _check_text(text), chat_template=False)
 
 
 def encode_one(lm, prompt: Prompt, max_new_tokens: int) -> EncodedBatch:
