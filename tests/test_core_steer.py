@@ -21,6 +21,7 @@ import torch
 
 import steerlab as sl
 from steerlab.encoding import format_prompt
+from steerlab.engine.cache import output_cache, with_cache
 from steerlab.errors import LayerError, PromptTooLongError, SteerlabError, VectorError
 from steerlab.steer import Steering, apply_steering, steer
 
@@ -259,10 +260,10 @@ def test_hand_written_cached_loop_without_mask_or_batch(tiny_lm, vec_factory, po
     try:
         with torch.no_grad():
             cache = DynamicCache(config=lm.model.config)
-            out = lm.model(input_ids=batch.input_ids, past_key_values=cache, use_cache=True)
+            out = lm.model(input_ids=batch.input_ids, use_cache=True, **with_cache(lm.model, cache))
             for _ in range(3):
                 nxt = out.logits[:, -1:].argmax(-1)
-                out = lm.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+                out = lm.model(input_ids=nxt, use_cache=True, **with_cache(lm.model, output_cache(out)))
     finally:
         rec.remove()
         handle.remove()
@@ -291,10 +292,10 @@ def test_prompt_fed_in_chunks(tiny_lm, vec_factory):
             pos = (mask.cumsum(1) - 1).clamp_min(0)
             out = lm.model(input_ids=ids[:, :split], attention_mask=mask[:, :split], position_ids=pos[:, :split])
             out = lm.model(input_ids=ids[:, split:], attention_mask=mask, position_ids=pos[:, split:],
-                           past_key_values=out.past_key_values)
+                           **with_cache(lm.model, output_cache(out)))
             nxt = out.logits[:, -1:].argmax(-1)
             lm.model(input_ids=nxt, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1),
-                     position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values)
+                     position_ids=pos[:, -1:] + 1, **with_cache(lm.model, output_cache(out)))
     finally:
         rec.remove()
         handle.remove()

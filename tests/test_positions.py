@@ -126,6 +126,7 @@ def test_batch_of_one_is_steered_in_generate_with_default_positions(tiny_lm, vec
                        max_new_tokens=new)[1] == text[0]
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # the old keyword on purpose
 @pytest.mark.parametrize("keyword", ["past_key_values", "cache"])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_hand_written_cached_loop_after_user_any_keyword(tiny_lm, vec_factory, keyword, with_mask):
@@ -225,3 +226,37 @@ def test_real_model_effect_on_yes_no_persona_file_moves_the_gap(real_lm):
     for s in (-8.0, 8.0):  # with the old boundary every per-item change was exactly 0.0
         changes = [a - b for a, b in zip(rep.gaps[s], rep.gaps[0.0])]
         assert min(abs(c) for c in changes) > 1e-4 and abs(rep.shift(s)) > 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 12 §5: no deprecated cache keyword on the way (current API, not silenced warnings)
+# --------------------------------------------------------------------------------------------------
+
+def test_steerlab_calls_use_the_current_cache_api(tiny_lm, vec_factory, monkeypatch):
+    """Generation, scoring (multi-token candidates: the cached continuation path), extraction and
+    capture neither pass `past_key_values` nor read `output.past_key_values` when the installed
+    transformers calls it `cache`: no FutureWarning, no deprecation log line."""
+    import warnings
+
+    import transformers.utils.generic as tg
+
+    from steerlab.engine import ScoringItem, Setting, caa_vectors, score
+    from steerlab.data.records import ContrastPair
+
+    lm = tiny_lm
+    logged = []
+    monkeypatch.setattr(tg.logger, "warning_once", lambda msg, *a, **k: logged.append(str(msg)))
+    v = vec_factory(lm, [1, 2], seed=33)
+    items = [ScoringItem(sl.format_prompt(lm, "Which one?", "("), ("A", "B) is it")),
+             ScoringItem(sl.format_prompt(lm, "Is it?"), ("Yes indeed", "No"))]
+    pairs = [ContrastPair("Say it.", "Yes, gladly", "No, never"), ContrastPair("Again?", "Sure", "Nope")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sl.generate(lm, PROMPTS[:1], Steering(v, 2.0, positions="after_user"), max_new_tokens=3)
+        sl.generate(lm, PROMPTS, Steering(v, 2.0, positions="after_user"), max_new_tokens=3)
+        score(lm, items, [Setting.unsteered(), Setting.single(v, 1, 2.0, "after_user"),
+                          Setting.single(v, 2, -1.0, "all")])
+        caa_vectors(lm, pairs, layers=[1, 2])
+    bad = [str(w.message) for w in caught if "past_key_values" in str(w.message) or issubclass(w.category, FutureWarning)]
+    assert not bad, bad
+    assert not [m for m in logged if "past_key_values" in m], logged

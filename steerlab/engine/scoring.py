@@ -62,7 +62,7 @@ from ..errors import SteerlabError
 from ..layers import block_hidden
 from ..steer import Steering, apply_steering
 from ..vector import SteeringVector
-from .cache import BufferPool, is_plain, prefix_cache, select_rows, skip_blocks
+from .cache import BufferPool, is_plain, output_cache, prefix_cache, select_rows, skip_blocks, with_cache
 from .items import ScoringItem, Setting, TokenizedItem, tokenize_items
 from .table import ScoreTable
 
@@ -221,7 +221,9 @@ def _logits_kwargs(lm, keep: int | None) -> dict:
     return {"logits_to_keep": keep}
 
 
-def _forward(lm, **kwargs):
+def _forward(lm, *, cache=None, **kwargs):
+    if cache is not None:
+        kwargs = with_cache(lm.model, cache, **kwargs)
     with torch.no_grad():
         return lm.model(**kwargs)
 
@@ -291,7 +293,7 @@ def _continuation_logprobs(lm, batch: _Batch, cache, cache_row: torch.Tensor, co
         with skip_blocks(lm, low if hidden is not None else 0, rows_cache,
                          hidden[:, :keep] if hidden is not None else None):
             out = _forward(lm, input_ids=inputs.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                           past_key_values=rows_cache, use_cache=True)
+                           cache=rows_cache, use_cache=True)
     finally:
         rec.remove()
         if handle is not None:
@@ -421,7 +423,7 @@ class _BatchRun:
             rec.remove()
         self.info["forwards"] += 1
         first = _first_token_logprobs(out.logits[:, -1], self.items, torch.arange(self.B), self.result.shape[2])
-        return out.past_key_values, first, rec
+        return output_cache(out), first, rec
 
     def _base_continuations(self, cache, record: list[int]):
         """Unsteered scores of candidates' later tokens [B, max_c], and block outputs there."""
@@ -499,7 +501,7 @@ class _BatchRun:
         try:
             with skip_blocks(lm, skip_below, cache, hidden):
                 out = _forward(lm, input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=pos.to(device), past_key_values=cache, use_cache=True,
+                               position_ids=pos.to(device), cache=cache, use_cache=True,
                                **_logits_kwargs(lm, 1))
         finally:
             handle.remove()
@@ -512,7 +514,7 @@ class _BatchRun:
             sel = torch.arange(n_c).repeat(k)
             setting_of = torch.arange(k).repeat_interleave(n_c)
             cache_row = setting_of * B + conts.item[sel]
-            stage_cache = out.past_key_values if out.past_key_values is not None else cache
+            stage_cache = output_cache(out) if output_cache(out) is not None else cache
             step = self.limits.continuation_rows(conts.inputs.shape[1], _vocab(lm))
             for r0 in range(0, len(sel), step):
                 part = slice(r0, r0 + step)
