@@ -34,7 +34,7 @@ import torch
 from ..capture import position_ids_for
 from ..data.records import BehaviourItem
 from ..encoding import EncodedBatch, _char_to_token, format_prompt, pad_left
-from ..engine.cache import cache_of, filled_layer
+from ..engine.cache import cache_of, filled_layer, output_cache, with_cache
 from ..errors import PromptTooLongError, SteerlabError
 from ..steer import Steering, apply_steering
 
@@ -329,7 +329,7 @@ class EPOObjective:
             finally:
                 if handle is not None:
                     handle.remove()
-            cache = out.past_key_values
+            cache = output_cache(out)
             layers = getattr(cache, "layers", None)
             if layers is None or any(not hasattr(l, "keys") or l.keys is None for l in layers):
                 raise SteerlabError(f"EPO needs a plain key/value cache; {lm.family} models are not supported")
@@ -457,12 +457,12 @@ class EPOObjective:
             kwargs = {"logits_to_keep": keep.to(dev)} if self._keep_supported else {}
             with self._autocast(exact):
                 out = lm.model(inputs_embeds=embeds, attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                               past_key_values=cache, use_cache=True, **kwargs)
+                               use_cache=True, **with_cache(lm.model, cache, **kwargs))
         finally:
             if handle is not None:
                 handle.remove()
         logits = out.logits if self._keep_supported else out.logits[:, keep.to(dev)]
-        return torch.log_softmax(logits.float(), dim=-1), out.past_key_values
+        return torch.log_softmax(logits.float(), dim=-1), output_cache(out)
 
     def _target(self, lp: torch.Tensor, item_of_row: torch.Tensor, ans_idx: torch.Tensor) -> torch.Tensor:
         """[rows] target from the kept log-probabilities."""
