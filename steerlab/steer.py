@@ -2,13 +2,18 @@
 
 Positions are tracked in absolute terms so they stay right under a KV cache (a cached generation step
 sees a chunk of length 1) and under left padding (pads are never steered): a pre-hook on the model
-reads the attention mask and cache length of each forward call, and the block hooks turn the current
-chunk's columns into row-relative token positions.
+reads each forward call's attention mask, or without one the length of its KV cache (found among the
+call's arguments by type, whatever keyword the installed transformers names it: `past_key_values`,
+`cache`, ...; for a batch of one `generate` passes no mask at all), and the block hooks turn the
+current chunk's columns into row-relative token positions.
 
 Position policies (per `Steering` term):
     "all"          every real token of the prompt and every generated token.
-    "after_user"   CAA: from the first assistant-turn token on (the assistant prefix and every
-                   generated token), i.e. after the end of the user turn.
+    "after_user"   CAA: from the first token after the user's message on (with a chat template the
+                   end-of-turn token, the assistant header, any assistant prefix and every generated
+                   token), so the position that predicts the first answer or generated token is
+                   steered; never later than the last prompt token (raw prompts ending with the
+                   user's text). See `encoding.after_user_start`.
     "last_prompt"  PAS: only the last prompt token.
 ActAdd vectors ([positions, hidden] directions) are added position by position from the first token
 of the user's text, whatever the policy.
@@ -33,8 +38,10 @@ from .vector import SteeringVector
 
 PositionPolicy = Literal["all", "after_user", "last_prompt"]
 POLICIES: tuple[str, ...] = ("all", "after_user", "last_prompt")
-DEFAULT_STRENGTH = 4.0  # for a vector that records no chosen strength
-DEFAULT_POSITIONS: PositionPolicy = "after_user"  # the CAA convention
+# The one default for a steering term (a `Steering` that names no strength or positions, and
+# `Steering.from_vector` for a vector that records none): strength 4 at the CAA positions.
+DEFAULT_STRENGTH = 4.0
+DEFAULT_POSITIONS: PositionPolicy = "after_user"
 
 
 @dataclass(frozen=True)
@@ -44,15 +51,17 @@ class Steering:
     Attributes:
         vector: one SteeringVector for every row, or a sequence with one per batch row (None = no steering
             for that row), for per-request steering in one batch.
-        strength: a number, or one per batch row.
-        layers: which of the vector's layers to apply (default: all of them).
-        positions: "all", "after_user" or "last_prompt" (see module docs).
+        strength: a number, or one per batch row (default `DEFAULT_STRENGTH`, 4.0).
+        layers: which of the vector's layers to apply (default: all of them); negative indices count
+            from the end (-1 = the last block), normalised once by `normalized`.
+        positions: "all", "after_user" or "last_prompt" (see module docs; default `DEFAULT_POSITIONS`,
+            "after_user", which needs the encoded batch: `generate` and the engine pass it).
     """
 
     vector: SteeringVector | Sequence[SteeringVector | None]
-    strength: float | Sequence[float] = 1.0
+    strength: float | Sequence[float] = DEFAULT_STRENGTH
     layers: Sequence[int] | None = None
-    positions: PositionPolicy = "all"
+    positions: PositionPolicy = DEFAULT_POSITIONS
 
     @classmethod
     def from_vector(cls, vector: SteeringVector, strength: float | None = None, layers: Sequence[int] | None = None,
@@ -64,6 +73,32 @@ class Steering:
                    float(strength if strength is not None else extra.get("strength", DEFAULT_STRENGTH)),
                    layers if layers is not None else extra.get("selected_layers"),
                    positions or extra.get("positions", DEFAULT_POSITIONS))
+
+    def normalized(self, lm, rows: int | None = None) -> "Steering":
+        """This term checked against `lm` and put in one canonical form, the only place that does it:
+        the position policy is known; layers are valid block indices of `lm`, negative ones counted from
+        the end (-1 → n_layers - 1), deduplicated and sorted (None stays None: every layer of the
+        vector); strengths are finite floats; per-row vectors and strengths are lists of equal length
+        (and of `rows` when given); every vector fits `lm`. Raises a SteerlabError naming the problem."""
+        if self.positions not in POLICIES:
+            raise SteerlabError(f"unknown position policy '{self.positions}': choose one of {', '.join(POLICIES)}")
+        vectors = _row_values(self, "vector", rows)
+        strengths = _row_values(self, "strength", rows)
+        if vectors is not None and strengths is not None and len(vectors) != len(strengths):
+            raise SteerlabError(f"{len(vectors)} per-row vectors but {len(strengths)} per-row strengths")
+        for v in (vectors if vectors is not None else [self.vector]):
+            if v is None:
+                continue
+            if not isinstance(v, SteeringVector):
+                raise SteerlabError(f"expected a SteeringVector, got {type(v).__name__}")
+            v.check_compatible(lm, allow_other_family=True)
+        layers = None
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+                raise SteerlabError(f"layers must be a sequence of integers, got {self.layers!r}")
+            layers = tuple(sorted({lm.blocks.check_layer(l) for l in self.layers}))
+        strength = [_strength(x) for x in strengths] if strengths is not None else _strength(self.strength)
+        return replace(self, vector=vectors if vectors is not None else self.vector, strength=strength, layers=layers)
 
     def rows(self, start: int, stop: int) -> "Steering":
         """This term for batch rows [start, stop) (per-row fields are sliced, shared ones kept)."""
@@ -79,8 +114,40 @@ class _Term:
     positional: bool
 
 
+def _find_cache(values):
+    """The KV cache among a forward call's arguments, found by what it is (an object with
+    `get_seq_length`), not by the keyword naming it (`past_key_values`, `cache`, ... by transformers version)."""
+    for v in values:
+        if v is not None and not isinstance(v, (torch.Tensor, str, bytes, numbers.Number)) and callable(
+                getattr(v, "get_seq_length", None)):
+            return v
+    return None
+
+
+def _cache_length(cache) -> int:
+    """Tokens already held by `cache` (the absolute column of the call's first token). The longest layer
+    counts: a cache may leave some layers empty (the scoring engine skips blocks below a steered layer)."""
+    n = int(cache.get_seq_length())
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, (list, tuple)) and len(layers) > 1:
+        for i in range(len(layers)):
+            try:
+                n = max(n, int(cache.get_seq_length(i)))
+            except (TypeError, IndexError, AttributeError):
+                break
+    return n
+
+
 class _ForwardState:
-    """What the current forward call covers: absolute columns, left pads, prompt lengths."""
+    """What the current forward call covers: absolute columns, left pads, prompt lengths.
+
+    The absolute column of the call's first token comes from, in order: a 2-D attention mask (it
+    spans past and current columns), the KV cache's length (the cache is found among the call's
+    arguments by type, under whatever keyword the installed transformers uses), a `cache_position`
+    tensor, else 0 (a call without a cache starts a sequence). For a batch of one, transformers'
+    `generate` passes no attention mask at all, so the cache is what places each decoding step.
+    Left pads come from the mask, or without one from the encoded batch (when it has this many rows).
+    """
 
     def __init__(self, batch: EncodedBatch | None):
         self.batch = batch
@@ -91,7 +158,7 @@ class _ForwardState:
 
     def update(self, args, kwargs) -> None:
         x = kwargs.get("input_ids")
-        if x is None and args:
+        if x is None and args and isinstance(args[0], torch.Tensor):
             x = args[0]
         if x is None:
             x = kwargs.get("inputs_embeds")
@@ -99,22 +166,28 @@ class _ForwardState:
             raise SteerlabError("steering needs input_ids or inputs_embeds in the model call")
         rows, width = int(x.shape[0]), int(x.shape[1])
         mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            mask = args[1]  # model(input_ids, attention_mask, ...) called positionally
         device = x.device
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        if self.batch is not None and len(self.batch) != rows:
+            raise SteerlabError(f"steering was set up for a batch of {len(self.batch)} rows, but the model got {rows}")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == rows and mask.shape[1] >= width:
             start = int(mask.shape[1]) - width
             pad = (mask.cumsum(1) == 0).sum(1).to(device)
         else:
+            cache = _find_cache(list(kwargs.values()) + list(args[1:]))
             cache_position = kwargs.get("cache_position")
-            past = kwargs.get("past_key_values")
-            if past is None:  # transformers >= 5 names the cache `cache`
-                past = kwargs.get("cache")
-            if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+            if cache is not None:
+                start = _cache_length(cache)
+            elif isinstance(cache_position, torch.Tensor) and cache_position.numel():
                 start = int(cache_position.reshape(-1)[0])
-            elif past is not None and hasattr(past, "get_seq_length"):
-                start = int(past.get_seq_length())
             else:
                 start = 0
-            pad = torch.zeros(rows, dtype=torch.long, device=device)
+            if self.batch is not None:
+                # no mask: the batch's own left pads (none for one row)
+                pad = (self.batch.attention_mask.cumsum(1) == 0).sum(1).to(device)
+            else:
+                pad = torch.zeros(rows, dtype=torch.long, device=device)
         self.cols = torch.arange(start, start + width, device=device)
         self.pad = pad
         self.rows = rows
@@ -122,8 +195,6 @@ class _ForwardState:
             self.prompt_len = self.batch.lengths.to(device)
         elif start == 0:  # a prefill: this call holds the whole prompt
             self.prompt_len = width - pad
-        if self.batch is not None and len(self.batch) != rows:
-            raise SteerlabError(f"steering was set up for a batch of {len(self.batch)} rows, but the model got {rows}")
 
 
 def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.Tensor:
@@ -133,7 +204,7 @@ def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.
     if policy == "after_user":
         if state.batch is None:
             raise SteerlabError("positions='after_user' needs the encoded batch (pass batch=steerlab.encode(...))")
-        return real & (pos >= state.batch.assistant_start.to(pos.device)[:, None])
+        return real & (pos >= state.batch.after_user_start.to(pos.device)[:, None])
     if policy == "last_prompt":
         if state.prompt_len is None:
             raise SteerlabError("positions='last_prompt' needs the prompt lengths: pass batch=steerlab.encode(...)")
@@ -172,25 +243,19 @@ def build_terms(lm, steering: Sequence[Steering], rows: int | None = None) -> di
     hidden = lm.hidden_size
     dtype = lm.dtype
     for term in steering:
-        if term.positions not in POLICIES:
-            raise SteerlabError(f"unknown position policy '{term.positions}': choose one of {', '.join(POLICIES)}")
-        vectors = _row_values(term, "vector", rows)
-        strengths = _row_values(term, "strength", rows)
+        if not isinstance(term, Steering):
+            raise SteerlabError(f"steering terms must be steerlab.Steering, got {type(term).__name__}")
+        term = term.normalized(lm, rows)
+        vectors = None if isinstance(term.vector, SteeringVector) else term.vector
+        strengths = None if _is_scalar(term.strength) else term.strength
         n = len(vectors) if vectors is not None else (len(strengths) if strengths is not None else 1)
-        if vectors is not None and strengths is not None and len(vectors) != len(strengths):
-            raise SteerlabError(f"{len(vectors)} per-row vectors but {len(strengths)} per-row strengths")
         row_vecs = vectors if vectors is not None else [term.vector] * n
-        row_str = [_strength(s) for s in strengths] if strengths is not None else [_strength(term.strength)] * n
+        row_str = strengths if strengths is not None else [term.strength] * n
         present = [v for v in row_vecs if v is not None]
         if not present:
             continue
-        for v in present:
-            if not isinstance(v, SteeringVector):
-                raise SteerlabError(f"expected a SteeringVector, got {type(v).__name__}")
-            v.check_compatible(lm, allow_other_family=True)
         layers = list(term.layers) if term.layers is not None else sorted({l for v in present for l in v.layers})
         for layer in layers:
-            lm.blocks.check_layer(layer)
             dirs = []
             for v, s in zip(row_vecs, row_str):
                 d = None if v is None else v.directions.get(layer)
@@ -295,7 +360,7 @@ def apply_steering(
 def steer(
     lm,
     vector_or_terms: SteeringVector | Steering | Sequence[Steering],
-    strength: float | Sequence[float] = 1.0,
+    strength: float | Sequence[float] = DEFAULT_STRENGTH,
     *,
     layers: Sequence[int] | None = None,
     positions: PositionPolicy = "all",
@@ -303,6 +368,8 @@ def steer(
 ) -> Iterator[SteeringHandle]:
     """Context manager: steer every forward call of `lm.model` inside the block.
 
+    The vector shorthand steers every position by default: a raw forward has no encoded batch, which
+    the "after_user" default of `Steering` needs (pass `positions=` and `batch=` for it).
     `steer(lm, vec, 4.0)` adds 4·vec at every position of every layer the vector has;
     `steer(lm, [Steering(a, 4.0), Steering(b, -2.0, layers=[10])])` applies several at once.
     """
