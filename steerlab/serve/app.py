@@ -32,6 +32,7 @@ from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
 from .steering import SteeringRequestError, resolve
 
 log = logging.getLogger("steerlab.serve")
+DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
 
 
 class ApiError(Exception):
@@ -212,16 +213,19 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
         metrics.observe_done(result, time.monotonic() - job.submitted, ttft, bool(job.terms))
 
     async def wait_result(request: Request, job: Job, pending: _Pending) -> Optional[dict]:
+        next_check = time.monotonic() + DISCONNECT_POLL_S
         try:
             while True:
                 try:
-                    kind, payload = await asyncio.wait_for(pending.queue.get(), 0.25)
+                    kind, payload = await asyncio.wait_for(pending.queue.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    kind, payload = None, None
+                if time.monotonic() >= next_check:  # on a clock, not only when no events come
+                    next_check = time.monotonic() + DISCONNECT_POLL_S
                     if await request.is_disconnected():
                         job.cancel()
                         metrics.observe_cancel()
                         return None
-                    continue
                 if kind == "first":
                     pending.first_at = payload
                 elif kind == "done":

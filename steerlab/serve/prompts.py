@@ -2,7 +2,8 @@
 
 A chat request with one user message is formatted exactly as `steerlab.generate` formats a plain
 prompt (`format_prompt`), so its output can equal `steerlab.generate` for that prompt; a longer
-conversation goes through the chat template with the user text boundary at the last user message.
+conversation goes through the chat template with the user text boundaries (start, end) at the last
+user message, so "after_user" steering starts where that message ends, as for a single message.
 A completion request is a raw prompt (no template). Length is checked against the context with
 `max_tokens` still to come (`PromptTooLongError` → 400) before the request is queued.
 """
@@ -54,9 +55,10 @@ def chat_prompt(lm, messages: list) -> Prompt:
         raise PromptError(f"the model's chat template refused these messages: {e}") from None
     last = users[-1].text()
     user_start = text.rfind(last) if last else -1
-    if user_start < 0:
-        user_start = 0
-    return Prompt(text, user_start, len(text), templated=True)
+    user_end = user_start + len(last)
+    if user_start < 0:  # as format_prompt: a template that rewrites the content falls back to the turn boundary
+        user_start, user_end = 0, len(text)
+    return Prompt(text, user_start, len(text), templated=True, user_end=user_end)
 
 
 def completion_prompt(lm, text: str) -> Prompt:
