@@ -274,6 +274,16 @@ def test_bad_completion_requests(served, tiny_lm, fields, fragment):
     assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text
 
 
+def test_a_huge_prompt_is_refused_before_tokenizing(served, tiny_lm):
+    from steerlab.serve.prompts import max_token_chars
+
+    assert max_token_chars(tiny_lm.tokenizer) > 1
+    r = served.http("POST", "/v1/chat/completions", json=_chat_body(tiny_lm, messages=[
+        {"role": "user", "content": "x" * (60 << 10)}]))  # under the 64 KiB body limit, far over 128 tokens
+    assert r.status_code == 400 and "characters, at least" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
 def test_oversized_body_without_content_length_is_413(served):
     def chunks():
         for _ in range(80):

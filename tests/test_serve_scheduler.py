@@ -208,3 +208,25 @@ def test_batch_terms_group_rows_by_policy(tiny_lm, vectors):
     assert batch_terms([[], []]) == []
     assert torch.equal(resolve([{"vector": "a", "layers": [2]}], vectors, tiny_lm)[0].vector.directions[2],
                        vectors["a"].directions[2])
+
+
+@pytest.mark.slow
+def test_embedded_model_batched_rows_equal_solo(real_lm, vec_factory):
+    """On the real weights too: mixed rows in one batch give exactly their solo greedy output."""
+    vecs = {"x": vec_factory(real_lm, [10], seed=5, scale=0.2), "y": vec_factory(real_lm, [12], seed=6, scale=0.2)}
+    cases = [(PROMPTS[0], [{"vector": "x", "strength": 6}], 10), (PROMPTS[1], [], 7),
+             (PROMPTS[2], [{"vector": "y", "strength": -6, "positions": "all"}], 10)]
+    sched = Scheduler(real_lm, max_batch=4, window_s=0.05)
+    try:
+        made = []
+        for p, spec, n in cases:
+            j, c = job(real_lm, vecs, p, spec, n)
+            sched.submit(j)
+            made.append(c)
+        for c in made:
+            assert c.done.wait(300)
+    finally:
+        sched.close(1)
+    for (p, spec, n), c in zip(cases, made):
+        assert c.result["text"] == solo(real_lm, vecs, p, spec, n)
+    assert made[0].result["text"] != solo(real_lm, vecs, PROMPTS[0], [], 10)

@@ -25,7 +25,7 @@ from ..errors import PromptTooLongError, SteerlabError, VectorError
 from . import openai_schema as oa
 from .limits import BearerAuth, BodyLimit
 from .metrics import Metrics, route_label
-from .prompts import chat_prompt, completion_prompt, encode_one, request_model
+from .prompts import chat_prompt, completion_prompt, encode_one, max_token_chars, request_model
 from .registry import Registry, describe
 from .sampling import Sampler, default_top_k
 from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
@@ -110,6 +110,7 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
                           max_prefill_tokens=max_prefill_tokens, metrics=metrics)
     tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steerlab-tokenize")
     req_lm = request_model(lm)
+    tokenize_pool.submit(max_token_chars, req_lm.tokenizer)  # the early length bound, off the request path
     model_id = lm.model_id
     started = int(time.time())
     top_k = default_top_k(lm.model)
