@@ -230,3 +230,39 @@ def test_embedded_model_batched_rows_equal_solo(real_lm, vec_factory):
     for (p, spec, n), c in zip(cases, made):
         assert c.result["text"] == solo(real_lm, vecs, p, spec, n)
     assert made[0].result["text"] != solo(real_lm, vecs, PROMPTS[0], [], 10)
+
+
+def test_sliding_window_caches_run_in_cohorts_and_match_solo(tokenizer, vec_factory):
+    """Gemma-3's cache has sliding-window layers, which cannot be spliced: new rows wait for the running
+    batch to empty, and outputs are still each row's solo output."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from steerlab.layers import find_decoder_blocks
+    from steerlab.serve import kvcache
+
+    cfg = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                           sliding_window=6, pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=None,
+                           layer_types=["sliding_attention", "full_attention"] * 2)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg).eval().requires_grad_(False)
+    model.generation_config.eos_token_id = None
+    lm = sl.LoadedModel(model, tokenizer, "tiny-gemma3", find_decoder_blocks(model), True)
+    assert not kvcache.can_splice(kvcache.new_cache(model))
+    vecs = {"a": vec_factory(lm, [1, 2], seed=1, scale=4.0)}
+    cases = [(PROMPTS[0], [{"vector": "a", "strength": 5}], 9), (PROMPTS[1], [], 4),
+             (PROMPTS[2], [{"vector": "a", "strength": -3, "positions": "all"}], 6), (PROMPTS[3], [], 5)]
+    sched = Scheduler(lm, max_batch=2, window_s=0.0)
+    try:
+        made = []
+        for p, spec, n in cases:
+            j, c = job(lm, vecs, p, spec, n)
+            sched.submit(j)
+            made.append(c)
+            time.sleep(0.01)
+        for c in made:
+            assert c.done.wait(60)
+    finally:
+        sched.close(1)
+    for (p, spec, n), c in zip(cases, made):
+        assert c.result["text"] == solo(lm, vecs, p, spec, n)

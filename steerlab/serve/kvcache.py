@@ -60,12 +60,13 @@ def merge(a, mask_a: torch.Tensor, b, mask_b: torch.Tensor):
     return a, mask
 
 
-def select(cache, mask: torch.Tensor, keep: list[int]):
-    """Keep only rows `keep` (in that order), then cut columns that are padding for all of them."""
+def select(cache, mask: torch.Tensor, keep: list[int], *, trim: bool = True):
+    """Keep only rows `keep` (in that order), then (with `trim`, for spliceable caches only) cut columns
+    that are padding for all of them."""
     idx = torch.tensor(keep, dtype=torch.long, device=mask.device)
     mask = mask.index_select(0, idx)
     real = mask.any(0)
-    first = int(real.nonzero()[0]) if bool(real.any()) else mask.shape[1]
+    first = int(real.nonzero()[0]) if trim and bool(real.any()) else 0
     for layer in _layers(cache):
         if not layer.is_initialized:
             continue

@@ -356,7 +356,7 @@ class Scheduler:
             return
         self._drop_steer()
         if keep:
-            self._cache, self._mask = kvcache.select(self._cache, self._mask, keep)
+            self._cache, self._mask = kvcache.select(self._cache, self._mask, keep, trim=bool(self._splice_ok))
         else:
             self._cache, self._mask = None, None
         self._rows = [self._rows[i] for i in keep]
