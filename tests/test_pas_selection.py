@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from steerlab.analysis.pas import (default_layers, default_strengths, evaluate_transfer, icl_prefix, run_pas,
+from steerlab.pas.runs import (default_layers, default_strengths, evaluate_transfer, icl_prefix, run_pas,
                                    select_best)
-from steerlab.analysis.pas_splits import make_splits
+from steerlab.pas.splits import make_splits
 from steerlab.data.records import MCItem
 from steerlab.encoding import format_prompt
 from steerlab.engine import ScoringItem, Setting, score_naive

@@ -269,7 +269,7 @@ def train_pas(lm, examples: Sequence[PASExample], method: str = "ipas-wo", layer
               progress: bool = False) -> SteeringVector:
     """A PAS vector (all of `layers`, default every layer) from examples with the unsteered model's answers.
 
-    To choose a layer and strength automatically, use `steerlab.analysis.pas.run_pas`.
+    To choose a layer and strength automatically, use `steerlab.pas.run_pas`.
     """
     layers = list(range(lm.n_layers)) if layers is None else list(layers)
     acts = pas_activations(lm, examples, [method], layers, dataset=dataset, chat_template=chat_template,
