@@ -24,6 +24,7 @@ from .mc import (
 )
 from .mwe import load_mwe, split_items
 from .ood import LENGTHS, list_ood_behaviours, load_corpus, load_ood, load_ood_dir
+from .demo import DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_pairs
 from .pairs import load_pairs
 from .prompts import ANSWER_SUFFIX, LETTERS, format_mc_prompt, gold_letter, letter_choice, shuffle_choices
 from .records import BehaviourItem, ContrastPair, MCItem, OODPrompt
@@ -55,6 +56,10 @@ __all__ = [
     "read_text",
     # loaders
     "load_pairs",
+    "demo_pairs",
+    "DEMO_TRAIN",
+    "DEMO_LAYER",
+    "DEMO_STRENGTH",
     "load_mwe",
     "split_items",
     "load_mc_jsonl",
