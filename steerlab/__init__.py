@@ -25,7 +25,7 @@ _EXPORTS = {
     "SteeringVector": "vector", "VectorMetadata": "vector",
     "Steering": "steer", "steer": "steer", "apply_steering": "steer",
     "generate": "generate",
-    "export_gguf": "gguf_io", "import_gguf": "gguf_io",
+    "export_gguf": "vector", "import_gguf": "vector",
     "measure_effect": "effect", "EffectReport": "effect",
     "SteerlabError": "errors",
 }
@@ -63,8 +63,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .encoding import EncodedBatch, Prompt, encode, format_prompt
     from .errors import SteerlabError
     from .generate import generate
-    from .gguf_io import export_gguf, import_gguf
     from .methods import train_actadd, train_caa, train_pca
     from .models import LoadedModel, load_model
     from .steer import Steering, apply_steering, steer
-    from .vector import SteeringVector, VectorMetadata
+    from .vector import SteeringVector, VectorMetadata, export_gguf, import_gguf

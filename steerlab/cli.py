@@ -220,7 +220,7 @@ def export_gguf_cmd(
     """Export a vector as a llama.cpp control vector (use with --control-vector-scaled FILE:SCALE)."""
 
     def body():
-        from .gguf_io import export_gguf
+        from .vector import export_gguf
         from .vector import SteeringVector
 
         vec = SteeringVector.load(vector)

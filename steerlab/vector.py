@@ -2,7 +2,8 @@
 
 A direction is a 1-D tensor [hidden] (added at every steered position) or, for ActAdd, a 2-D tensor
 [positions, hidden] added position by position from the start of the user prompt. Files are
-safetensors with the metadata as JSON (key "steerlab"); see `gguf_io` for llama.cpp control vectors.
+safetensors with the metadata as JSON (key "steerlab"), or llama.cpp control vectors (`export_gguf`,
+`import_gguf`; the raw format is `gguf_io`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Iterable, Mapping
 import torch
 
 from .errors import OutputExistsError, VectorError
+from .gguf_io import read_control_vector, write_control_vector
 
 FORMAT_VERSION = 1
 
@@ -237,8 +239,6 @@ class SteeringVector:
         if not path.is_file():
             raise VectorError(f"vector file not found: {path}")
         if path.suffix == ".gguf":
-            from .gguf_io import import_gguf
-
             return import_gguf(path)
         from safetensors import safe_open
 
@@ -258,3 +258,28 @@ class SteeringVector:
             _check_finite(int(k[6:]), t, str(path))
             directions[int(k[6:])] = t
         return cls(directions, meta)
+
+
+def export_gguf(vector: SteeringVector, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write `vector` as a llama.cpp control vector (steerlab metadata kept under `steerlab.metadata`)."""
+    return write_control_vector(path, vector.directions, model_hint=vector.meta.family,
+                                steerlab_metadata=vector.meta.to_json(), force=force)
+
+
+def import_gguf(path: str | os.PathLike, *, model_id: str | None = None, n_layers: int | None = None) -> SteeringVector:
+    """Read a llama.cpp control vector (ours or any other tool's)."""
+    path = Path(path)
+    f = read_control_vector(path)
+    hidden = f.hidden_size
+    if f.steerlab_metadata is not None:
+        meta = VectorMetadata.from_json(f.steerlab_metadata)
+    else:
+        hint = f.model_hint or "unknown"
+        # llama.cpp files do not record the model's depth; unless told, check_compatible must not compare it
+        meta = VectorMetadata(model_id=model_id or hint, family=hint, hidden_size=hidden,
+                              n_layers=n_layers or max(f.directions) + 1, method="gguf-import",
+                              layers=tuple(sorted(f.directions)), template="unknown",
+                              extra={} if n_layers else {"n_layers_unknown": True})
+    if meta.hidden_size != hidden:
+        raise VectorError(f"{path}: metadata says hidden size {meta.hidden_size} but directions have {hidden}")
+    return SteeringVector(f.directions, meta)

@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 
 import steerlab as sl
 from steerlab.errors import OutputExistsError, VectorError
-from steerlab.gguf_io import export_gguf, import_gguf
-from steerlab.vector import SteeringVector, VectorMetadata
+from steerlab.vector import SteeringVector, VectorMetadata, export_gguf, import_gguf
 
 
 @pytest.fixture()
