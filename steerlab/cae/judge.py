@@ -269,7 +269,7 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
 
 def check_requests(items, behaviour: str) -> list[tuple[JudgeRequest, int]]:
     """(request, label) pairs built from MWE items (see `JudgeCheck`)."""
-    from ..data.mc import split_ab_question
+    from ..data.mc_formats import split_ab_question
 
     out = []
     for it in items:

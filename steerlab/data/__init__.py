@@ -7,19 +7,17 @@ with the file and line of a bad record.
 from __future__ import annotations
 
 from .io import Row, default_data_root, read_csv, read_json, read_records, read_text, require_data_root
-from .mc import (
+from .mc import load_mc_csv, load_mc_jsonl, resolve_gold
+from .mc_formats import (
     load_arc,
     load_bbq,
     load_ethics,
     load_hf_mc,
     load_lsat,
-    load_mc_csv,
-    load_mc_jsonl,
     load_mmlu,
     load_mwe_mc,
     load_openbookqa,
     load_truthfulqa_mc,
-    resolve_gold,
     split_ab_question,
 )
 from .mwe import load_mwe, split_items
