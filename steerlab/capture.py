@@ -29,6 +29,34 @@ class _StopForward(Exception):
     """Raised by the deepest capture hook: nothing after it is needed."""
 
 
+def read_blocks(lm, layers: Sequence[int], **model_kwargs) -> dict[int, torch.Tensor]:
+    """One forward call `lm.model(**model_kwargs)` (no gradients) that records the output of each block
+    in `layers` ({layer: [rows, cols, hidden]}, detached) and stops right after the deepest of them: no
+    later block, no logits. The hooks are always removed. The capture hooks are registered after any
+    steering hooks, so they read the steered stream. Every capture in steerlab runs through here."""
+    deepest = max(layers)
+    grabbed: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, output):
+            grabbed[layer] = block_hidden(output).detach()
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [lm.blocks[l].register_forward_hook(make_hook(l)) for l in layers]
+    try:
+        with torch.no_grad():
+            lm.model(**model_kwargs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return grabbed
+
+
 def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (what generate() uses)."""
     return (mask.long().cumsum(1) - 1).clamp_min(0)
@@ -41,32 +69,9 @@ def capture_batch(lm, batch: EncodedBatch, layers: Sequence[int], position: Read
     layers = sorted({lm.blocks.check_layer(l) for l in layers})
     if not layers:
         raise SteerlabError("no layers requested")
-    deepest = layers[-1]
-    grabbed: dict[int, torch.Tensor] = {}
-
-    def make_hook(layer: int):
-        def hook(module, args, output):
-            grabbed[layer] = block_hidden(output).detach()
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    handles = [lm.blocks[l].register_forward_hook(make_hook(l)) for l in layers]  # after steering hooks: read the steered stream
     batch = batch.to(lm.device)
-    try:
-        with torch.no_grad():
-            lm.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=position_ids_for(batch.attention_mask),
-                use_cache=False,
-            )
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    grabbed = read_blocks(lm, layers, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=position_ids_for(batch.attention_mask), use_cache=False)
 
     width = batch.input_ids.shape[1]
     pad = batch.pad
