@@ -114,9 +114,9 @@ def register(app: typer.Typer) -> None:
                     console.print(f"[yellow]no {m} vector:[/] {e}", highlight=False)
                     continue
                 vec.save(out / fname, force=force)
-                e = vec.meta.extra
-                console.print(f"wrote {out / fname}: {m} layer {e['selected_layers'][0]} strength {e['strength']:g} "
-                              f"positions {e['positions']} (seed {e['seed']})", highlight=False)
+                e = vec.meta
+                console.print(f"wrote {out / fname}: {m} layer {e.selected_layers[0]} strength {e.strength:g} "
+                              f"positions {e.positions} (seed {e.extra['seed']})", highlight=False)
             console.print(res.summary_table(), highlight=False)
             console.print(f"results: {', '.join(written.values())}", highlight=False)
 

@@ -200,7 +200,7 @@ def create_app(lm, vectors: dict[str, SteeringVector] | None = None, *, max_new_
     @app.get("/vectors")
     def list_vectors() -> dict:
         return {name: {"method": v.meta.method, "layers": list(v.layers), "model": v.meta.model_id,
-                       "strength": v.meta.extra.get("strength"), "positions": v.meta.extra.get("positions")}
+                       "strength": v.meta.strength, "positions": v.meta.positions}
                 for name, v in vectors.items()}
 
     @app.post("/generate", response_model=GenerateResponse)

@@ -59,11 +59,12 @@ class Steering:
                     positions: PositionPolicy | None = None) -> "Steering":
         """Steer with `vector` as it was meant to be used: what is not given comes from the vector's metadata
         (`steerlab pas` records its chosen layer, strength and positions), else strength 4 at "after_user"."""
-        extra = vector.meta.extra
+        meta = vector.meta
         return cls(vector,
-                   float(strength if strength is not None else extra.get("strength", DEFAULT_STRENGTH)),
-                   layers if layers is not None else extra.get("selected_layers"),
-                   positions or extra.get("positions", DEFAULT_POSITIONS))
+                   float(strength if strength is not None else meta.strength if meta.strength is not None
+                         else DEFAULT_STRENGTH),
+                   layers if layers is not None else meta.selected_layers,
+                   positions or meta.positions or DEFAULT_POSITIONS)
 
     def rows(self, start: int, stop: int) -> "Steering":
         """This term for batch rows [start, stop) (per-row fields are sliced, shared ones kept)."""

@@ -31,9 +31,27 @@ def _steerlab_version() -> str:
     return __version__
 
 
+# How a vector is meant to be applied, once typed fields, before that strings in `extra` (same keys):
+# lifted out of `extra` when an older file is read, left out of the file when unset.
+USAGE_FIELDS: tuple[str, ...] = ("selected_layers", "strength", "positions")
+
+
 @dataclass(frozen=True)
 class VectorMetadata:
-    """Where a vector came from. Everything a user needs to reuse it safely."""
+    """Where a vector came from and how it is meant to be applied: what a user needs to reuse it safely.
+
+    Attributes:
+        model_id, family, hidden_size, n_layers: the model it was trained on.
+        method: "caa", "pca", "actadd", "pasf", "ipas-a", "ipas-wo", ... (or an arithmetic expression).
+        layers: the layers it has directions for.
+        position: where activations were read for training ("last", "mean", ...).
+        template: the prompt template used for training ("chat", "raw", ...).
+        data_hash, n_train: the training data (a short hash, the number of examples).
+        selected_layers: the layer(s) to steer by default (e.g. the layer `steerlab pas` chose); None: all.
+        strength: the default steering strength (e.g. the one `steerlab pas` chose); None: the library default.
+        positions: the default steered positions ("all", "after_user", "last_prompt"); None: the library default.
+        extra: anything else a method records (provenance, results), JSON values.
+    """
 
     model_id: str
     family: str
@@ -48,11 +66,25 @@ class VectorMetadata:
     steerlab_version: str = field(default_factory=_steerlab_version)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     extra: Mapping = field(default_factory=dict)
+    selected_layers: tuple[int, ...] | None = None
+    strength: float | None = None
+    positions: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.selected_layers is not None:
+            object.__setattr__(self, "selected_layers", tuple(int(l) for l in self.selected_layers))
+        if self.strength is not None:
+            object.__setattr__(self, "strength", float(self.strength))
 
     def to_json(self) -> str:
         d = asdict(self)
         d["layers"] = list(self.layers)
         d["extra"] = dict(self.extra)
+        for k in USAGE_FIELDS:
+            if d[k] is None:
+                del d[k]
+        if self.selected_layers is not None:
+            d["selected_layers"] = list(self.selected_layers)
         d["format_version"] = FORMAT_VERSION
         return json.dumps(d, sort_keys=True)
 
@@ -68,6 +100,9 @@ class VectorMetadata:
         for k in list(d):
             if k not in known:
                 extra[k] = d.pop(k)
+        for k in USAGE_FIELDS:  # files written before these were typed fields kept them in extra
+            if k in extra and d.get(k) is None:
+                d[k] = extra.pop(k)
         missing = [k for k in ("model_id", "family", "hidden_size", "n_layers", "method", "layers") if k not in d]
         if missing:
             raise VectorError(f"vector metadata lacks {', '.join(missing)}")

@@ -506,12 +506,12 @@ def _run_seed(lm, splits: PASSplits, config: PASConfig, memo: PromptMemo, *, kee
 
 def _chosen_vector(vector: SteeringVector, layer: int, strength: float, config: PASConfig,
                    record: dict) -> SteeringVector:
-    """The variant's direction at the chosen layer, its metadata carrying the choice and the run's results
-    (`steerlab generate --vector` reads selected_layers, strength and positions from it)."""
+    """The variant's direction at the chosen layer, its metadata carrying the choice (typed fields:
+    `steerlab generate --vector` steers with them) and the run's results (extra)."""
     base = vector.select([layer])
-    return SteeringVector(base.directions, replace(base.meta, extra={
-        **base.meta.extra, "selected_layers": [layer], "strength": strength, "positions": config.positions,
-        "chat_template": config.chat_template, "choice_shuffle": config.choice_shuffle,
+    return SteeringVector(base.directions, replace(
+        base.meta, selected_layers=(layer,), strength=strength, positions=config.positions, extra={
+        **base.meta.extra, "chat_template": config.chat_template, "choice_shuffle": config.choice_shuffle,
         "choice_seed": config.choice_seed, "icl_k": config.icl_k, **record, "grid_layers": list(config.layers),
         "grid_strengths": list(config.strengths)}))
 
@@ -550,13 +550,13 @@ def evaluate_transfer(lm, vector: SteeringVector, items: Sequence[MCItem], *, se
     if not items:
         raise DatasetError(f"{name}: no items")
     check_items(items, name)
-    extra = vector.meta.extra
-    layer = int(layer if layer is not None else (extra.get("selected_layers") or [vector.layers[0]])[0])
+    meta = vector.meta
+    layer = int(layer if layer is not None else (meta.selected_layers or [vector.layers[0]])[0])
     if strength is None:
-        if "strength" not in extra:
+        if meta.strength is None:
             raise SteerlabError("the vector records no chosen strength: pass strength=")
-        strength = float(extra["strength"])
-    positions = positions or extra.get("positions", "last_prompt")
+        strength = meta.strength
+    positions = positions or meta.positions or "last_prompt"
     order = list(range(len(items)))
     random.Random(f"transfer-{seed}").shuffle(order)
     kept = [items[i] for i in order[: cap or len(order)]]
