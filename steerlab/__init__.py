@@ -15,18 +15,19 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _EXPORTS = {
     "load_model": "models", "LoadedModel": "models",
     "capture": "capture",
     "encode": "encoding", "format_prompt": "encoding", "Prompt": "encoding", "EncodedBatch": "encoding",
-    "train_caa": "methods", "train_pca": "methods", "train_actadd": "methods",
+    "train_caa": "methods", "train_pca": "methods", "train_actadd": "methods", "train_pas": "methods",
     "SteeringVector": "vector", "VectorMetadata": "vector",
     "Steering": "steer", "steer": "steer", "apply_steering": "steer",
     "generate": "generate",
     "export_gguf": "vector", "import_gguf": "vector",
     "measure_effect": "effect", "EffectReport": "effect",
+    "score": "engine",
     "SteerlabError": "errors",
 }
 
@@ -63,7 +64,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .encoding import EncodedBatch, Prompt, encode, format_prompt
     from .errors import SteerlabError
     from .generate import generate
-    from .methods import train_actadd, train_caa, train_pca
+    from .engine import score
+    from .methods import train_actadd, train_caa, train_pas, train_pca
     from .models import LoadedModel, load_model
     from .steer import Steering, apply_steering, steer
     from .vector import SteeringVector, VectorMetadata, export_gguf, import_gguf

@@ -21,13 +21,12 @@ import torch
 
 from .errors import OutputExistsError, VectorError
 from .gguf_io import read_control_vector, write_control_vector
+from .version import __version__
 
 FORMAT_VERSION = 1
 
 
 def _steerlab_version() -> str:
-    from . import __version__
-
     return __version__
 
 
