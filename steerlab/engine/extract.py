@@ -34,6 +34,7 @@ from ..errors import DatasetError, SteerlabError
 from ..methods.caa import caa_from_activations, mean_difference
 from ..methods.common import pair_prompts
 from ..vector import SteeringVector
+from .cache import with_cache
 
 
 @dataclass
@@ -127,9 +128,9 @@ def extract_pair_activations(
     head_cache = None
     if head_len:
         head_cache = DynamicCache(config=lm.model.config)
-        read_blocks(lm, [deepest], input_ids=torch.tensor([pos_ids[0][:head_len]], device=lm.device),
-                    position_ids=torch.arange(head_len, device=lm.device)[None], past_key_values=head_cache,
-                    use_cache=True)
+        read_blocks(lm, [deepest], **with_cache(lm.model, head_cache, use_cache=True,
+                                                input_ids=torch.tensor([pos_ids[0][:head_len]], device=lm.device),
+                                                position_ids=torch.arange(head_len, device=lm.device)[None]))
     hidden = lm.hidden_size
     out_pos = {l: torch.empty(n, hidden) for l in layers}
     out_neg = {l: torch.empty(n, hidden) for l in layers}
@@ -155,9 +156,9 @@ def extract_pair_activations(
         # The header's columns count as real tokens in every mask from here on.
         pre_mask = torch.cat([torch.ones(len(idx), head_len, dtype=torch.long), pre_mask], dim=1)
         if pre_ids.shape[1]:
-            read_blocks(lm, [deepest], input_ids=pre_ids.to(device), attention_mask=pre_mask.to(device),
-                        position_ids=position_ids_for(pre_mask)[:, head_len:].to(device), past_key_values=cache,
-                        use_cache=True)
+            read_blocks(lm, [deepest], **with_cache(lm.model, cache, use_cache=True, input_ids=pre_ids.to(device),
+                                                    attention_mask=pre_mask.to(device),
+                                                    position_ids=position_ids_for(pre_mask)[:, head_len:].to(device)))
         has_cache = pre_mask.shape[1] > 0
         if has_cache:
             cache.batch_repeat_interleave(2)  # rows (pair, side): 2k positive, 2k+1 negative
@@ -168,9 +169,9 @@ def extract_pair_activations(
             tail_ids[r, : len(t)] = torch.tensor(t)
             tail_mask[r, : len(t)] = 1
         mask = torch.cat([pre_mask.repeat_interleave(2, 0), tail_mask], dim=1)
-        grabbed = read_blocks(lm, layers, input_ids=tail_ids.to(device), attention_mask=mask.to(device),
-                              position_ids=position_ids_for(mask)[:, pre_mask.shape[1]:].to(device),
-                              past_key_values=cache if has_cache else None, use_cache=has_cache)
+        tail = dict(input_ids=tail_ids.to(device), attention_mask=mask.to(device),
+                    position_ids=position_ids_for(mask)[:, pre_mask.shape[1]:].to(device), use_cache=has_cache)
+        grabbed = read_blocks(lm, layers, **(with_cache(lm.model, cache, **tail) if has_cache else tail))
         last = torch.tensor([len(t) - 1 for t in tails])
         rows = torch.arange(len(tails))
         for l in layers:

@@ -12,8 +12,8 @@ scored continuation):
 
 `xent` is the model's own next-token cross-entropy of the inserted tokens in the context where they
 sit: how unnatural the sequence is. Both come from the same forward pass, run with the steering terms
-active; with positions "after_user" or "last_prompt" nothing before the assistant turn is steered, so
-`xent` equals the unsteered model's.
+active; with positions "after_user" or "last_prompt" nothing up to the end of the user's text (where
+the sequence sits) is steered, so `xent` equals the unsteered model's.
 
 Cost. The ids before the sequence (`head`) never change, so their keys and values are computed once
 (steered) and every candidate only runs its sequence, the tail and the answer tokens on a copy of that
@@ -34,7 +34,7 @@ import torch
 
 from ..capture import position_ids_for
 from ..encoding import EncodedBatch, pad_left
-from ..engine.cache import cache_of, filled_layer
+from ..engine.cache import cache_of, filled_layer, output_cache, with_cache
 from ..errors import PromptTooLongError, SteerlabError
 from ..steer import Steering, apply_steering
 from .targets import TargetItem
@@ -129,6 +129,7 @@ class EPOObjective:
                 self._alt_mask[i, j] = True
         self._user_start = torch.tensor([it.user_start for it in items])
         self._assistant = torch.tensor([len(it.head_ids) + S + it.assistant_start for it in items])
+        self._user_end = torch.tensor([len(it.head_ids) + S + it.user_end for it in items])
         self._prompt_len = torch.tensor([it.prompt_length(S) for it in items])
 
     def _run_heads(self) -> None:
@@ -154,7 +155,7 @@ class EPOObjective:
             finally:
                 if handle is not None:
                     handle.remove()
-            cache = out.past_key_values
+            cache = output_cache(out)
             layers = getattr(cache, "layers", None)
             if layers is None or any(not hasattr(l, "keys") or l.keys is None for l in layers):
                 raise SteerlabError(f"EPO needs a plain key/value cache; {lm.family} models are not supported")
@@ -197,6 +198,7 @@ class EPOObjective:
             lengths=self._prompt_len[item_of_row],
             user_start=self._user_start[item_of_row],
             assistant_start=self._assistant[item_of_row],
+            user_end=self._user_end[item_of_row],
         )
 
     # -- one chunk --------------------------------------------------------------------------------
@@ -281,12 +283,12 @@ class EPOObjective:
             kwargs = {"logits_to_keep": keep.to(dev)} if self._keep_supported else {}
             with self._autocast(exact):
                 out = lm.model(inputs_embeds=embeds, attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                               past_key_values=cache, use_cache=True, **kwargs)
+                               use_cache=True, **with_cache(lm.model, cache, **kwargs))
         finally:
             if handle is not None:
                 handle.remove()
         logits = out.logits if self._keep_supported else out.logits[:, keep.to(dev)]
-        return torch.log_softmax(logits.float(), dim=-1), out.past_key_values
+        return torch.log_softmax(logits.float(), dim=-1), output_cache(out)
 
     def _target(self, lp: torch.Tensor, item_of_row: torch.Tensor, ans_idx: torch.Tensor) -> torch.Tensor:
         """[rows] target from the kept log-probabilities."""

@@ -37,6 +37,9 @@ class TargetItem:
         assistant_start: token index within `tail_ids` where the assistant turn starts
             (len(tail_ids) when the prompt ends exactly there).
         label: free text for reports (e.g. "power-seeking-inclination#17").
+        user_end: token index within `tail_ids` of the first token after the user's text (the
+            end-of-turn token with a chat template), where "after_user" steering starts; defaults
+            to `assistant_start`.
     """
 
     head_ids: tuple[int, ...]
@@ -46,8 +49,11 @@ class TargetItem:
     user_start: int = 0
     assistant_start: int = 0
     label: str = ""
+    user_end: int | None = None
 
     def __post_init__(self) -> None:
+        if self.user_end is None:
+            object.__setattr__(self, "user_end", self.assistant_start)
         for name in ("head_ids", "tail_ids", "answer_ids", "alternatives"):
             value = getattr(self, name)
             if not isinstance(value, tuple):
@@ -60,6 +66,8 @@ class TargetItem:
             raise SteerlabError("target item: the answer's first token is not among the alternatives")
         if not 0 <= self.assistant_start <= len(self.tail_ids):
             raise SteerlabError(f"target item: assistant_start {self.assistant_start} outside the tail")
+        if not 0 <= self.user_end <= self.assistant_start:
+            raise SteerlabError(f"target item: user_end {self.user_end} outside the tail or after the assistant turn")
 
     def prompt_length(self, seq_len: int) -> int:
         """Tokens of the prompt with a sequence of `seq_len` tokens inserted."""
@@ -80,6 +88,7 @@ class PromptSplit:
     tail_ids: tuple[int, ...]
     user_start: int
     assistant_start: int
+    user_end: int
 
 
 def insert_text(question: str, sequence_text: str, placement: Placement = "suffix", separator: str = "\n") -> str:
@@ -117,7 +126,11 @@ def split_prompt(lm, user: str, assistant_prefix: str = "", *, placement: Placem
     a_char = p.assistant_start - (at + len(_MARK))
     assistant_start = (_char_to_token(list(tail["offset_mapping"]), a_char, len(tail_ids))
                        if a_char < len(tail_text) else len(tail_ids))
-    return PromptSplit(head_text, tail_text, head_ids, tail_ids, int(user_start), int(assistant_start))
+    e_char = p.user_end - (at + len(_MARK))
+    user_end = (_char_to_token(list(tail["offset_mapping"]), e_char, len(tail_ids))
+                if 0 <= e_char < len(tail_text) else len(tail_ids))
+    return PromptSplit(head_text, tail_text, head_ids, tail_ids, int(user_start), int(assistant_start),
+                       int(min(user_end, assistant_start)))
 
 
 def continuation_ids(lm, prompt_text: str, continuation: str) -> tuple[int, ...]:
@@ -152,7 +165,7 @@ def behaviour_targets(lm, items: Sequence[BehaviourItem], *, placement: Placemen
         if answer[0] == other[0]:
             raise SteerlabError(f"{it.source} item {it.index}: both answers start with the same token")
         out.append(TargetItem(split.head_ids, split.tail_ids, answer, (answer[0], other[0]), split.user_start,
-                              split.assistant_start, f"{it.source}#{it.index}"))
+                              split.assistant_start, f"{it.source}#{it.index}", user_end=split.user_end))
     return out
 
 
@@ -168,4 +181,5 @@ def string_target(lm, prompt: str, target: str, *, assistant_prefix: str = "", p
     answer = continuation_ids(lm, split.tail_text, target)
     if not answer:
         raise SteerlabError(f"the target string {target!r} tokenizes to nothing")
-    return TargetItem(split.head_ids, split.tail_ids, answer, (), split.user_start, split.assistant_start, "string")
+    return TargetItem(split.head_ids, split.tail_ids, answer, (), split.user_start, split.assistant_start, "string",
+                      user_end=split.user_end)
