@@ -160,8 +160,8 @@ def generate(
 
     def body():
         lm = _load_model(model)
-        from .generate import generate as gen
-        from .steer import Steering
+        from .generation import generate as gen
+        from .steering import Steering
 
         steering = None
         if vector is not None:
@@ -291,9 +291,9 @@ def demo(
         train_pairs, held = pairs[:DEMO_TRAIN], pairs[DEMO_TRAIN:]
         lm = _load_model(model)
         from .effect import measure_effect
-        from .generate import generate as gen
+        from .generation import generate as gen
         from .methods import train_caa
-        from .steer import Steering
+        from .steering import Steering
 
         console.print(f"training a CAA vector on {len(train_pairs)} cheerful-vs-gloomy pairs at layer {layer}…")
         vec = train_caa(lm, train_pairs, [layer], position="mean", progress=True)

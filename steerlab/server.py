@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import SteerlabError
-from .steer import POLICIES, Steering
+from .steering import POLICIES, Steering
 from .vector import SteeringVector
 
 MAX_PROMPTS_PER_REQUEST = 64
@@ -125,7 +125,7 @@ class BatchingGenerator:
             self._run(group)
 
     def _run(self, group: list[_Job]) -> None:
-        from .generate import generate
+        from .generation import generate
 
         head = group[0]
         prompts = [p for j in group for p in j.prompts]

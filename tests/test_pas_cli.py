@@ -66,7 +66,7 @@ def test_pas_writes_results_and_a_vector_that_generate_uses(model_dir, tmp_path,
         seen["steering"] = steering
         return ["ok"] * len(prompts)
 
-    monkeypatch.setattr(importlib.import_module("steerlab.generate"), "generate", fake_generate)
+    monkeypatch.setattr(importlib.import_module("steerlab.generation"), "generate", fake_generate)
     g = runner.invoke(app, ["generate", "Hello", "--vector", str(out / "vector.safetensors"), "--model", str(model_dir)])
     assert g.exit_code == 0, g.output
     s = seen["steering"]

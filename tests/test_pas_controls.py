@@ -14,7 +14,7 @@ from steerlab.pas.bias import balanced_weights, letter_bias_report
 from steerlab.pas.letters import answer_and_capture, letter_logprobs, score_letters
 from steerlab.pas.splits import choice_orders, make_splits, split_sizes
 from steerlab.pas.stats import summarize
-from steerlab.capture import capture
+from steerlab.activations import capture
 from steerlab.data.prompts import gold_letter
 from steerlab.data.records import MCItem
 from steerlab.engine import Setting

@@ -38,7 +38,7 @@ from ..data.tasks import resolve_behaviour
 from ..encoding import Prompt, format_prompt
 from ..engine import ScoreTable, ScoringItem, Setting, score, tokenize_items
 from ..errors import DatasetError, SteerlabError
-from ..steer import Steering
+from ..steering import Steering
 from ..vector import SteeringVector
 
 #: Steering position policies for behaviour scoring ("answer" is defined in the module docstring).
@@ -379,7 +379,7 @@ def raw_strength(relative: float, vector: SteeringVector, layer: int, residual_n
 
 def residual_norms(lm, items: Sequence[BehaviourItem], layers: Sequence[int], *, batch_size: int = 16) -> dict[int, float]:
     """Mean ||h_L|| at the answer-predicting token of the items' prompts (unsteered), per layer."""
-    from ..capture import capture
+    from ..activations import capture
 
     prompts = [behaviour_prompt(lm, it) for it in items]
     acts = capture(lm, prompts, list(layers), "last", batch_size=batch_size)

@@ -32,7 +32,7 @@ from ..data.mwe import MATCHING, NOT_MATCHING
 from ..data.ood import LENGTHS, load_ood_dir
 from ..encoding import encode, format_prompt
 from ..errors import DatasetError, SteerlabError
-from ..generate import generate
+from ..generation import generate
 from ..vector import SteeringVector
 from .. import results
 from .behaviour import bootstrap_ci, steering_terms
@@ -180,7 +180,7 @@ def response_projections(lm, generations: Sequence[OODGeneration], vector: Steer
 
     None for an empty response (there is nothing to project).
     """
-    from ..capture import capture_batch
+    from ..activations import capture_batch
 
     d = vector[layer].float()
     if d.dim() != 1:

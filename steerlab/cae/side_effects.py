@@ -28,7 +28,7 @@ import torch
 
 from ..data.ood import load_corpus
 from ..errors import DatasetError, SteerlabError
-from ..steer import steer
+from ..steering import steer
 from ..vector import SteeringVector
 from .. import results
 from .behaviour import bootstrap_ci

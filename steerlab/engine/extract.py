@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
-from ..capture import position_ids_for, read_blocks
+from ..activations import position_ids_for, read_blocks
 from ..data.records import ContrastPair
 from ..encoding import common_prefix_len, pad_left, tokenize_prompts
 from ..errors import DatasetError, SteerlabError

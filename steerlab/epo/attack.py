@@ -35,7 +35,7 @@ from ..data.tasks import resolve_behaviour
 from ..encoding import format_prompt
 from ..engine import ScoringItem, Setting, caa_vectors, score
 from ..errors import OutputExistsError, SteerlabError
-from ..steer import POLICIES, Steering
+from ..steering import POLICIES, Steering
 from ..vector import SteeringVector
 from .config import EPOConfig
 from .objective import EPOObjective

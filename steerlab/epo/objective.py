@@ -32,11 +32,11 @@ from typing import Sequence
 
 import torch
 
-from ..capture import position_ids_for
+from ..activations import position_ids_for
 from ..encoding import EncodedBatch, pad_left
 from ..engine.cache import cache_of, filled_layer, output_cache, with_cache
 from ..errors import PromptTooLongError, SteerlabError
-from ..steer import Steering, apply_steering
+from ..steering import Steering, apply_steering
 from .targets import TargetItem
 
 

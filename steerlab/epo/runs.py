@@ -13,7 +13,7 @@ import torch
 
 from ..data.tasks import resolve_behaviour
 from ..errors import SteerlabError
-from ..steer import POLICIES, Steering
+from ..steering import POLICIES, Steering
 from ..vector import SteeringVector
 from .attack import attack_behaviour, attack_string, check_run_dir, reevaluate
 from .config import EPOConfig

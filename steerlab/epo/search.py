@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import SteerlabError
-from ..steer import Steering
+from ..steering import Steering
 from .config import FAST_DTYPES, EPOConfig, allowed_tokens
 from .objective import EPOObjective, Prefixes, TargetItem, check_objective_inputs
 from .result import EPOResult, EPOStep, FrontierPoint

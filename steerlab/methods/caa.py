@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..capture import ReadPosition, capture
+from ..activations import ReadPosition, capture
 from ..data.records import ContrastPair
 from ..errors import SteerlabError
 from ..vector import SteeringVector

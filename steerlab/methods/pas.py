@@ -32,7 +32,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from ..capture import capture
+from ..activations import capture
 from ..data.prompts import format_mc_prompt
 from ..data.records import MCItem
 from ..encoding import Prompt, format_prompt

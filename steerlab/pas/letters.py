@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from ..capture import position_ids_for
+from ..activations import position_ids_for
 from ..data.prompts import LETTERS
 from ..encoding import Prompt, common_prefix_len, pad_left
 from ..engine import ScoringItem, Setting, score, tokenize_items

@@ -50,7 +50,7 @@ from ..data.records import MCItem
 from ..engine import Setting
 from ..errors import DatasetError, SteerlabError
 from ..methods.pas import PASActivations, PASExample, normalize_method, pas_activations, pas_contrast
-from ..steer import POLICIES
+from ..steering import POLICIES
 from ..vector import SteeringVector
 from .bias import LetterBiasReport, letter_bias_report
 from .letters import LetterScores, PromptMemo, score_letters

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from ..capture import position_ids_for
+from ..activations import position_ids_for
 from ..data.prompts import LETTERS
 from ..data.records import MCItem
 from ..encoding import encode

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .encoding import Prompt, encode
 from .errors import SteerlabError
-from .steer import Steering, steer
+from .steering import Steering, steer
 from .vector import SteeringVector
 
 
