@@ -30,8 +30,9 @@ def _steerlab_version() -> str:
     return __version__
 
 
-# How a vector is meant to be applied, once typed fields, before that strings in `extra` (same keys):
-# lifted out of `extra` when an older file is read, left out of the file when unset.
+# How a vector is meant to be applied: typed fields now, before that keys of `extra` (same names). Those
+# keys are lifted out of `extra` into the fields whenever metadata is built (an older file, older code);
+# unset fields are left out of the file.
 USAGE_FIELDS: tuple[str, ...] = ("selected_layers", "strength", "positions")
 
 
@@ -70,6 +71,13 @@ class VectorMetadata:
     positions: str | None = None
 
     def __post_init__(self) -> None:
+        extra = dict(self.extra)
+        lifted = {k: extra.pop(k) for k in USAGE_FIELDS if k in extra}
+        if lifted:  # the pre-typed spelling (those keys in extra), from an older file or older code
+            object.__setattr__(self, "extra", extra)
+            for k, v in lifted.items():
+                if getattr(self, k) is None:
+                    object.__setattr__(self, k, v)
         if self.selected_layers is not None:
             object.__setattr__(self, "selected_layers", tuple(int(l) for l in self.selected_layers))
         if self.strength is not None:
@@ -99,9 +107,6 @@ class VectorMetadata:
         for k in list(d):
             if k not in known:
                 extra[k] = d.pop(k)
-        for k in USAGE_FIELDS:  # files written before these were typed fields kept them in extra
-            if k in extra and d.get(k) is None:
-                d[k] = extra.pop(k)
         missing = [k for k in ("model_id", "family", "hidden_size", "n_layers", "method", "layers") if k not in d]
         if missing:
             raise VectorError(f"vector metadata lacks {', '.join(missing)}")

@@ -288,3 +288,14 @@ def test_shipped_vector_files_still_load(name):
     else:
         assert (v.meta.selected_layers, v.meta.strength, v.meta.positions) == (None, None, None)
     assert v.layers == tuple(raw["layers"]) and v.meta.method == raw["method"]
+
+
+def test_usage_keys_given_in_extra_become_the_typed_fields(vec):
+    """Code written against the old spelling (the keys in extra) still builds the typed fields."""
+    from dataclasses import replace
+
+    m = replace(vec.meta, extra={**vec.meta.extra, "strength": 6.0, "positions": "after_user", "selected_layers": [1]})
+    assert (m.strength, m.positions, m.selected_layers) == (6.0, "after_user", (1,))
+    assert not {"strength", "positions", "selected_layers"} & set(m.extra)
+    kept = replace(m, extra={"strength": 1.0})  # a typed value already set wins
+    assert kept.strength == 6.0 and kept.extra == {}
