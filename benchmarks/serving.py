@@ -73,7 +73,7 @@ def vector_file_bytes(model_id: str, family: str, hidden: int, n_layers: int, la
     for l in layers:
         d = torch.randn(hidden, generator=g)
         tensors[f"layer.{l}"] = (d / d.norm() * 4.0).contiguous()
-    meta = VectorMetadata(model_id, family, hidden, n_layers, "random", tuple(layers), extra={"positions": "after_user"})
+    meta = VectorMetadata(model_id, family, hidden, n_layers, "random", tuple(layers), positions="after_user")
     return save(tensors, metadata={"steerlab": meta.to_json()})
 
 

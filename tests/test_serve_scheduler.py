@@ -13,7 +13,7 @@ import torch
 import steerlab as sl
 from steerlab.serve.sampling import Sampler
 from steerlab.serve.scheduler import Job, QueueFull, Scheduler, ShuttingDown
-from steerlab.serve.steering import SteeringRequestError, batch_terms, resolve
+from steerlab.serve.row_steering import SteeringRequestError, batch_terms, resolve
 from steerlab.serve.text import TextTracker
 
 PROMPTS = ["How was your weekend?", "Tell me about the sea.", "What is a good breakfast?", "Hi",

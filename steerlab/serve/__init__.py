@@ -1,7 +1,7 @@
 """`steerlab serve`: an OpenAI-compatible HTTP server with per-request steering and continuous batching.
 
 Modules, one job each: `app` (FastAPI routes), `openai_schema` (request/response models),
-`prompts` (messages → token rows, off the generation thread), `steering` (request steering →
+`prompts` (messages → token rows, off the generation thread), `row_steering` (request steering →
 per-row terms), `scheduler` (continuous batching), `kvcache` (the batched cache rows join and leave),
 `sampling` (per-row token choice), `text` (incremental text, stop strings), `registry` (vectors at
 run time), `limits` (body size, API key), `metrics` (Prometheus text). Routes: API.md.

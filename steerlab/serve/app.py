@@ -29,7 +29,7 @@ from .prompts import chat_prompt, completion_prompt, encode_one, max_token_chars
 from .registry import Registry, describe
 from .sampling import Sampler, default_top_k
 from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
-from .steering import SteeringRequestError, resolve
+from .row_steering import SteeringRequestError, resolve
 
 log = logging.getLogger("steerlab.serve")
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there

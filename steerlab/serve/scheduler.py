@@ -28,10 +28,10 @@ from typing import Callable
 import torch
 
 from ..encoding import EncodedBatch
-from ..steer import apply_steering
+from ..steering import apply_steering
 from . import kvcache
 from .sampling import Sampler, pick_tokens
-from .steering import RowTerm, batch_terms
+from .row_steering import RowTerm, batch_terms
 from .text import TextTracker
 
 log = logging.getLogger("steerlab.serve")
