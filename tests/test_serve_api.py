@@ -329,7 +329,7 @@ def test_register_fetch_use_and_delete_a_vector(served, tiny_lm, vec_factory, tm
 
 
 def test_a_llamacpp_gguf_upload_round_trips(served, tiny_lm, vec_factory, tmp_path):
-    from steerlab.gguf_io import export_gguf
+    from steerlab.vector import export_gguf
 
     vec = vec_factory(tiny_lm, [2, 3], seed=12)
     path = export_gguf(vec, tmp_path / "v.gguf")
