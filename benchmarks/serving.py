@@ -1,0 +1,234 @@
+"""Serving under load: 32 concurrent streamed chat requests × 64 new tokens against `steerlab serve`,
+with 0 % / 50 % / 100 % of the rows steered by 1 / 4 / 8 distinct vectors, side by side.
+
+The server runs in its own process (`steerlab serve`, embedded model); this process is
+only the load generator (asyncio + httpx, streaming, so time-to-first-token is measured where the
+client sees it). Every request sends `ignore_eos` so each row generates exactly `--new-tokens`
+tokens whatever its steering does to the text: configurations then do the same work and differ only
+in steering. Vectors are random directions (norm 4, a CAA vector's size at these layers) at layers
+10-13, strength 4, positions after_user, registered over the API (`POST /v1/vectors`).
+
+Per configuration: throughput (generated tokens / wall time of the burst), tokens per second of
+the server process's CPU time (user+sys, from /proc; it moves far less than wall time on a shared,
+loaded machine), request latency p50/p95 and TTFT p50/p95. Configurations run round-robin, `--repeats` times, so
+load drift spreads over all of them; the table shows medians over repeats. Then memory per
+registered vector: the server's RSS before and after registering `--memory-vectors` full-depth
+vectors, divided by their count, next to the vectors' own bytes.
+
+    python benchmarks/serving.py                    # the issue's sizes (~5-10 min on 2 loaded cores)
+    python benchmarks/serving.py --quick            # pipeline check (small)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, log, machine_info, machine_line, print_table, write_json  # noqa: E402
+
+TOPICS = ["the sea", "mountains", "breakfast", "trains", "music", "rain", "gardening", "the moon", "coffee", "chess",
+          "bicycles", "winter", "libraries", "bread", "rivers", "owls"]
+
+
+def prompts(n: int) -> list[str]:
+    forms = ["Tell me about {}.", "Write a short story about {}.", "What do you like about {}? Answer in detail."]
+    return [forms[i % 3].format(TOPICS[i % len(TOPICS)]) for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def vector_file_bytes(model_id: str, family: str, hidden: int, n_layers: int, layers, seed: int) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    from steerlab.vector import VectorMetadata
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for l in layers:
+        d = torch.randn(hidden, generator=g)
+        tensors[f"layer.{l}"] = (d / d.norm() * 4.0).contiguous()
+    meta = VectorMetadata(model_id, family, hidden, n_layers, "random", tuple(layers), positions="after_user")
+    return save(tensors, metadata={"steerlab": meta.to_json()})
+
+
+async def one_request(client, url, body) -> dict:
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if ev.get("usage"):
+                tokens = ev["usage"]["completion_tokens"]
+            ch = ev.get("choices") or []
+            if first is None and ch and ch[0].get("delta", {}).get("content"):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return {"latency": end - t0, "ttft": (first or end) - t0, "tokens": tokens}
+
+
+async def burst(base: str, model: str, n: int, new_tokens: int, steered_frac: float, n_vectors: int) -> dict:
+    import httpx
+
+    n_steered = round(n * steered_frac)
+    bodies = []
+    for i, p in enumerate(prompts(n)):
+        body = {"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": new_tokens,
+                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+        if i < n_steered:
+            body["steering"] = {"vector": f"bench{i % n_vectors}", "strength": 4.0}
+        bodies.append(body)
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one_request(client, base + "/v1/chat/completions", b) for b in bodies))
+        wall = time.perf_counter() - t0
+    tokens = sum(r["tokens"] for r in results)
+    return {"wall_s": wall, "tokens": tokens, "throughput": tokens / wall,
+            "latency": [r["latency"] for r in results], "ttft": [r["ttft"] for r in results]}
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                    help="torch threads in the server (default: $OMP_NUM_THREADS, else 1)")
+    ap.add_argument("--memory-vectors", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="8 requests × 8 tokens, 1 repeat: a pipeline check")
+    args = ap.parse_args()
+    if args.quick:
+        args.requests, args.new_tokens, args.repeats, args.memory_vectors = 8, 8, 1, 20
+    import httpx
+
+    info = machine_info()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TOKENIZERS_PARALLELISM": "false", "STEERLAB_API_KEY": ""}
+    cmd = [sys.executable, "-c", "from steerlab.cli import app; app()", "serve", "--port", str(port), "--max-batch", str(max(32, args.requests)),
+           "--max-new-tokens-limit", str(max(512, args.new_tokens))]
+    log(f"starting server: steerlab {' '.join(cmd[3:])}")
+    server = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}")
+            try:
+                health = httpx.get(base + "/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("server did not start in 300 s")
+                time.sleep(0.5)
+        model, n_layers, hidden = health["model"], health["n_layers"], health["hidden_size"]
+        family = "llama"
+        for k in range(8):
+            data = vector_file_bytes(model, family, hidden, n_layers, [10 + k % 4], seed=k)
+            r = httpx.post(f"{base}/v1/vectors?name=bench{k}", content=data, timeout=30)
+            r.raise_for_status()
+        configs = [(0.0, 0)] + [(f, k) for f in (0.5, 1.0) for k in (1, 4, 8)]
+        log("warm-up burst")
+        asyncio.run(burst(base, model, args.requests, min(8, args.new_tokens), 1.0, 8))
+        runs: dict = {c: [] for c in configs}
+        for rep in range(args.repeats):
+            for c in configs:
+                cpu0 = proc_cpu_s(server.pid)
+                res = asyncio.run(burst(base, model, args.requests, args.new_tokens, *c))
+                res["server_cpu_s"] = proc_cpu_s(server.pid) - cpu0
+                res["load_avg"] = os.getloadavg()[0]
+                runs[c].append(res)
+                log(f"repeat {rep + 1}/{args.repeats} steered {c[0]:.0%} × {c[1]} vectors: "
+                    f"{res['throughput']:.1f} tok/s, wall {res['wall_s']:.1f} s, server CPU {res['server_cpu_s']:.1f} s, "
+                    f"load {res['load_avg']:.1f}")
+        base_tp = statistics.median(r["throughput"] for r in runs[(0.0, 0)])
+        base_cpu = statistics.median(r["server_cpu_s"] for r in runs[(0.0, 0)])
+        base_per_cpu = statistics.median(r["tokens"] / r["server_cpu_s"] for r in runs[(0.0, 0)])
+        rows, table = [], []
+        for c in configs:
+            rs = runs[c]
+            lat = [x for r in rs for x in r["latency"]]
+            ttft = [x for r in rs for x in r["ttft"]]
+            tp = statistics.median(r["throughput"] for r in rs)
+            cpu = statistics.median(r["server_cpu_s"] for r in rs)
+            per_cpu = statistics.median(r["tokens"] / r["server_cpu_s"] for r in rs)
+            row = {"steered": c[0], "vectors": c[1], "throughput_tok_s": tp, "vs_unsteered": tp / base_tp,
+                   "tokens_per_server_cpu_s": per_cpu,
+                   "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "ttft_p50_s": pct(ttft, 50),
+                   "ttft_p95_s": pct(ttft, 95), "server_cpu_s": cpu, "cpu_vs_unsteered": cpu / base_cpu,
+                   "throughputs": [r["throughput"] for r in rs], "tokens": rs[0]["tokens"]}
+            rows.append(row)
+            table.append([f"{c[0]:.0%}", c[1] or "-", tp, f"{tp / base_tp:.2f}x", per_cpu, f"{per_cpu / base_per_cpu:.2f}x",
+                          row["latency_p50_s"], row["latency_p95_s"], row["ttft_p50_s"], row["ttft_p95_s"]])
+        # memory per registered vector (full depth: every layer)
+        rss0 = proc_rss_mb(server.pid)
+        one = vector_file_bytes(model, family, hidden, n_layers, range(n_layers), seed=999)
+        for k in range(args.memory_vectors):
+            httpx.post(f"{base}/v1/vectors?name=mem{k}", content=one, timeout=30).raise_for_status()
+        rss1 = proc_rss_mb(server.pid)
+        per_vector_kib = (rss1 - rss0) * 1024 / args.memory_vectors
+        for k in range(args.memory_vectors):
+            httpx.delete(f"{base}/v1/vectors/mem{k}", timeout=30)
+        memory = {"vectors": args.memory_vectors, "layers_each": n_layers, "hidden": hidden,
+                  "tensor_kib_each": n_layers * hidden * 4 / 1024, "rss_before_mb": rss0, "rss_after_mb": rss1,
+                  "rss_kib_per_vector": per_vector_kib}
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    notes = [machine_line(info),
+             f"{args.requests} concurrent streamed chat requests × {args.new_tokens} new tokens (ignore_eos), greedy; "
+             f"server torch threads {args.threads}; medians of {args.repeats} round-robin repeats; latency/TTFT "
+             f"percentiles pooled over repeats",
+             f"memory: {args.memory_vectors} registered vectors of {n_layers} layers × {hidden}: "
+             f"{memory['tensor_kib_each']:.1f} KiB of float32 each; server RSS +{per_vector_kib:.1f} KiB per vector "
+             f"({rss0:.0f} → {rss1:.0f} MiB)"]
+    print_table("steerlab serve: 32 concurrent requests, steered share × distinct vectors",
+                ["steered", "vectors", "tok/s (wall)", "vs 0%", "tok per server CPU-s", "vs 0%", "lat p50 s",
+                 "lat p95 s", "TTFT p50 s", "TTFT p95 s"], table, notes)
+    path = write_json("serving", {"machine": info, "args": vars(args), "rows": rows, "memory": memory,
+                                  "runs": {f"{c[0]}-{c[1]}": runs[c] for c in configs}})
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Continuous batching with per-row steering, on one generation thread that owns the model.
+
+Each loop iteration (1) admits waiting requests, prefilling them together as one left-padded batch
+with their own steering, and splices their KV cache into the running batch; (2) runs one decoding
+step for every running row, each with its own vector(s), strength(s), layers, position policy,
+sampling settings and `max_tokens`; (3) drops the rows that finished (EOS, `max_tokens`, a stop
+string, or a client that went away). So requests join and leave between steps, and a long request
+never holds back short ones.
+
+Steering goes through `steerlab.steer.apply_steering` with the rows' own token boundaries (an
+`EncodedBatch` stacked from each request's encoding), and every forward call gets the 2-D attention
+mask and per-row position ids, so positions are those `steerlab.generate` uses for the prompt alone.
+Greedy rows therefore produce what they produce alone (tests/test_serve_scheduler.py).
+
+Steering hooks live on the shared model, which is why only this thread ever runs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+import torch
+
+from ..encoding import EncodedBatch
+from ..steering import apply_steering
+from . import kvcache
+from .sampling import Sampler, pick_tokens
+from .row_steering import RowTerm, batch_terms
+from .text import TextTracker
+
+log = logging.getLogger("steerlab.serve")
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit (answered with 429 and Retry-After)."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping (answered with 503 and Retry-After)."""
+
+
+@dataclass
+class Job:
+    """One generation request as the scheduler runs it.
+
+    `emit(kind, payload)` is called from the generation thread: ("first", monotonic time) at the first
+    token, ("text", piece) while generating, then
+    once ("done", {"text", "finish_reason", "prompt_tokens", "completion_tokens"}) or
+    ("error", {"status": 500 or 503, "message": ...}).
+    """
+
+    enc: EncodedBatch  # the prompt alone: one row, no padding (from steerlab.encode)
+    terms: list[RowTerm]
+    max_new_tokens: int
+    sampler: Sampler
+    emit: Callable[[str, object], None]
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.enc.input_ids.shape[1])
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def stack_rows(encs: list[EncodedBatch], pad_id: int) -> EncodedBatch:
+    """One left-padded EncodedBatch from single-row ones (every field: 2-D ones padded on the left)."""
+    width = max(int(e.input_ids.shape[1]) for e in encs)
+    values = {}
+    for f in fields(EncodedBatch):
+        parts = [getattr(e, f.name) for e in encs]
+        if isinstance(parts[0], torch.Tensor) and parts[0].dim() == 2:
+            fill = pad_id if f.name == "input_ids" else 0
+            parts = [torch.nn.functional.pad(p, (width - p.shape[1], 0), value=fill) for p in parts]
+        values[f.name] = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else parts[0]
+    return EncodedBatch(**values)
+
+
+class _Row:
+    def __init__(self, job: Job, tokenizer, eos: set[int]):
+        self.job = job
+        self.tracker = TextTracker(tokenizer, job.stop)
+        self.eos = eos
+        self.generated = 0
+        self.last = -1
+        self.done = False
+        self.first_token_at: float | None = None
+
+    @property
+    def next_position(self) -> int:
+        """Row-relative index of the token fed in the next decoding step (the last one sampled)."""
+        return self.job.prompt_tokens + self.generated - 1
+
+    def accept(self, token: int) -> None:
+        self.generated += 1
+        self.last = token
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+            self.job.emit("first", self.first_token_at)
+        if token in self.eos:
+            self.finish("stop")
+            return
+        piece = self.tracker.add(token)
+        if piece:
+            self.job.emit("text", piece)
+        if self.tracker.stopped:
+            self.finish("stop")
+        elif self.generated >= self.job.max_new_tokens:
+            self.finish("length")
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        rest = self.tracker.finish()
+        if rest:
+            self.job.emit("text", rest)
+        self.job.emit("done", {"text": self.tracker.text, "finish_reason": reason,
+                               "prompt_tokens": self.job.prompt_tokens, "completion_tokens": self.generated})
+
+
+def _eos_ids(lm) -> set[int]:
+    eos = getattr(lm.model.generation_config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+class Scheduler:
+    """The generation thread: a bounded waiting queue in front of a continuously batched decoder.
+
+    Args:
+        max_batch: most rows decoded together.
+        max_queue: most requests waiting to join; beyond it `submit` raises QueueFull.
+        window_s: when idle, how long the first request waits for others to prefill with it.
+        max_prefill_tokens: most padded prompt tokens prefilled in one forward call.
+        metrics: a `Metrics` (optional).
+    """
+
+    def __init__(self, lm, *, max_batch: int = 32, max_queue: int = 256, window_s: float = 0.01,
+                 max_prefill_tokens: int = 16384, metrics=None):
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError("max_batch must be >= 1 and max_queue >= 0")
+        self.lm = lm
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.window_s = window_s
+        self.max_prefill_tokens = max_prefill_tokens
+        self.metrics = metrics
+        self.eos = _eos_ids(lm)
+        self.pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        params = inspect.signature(lm.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._rows: list[_Row] = []
+        self._cache = None
+        self._mask: torch.Tensor | None = None
+        self._splice_ok: bool | None = None
+        self._steer = None  # steering hooks for the current rows' decoding steps
+        self._closing = False
+        self._abort = False
+        self._admitting = False  # jobs taken from the queue, not yet rows
+        self.forward_calls = 0
+        self.steps = 0
+        self._thread = threading.Thread(target=self._loop, name="steerlab-generate", daemon=True)
+        self._thread.start()
+
+    # -- the request side -------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            self._waiting.append(job)
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def begin_shutdown(self) -> None:
+        """Refuse new requests (ShuttingDown); running and queued ones go on."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Stop taking requests, let running and queued ones finish for up to `grace_s`, cancel the rest."""
+        self.begin_shutdown()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (self._rows or self._waiting or self._admitting) and self._thread.is_alive():
+            time.sleep(0.02)
+        with self._cond:
+            self._abort = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    # -- the generation thread --------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                idle = not self._rows
+                while not self._rows and not self._waiting and not self._closing:
+                    self._cond.wait()
+                if self._abort or (self._closing and not self._rows and not self._waiting):
+                    break
+            if idle and self.window_s > 0 and not self._closing:
+                time.sleep(self.window_s)  # a burst arriving together prefills together
+            try:
+                self._admit()
+                if self._rows:
+                    self._decode()
+            except Exception as e:  # never lose the thread: fail what was running, keep serving
+                log.exception("generation step failed")
+                self._fail_all(f"generation failed: {type(e).__name__}: {e}")
+        self._fail_all("the server shut down before this request finished", include_waiting=True, status=503)
+
+    def _fail_all(self, message: str, include_waiting: bool = False, status: int = 500) -> None:
+        self._drop_steer()
+        for r in self._rows:
+            if not r.done:
+                r.done = True
+                r.job.emit("error", {"status": status, "message": message})
+        self._rows, self._cache, self._mask = [], None, None
+        if include_waiting:
+            with self._cond:
+                waiting, self._waiting = list(self._waiting), deque()
+            for j in waiting:
+                j.emit("error", {"status": status, "message": message})
+
+    def _drop_steer(self) -> None:
+        if self._steer is not None:
+            self._steer.remove()
+            self._steer = None
+
+    def _take(self) -> list[Job]:
+        if self._rows and self._splice_ok is False:
+            return []  # a cache that cannot be spliced: new rows wait for an empty batch
+        take: list[Job] = []
+        with self._cond:
+            room = self.max_batch - len(self._rows)
+            width = 0
+            while self._waiting and len(take) < room:
+                job = self._waiting[0]
+                if job.cancelled.is_set():
+                    self._waiting.popleft()
+                    job.emit("done", {"text": "", "finish_reason": "cancelled", "prompt_tokens": job.prompt_tokens,
+                                      "completion_tokens": 0})
+                    continue
+                w = max(width, job.prompt_tokens)
+                if take and (len(take) + 1) * w > self.max_prefill_tokens:
+                    break
+                take.append(self._waiting.popleft())
+                self._admitting = True
+                width = w
+        return take
+
+    def _forward(self, input_ids, mask, position_ids, cache) -> torch.Tensor:
+        dev = self.lm.device
+        kw = {self._cache_kw: cache, "use_cache": True}
+        if self._keep_kw:
+            kw[self._keep_kw] = 1
+        out = self.lm.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
+                            position_ids=position_ids.to(dev), **kw)
+        self.forward_calls += 1
+        if self.metrics is not None:
+            self.metrics.observe_batch(int(input_ids.shape[0]))
+        return out.logits[:, -1, :]
+
+    def _admit(self) -> None:
+        try:
+            self._prefill(self._take())
+        finally:
+            self._admitting = False
+
+    def _prefill(self, take: list[Job]) -> None:
+        if not take:
+            return
+        self._drop_steer()
+        batch = stack_rows([j.enc for j in take], self.pad_id)
+        terms = batch_terms([j.terms for j in take])
+        cache = kvcache.new_cache(self.lm.model)
+        mask = batch.attention_mask
+        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        rows = [_Row(j, self.lm.tokenizer, set() if j.ignore_eos else self.eos) for j in take]
+        handle = apply_steering(self.lm, terms, batch=batch) if terms else None
+        try:
+            logits = self._forward(batch.input_ids, mask, pos, cache)
+        except Exception as e:
+            for r in rows:
+                r.done = True
+                r.job.emit("error", {"status": 500, "message": f"generation failed: {type(e).__name__}: {e}"})
+            raise
+        finally:
+            if handle is not None:
+                handle.remove()
+        if self._splice_ok is None:
+            self._splice_ok = kvcache.can_splice(cache)
+        if self._cache is None:
+            self._cache, self._mask = cache, mask.to(self.lm.device)
+        else:
+            self._cache, self._mask = kvcache.merge(self._cache, self._mask, cache, mask.to(self.lm.device))
+        self._rows.extend(rows)
+        for r, tok in zip(rows, pick_tokens(logits, [j.sampler for j in take])):
+            r.accept(tok)
+        self._drop_finished()
+
+    def _decode(self) -> None:
+        for r in self._rows:
+            if r.job.cancelled.is_set() or self._abort:
+                r.finish("cancelled")
+        self._drop_finished()
+        if not self._rows:
+            return
+        if self._steer is None:
+            terms = batch_terms([r.job.terms for r in self._rows])
+            if terms:
+                batch = stack_rows([r.job.enc for r in self._rows], self.pad_id)
+                self._steer = apply_steering(self.lm, terms, batch=batch)
+        dev = self.lm.device
+        ids = torch.tensor([[r.last] for r in self._rows], dtype=torch.long)
+        mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=dev)], 1)
+        pos = torch.tensor([[r.next_position] for r in self._rows], dtype=torch.long)
+        logits = self._forward(ids, mask, pos, self._cache)
+        self._mask = mask
+        self.steps += 1
+        for r, tok in zip(self._rows, pick_tokens(logits, [r.job.sampler for r in self._rows])):
+            r.accept(tok)
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, r in enumerate(self._rows) if not r.done]
+        if len(keep) == len(self._rows):
+            return
+        self._drop_steer()
+        if keep:
+            self._cache, self._mask = kvcache.select(self._cache, self._mask, keep, trim=bool(self._splice_ok))
+        else:
+            self._cache, self._mask = None, None
+        self._rows = [self._rows[i] for i in keep]
