@@ -549,7 +549,7 @@ def run_cmd(
         lm = _load_model(model)
         chosen = [s.strip() for s in stages.split(",")] if stages else None
         t0 = time.perf_counter()
-        summary = run_cae(lm, cfg, out, stages=chosen, force=force)
+        summary = run_cae(lm, cfg, out, stages=chosen, force=force, progress=True)
         console.print(f"done in {time.perf_counter() - t0:.0f} s; report: {out / 'report.html'}")
         e = summary.get("effect_at_best")
         if e:
