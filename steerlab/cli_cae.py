@@ -228,6 +228,7 @@ def layers_cmd(
             raise SteerlabError("--layer-step must be at least 1")
         n_layers = _peek_layers(model)
         chosen = parse_layers(layers, n_layers) or list(range(0, n_layers, layer_step))
+        _check_range(chosen, n_layers)  # before the model load
         prep = _Prepared(behaviour, n_train, n_test, seed, chosen, vector, model, save_to=out)
         plan = layer_plan(prep.vec, prep.data.kind, chosen, [strength, -strength], relative=relative, norms=prep.norms,
                           positions=positions)
@@ -238,6 +239,14 @@ def layers_cmd(
         console.print(f"best layer at +{strength:g}: {best['layer']} (effect {best['effect']:+.3f})")
 
     _run(body)
+
+
+def _check_range(layers, n_layers: int) -> None:
+    from .errors import LayerError
+
+    bad = [l for l in layers if not -n_layers <= l < n_layers]
+    if bad:
+        raise LayerError(f"layer {bad[0]} is out of range: this model has {n_layers} decoder blocks (0..{n_layers - 1})")
 
 
 def _peek_layers(model: Optional[str]) -> int:
@@ -533,6 +542,8 @@ def run_cmd(
         from .analysis.cae import CAEConfig, run_cae
 
         n_layers = _peek_layers(model)
+        if layers:
+            _check_range(parse_layers(layers, n_layers), n_layers)
         cfg = CAEConfig(
             behaviour=behaviour, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
             layers=tuple(parse_layers(layers, n_layers)) if layers else None, layer_step=layer_step,

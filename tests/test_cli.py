@@ -258,3 +258,13 @@ def test_effect_offset_holds_items_apart(tmp_path, pairs_file, model_dirs, monke
     for bad, message in ((["--offset", "6"], "leaves no pairs"), (["--offset", "-1"], "--offset must be")):
         code, out = run("effect", vec, pairs_file, *bad, "--model", model_dirs[32])
         assert code == 1 and message in out, out
+
+
+def test_cae_layer_range_is_checked_from_the_config_before_the_load(tmp_path, model_dirs, no_model_load):
+    yn = tmp_path / "yn.jsonl"
+    yn.write_text("".join(json.dumps({"question": f"Say {i}?", "answer_matching_behavior": " Yes",
+                                      "answer_not_matching_behavior": " No"}) + "\n" for i in range(8)))
+    for cmd in (["cae", "layers", yn, "--out", tmp_path / "o", "--layers", "4", "--n-train", "4", "--n-test", "4"],
+                ["cae", "run", "--behaviour", yn, "--out", tmp_path / "r", "--layers", "0,9", "--n-train", "4"]):
+        code, out = run(*cmd, "--model", model_dirs[32])
+        assert code == 1 and "out of range" in out and "4 decoder blocks" in out, (cmd, out)
