@@ -401,6 +401,15 @@ def residual_norms(lm, items: Sequence[BehaviourItem], layers: Sequence[int], *,
 #: both sides are identical and the difference is exactly zero; tests/test_yesno_hand.py.)
 READINGS: tuple[str, ...] = ("answer", "turn", "end", "ab")
 
+#: The reading used for Yes/No sets when none is asked for (chosen from the comparison in
+#: docs/findings.md, "Yes/No behaviours: which reading steers as trained").
+DEFAULT_YESNO_READING = "answer"
+
+
+def default_reading(kind: str) -> str:
+    """The training reading for items of `kind` when none is given: A/B sets are read at the letter."""
+    return DEFAULT_YESNO_READING if kind == "yesno" else "answer"
+
 
 def closing_text(lm, answer: str = "Yes") -> str:
     """What the chat template writes after an assistant message (e.g. "<|im_end|>"), trailing space cut.
@@ -425,10 +434,11 @@ def reading_items(items: Sequence[BehaviourItem], reading: str, seed: int = 0) -
     return recast_ab(items, seed) if reading == "ab" else list(items)
 
 
-def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int], reading: str = "answer", *,
+def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int], reading: str | None = None, *,
                         seed: int = 0, batch_size: int = 16, progress: bool = False):
     """(pair activations at `reading`, residual norms) of the training items (see `READINGS`).
 
+    `reading=None` takes `default_reading` of the items' kind.
     The norms, for relative strengths, are always the mean ||h_L|| at the answer token of the items'
     own format (the "answer" reading), so a relative strength means the same push whatever the reading.
     "turn" and "end" need Yes/No items (A/B answers already carry the letter's meaning).
@@ -437,6 +447,8 @@ def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int
 
     from .sweeps import train_activations
 
+    if reading is None:
+        reading = default_reading(items[0].kind if items else "yesno")
     train = reading_items(items, reading, seed)
     answer = train_activations(lm, train, layers, batch_size=batch_size, progress=progress)
     norms = pair_residual_norms(answer)
