@@ -46,6 +46,8 @@ def main(argv=None) -> None:
                     help="steering positions (default last_prompt: the token predicting the answer, which is the "
                          "prefilled '(' for A/B; with one-token answers the same as behaviour scoring's 'answer')")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-diagnose", dest="diagnose", action="store_false",
+                    help="skip the own-answer diagnostic (one more unsteered pass over the training items)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -71,6 +73,7 @@ def main(argv=None) -> None:
         if data.kind != "yesno":
             raise SystemExit(f"{name} is not a Yes/No behaviour")
         vectors, norms = {}, {}
+        diag = {}
         for reading in [x for x in readings if x != "answer-bal"]:
             acts, n = bh.reading_activations(lm, data.train, layers, reading, seed=args.seed)
             vectors[reading] = acts.caa_vector(lm)
@@ -78,6 +81,11 @@ def main(argv=None) -> None:
             if reading == "answer" and "answer-bal" in readings:
                 vectors["answer-bal"] = answer_balanced_vector(lm, acts, data.train)
                 norms["answer-bal"] = n
+            if reading == "answer" and args.diagnose:
+                diag = own_answer_diagnostic(lm, bh, acts, data.train, layers)
+                print(f"{name}: train items the unsteered model answers the matching way: {diag['n_pref_match']} of "
+                      f"{len(data.train)}; cosine of the answer-balanced vectors from those vs the others, per layer: "
+                      + ", ".join(f"L{L} {c:+.2f}" for L, c in diag["cosine"].items()), flush=True)
         t_extract = time.time() - t0
         yn_norms = norms.get("answer") or norms[next(iter(norms))]
         plans = [method_plan(vectors, "yesno", L, [r, -r], relative=True, norms=yn_norms,
@@ -93,6 +101,7 @@ def main(argv=None) -> None:
         for fmt, L, sw in sweeps:
             base = sw.result.unsteered()
             rows = sw.steered_rows()
+            by_pref = effect_by_own_answer(sw)
             for reading in vectors if fmt == "yesno" else ["ab"]:
                 pr = [x for x in rows if x["method"] == reading]
                 plus = next(x for x in pr if x["relative"] > 0)
@@ -105,13 +114,15 @@ def main(argv=None) -> None:
                                 f"{tag}_balanced": x["balanced"], f"{tag}_bal_low": x["balanced_low"],
                                 f"{tag}_bal_high": x["balanced_high"],
                                 **{f"{tag}_{k}": v for k, v in x.items() if k.startswith("effect_if_")}})
+                for tag, x in (("plus", plus), ("minus", minus)):
+                    row.update({f"{tag}_{k}": v for k, v in by_pref[x["label"]].items()})
                 row["verdict"] = verdict(row)
                 out_rows.append(row)
                 print(f"{name:22s} {reading:10s} test={fmt:5s} L{L:<3d} u={base.score:.3f} |v|={row['vector_norm']:7.2f} "
                       f"+r {row['plus_effect']:+.3f} [{row['plus_low']:+.3f}, {row['plus_high']:+.3f}]  "
                       f"-r {row['minus_effect']:+.3f} [{row['minus_low']:+.3f}, {row['minus_high']:+.3f}]  {row['verdict']}",
                       flush=True)
-        meta["behaviours"][name] = {"extract_s": round(t_extract, 1), "total_s": round(time.time() - t0, 1),
+        meta["behaviours"][name] = {"own_answer_diagnostic": diag,"extract_s": round(t_extract, 1), "total_s": round(time.time() - t0, 1),
                                     "yes_matching_train": sum(it.matching == "Yes" for it in data.train),
                                     "yes_matching_test": sum(it.matching == "Yes" for it in data.test)}
         args.out.write_text(json.dumps({"meta": meta, "rows": out_rows}, indent=1))
@@ -119,6 +130,56 @@ def main(argv=None) -> None:
     meta["load_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps({"meta": meta, "rows": out_rows}, indent=1))
     print(f"wrote {args.out} ({meta['wall_s']:.0f} s)")
+
+
+def effect_by_own_answer(sweep) -> dict[str, dict]:
+    """Per steered setting (by label): the mean effect on the test items the unsteered model answers the
+    matching way (p_match > 0.5) and on the others, and the mean change of its confidence |p_match - 0.5|.
+
+    A behaviour direction raises p_match on both groups; a direction of "agreeing with one's own
+    answer" moves the two groups apart (more or less confident) whatever the behaviour."""
+    import numpy as np
+
+    p = sweep.result.p_match
+    base = p[sweep.result.baseline]
+    pref = base > 0.5
+    out = {}
+    for s, setting in enumerate(sweep.result.table.settings):
+        d = p[s] - base
+        out[setting.label] = {
+            "n_pref_match": int(pref.sum()),
+            "effect_if_pref_match": float(d[pref].mean()) if pref.any() else float("nan"),
+            "effect_if_pref_other": float(d[~pref].mean()) if (~pref).any() else float("nan"),
+            "confidence_change": float((np.abs(p[s] - 0.5) - np.abs(base - 0.5)).mean()),
+        }
+    return out
+
+
+def own_answer_diagnostic(lm, bh, acts, train, layers) -> dict:
+    """Does the answer-token difference encode the behaviour, or agreement with the model's own answer?
+
+    The training items are split by the unsteered model's own answer (p_match > 0.5 or not); in each
+    half an answer-balanced mean difference is taken (equal weight to Yes- and No-matching items, so the
+    answer token's identity cancels). A behaviour direction is the same in both halves (cosine > 0); a
+    direction of "the answer just read is the one I would give" flips sign between them (cosine < 0).
+    """
+    import numpy as np
+    import torch
+
+    res = bh.score_behaviour(lm, train, [], n_boot=10)
+    pref = res.p_match[0] > 0.5
+    answers = np.array([it.matching for it in train])
+
+    def balanced(mask, L):
+        d = acts.differences(L).double()
+        means = [d[torch.as_tensor(mask & (answers == a))].mean(0) for a in ("Yes", "No") if (mask & (answers == a)).any()]
+        return torch.stack(means).mean(0) if len(means) == 2 else None
+
+    cos = {}
+    for L in layers:
+        a, b = balanced(pref, L), balanced(~pref, L)
+        cos[L] = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a is not None and b is not None else float("nan")
+    return {"n_pref_match": int(pref.sum()), "train_score": float(res.p_match[0].mean()), "cosine": cos}
 
 
 def verdict(row: dict) -> str:
