@@ -21,6 +21,7 @@ import torch
 
 import steerlab as sl
 from steerlab.encoding import format_prompt
+from steerlab.engine.cache import output_cache, with_cache
 from steerlab.errors import LayerError, PromptTooLongError, SteerlabError, VectorError
 from steerlab.steer import Steering, apply_steering, steer
 
@@ -52,8 +53,8 @@ def expected_mask(policy: str, batch: sl.EncodedBatch, columns: int) -> torch.Te
                 continue  # a pad: never steered
             if policy == "all":
                 out[i, c] = True
-            elif policy == "after_user":
-                out[i, c] = t >= int(batch.assistant_start[i])
+            elif policy == "after_user":  # from the first token after the user's text, at latest the last prompt token
+                out[i, c] = t >= min(int(batch.user_end[i]), int(batch.lengths[i]) - 1)
             elif policy == "last_prompt":
                 out[i, c] = t == int(batch.lengths[i]) - 1
             else:
@@ -166,8 +167,11 @@ def test_policy_positions_full_forward(tiny_lm, vec_factory, policy):
     cols = batch.input_ids.shape[1]
     delta = expected_deltas(lm, batch, cols, [(1, [v] * 3, [3.0] * 3, policy)])[1]
     steered_rows = (delta != 0).any(-1).sum(1)
-    if policy == "after_user":  # only the row with an assistant prefix has prompt positions after the user turn
-        assert steered_rows.tolist()[:2] == [0, 0] and steered_rows[2] > 1
+    if policy == "after_user":  # from the end-of-turn token after the user's text: header (and prefix) steered
+        for i in range(3):
+            first = int((delta[i] != 0).any(-1).nonzero()[0])
+            assert lm.tokenizer.decode(batch.input_ids[i, first:]).startswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert steered_rows[2] > steered_rows[0] > 1
     else:
         assert (steered_rows > 0).all()
 
@@ -256,10 +260,10 @@ def test_hand_written_cached_loop_without_mask_or_batch(tiny_lm, vec_factory, po
     try:
         with torch.no_grad():
             cache = DynamicCache(config=lm.model.config)
-            out = lm.model(input_ids=batch.input_ids, past_key_values=cache, use_cache=True)
+            out = lm.model(input_ids=batch.input_ids, use_cache=True, **with_cache(lm.model, cache))
             for _ in range(3):
                 nxt = out.logits[:, -1:].argmax(-1)
-                out = lm.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+                out = lm.model(input_ids=nxt, use_cache=True, **with_cache(lm.model, output_cache(out)))
     finally:
         rec.remove()
         handle.remove()
@@ -288,10 +292,10 @@ def test_prompt_fed_in_chunks(tiny_lm, vec_factory):
             pos = (mask.cumsum(1) - 1).clamp_min(0)
             out = lm.model(input_ids=ids[:, :split], attention_mask=mask[:, :split], position_ids=pos[:, :split])
             out = lm.model(input_ids=ids[:, split:], attention_mask=mask, position_ids=pos[:, split:],
-                           past_key_values=out.past_key_values)
+                           **with_cache(lm.model, output_cache(out)))
             nxt = out.logits[:, -1:].argmax(-1)
             lm.model(input_ids=nxt, attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1),
-                     position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values)
+                     position_ids=pos[:, -1:] + 1, **with_cache(lm.model, output_cache(out)))
     finally:
         rec.remove()
         handle.remove()

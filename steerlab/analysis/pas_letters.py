@@ -28,7 +28,7 @@ from ..capture import position_ids_for
 from ..data.prompts import LETTERS
 from ..encoding import Prompt, common_prefix_len, pad_left
 from ..engine import ScoringItem, Setting, score, tokenize_items
-from ..engine.cache import is_plain, select_rows
+from ..engine.cache import cache_keyword, is_plain, output_cache, select_rows
 from ..errors import PromptTooLongError
 from ..layers import block_hidden
 from ..methods.pas import mc_prompt
@@ -188,7 +188,7 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
     if P > 0:
         with torch.no_grad():
             out = lm.model(input_ids=torch.tensor([tok[0].prompt_ids[:P]], device=device), use_cache=True, **keep)
-        shared = out.past_key_values if is_plain(out.past_key_values, lm.n_layers) else None
+        shared = output_cache(out) if is_plain(output_cache(out), lm.n_layers) else None
         if shared is None:
             P = 0
     order = sorted(range(len(items)), key=lambda i: tok[i].n_prompt)
@@ -200,7 +200,7 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
             pos = position_ids_for(mask) + P
             kwargs = {}
             if shared is not None:
-                kwargs["past_key_values"] = select_rows(shared, torch.zeros(len(idx), dtype=torch.long))
+                kwargs[cache_keyword(lm.model)] = select_rows(shared, torch.zeros(len(idx), dtype=torch.long))
                 mask = torch.cat([torch.ones(len(idx), P, dtype=mask.dtype), mask], dim=1)
             with torch.no_grad():
                 out = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),

@@ -35,6 +35,7 @@ from ..layers import block_hidden
 from ..methods.caa import mean_difference
 from ..methods.common import make_meta, pair_prompts, pairs_hash
 from ..vector import SteeringVector
+from .cache import with_cache
 
 
 class _StopForward(Exception):
@@ -112,8 +113,10 @@ def _capture_hooks(lm, layers: Sequence[int], grabbed: dict[int, torch.Tensor]):
     return [lm.blocks[l].register_forward_hook(make(l)) for l in layers]
 
 
-def _run(lm, hooks_layers: Sequence[int] | None, grabbed: dict, **kwargs) -> None:
+def _run(lm, hooks_layers: Sequence[int] | None, grabbed: dict, *, cache=None, **kwargs) -> None:
     """One forward that stops after the deepest of `hooks_layers` (or of the prefix stop layer)."""
+    if cache is not None:
+        kwargs = with_cache(lm.model, cache, **kwargs)
     handles = _capture_hooks(lm, hooks_layers, grabbed)
     try:
         with torch.no_grad():
@@ -159,7 +162,7 @@ def extract_pair_activations(
     if head_len:
         head_cache = DynamicCache(config=lm.model.config)
         _run(lm, [deepest], {}, input_ids=torch.tensor([pos_ids[0][:head_len]], device=lm.device),
-             position_ids=torch.arange(head_len, device=lm.device)[None], past_key_values=head_cache,
+             position_ids=torch.arange(head_len, device=lm.device)[None], cache=head_cache,
              use_cache=True)
     hidden = lm.hidden_size
     out_pos = {l: torch.empty(n, hidden) for l in layers}
@@ -187,7 +190,7 @@ def extract_pair_activations(
         pre_mask = torch.cat([torch.ones(len(idx), head_len, dtype=torch.long), pre_mask], dim=1)
         if pre_ids.shape[1]:
             _run(lm, [deepest], {}, input_ids=pre_ids.to(device), attention_mask=pre_mask.to(device),
-                 position_ids=position_ids_for(pre_mask)[:, head_len:].to(device), past_key_values=cache,
+                 position_ids=position_ids_for(pre_mask)[:, head_len:].to(device), cache=cache,
                  use_cache=True)
         has_cache = pre_mask.shape[1] > 0
         if has_cache:
@@ -202,7 +205,7 @@ def extract_pair_activations(
         grabbed: dict[int, torch.Tensor] = {}
         _run(lm, layers, grabbed, input_ids=tail_ids.to(device), attention_mask=mask.to(device),
              position_ids=position_ids_for(mask)[:, pre_mask.shape[1]:].to(device),
-             past_key_values=cache if has_cache else None, use_cache=has_cache)
+             cache=cache if has_cache else None, use_cache=has_cache)
         last = torch.tensor([len(t) - 1 for t in tails])
         rows = torch.arange(len(tails))
         for l in layers:
