@@ -9,9 +9,10 @@ For MWE persona items (``../shared/data/mwe/persona/agreeableness.jsonl``, one i
    itself; the token before it (the template's last token, the one that *predicts* the answer) is
    the same token with the same prefix on both sides, so its difference is exactly zero;
 3. the sign: v = h(text + matching answer) - h(text + other answer), at output_hidden_states[L + 1];
-4. where the vector is added ("answer" positions for Yes/No: the last prompt token, which predicts
-   the answer, and every later one) and what the score reads: p(match) / (p(Yes) + p(No)) from the
-   logits at that position.
+4. where the vector is added ("answer" positions = "after_user": from the first token after the
+   user's message, i.e. the end-of-turn token, the assistant header and with it the last prompt token,
+   which predicts the answer; "last_prompt": that token only) and what the score reads:
+   p(match) / (p(Yes) + p(No)) from the logits at the last prompt token.
 """
 
 from __future__ import annotations
@@ -103,7 +104,11 @@ def _hand_score(lm, it, vec: torch.Tensor, alpha: float, layer: int, where: str)
     tok = lm.tokenizer
     ids = _ids(tok, _hand_text(tok, it.question))
     n = len(ids)
-    positions = {"predicting": [n - 1], "none": []}[where]
+    # the first token after the user's message: the end-of-turn token closing the question, found by hand
+    end_of_user = next(k for k in range(n) if tok.decode(ids[: k + 1]).endswith(it.question + "<|im_end|>"))
+    positions = {"predicting": [n - 1], "after_user": list(range(end_of_user, n)), "none": []}[where]
+    if where == "after_user":
+        assert tok.decode(ids[end_of_user:]) == "<|im_end|>\n<|im_start|>assistant\n"
 
     def hook(module, args, output):
         h = output[0] if isinstance(output, tuple) else output
@@ -129,14 +134,16 @@ def test_steering_and_score_match_hand_computation(real_lm, items):
     vec = acts.caa_vector(real_lm)
     v = vec[LAYER].float()
     alphas = [-4.0, 4.0]
-    settings = [bh.behaviour_setting(vec, LAYER, a, "yesno") for a in alphas]
+    cases = [(a, pos) for pos in ("answer", "last_prompt") for a in alphas]
+    settings = [bh.behaviour_setting(vec, LAYER, a, "yesno", positions=pos) for a, pos in cases]
     res = bh.score_behaviour(real_lm, items, settings, n_boot=10)
     p = res.p_match  # [settings (unsteered first), items]
     for i, it in enumerate(items):
         assert p[0, i] == pytest.approx(_hand_score(real_lm, it, v, 0.0, LAYER, "none"), abs=1e-4)
-        for s, a in enumerate(alphas, start=1):
-            # steerlab's "answer" positions for Yes/No = the answer-predicting token (and later ones,
-            # of which a one-token score has none): adding there by hand gives the same score
-            assert p[s, i] == pytest.approx(_hand_score(real_lm, it, v, a, LAYER, "predicting"), abs=1e-4)
+        for s, (a, pos) in enumerate(cases, start=1):
+            # "answer" = from the first token after the user's message; "last_prompt" = the
+            # answer-predicting token only; adding there by hand gives the same score
+            where = "after_user" if pos == "answer" else "predicting"
+            assert p[s, i] == pytest.approx(_hand_score(real_lm, it, v, a, LAYER, where), abs=1e-4)
     # steering moves the score (the vector is added where the score is read)
     assert np.abs(p[1:] - p[0]).max() > 1e-3
