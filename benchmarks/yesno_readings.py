@@ -84,8 +84,8 @@ def main(argv=None) -> None:
             if reading == "answer" and args.diagnose:
                 diag = own_answer_diagnostic(lm, bh, acts, data.train, layers)
                 print(f"{name}: train items the unsteered model answers the matching way: {diag['n_pref_match']} of "
-                      f"{len(data.train)}; cosine of the answer-balanced vectors from those vs the others, per layer: "
-                      + ", ".join(f"L{L} {c:+.2f}" for L, c in diag["cosine"].items()), flush=True)
+                      f"{len(data.train)} {diag['cells']}; cosine of the answer-balanced vectors from those vs the "
+                      "others, per layer: " + ", ".join(f"L{L} {c:+.2f}" for L, c in diag["cosine"].items()), flush=True)
         t_extract = time.time() - t0
         yn_norms = norms.get("answer") or norms[next(iter(norms))]
         plans = [method_plan(vectors, "yesno", L, [r, -r], relative=True, norms=yn_norms,
@@ -179,7 +179,10 @@ def own_answer_diagnostic(lm, bh, acts, train, layers) -> dict:
     for L in layers:
         a, b = balanced(pref, L), balanced(~pref, L)
         cos[L] = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a is not None and b is not None else float("nan")
-    return {"n_pref_match": int(pref.sum()), "train_score": float(res.p_match[0].mean()), "cosine": cos}
+    cells = {f"{'own=match' if own else 'own=other'},match={a}": int((pref == own)[answers == a].sum())
+             for own in (True, False) for a in ("Yes", "No")}
+    return {"n_pref_match": int(pref.sum()), "train_score": float(res.p_match[0].mean()), "cosine": cos,
+            "cells": cells}
 
 
 def verdict(row: dict) -> str:

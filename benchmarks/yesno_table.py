@@ -1,0 +1,59 @@
+"""Markdown tables of `benchmarks/yesno_readings.py` results (docs/findings.md, Yes/No section).
+
+    python benchmarks/yesno_table.py runs/yesno/135m.json runs/yesno/1.5b.json
+
+One table per result file: a row per (behaviour, reading, test format), a column per layer with the
+effect at +r and at -r (95% bootstrap intervals) and the verdict letter (T as trained, R reversed,
+blank unclear; rule in yesno_readings.verdict). Then the own-answer diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+READING_NAMES = {"answer": "answer token (today)", "answer-bal": "answer token, answer-balanced", "turn": "mean over answer turn",
+                 "end": "end-of-turn token", "ab": "recast as A/B"}
+MARK = {"as trained": " **T**", "reversed": " **R**", "unclear": ""}
+
+
+def cell(r: dict) -> str:
+    return (f"{r['plus_effect']:+.3f} [{r['plus_low']:+.3f}, {r['plus_high']:+.3f}] / "
+            f"{r['minus_effect']:+.3f} [{r['minus_low']:+.3f}, {r['minus_high']:+.3f}]{MARK[r['verdict']]}")
+
+
+def table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    meta, rows = data["meta"], data["rows"]
+    layers = meta["layers"]
+    out = [f"Model {meta['model']}, {meta['n_train']} train / {meta['n_test']} test items (seed {meta['seed']}), "
+           f"r = ±{meta['r']:g}, steering at {meta.get('positions', 'answer')}; cell: effect at +r [95%] / at −r [95%].", "",
+           "| behaviour | reading | scored as | unsteered | " + " | ".join(f"layer {L}" for L in layers) + " |",
+           "|---|---|---|---|" + "---|" * len(layers)]
+    keys = []
+    for r in rows:
+        k = (r["behaviour"], r["reading"], r["test_format"])
+        if k not in keys:
+            keys.append(k)
+    for b, reading, fmt in keys:
+        sel = {r["layer"]: r for r in rows if (r["behaviour"], r["reading"], r["test_format"]) == (b, reading, fmt)}
+        u = next(iter(sel.values()))["unsteered"]
+        out.append(f"| {b} | {READING_NAMES.get(reading, reading)} | {'Yes/No' if fmt == 'yesno' else 'A/B'} | {u:.3f} | "
+                   + " | ".join(cell(sel[L]) if L in sel else "" for L in layers) + " |")
+    diag = [(b, v["own_answer_diagnostic"]) for b, v in meta["behaviours"].items() if v.get("own_answer_diagnostic")]
+    if diag:
+        out += ["", "Own-answer diagnostic (answer-token reading): training items the unsteered model answers the matching "
+                "way, and the cosine between the answer-balanced vectors of those items and of the others:", ""]
+        for b, d in diag:
+            out.append(f"- {b}: {d['n_pref_match']} of {meta['n_train']} (train score {d['train_score']:.3f}); cosine "
+                       + ", ".join(f"L{L} {c:+.2f}" for L, c in d["cosine"].items()))
+    t = meta.get("wall_s")
+    out += ["", f"Wall time {t:.0f} s" if t else "Wall time: (run incomplete)",
+            f"(load average at start {meta['load_at_start'][0]:.1f}" + (f", at end {meta['load_at_end'][0]:.1f})" if 'load_at_end' in meta else ")")
+            + "; per behaviour: " + ", ".join(f"{b} {v['total_s']:.0f} s" for b, v in meta["behaviours"].items()) + "."]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print("\n\n".join(table(Path(p)) for p in sys.argv[1:]))
