@@ -54,3 +54,33 @@ def test_readings_differ_where_they_should(tiny_lm):
         bh.reading_activations(tiny_lm, items, layers, "before")
     with pytest.raises(SteerlabError, match="Yes/No"):
         bh.reading_activations(tiny_lm, recast_ab(items), layers, "end")
+
+
+NOISE = [0.01, -0.01, 0.02, -0.02]
+
+
+def _report(plus, minus):
+    from steerlab.effect import EffectReport
+
+    base = [0.0, 0.1, -0.1, 0.0]
+    return EffectReport((3,), "after_user", [-4.0, 0.0, 4.0],
+                        {0.0: base, 4.0: [b + plus + e for b, e in zip(base, NOISE)],
+                         -4.0: [b + minus - e for b, e in zip(base, NOISE)]})
+
+
+def test_effect_warns_when_the_sign_does_not_set_the_direction():
+    assert _report(+0.5, -0.3).warning is None
+    assert "against its trained sign" in _report(-0.5, +0.3).warning
+    assert "same way" in _report(-0.5, -0.3).warning
+    assert _report(+0.0, 0.0).warning is None
+
+
+def test_sign_check_rows(tiny_lm, vec_factory):
+    items = _items(8)
+    vec = vec_factory(tiny_lm, [1, 2], seed=3)
+    rows = bh.sign_check(tiny_lm, vec, items, strength=0.5, n_boot=50)
+    assert [r["layer"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["verdict"] in ("as trained", "reversed", "sign-blind", "unclear")
+        assert r["plus_low"] <= r["effect_plus"] <= r["plus_high"]
+        assert r["n_items"] == 8

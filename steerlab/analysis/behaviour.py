@@ -470,6 +470,44 @@ def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int
                            {"reading": "turn", "answer": answer.info, "end": end.info}), norms
 
 
+def sign_check(lm, vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
+               strength: float = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
+    """Does +strength move held-apart items the way the vector was trained? One row per layer.
+
+    Each layer is steered alone at relative strengths +strength and -strength (alpha * ||v_L|| =
+    r * mean ||h_L|| at the answer-predicting token of `items`), all in one engine call. Row fields:
+    layer, effect_plus/low/high, effect_minus/low/high, and verdict: "as trained" (+r raises the
+    behaviour score, interval above 0, and -r lowers it), "reversed" (+r lowers it, interval below 0,
+    and -r raises it), "sign-blind" (both raise or both lower it, both intervals excluding 0) or
+    "unclear".
+    """
+    layers = list(vector.layers if layers is None else layers)
+    norms = residual_norms(lm, items[:64], layers)
+    settings, meta = [], []
+    for l in layers:
+        for r in (strength, -strength):
+            settings.append(behaviour_setting(vector, l, raw_strength(r, vector, l, norms[l]), items[0].kind, positions,
+                                              label=f"L{l} r={r:+g}"))
+            meta.append({"layer": l, "relative": r})
+    res = score_behaviour(lm, items, settings, meta, n_boot=n_boot)
+    rows = []
+    for l in layers:
+        plus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] > 0)
+        minus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] < 0)
+        if plus.effect_low > 0 and minus.effect < 0:
+            verdict = "as trained"
+        elif plus.effect_high < 0 and minus.effect > 0:
+            verdict = "reversed"
+        elif (plus.effect_low > 0 and minus.effect_low > 0) or (plus.effect_high < 0 and minus.effect_high < 0):
+            verdict = "sign-blind"
+        else:
+            verdict = "unclear"
+        rows.append({"layer": l, "effect_plus": plus.effect, "plus_low": plus.effect_low, "plus_high": plus.effect_high,
+                     "effect_minus": minus.effect, "minus_low": minus.effect_low, "minus_high": minus.effect_high,
+                     "verdict": verdict, "unsteered": res.unsteered().score, "n_items": len(items)})
+    return rows
+
+
 def pair_residual_norms(acts) -> dict[int, float]:
     """Mean ||h_L|| over both sides of extracted pair activations (`engine.PairActivations`)."""
     return {int(l): float(torch.cat([acts.positive[l], acts.negative[l]]).norm(dim=-1).mean()) for l in acts.layers}
