@@ -187,11 +187,14 @@ def own_answer_diagnostic(lm, bh, acts, train, layers) -> dict:
 
 def verdict(row: dict) -> str:
     """docs/findings.md's rule: "as trained" = +r raises the score with its 95% interval above 0 and
-    -r lowers it; "reversed" = +r lowers it with its interval below 0 and -r raises it; else "unclear"."""
+    -r lowers it; "reversed" = +r lowers it with its interval below 0 and -r raises it; "sign-blind" =
+    both move it the same way with both intervals excluding 0; else "unclear"."""
     if row["plus_low"] > 0 and row["minus_effect"] < 0:
         return "as trained"
     if row["plus_high"] < 0 and row["minus_effect"] > 0:
         return "reversed"
+    if (row["plus_low"] > 0 and row["minus_low"] > 0) or (row["plus_high"] < 0 and row["minus_high"] < 0):
+        return "sign-blind"
     return "unclear"
 
 

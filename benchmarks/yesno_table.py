@@ -15,12 +15,24 @@ from pathlib import Path
 
 READING_NAMES = {"answer": "answer token (today)", "answer-bal": "answer token, answer-balanced", "turn": "mean over answer turn",
                  "end": "end-of-turn token", "ab": "recast as A/B"}
-MARK = {"as trained": " **T**", "reversed": " **R**", "unclear": ""}
+MARK = {"as trained": " **T**", "reversed": " **R**", "sign-blind": " S", "unclear": ""}
+
+
+def verdict(r: dict) -> str:
+    """As `steerlab.analysis.behaviour.sign_check`: T as trained, R reversed, S sign-blind (both signs
+    move the score the same way, both intervals excluding 0), else unclear."""
+    if r["plus_low"] > 0 and r["minus_effect"] < 0:
+        return "as trained"
+    if r["plus_high"] < 0 and r["minus_effect"] > 0:
+        return "reversed"
+    if (r["plus_low"] > 0 and r["minus_low"] > 0) or (r["plus_high"] < 0 and r["minus_high"] < 0):
+        return "sign-blind"
+    return "unclear"
 
 
 def cell(r: dict) -> str:
     return (f"{r['plus_effect']:+.3f} [{r['plus_low']:+.3f}, {r['plus_high']:+.3f}] / "
-            f"{r['minus_effect']:+.3f} [{r['minus_low']:+.3f}, {r['minus_high']:+.3f}]{MARK[r['verdict']]}")
+            f"{r['minus_effect']:+.3f} [{r['minus_low']:+.3f}, {r['minus_high']:+.3f}]{MARK[verdict(r)]}")
 
 
 def table(path: Path) -> str:
@@ -36,12 +48,23 @@ def table(path: Path) -> str:
         k = (r["behaviour"], r["reading"], r["test_format"])
         if k not in keys:
             keys.append(k)
+    same = [k for k in keys if k[1] == "answer-bal" and all(
+        abs(a["plus_effect"] - b["plus_effect"]) < 1e-4 and abs(a["minus_effect"] - b["minus_effect"]) < 1e-4 for a in rows for b in rows
+        if (a["behaviour"], a["reading"], a["test_format"]) == k and (b["behaviour"], b["reading"], b["test_format"]) ==
+        (k[0], "answer", k[2]) and a["layer"] == b["layer"])]
     for b, reading, fmt in keys:
+        if (b, reading, fmt) in same:
+            continue
         sel = {r["layer"]: r for r in rows if (r["behaviour"], r["reading"], r["test_format"]) == (b, reading, fmt)}
         u = next(iter(sel.values()))["unsteered"]
         out.append(f"| {b} | {READING_NAMES.get(reading, reading)} | {'Yes/No' if fmt == 'yesno' else 'A/B'} | {u:.3f} | "
                    + " | ".join(cell(sel[L]) if L in sel else "" for L in layers) + " |")
-    diag = [(b, v["own_answer_diagnostic"]) for b, v in meta["behaviours"].items() if v.get("own_answer_diagnostic")]
+    if same:
+        out += ["", "(The answer-balanced vector equals the plain one here: every training split is exactly half "
+                "Yes-matching, " + ", ".join(f"{b} {v['yes_matching_train']}/{meta['n_train']}" for b, v in
+                                             meta["behaviours"].items()) + ".)"]
+    diag = [(b, v["own_answer_diagnostic"]) for b, v in meta["behaviours"].items()
+            if v.get("own_answer_diagnostic") and not all(c != c for c in v["own_answer_diagnostic"]["cosine"].values())]
     if diag:
         out += ["", "Own-answer diagnostic (answer-token reading): training items the unsteered model answers the matching "
                 "way, and the cosine between the answer-balanced vectors of those items and of the others:", ""]
