@@ -63,7 +63,8 @@ def main(argv=None) -> None:
     layers = [int(x) for x in args.layers.split(",")]
     readings = args.readings.split(",")
     r = args.strength
-    out_rows, meta = [], {"model": lm.model_id, "layers": layers, "r": r, "n_train": args.n_train,
+    model_name = Path(lm.model_id).name if str(lm.model_id).endswith(".gguf") else lm.model_id  # no machine paths
+    out_rows, meta = [], {"model": model_name, "layers": layers, "r": r, "n_train": args.n_train,
                           "n_test": args.n_test, "seed": args.seed, "positions": args.positions, "threads": args.threads,
                           "load_at_start": os.getloadavg(), "behaviours": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

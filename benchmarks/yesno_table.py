@@ -39,7 +39,8 @@ def table(path: Path) -> str:
     data = json.loads(path.read_text())
     meta, rows = data["meta"], data["rows"]
     layers = meta["layers"]
-    out = [f"Model {meta['model']}, {meta['n_train']} train / {meta['n_test']} test items (seed {meta['seed']}), "
+    model = meta["model"] if not meta["model"].endswith(".gguf") else Path(meta["model"]).name  # no machine paths
+    out = [f"Model {model}, {meta['n_train']} train / {meta['n_test']} test items (seed {meta['seed']}), "
            f"r = ±{meta['r']:g}, steering at {meta.get('positions', 'answer')}; cell: effect at +r [95%] / at −r [95%].", "",
            "| behaviour | reading | scored as | unsteered | " + " | ".join(f"layer {L}" for L in layers) + " |",
            "|---|---|---|---|" + "---|" * len(layers)]
@@ -71,6 +72,9 @@ def table(path: Path) -> str:
         for b, d in diag:
             out.append(f"- {b}: {d['n_pref_match']} of {meta['n_train']} (train score {d['train_score']:.3f}); cosine "
                        + ", ".join(f"L{L} {c:+.2f}" for L, c in d["cosine"].items()))
+    if any(r["test_format"] == "ab" for r in rows):
+        out += ["", "T: as trained, R: reversed, S: sign-blind (both signs move the score the same way, both intervals "
+                "excluding 0); blank: unclear."]
     t = meta.get("wall_s")
     out += ["", f"Wall time {t:.0f} s" if t else "Wall time: (run incomplete)",
             f"(load average at start {meta['load_at_start'][0]:.1f}" + (f", at end {meta['load_at_end'][0]:.1f})" if 'load_at_end' in meta else ")")
@@ -78,5 +82,18 @@ def table(path: Path) -> str:
     return "\n".join(out)
 
 
+def main(argv: list[str]) -> None:
+    """`yesno_table.py FILES...` prints; `--update DOC FILES...` replaces DOC's yesno-tables block."""
+    if argv[:1] == ["--update"]:
+        doc, files = Path(argv[1]), argv[2:]
+        text = doc.read_text()
+        start, end = "<!-- yesno-tables:start -->", "<!-- yesno-tables:end -->"
+        a, b = text.index(start) + len(start), text.index(end)
+        doc.write_text(text[:a] + "\n" + "\n\n".join(table(Path(p)) for p in files) + "\n" + text[b:])
+        print(f"updated {doc}")
+        return
+    print("\n\n".join(table(Path(p)) for p in argv))
+
+
 if __name__ == "__main__":
-    print("\n\n".join(table(Path(p)) for p in sys.argv[1:]))
+    main(sys.argv[1:])
