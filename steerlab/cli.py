@@ -162,7 +162,8 @@ def train(
     limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
     check: Optional[int] = typer.Option(None, help="Hold the last N pairs apart (not trained on) and measure the vector "
                                         "on them, warning where +strength acts against the trained sign. Default: 40 "
-                                        "for Yes/No MWE files (which do, docs/findings.md), 0 otherwise."),
+                                        "(at most a fifth of the pairs) for Yes/No MWE files (which do, docs/findings.md), "
+                                        "0 otherwise."),
     positive: Optional[str] = typer.Option(None, help="ActAdd: the positive prompt (e.g. 'Love')."),
     negative: Optional[str] = typer.Option(None, help="ActAdd: the negative prompt (e.g. 'Hate')."),
     model: Optional[str] = ModelOpt,
@@ -182,7 +183,7 @@ def train(
         items = _mwe_items(data) if pairs is not None else None
         if items is not None and limit is not None:
             items = items[:limit]
-        n_check = check if check is not None else (40 if items and items[0].kind == "yesno" else 0)
+        n_check = check if check is not None else (min(40, len(pairs) // 5) if items and items[0].kind == "yesno" else 0)
         if n_check < 0:
             raise SteerlabError("--check must be 0 or more")
         held = None
