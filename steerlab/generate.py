@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .encoding import Prompt, encode
 from .errors import SteerlabError
-from .steer import Steering, _row_values, steer
+from .steer import Steering, steer
 from .vector import SteeringVector
 
 
@@ -39,9 +39,8 @@ def generate(
     for t in terms:
         if not isinstance(t, Steering):
             raise SteerlabError(f"steering terms must be steerlab.Steering, got {type(t).__name__}")
-        # Per-row lists are sliced per batch below; check them against all prompts so none is cut silently.
-        _row_values(t, "vector", len(prompts))
-        _row_values(t, "strength", len(prompts))
+    # Per-row lists are sliced per batch below; check them against all prompts so none is cut silently.
+    terms = [t.normalized(lm, len(prompts)) for t in terms]
     if seed is not None:
         torch.manual_seed(seed)
     out: list[str] = []

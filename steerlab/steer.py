@@ -38,8 +38,10 @@ from .vector import SteeringVector
 
 PositionPolicy = Literal["all", "after_user", "last_prompt"]
 POLICIES: tuple[str, ...] = ("all", "after_user", "last_prompt")
-DEFAULT_STRENGTH = 4.0  # for a vector that records no chosen strength
-DEFAULT_POSITIONS: PositionPolicy = "after_user"  # the CAA convention
+# The one default for a steering term (a `Steering` that names no strength or positions, and
+# `Steering.from_vector` for a vector that records none): strength 4 at the CAA positions.
+DEFAULT_STRENGTH = 4.0
+DEFAULT_POSITIONS: PositionPolicy = "after_user"
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,17 @@ class Steering:
     Attributes:
         vector: one SteeringVector for every row, or a sequence with one per batch row (None = no steering
             for that row), for per-request steering in one batch.
-        strength: a number, or one per batch row.
-        layers: which of the vector's layers to apply (default: all of them).
-        positions: "all", "after_user" or "last_prompt" (see module docs).
+        strength: a number, or one per batch row (default `DEFAULT_STRENGTH`, 4.0).
+        layers: which of the vector's layers to apply (default: all of them); negative indices count
+            from the end (-1 = the last block), normalised once by `normalized`.
+        positions: "all", "after_user" or "last_prompt" (see module docs; default `DEFAULT_POSITIONS`,
+            "after_user", which needs the encoded batch: `generate` and the engine pass it).
     """
 
     vector: SteeringVector | Sequence[SteeringVector | None]
-    strength: float | Sequence[float] = 1.0
+    strength: float | Sequence[float] = DEFAULT_STRENGTH
     layers: Sequence[int] | None = None
-    positions: PositionPolicy = "all"
+    positions: PositionPolicy = DEFAULT_POSITIONS
 
     @classmethod
     def from_vector(cls, vector: SteeringVector, strength: float | None = None, layers: Sequence[int] | None = None,
@@ -69,6 +73,32 @@ class Steering:
                    float(strength if strength is not None else extra.get("strength", DEFAULT_STRENGTH)),
                    layers if layers is not None else extra.get("selected_layers"),
                    positions or extra.get("positions", DEFAULT_POSITIONS))
+
+    def normalized(self, lm, rows: int | None = None) -> "Steering":
+        """This term checked against `lm` and put in one canonical form, the only place that does it:
+        the position policy is known; layers are valid block indices of `lm`, negative ones counted from
+        the end (-1 → n_layers - 1), deduplicated and sorted (None stays None: every layer of the
+        vector); strengths are finite floats; per-row vectors and strengths are lists of equal length
+        (and of `rows` when given); every vector fits `lm`. Raises a SteerlabError naming the problem."""
+        if self.positions not in POLICIES:
+            raise SteerlabError(f"unknown position policy '{self.positions}': choose one of {', '.join(POLICIES)}")
+        vectors = _row_values(self, "vector", rows)
+        strengths = _row_values(self, "strength", rows)
+        if vectors is not None and strengths is not None and len(vectors) != len(strengths):
+            raise SteerlabError(f"{len(vectors)} per-row vectors but {len(strengths)} per-row strengths")
+        for v in (vectors if vectors is not None else [self.vector]):
+            if v is None:
+                continue
+            if not isinstance(v, SteeringVector):
+                raise SteerlabError(f"expected a SteeringVector, got {type(v).__name__}")
+            v.check_compatible(lm, allow_other_family=True)
+        layers = None
+        if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+                raise SteerlabError(f"layers must be a sequence of integers, got {self.layers!r}")
+            layers = tuple(sorted({lm.blocks.check_layer(l) for l in self.layers}))
+        strength = [_strength(x) for x in strengths] if strengths is not None else _strength(self.strength)
+        return replace(self, vector=vectors if vectors is not None else self.vector, strength=strength, layers=layers)
 
     def rows(self, start: int, stop: int) -> "Steering":
         """This term for batch rows [start, stop) (per-row fields are sliced, shared ones kept)."""
@@ -213,25 +243,19 @@ def build_terms(lm, steering: Sequence[Steering], rows: int | None = None) -> di
     hidden = lm.hidden_size
     dtype = lm.dtype
     for term in steering:
-        if term.positions not in POLICIES:
-            raise SteerlabError(f"unknown position policy '{term.positions}': choose one of {', '.join(POLICIES)}")
-        vectors = _row_values(term, "vector", rows)
-        strengths = _row_values(term, "strength", rows)
+        if not isinstance(term, Steering):
+            raise SteerlabError(f"steering terms must be steerlab.Steering, got {type(term).__name__}")
+        term = term.normalized(lm, rows)
+        vectors = None if isinstance(term.vector, SteeringVector) else term.vector
+        strengths = None if _is_scalar(term.strength) else term.strength
         n = len(vectors) if vectors is not None else (len(strengths) if strengths is not None else 1)
-        if vectors is not None and strengths is not None and len(vectors) != len(strengths):
-            raise SteerlabError(f"{len(vectors)} per-row vectors but {len(strengths)} per-row strengths")
         row_vecs = vectors if vectors is not None else [term.vector] * n
-        row_str = [_strength(s) for s in strengths] if strengths is not None else [_strength(term.strength)] * n
+        row_str = strengths if strengths is not None else [term.strength] * n
         present = [v for v in row_vecs if v is not None]
         if not present:
             continue
-        for v in present:
-            if not isinstance(v, SteeringVector):
-                raise SteerlabError(f"expected a SteeringVector, got {type(v).__name__}")
-            v.check_compatible(lm, allow_other_family=True)
         layers = list(term.layers) if term.layers is not None else sorted({l for v in present for l in v.layers})
         for layer in layers:
-            lm.blocks.check_layer(layer)
             dirs = []
             for v, s in zip(row_vecs, row_str):
                 d = None if v is None else v.directions.get(layer)
@@ -336,7 +360,7 @@ def apply_steering(
 def steer(
     lm,
     vector_or_terms: SteeringVector | Steering | Sequence[Steering],
-    strength: float | Sequence[float] = 1.0,
+    strength: float | Sequence[float] = DEFAULT_STRENGTH,
     *,
     layers: Sequence[int] | None = None,
     positions: PositionPolicy = "all",
@@ -344,6 +368,8 @@ def steer(
 ) -> Iterator[SteeringHandle]:
     """Context manager: steer every forward call of `lm.model` inside the block.
 
+    The vector shorthand steers every position by default: a raw forward has no encoded batch, which
+    the "after_user" default of `Steering` needs (pass `positions=` and `batch=` for it).
     `steer(lm, vec, 4.0)` adds 4·vec at every position of every layer the vector has;
     `steer(lm, [Steering(a, 4.0), Steering(b, -2.0, layers=[10])])` applies several at once.
     """

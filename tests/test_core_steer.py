@@ -346,7 +346,7 @@ def test_per_row_batch_equals_each_row_alone(tiny_lm, vec_factory):
     strengths = [6.0, 100.0, -4.0]
     term = Steering(vecs, strengths, positions="all")
     together = sl.generate(lm, prompts, term, max_new_tokens=6)
-    alone = [sl.generate(lm, [p], None if v is None else Steering(v, s), max_new_tokens=6)[0]
+    alone = [sl.generate(lm, [p], None if v is None else Steering(v, s, positions="all"), max_new_tokens=6)[0]
              for p, v, s in zip(prompts, vecs, strengths)]
     assert together == alone
     assert together[0] != sl.generate(lm, [prompts[0]], max_new_tokens=6)[0]  # the steering did something
@@ -372,7 +372,7 @@ def test_numpy_and_tensor_strengths(tiny_lm, vec_factory):
     v = vec_factory(lm, [1], seed=12)
 
     def run(strength):
-        with torch.no_grad(), steer(lm, [Steering(v, strength)], batch=batch):
+        with torch.no_grad(), steer(lm, [Steering(v, strength, positions="all")], batch=batch):
             return _logits(lm, batch)
 
     ref = run(1.5)

@@ -260,3 +260,65 @@ def test_steerlab_calls_use_the_current_cache_api(tiny_lm, vec_factory, monkeypa
     bad = [str(w.message) for w in caught if "past_key_values" in str(w.message) or issubclass(w.category, FutureWarning)]
     assert not bad, bad
     assert not [m for m in logged if "past_key_values" in m], logged
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 12 §5 / issue 13: one normalisation of a Steering term, one documented default
+# --------------------------------------------------------------------------------------------------
+
+def test_negative_layers_are_normalised_once_everywhere(tiny_lm, vec_factory):
+    """layers=[-1] means the last block in apply_steering, generate and the scoring engine alike."""
+    from steerlab.engine import ScoringItem, Setting, score
+
+    lm = tiny_lm
+    last = lm.n_layers - 1
+    v = vec_factory(lm, [1, last], seed=34)
+    neg, pos = Steering(v, 3.0, layers=[-1], positions="all"), Steering(v, 3.0, layers=[last], positions="all")
+    assert neg.normalized(lm).layers == (last,)
+    assert Steering(v, 3.0, layers=[-1, last, 1]).normalized(lm).layers == (1, last)  # once each, sorted
+    batch = sl.encode(lm, PROMPTS)
+    with torch.no_grad():
+        with sl.steer(lm, [neg], batch=batch):
+            a = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        with sl.steer(lm, [pos], batch=batch):
+            b = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        plain = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.equal(a, b) and not torch.equal(a, plain)
+    assert sl.generate(lm, PROMPTS, neg, max_new_tokens=4) == sl.generate(lm, PROMPTS, pos, max_new_tokens=4)
+    items = [ScoringItem(sl.format_prompt(lm, "Which?", "("), ("A", "B C"))]
+    t = score(lm, items, [Setting((neg,)), Setting((pos,))]).logprobs
+    assert torch.equal(t[0], t[1])
+
+
+def test_steering_has_one_documented_default(tiny_lm, vec_factory):
+    from steerlab.steer import DEFAULT_POSITIONS, DEFAULT_STRENGTH
+
+    lm = tiny_lm
+    v = vec_factory(lm, [1], seed=35)
+    plain, from_vec = Steering(v), Steering.from_vector(v)
+    assert (plain.strength, plain.positions) == (from_vec.strength, from_vec.positions) == (DEFAULT_STRENGTH, DEFAULT_POSITIONS)
+    assert (DEFAULT_STRENGTH, DEFAULT_POSITIONS) == (4.0, "after_user")
+    # generate with the bare term equals the explicit one
+    assert sl.generate(lm, PROMPTS[:1], Steering(v), max_new_tokens=3) == \
+        sl.generate(lm, PROMPTS[:1], Steering(v, 4.0, positions="after_user"), max_new_tokens=3)
+
+
+def test_normalized_checks_and_canonicalises(tiny_lm, vec_factory):
+    from steerlab.errors import LayerError, SteerlabError
+
+    lm = tiny_lm
+    v = vec_factory(lm, [1], seed=36)
+    import numpy as np
+    t = Steering([v, None], [np.float32(2.0), torch.tensor(-1.0)], layers=[1]).normalized(lm, rows=2)
+    assert t.strength == [2.0, -1.0] and all(type(s) is float for s in t.strength) and t.vector == [v, None]
+    assert Steering(v, np.float64(1.5)).normalized(lm).strength == 1.5
+    with pytest.raises(LayerError, match="out of range"):
+        Steering(v, 1.0, layers=[-(lm.n_layers + 1)]).normalized(lm)
+    with pytest.raises(SteerlabError, match="got 2 for a batch of 3 rows"):
+        Steering([v, v], 1.0).normalized(lm, rows=3)
+    with pytest.raises(SteerlabError, match="2 per-row vectors but 3 per-row strengths"):
+        Steering([v, v], [1.0, 2.0, 3.0]).normalized(lm)
+    with pytest.raises(SteerlabError, match="unknown position policy"):
+        Steering(v, positions="middle").normalized(lm)
+    with pytest.raises(SteerlabError, match="sequence of integers"):
+        Steering(v, layers=1).normalized(lm)

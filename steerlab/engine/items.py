@@ -76,7 +76,8 @@ def _check_term(term: Steering) -> Steering:
     layers = term.layers
     if layers is not None:
         layers = tuple(int(l) for l in layers)
-        missing = [l for l in layers if l not in term.vector.directions]
+        # negative layers count from the end: the engine resolves them against the model (Steering.normalized)
+        missing = [l for l in layers if l >= 0 and l not in term.vector.directions]
         if missing:
             raise SteerlabError(f"the vector has no direction for layer(s) {missing} (it has {list(term.vector.layers)})")
     return replace(term, strength=float(strength), layers=layers)

@@ -95,8 +95,8 @@ def _plan(lm, index: int, setting: Setting) -> _Plan | None:
         raise SteerlabError(f"settings must be engine.Setting objects, got {type(setting).__name__}")
     terms = []
     for t in setting.steering:
+        t = t.normalized(lm)  # layers as block indices (negative ones counted from the end), checked
         vec = t.vector
-        vec.check_compatible(lm, allow_other_family=True)
         if t.layers is not None and tuple(t.layers) != vec.layers:
             vec = vec.select(t.layers)
         for layer in vec.layers:
