@@ -76,7 +76,7 @@ def table(path: Path) -> str:
         out += ["", "T: as trained, R: reversed, S: sign-blind (both signs move the score the same way, both intervals "
                 "excluding 0); blank: unclear."]
     t = meta.get("wall_s")
-    out += ["", f"Wall time {t:.0f} s" if t else "Wall time: (run incomplete)",
+    out += ["", f"Wall time {t:.0f} s" if t else f"Wall time: {meta.get('note', 'run incomplete')}",
             f"(load average at start {meta['load_at_start'][0]:.1f}" + (f", at end {meta['load_at_end'][0]:.1f})" if 'load_at_end' in meta else ")")
             + "; per behaviour: " + ", ".join(f"{b} {v['total_s']:.0f} s" for b, v in meta["behaviours"].items()) + "."]
     return "\n".join(out)
