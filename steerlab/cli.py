@@ -110,6 +110,48 @@ def _load_training_pairs(data: str):
     return load_pairs(path)
 
 
+def _mwe_items(data: str):
+    """The MWE items of `data` (None for 'demo' or a pairs file)."""
+    path = Path(data)
+    if data == DEMO_DATA or not path.is_file():
+        return None
+    from .data.io import read_records
+
+    if "answer_matching_behavior" not in read_records(path)[0].data:
+        return None
+    from .data.mwe import load_mwe
+
+    return load_mwe(path)
+
+
+def _check_sign(lm, vec, held) -> None:
+    """Measure a freshly trained vector on held-apart items/pairs; warn where it acts against its sign."""
+    from .data.records import BehaviourItem
+
+    with console.status(f"measuring the vector on {len(held)} held-apart items…"):
+        if isinstance(held[0], BehaviourItem):
+            from .cae.behaviour import sign_check
+
+            rows = sign_check(lm, vec, held)
+        else:
+            from .effect import measure_effect
+
+            rep = measure_effect(lm, vec, held, strengths=[-4.0, 4.0])
+            _print_effect(rep)
+            return
+    for r in rows:
+        console.print(f"layer {r['layer']}: r=+0.5 {r['effect_plus']:+.3f} [{r['plus_low']:+.3f}, {r['plus_high']:+.3f}], "
+                      f"r=-0.5 {r['effect_minus']:+.3f} [{r['minus_low']:+.3f}, {r['minus_high']:+.3f}]  {r['verdict']}")
+    bad = [r["layer"] for r in rows if r["verdict"] in ("reversed", "sign-blind")]
+    good = [r["layer"] for r in rows if r["verdict"] == "as trained"]
+    console.print(f"behaviour score p(match)/(p(match)+p(other)) on {len(held)} held-apart items (unsteered "
+                  f"{rows[0]['unsteered']:.3f}): as trained at {len(good)} of {len(rows)} layers {good}")
+    if bad:
+        msg = (f"warning: at layers {bad} this vector does not act as trained on held-apart items (reversed, or both "
+               "signs move the score the same way): measure before you use its sign (docs/findings.md)")
+        console.print(f"[yellow]{escape(msg)}[/yellow]")
+
+
 def _load_model(model: Optional[str]):
     from .models import load_model
 
@@ -137,6 +179,10 @@ def train(
     method: str = typer.Option("caa", help="caa, pca or actadd."),
     position: str = typer.Option("last", help="Reading position: last (answer token) or mean."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
+    check: Optional[int] = typer.Option(None, help="Hold the last N pairs apart (not trained on) and measure the vector "
+                                        "on them, warning where +strength acts against the trained sign. Default: 40 "
+                                        "(at most a fifth of the pairs) for Yes/No MWE files (which do, docs/findings.md), "
+                                        "0 otherwise."),
     positive: Optional[str] = typer.Option(None, help="ActAdd: the positive prompt (e.g. 'Love')."),
     negative: Optional[str] = typer.Option(None, help="ActAdd: the negative prompt (e.g. 'Hate')."),
     model: Optional[str] = ModelOpt,
@@ -154,6 +200,19 @@ def train(
         pairs = None if method == "actadd" else _load_training_pairs(data)
         if pairs is not None and limit is not None:
             pairs = pairs[:limit]
+        items = _mwe_items(data) if pairs is not None else None
+        if items is not None and limit is not None:
+            items = items[:limit]
+        n_check = check if check is not None else (min(40, len(pairs) // 5) if items and items[0].kind == "yesno" else 0)
+        if n_check < 0:
+            raise SteerlabError("--check must be 0 or more")
+        held = None
+        if pairs is not None and n_check:
+            if len(pairs) < 2 * n_check:
+                raise SteerlabError(f"--check {n_check} needs at least {2 * n_check} pairs (have {len(pairs)}); pass --check 0")
+            held = items[-n_check:] if items is not None else pairs[-n_check:]
+            pairs = pairs[:-n_check]
+            console.print(f"holding the last {n_check} pairs apart to check the vector's sign (--check 0 to train on all)")
         lm = _load_model(model)
         chosen = parse_layers(layers, lm.n_layers)
         from .methods import train_actadd, train_caa, train_pca
@@ -165,6 +224,8 @@ def train(
             vec = fn(lm, pairs, chosen, position=position, progress=True)
         vec.save(out, force=force)
         console.print(f"wrote {out}: {vec}", markup=False)
+        if held is not None:
+            _check_sign(lm, vec, held)
 
     _run(body)
 
@@ -317,6 +378,8 @@ def _print_effect(rep) -> None:
         table.add_row(f"{r['strength']:+g}", f"{r['mean_gap']:.3f}", f"{r['shift']:+.3f}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
     console.print(table)
     console.print(rep.summary(), markup=False)
+    if rep.warning:
+        console.print(f"[yellow]{escape(rep.warning)}[/yellow]")
 
 
 @app.command()

@@ -64,6 +64,10 @@ RelOpt = typer.Option(True, "--relative/--raw", help="Strengths relative to the 
                                                    "(alpha*||v|| = r*mean||h_L||) or raw alphas.")
 PosOpt = typer.Option("answer", help="Steering positions: answer (from the token predicting the answer), all, "
                                      "after_user, last_prompt.")
+ReadingOpt = typer.Option(None, help="Where training pairs are read: answer (the answer token), turn (mean over the "
+                                     "answer turn), end (the end-of-turn token), ab (Yes/No items recast as A/B, read at "
+                                     "the letter). Default: answer for A/B sets, the Yes/No default otherwise "
+                                     "(docs/findings.md).")
 ForceOpt = typer.Option(False, "--force", help="Overwrite existing result files.")
 ThreadsOpt = typer.Option(None, help="torch CPU threads (default: torch's choice).")
 MultiOpt = typer.Option(False, "--allow-multi-token", help="Score Yes/No answers the tokenizer splits as whole sequences.")
@@ -102,10 +106,13 @@ class _Prepared:
     """Model, data split, vector and residual norms shared by the single-stage commands."""
 
     def __init__(self, behaviour: str, n_train: int, n_test: int, seed: int, layers: list[int] | None,
-                 vector: Optional[Path], model: Optional[str], need_acts: bool = False, save_to: Optional[Path] = None):
-        from .cae.behaviour import load_behaviour, pair_residual_norms, residual_norms
-        from .cae.sweeps import train_activations
+                 vector: Optional[Path], model: Optional[str], need_acts: bool = False, save_to: Optional[Path] = None,
+                 reading: Optional[str] = None):
+        from .cae.behaviour import READINGS, load_behaviour, reading_activations, residual_norms
         from .vector import SteeringVector
+
+        if reading is not None and reading not in READINGS:
+            raise SteerlabError(f"unknown --reading '{reading}': choose one of {', '.join(READINGS)}")
 
         self.data = load_behaviour(behaviour, n_train, n_test, seed=seed)  # data errors before the model loads
         raw = SteeringVector.load(vector) if vector is not None and not need_acts else None  # a bad file, too
@@ -125,10 +132,10 @@ class _Prepared:
         else:
             t0 = time.perf_counter()
             console.print(f"extracting {len(self.data.train)} training pairs at {len(self.layers)} layers…")
-            self.acts = train_activations(self.lm, self.data.train, self.layers, progress=True)
+            self.acts, self.norms = reading_activations(self.lm, self.data.train, self.layers, reading, seed=seed,
+                                                        progress=True)
             console.print(f"extracted training activations in {time.perf_counter() - t0:.0f} s")
             self.vec = self.acts.caa_vector(self.lm)
-            self.norms = pair_residual_norms(self.acts)
             if save_to is not None:  # keep the trained vector for later commands (--vector OUT/caa.safetensors)
                 path = Path(save_to) / "caa.safetensors"
                 if path.exists():
@@ -163,6 +170,7 @@ def score_cmd(
     strength: float = typer.Option(0.5, help="Steering strength (relative by default)."),
     relative: bool = RelOpt,
     positions: str = PosOpt,
+    reading: Optional[str] = ReadingOpt,
     n_train: int = NTrainOpt,
     n_test: int = NTestOpt,
     seed: int = SeedOpt,
@@ -189,7 +197,7 @@ def score_cmd(
             console.print(f"{data.name} ({data.kind}, {u.n_items} test items, seed {seed}): unsteered behaviour score "
                           f"{u.score:.3f} [95% {u.score_low:.3f}, {u.score_high:.3f}]")
             return
-        prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model)
+        prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model, reading=reading)
         plan = strength_plan(prep.vec, prep.data.kind, layer, [strength, -strength], relative=relative, norms=prep.norms,
                              positions=positions)
         sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]
@@ -208,6 +216,7 @@ def layers_cmd(
     strength: float = typer.Option(0.5, help="Swept at +strength and -strength."),
     relative: bool = RelOpt,
     positions: str = PosOpt,
+    reading: Optional[str] = ReadingOpt,
     vector: Optional[Path] = VectorOpt,
     n_train: int = NTrainOpt,
     n_test: int = NTestOpt,
@@ -229,7 +238,7 @@ def layers_cmd(
         n_layers = _peek_layers(model)
         chosen = parse_layers(layers, n_layers) or list(range(0, n_layers, layer_step))
         _check_range(chosen, n_layers)  # before the model load
-        prep = _Prepared(behaviour, n_train, n_test, seed, chosen, vector, model, save_to=out)
+        prep = _Prepared(behaviour, n_train, n_test, seed, chosen, vector, model, save_to=out, reading=reading)
         plan = layer_plan(prep.vec, prep.data.kind, chosen, [strength, -strength], relative=relative, norms=prep.norms,
                           positions=positions)
         sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]
@@ -265,6 +274,7 @@ def strengths_cmd(
     strengths: str = typer.Option("-1,-0.5,-0.25,-0.1,0.1,0.25,0.5,1", help="Comma-separated strengths (both signs)."),
     relative: bool = RelOpt,
     positions: str = PosOpt,
+    reading: Optional[str] = ReadingOpt,
     vector: Optional[Path] = VectorOpt,
     n_train: int = NTrainOpt,
     n_test: int = NTestOpt,
@@ -282,7 +292,7 @@ def strengths_cmd(
 
         _check_out(out, ["strength_sweep.json", "strength_sweep.csv", "strength_sweep.png"], force)
         values = _floats(strengths, "strengths")
-        prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model, save_to=out)
+        prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model, save_to=out, reading=reading)
         plan = strength_plan(prep.vec, prep.data.kind, layer, values, relative=relative, norms=prep.norms,
                              positions=positions)
         sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]

@@ -79,6 +79,30 @@ class EffectReport:
             out.append({"strength": s, "mean_gap": self.mean_gap(s), "shift": self.shift(s), "ci_low": lo, "ci_high": hi})
         return out
 
+    @property
+    def warning(self) -> str | None:
+        """A one-line warning when the measured effect does not follow the vector's sign, else None.
+
+        "reversed": the largest positive strength moves the gap against the trained sign (its 95%
+        interval excludes 0) and the most negative strength does not. "sign-blind": the largest
+        positive and the most negative strength both move the gap the same way, both intervals
+        excluding 0, so the vector's sign does not set the direction of its effect. Yes/No CAA vectors
+        do both on the models in docs/findings.md.
+        """
+        hi, lo = max(self.strengths), min(self.strengths)
+        if hi <= 0:
+            return None
+        up, (up_lo, up_hi) = self.shift(hi), self.shift_ci(hi)
+        if self.direction == "reversed":
+            return (f"warning: this vector acts against its trained sign on these held-apart pairs: +{hi:g} shifts the "
+                    f"gap by {up:+.3f} [{up_lo:+.3f}, {up_hi:+.3f}]; measure before you use its sign (docs/findings.md)")
+        if lo < 0:
+            down, (down_lo, down_hi) = self.shift(lo), self.shift_ci(lo)
+            if (up_lo > 0 and down_lo > 0) or (up_hi < 0 and down_hi < 0):
+                return (f"warning: +{hi:g} and {lo:g} move the gap the same way ({up:+.3f} and {down:+.3f}): the "
+                        "vector's sign does not set the direction of its effect here (docs/findings.md)")
+        return None
+
     def summary(self) -> str:
         hi = max(self.strengths)
         return (f"layers {list(self.layers)}: gap shift at +{hi:g} = {self.shift(hi):+.3f} nats/token, "

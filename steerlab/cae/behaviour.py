@@ -32,8 +32,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.mwe import load_mwe, split_items
-from ..data.records import BehaviourItem
+from ..data.mwe import load_mwe, recast_ab, split_items
+from ..data.records import BehaviourItem, ContrastPair
 from ..data.tasks import resolve_behaviour
 from ..encoding import Prompt, format_prompt
 from ..engine import ScoreTable, ScoringItem, Setting, score, tokenize_items
@@ -384,6 +384,128 @@ def residual_norms(lm, items: Sequence[BehaviourItem], layers: Sequence[int], *,
     prompts = [behaviour_prompt(lm, it) for it in items]
     acts = capture(lm, prompts, list(layers), "last", batch_size=batch_size)
     return {int(l): float(a.norm(dim=-1).mean()) for l, a in acts.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading positions for training (Yes/No sets)
+# ---------------------------------------------------------------------------------------------
+
+#: How a contrast pair's activations are read for training (`reading_activations`):
+#: "answer"  the answer token itself ("Yes"/"No" opening the assistant turn; "A"/"B" after "(");
+#: "turn"    the mean over the answer turn as the chat template closes it (the answer token and the
+#:           end-of-turn token; the header tokens before it are the same on both sides);
+#: "end"     the end-of-turn token after the answer (it has read the answer but is not its token);
+#: "ab"      Yes/No items recast as CAA's A/B format (`data.mwe.recast_ab`), read at the letter.
+#: (The token *before* the answer is not offered: a causal model has not seen the answer there, so
+#: both sides are identical and the difference is exactly zero; tests/test_yesno_hand.py.)
+READINGS: tuple[str, ...] = ("answer", "turn", "end", "ab")
+
+#: The reading used for Yes/No sets when none is asked for (chosen from the comparison in
+#: docs/findings.md, "Yes/No behaviours: which reading steers as trained").
+DEFAULT_YESNO_READING = "answer"
+
+
+def default_reading(kind: str) -> str:
+    """The training reading for items of `kind` when none is given: A/B sets are read at the letter."""
+    return DEFAULT_YESNO_READING if kind == "yesno" else "answer"
+
+
+def closing_text(lm, answer: str = "Yes") -> str:
+    """What the chat template writes after an assistant message (e.g. "<|im_end|>"), trailing space cut.
+
+    "" for a model without a chat template (the answer then simply ends the text).
+    """
+    if not getattr(lm, "use_chat_template", False):
+        return ""
+    head = format_prompt(lm, "Q?", "").text
+    full = lm.tokenizer.apply_chat_template([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": answer}],
+                                            tokenize=False)
+    at = full.find(answer, len(head) - 1 if full.startswith(head) else 0)
+    if at < 0:
+        raise SteerlabError("cannot find where the chat template closes an assistant turn")
+    return full[at + len(answer):].rstrip()
+
+
+def reading_items(items: Sequence[BehaviourItem], reading: str, seed: int = 0) -> list[BehaviourItem]:
+    """The items in the format a reading trains and scores on: A/B recast for "ab", unchanged otherwise."""
+    if reading not in READINGS:
+        raise SteerlabError(f"unknown reading '{reading}': choose one of {', '.join(READINGS)}")
+    return recast_ab(items, seed) if reading == "ab" else list(items)
+
+
+def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int], reading: str | None = None, *,
+                        seed: int = 0, batch_size: int = 16, progress: bool = False):
+    """(pair activations at `reading`, residual norms) of the training items (see `READINGS`).
+
+    `reading=None` takes `default_reading` of the items' kind.
+    The norms, for relative strengths, are always the mean ||h_L|| at the answer token of the items'
+    own format (the "answer" reading), so a relative strength means the same push whatever the reading.
+    "turn" and "end" need Yes/No items (A/B answers already carry the letter's meaning).
+    """
+    from ..engine import PairActivations
+
+    from .sweeps import train_activations
+
+    if reading is None:
+        reading = default_reading(items[0].kind if items else "yesno")
+    train = reading_items(items, reading, seed)
+    answer = train_activations(lm, train, layers, batch_size=batch_size, progress=progress)
+    norms = pair_residual_norms(answer)
+    if reading in ("answer", "ab"):
+        return answer, norms
+    if any(it.kind != "yesno" for it in train):
+        raise SteerlabError(f"reading '{reading}' is for Yes/No items; A/B items are read at the letter ('answer')")
+    close = closing_text(lm)
+    if not close:
+        raise SteerlabError(f"reading '{reading}' needs a chat template that closes the assistant turn")
+    from ..engine import extract_pair_activations
+
+    pairs = [ContrastPair(it.question, it.matching + close, it.not_matching + close) for it in train]
+    end = extract_pair_activations(lm, pairs, list(layers), batch_size=batch_size, progress=progress)
+    if reading == "end":
+        return end, norms
+    mean = {side: {l: (getattr(answer, side)[l] + getattr(end, side)[l]) / 2 for l in answer.layers}
+            for side in ("positive", "negative")}
+    return PairActivations(answer.pairs, answer.layers, mean["positive"], mean["negative"],
+                           {"reading": "turn", "answer": answer.info, "end": end.info}), norms
+
+
+def sign_check(lm, vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
+               strength: float = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
+    """Does +strength move held-apart items the way the vector was trained? One row per layer.
+
+    Each layer is steered alone at relative strengths +strength and -strength (alpha * ||v_L|| =
+    r * mean ||h_L|| at the answer-predicting token of `items`), all in one engine call. Row fields:
+    layer, effect_plus/low/high, effect_minus/low/high, and verdict: "as trained" (+r raises the
+    behaviour score, interval above 0, and -r lowers it), "reversed" (+r lowers it, interval below 0,
+    and -r raises it), "sign-blind" (both raise or both lower it, both intervals excluding 0) or
+    "unclear".
+    """
+    layers = list(vector.layers if layers is None else layers)
+    norms = residual_norms(lm, items[:64], layers)
+    settings, meta = [], []
+    for l in layers:
+        for r in (strength, -strength):
+            settings.append(behaviour_setting(vector, l, raw_strength(r, vector, l, norms[l]), items[0].kind, positions,
+                                              label=f"L{l} r={r:+g}"))
+            meta.append({"layer": l, "relative": r})
+    res = score_behaviour(lm, items, settings, meta, n_boot=n_boot)
+    rows = []
+    for l in layers:
+        plus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] > 0)
+        minus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] < 0)
+        if plus.effect_low > 0 and minus.effect < 0:
+            verdict = "as trained"
+        elif plus.effect_high < 0 and minus.effect > 0:
+            verdict = "reversed"
+        elif (plus.effect_low > 0 and minus.effect_low > 0) or (plus.effect_high < 0 and minus.effect_high < 0):
+            verdict = "sign-blind"
+        else:
+            verdict = "unclear"
+        rows.append({"layer": l, "effect_plus": plus.effect, "plus_low": plus.effect_low, "plus_high": plus.effect_high,
+                     "effect_minus": minus.effect, "minus_low": minus.effect_low, "minus_high": minus.effect_high,
+                     "verdict": verdict, "unsteered": res.unsteered().score, "n_items": len(items)})
+    return rows
 
 
 def pair_residual_norms(acts) -> dict[int, float]:

@@ -134,3 +134,27 @@ def split_items(
     end = len(order) if n_test is None else n_train + n_test
     test = [items[i] for i in order[n_train:end]]
     return train, test
+
+
+def recast_ab(items: Sequence[BehaviourItem], seed: int = 0) -> list[BehaviourItem]:
+    """Yes/No (persona) items asked in CAA's own A/B format: "Choices: (A) Yes (B) No", letters shuffled.
+
+    Each item's question gets CAA's choices block with "Yes" and "No" in an order drawn per item
+    (from `seed` and the item's index, so an item is recast the same way in any subset), and its
+    answers become the letters of its matching / not-matching word. About half the items then match
+    with "A" whatever their Yes/No answer, so the answer letter's identity is not the behaviour.
+    A/B items are returned unchanged.
+    """
+    out = []
+    for it in items:
+        if it.kind != "yesno":
+            out.append(it)
+            continue
+        words = ["Yes", "No"]
+        if random.Random(f"{seed}:{it.source}:{it.index}").random() < 0.5:
+            words.reverse()
+        question = f"{it.question}\n\nChoices:\n (A) {words[0]}\n (B) {words[1]}"
+        letter = {w: "AB"[k] for k, w in enumerate(words)}
+        out.append(BehaviourItem(question=question, matching=letter[it.matching], not_matching=letter[it.not_matching],
+                                 kind="ab", source=it.source, index=it.index))
+    return out
