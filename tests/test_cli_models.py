@@ -231,10 +231,12 @@ def test_every_command_runs_on_every_model_form(models, data, kind, tmp_path, mo
        "--n-test", 2, "--n-sign", 2, "--eval-points", 2, "--iterations", 2, "--population", 2, "--children", 2,
        "--top-k", 8, "--seq-len", 3, "--restart-every", 0, "--quiet", "--out", tmp_path / "epo", *m)
 
-    # serve: loads the model and the vector, then hands the app to uvicorn (replaced here)
-    uvicorn = pytest.importorskip("uvicorn")
+    # serve: loads the model and the vector, then hands the app to uvicorn (the serving loop is replaced here)
+    pytest.importorskip("uvicorn")
+    import steerlab.serve.app as serve_app
+
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda api, **kw: served.update(api=api, **kw))
+    monkeypatch.setattr(serve_app, "run", lambda api, **kw: served.update(api=api, **kw))
     ok("serve", "--vector", f"v={vec}", "--port", 0, *m)
     assert served.get("api") is not None
 
