@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .data.demo import DEMO_DATA, DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_pairs
@@ -28,8 +29,15 @@ err_console = Console(stderr=True)
 
 
 
+def cli_words(msg: str) -> str:
+    """The library's messages name Python arguments (`force=True`); on the command line they name flags."""
+    return msg.replace("force=True (--force)", "--force").replace("pass force=True", "pass --force") \
+              .replace("with force=True", "with --force")
+
+
 def _fail(msg: str) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # escape(): a message is text, not rich markup (`pip install "steerlab[server]"` must keep its brackets).
+    err_console.print(f"[bold red]error:[/] {escape(cli_words(msg))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -63,6 +71,21 @@ def parse_layers(spec: Optional[str], n_layers: int) -> Optional[list[int]]:
     return layers
 
 
+def check_layer_spec(spec: Optional[str]) -> None:
+    """Check the syntax of a --layers value before the model is loaded (ranges are checked after)."""
+    parse_layers(spec, 0)
+
+
+def _floats_opt(spec: str, what: str) -> list[float]:
+    try:
+        vals = [float(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise SteerlabError(f"cannot read {what} '{spec}': give comma-separated numbers, e.g. -8,-4,4,8") from None
+    if not vals:
+        raise SteerlabError(f"{what} is empty")
+    return vals
+
+
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists; pass --force to overwrite it")
@@ -90,8 +113,17 @@ def _load_training_pairs(data: str):
 def _load_model(model: Optional[str]):
     from .models import load_model
 
-    with console.status(f"loading {model or 'the embedded SmolLM2-135M-Instruct'}…"):
+    with console.status(escape(f"loading {model or 'the embedded SmolLM2-135M-Instruct'}…")):
         return load_model(model)
+
+
+def _read_vector(path: Optional[Path]):
+    """Read and validate a vector file (truncated, NaN, not steerlab's) before the model is loaded."""
+    if path is None:
+        return None
+    from .vector import SteeringVector
+
+    return SteeringVector.load(path)
 
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Hugging Face id, local directory or .gguf file (default: embedded SmolLM2-135M-Instruct).")
@@ -118,6 +150,7 @@ def train(
             raise SteerlabError(f"unknown method '{method}': choose caa, pca or actadd")
         if method == "actadd" and (not positive or not negative):
             raise SteerlabError("--method actadd needs --positive and --negative prompts")
+        check_layer_spec(layers)
         pairs = None if method == "actadd" else _load_training_pairs(data)
         if pairs is not None and limit is not None:
             pairs = pairs[:limit]
@@ -131,15 +164,14 @@ def train(
             fn = train_caa if method == "caa" else train_pca
             vec = fn(lm, pairs, chosen, position=position, progress=True)
         vec.save(out, force=force)
-        console.print(f"wrote {out}: {vec}")
+        console.print(f"wrote {out}: {vec}", markup=False)
 
     _run(body)
 
 
-def _load_vector(path: Path, lm, allow_other_model: bool):
-    from .vector import SteeringVector
-
-    vec = SteeringVector.load(path)
+def _load_vector(path: Path, lm, allow_other_model: bool, vec=None):
+    """The vector at `path` (or `vec`, already read from it), checked against the loaded model."""
+    vec = vec if vec is not None else _read_vector(path)
     vec.check_compatible(lm, allow_other_family=allow_other_model)
     return vec
 
@@ -159,24 +191,28 @@ def generate(
     """Generate text, optionally steered by a vector (greedy decoding)."""
 
     def body():
+        if compare and vector is None:
+            raise SteerlabError("--compare needs --vector")
+        if layers is not None and vector is None:
+            raise SteerlabError("--layers needs --vector")
+        check_layer_spec(layers)
+        raw = _read_vector(vector)  # a truncated or NaN file fails before the model load
         lm = _load_model(model)
         from .generation import generate as gen
         from .steering import Steering
 
         steering = None
-        if vector is not None:
-            vec = _load_vector(vector, lm, allow_other_model)
+        if raw is not None:
+            vec = _load_vector(vector, lm, allow_other_model, raw)
             # A vector trained by `steerlab pas` carries its chosen layer/strength/positions.
             steering = Steering.from_vector(vec, strength, parse_layers(layers, lm.n_layers), positions)
-        elif compare:
-            raise SteerlabError("--compare needs --vector")
-        steered = gen(lm, prompt, steering, max_new_tokens=max_new_tokens, progress=len(prompt) > 4)
+        steered = gen(lm, prompt, steering, max_new_tokens=max_new_tokens, progress=True)
         if compare:
-            plain = gen(lm, prompt, None, max_new_tokens=max_new_tokens)
+            plain = gen(lm, prompt, None, max_new_tokens=max_new_tokens, progress=True)
             _print_comparison(prompt, plain, steered, f"steered (x{steering.strength:g})")
         else:
             for p, out in zip(prompt, steered):
-                console.print(f"[bold]{p}[/]\n{out}\n", highlight=False)
+                console.print(f"[bold]{escape(p)}[/]\n{escape(out)}\n", highlight=False)
 
     _run(body)
 
@@ -187,7 +223,7 @@ def _print_comparison(prompts, plain, steered, label: str) -> None:
     table.add_column("unsteered", ratio=2)
     table.add_column(label, ratio=2)
     for p, a, b in zip(prompts, plain, steered):
-        table.add_row(p, a.strip(), b.strip())
+        table.add_row(escape(p), escape(a.strip()), escape(b.strip()))
     console.print(table)
 
 
@@ -203,7 +239,7 @@ def info(vector: Path = typer.Argument(..., help="Vector file (.safetensors or .
         table = Table(title=str(vector), show_header=False)
         for k, v in meta.items():
             if k != "layers":
-                table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+                table.add_row(k, escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
         table.add_row("layers (norm)", ", ".join(f"{l} ({n:.2f})" for l, n in vec.norms().items()))
         console.print(table)
 
@@ -223,11 +259,12 @@ def export_gguf_cmd(
         from .vector import export_gguf
         from .vector import SteeringVector
 
+        _check_output(out, force)
         vec = SteeringVector.load(vector)
         if skip_layer0 and 0 in vec.layers:
             vec = vec.select([l for l in vec.layers if l != 0])
         export_gguf(vec, out, force=force)
-        console.print(f"wrote {out} ({len(vec.layers)} layers)")
+        console.print(f"wrote {out} ({len(vec.layers)} layers)", markup=False)
 
     _run(body)
 
@@ -239,23 +276,33 @@ def effect(
     layers: Optional[str] = typer.Option(None, help="Layers to apply (default: all of the vector's)."),
     strengths: str = typer.Option("-8,-4,4,8", help="Comma-separated strengths."),
     positions: str = typer.Option("after_user", help="all, after_user or last_prompt."),
-    limit: Optional[int] = typer.Option(None, help="Use at most N pairs."),
+    offset: int = typer.Option(0, help="Skip the first N pairs (e.g. the ones the vector was trained on: "
+                                       "`train --limit 200` then `effect --offset 200`)."),
+    limit: Optional[int] = typer.Option(None, help="Use at most N pairs (after --offset)."),
     model: Optional[str] = ModelOpt,
 ) -> None:
-    """Measure the direction and size of a vector's effect on held-apart pairs."""
+    """Measure the direction and size of a vector's effect on held-apart pairs.
+
+    With a file the vector was trained on, hold items apart with --offset (train used the first
+    --limit N pairs; measure on the rest with --offset N)."""
 
     def body():
+        ss = _floats_opt(strengths, "strengths")
+        check_layer_spec(layers)
+        if offset < 0:
+            raise SteerlabError("--offset must be 0 or more")
+        if limit is not None and limit < 1:
+            raise SteerlabError("--limit must be at least 1")
         pairs = demo_pairs()[DEMO_TRAIN:] if data == DEMO_DATA else _load_training_pairs(data)
-        if limit is not None:
-            pairs = pairs[:limit]
+        if offset >= len(pairs):
+            raise SteerlabError(f"--offset {offset} leaves no pairs: {data} has {len(pairs)}")
+        pairs = pairs[offset:offset + limit if limit is not None else None]
+        raw = _read_vector(vector)
         lm = _load_model(model)
-        vec = _load_vector(vector, lm, False)
+        vec = _load_vector(vector, lm, False, raw)
         from .effect import measure_effect
 
-        try:
-            ss = [float(s) for s in strengths.split(",")]
-        except ValueError:
-            raise SteerlabError(f"cannot read strengths '{strengths}'") from None
+        console.print(f"measuring on {len(pairs)} pairs at strengths {', '.join(f'{s:+g}' for s in ss)}…")
         rep = measure_effect(lm, vec, pairs, layers=parse_layers(layers, lm.n_layers), strengths=ss, positions=positions)
         _print_effect(rep)
 
@@ -269,7 +316,7 @@ def _print_effect(rep) -> None:
     for r in rep.rows():
         table.add_row(f"{r['strength']:+g}", f"{r['mean_gap']:.3f}", f"{r['shift']:+.3f}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
     console.print(table)
-    console.print(rep.summary())
+    console.print(rep.summary(), markup=False)
 
 
 @app.command()
@@ -299,7 +346,7 @@ def demo(
         vec = train_caa(lm, train_pairs, [layer], position="mean", progress=True)
         if out is not None:
             vec.save(out, force=force)
-            console.print(f"saved {out}")
+            console.print(f"saved {out}", markup=False)
         rep = measure_effect(lm, vec, held, strengths=[-strength, strength], positions="after_user")
         _print_effect(rep)
         prompts = [p.prompt for p in held[:4]]
@@ -307,13 +354,13 @@ def demo(
         rows = [p for p in prompts for _ in range(3)]
         strengths = [0.0, strength, -strength] * len(prompts)
         outs = gen(lm, rows, Steering([vec] * len(rows), strengths, positions="after_user"),
-                   max_new_tokens=max_new_tokens, batch_size=len(rows))
+                   max_new_tokens=max_new_tokens, batch_size=len(rows), progress=True)
         table = Table(show_lines=True, title=f"greedy generations, vector at layer {layer}")
         table.add_column("prompt", style="bold", ratio=1)
         for head in ("unsteered", f"cheerful (x{strength:+g})", f"gloomy (x{-strength:+g})"):
             table.add_column(head, ratio=2)
         for i, p in enumerate(prompts):
-            table.add_row(p, *(o.strip() for o in outs[3 * i:3 * i + 3]))
+            table.add_row(escape(p), *(escape(o.strip()) for o in outs[3 * i:3 * i + 3]))
         console.print(table)
 
     _run(body)

@@ -36,10 +36,16 @@ def parse_layers(spec, n_layers):
 
 
 class _Console:
-    """Forwards to the CLI's rich console (resolved at call time)."""
+    """Forwards to the CLI's rich console (resolved at call time). `print` takes its text literally
+    (markup off unless asked for): messages carry paths, labels and generated text, whose brackets
+    rich would otherwise read as markup and drop."""
 
     def __getattr__(self, name):
         return getattr(_cli().console, name)
+
+    def print(self, *objects, **kw):
+        kw.setdefault("markup", False)
+        return _cli().console.print(*objects, **kw)
 
 
 console = _Console()
@@ -102,13 +108,14 @@ class _Prepared:
         from .vector import SteeringVector
 
         self.data = load_behaviour(behaviour, n_train, n_test, seed=seed)  # data errors before the model loads
+        raw = SteeringVector.load(vector) if vector is not None and not need_acts else None  # a bad file, too
         self.lm = _load_model(model)
         self.layers = layers if layers is not None else list(range(self.lm.n_layers))
         for l in self.layers:
             self.lm.blocks.check_layer(l)
         self.acts = None
-        if vector is not None and not need_acts:
-            self.vec = SteeringVector.load(vector)
+        if raw is not None:
+            self.vec = raw
             self.vec.check_compatible(self.lm)
             missing = [l for l in self.layers if l not in self.vec.directions]
             if missing:
@@ -117,8 +124,8 @@ class _Prepared:
                 self.norms = residual_norms(self.lm, self.data.train[:64], self.layers)
         else:
             t0 = time.perf_counter()
-            with console.status(f"extracting {len(self.data.train)} training pairs at {len(self.layers)} layers…"):
-                self.acts = train_activations(self.lm, self.data.train, self.layers)
+            console.print(f"extracting {len(self.data.train)} training pairs at {len(self.layers)} layers…")
+            self.acts = train_activations(self.lm, self.data.train, self.layers, progress=True)
             console.print(f"extracted training activations in {time.perf_counter() - t0:.0f} s")
             self.vec = self.acts.caa_vector(self.lm)
             self.norms = pair_residual_norms(self.acts)
@@ -177,7 +184,7 @@ def score_cmd(
         if layer is None:
             data = load_behaviour(behaviour, n_train, n_test, seed=seed)
             lm = _load_model(model)
-            res = score_behaviour(lm, data.test, [], allow_multi_token=allow_multi_token)
+            res = score_behaviour(lm, data.test, [], allow_multi_token=allow_multi_token, progress=True)
             u = res.unsteered()
             console.print(f"{data.name} ({data.kind}, {u.n_items} test items, seed {seed}): unsteered behaviour score "
                           f"{u.score:.3f} [95% {u.score_low:.3f}, {u.score_high:.3f}]")
@@ -185,7 +192,7 @@ def score_cmd(
         prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model)
         plan = strength_plan(prep.vec, prep.data.kind, layer, [strength, -strength], relative=relative, norms=prep.norms,
                              positions=positions)
-        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token)[0]
+        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]
         files = write_sweep(sweep, out, "score") if out is not None else {}
         _report_sweep(sweep, files)
 
@@ -221,10 +228,11 @@ def layers_cmd(
             raise SteerlabError("--layer-step must be at least 1")
         n_layers = _peek_layers(model)
         chosen = parse_layers(layers, n_layers) or list(range(0, n_layers, layer_step))
+        _check_range(chosen, n_layers)  # before the model load
         prep = _Prepared(behaviour, n_train, n_test, seed, chosen, vector, model, save_to=out)
         plan = layer_plan(prep.vec, prep.data.kind, chosen, [strength, -strength], relative=relative, norms=prep.norms,
                           positions=positions)
-        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token)[0]
+        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]
         best = sweep.best("effect", **({"relative": strength} if relative else {"strength": strength}))
         files = write_sweep(sweep, out, "layer_sweep", extra={"items": "test", "best_layer": best["layer"]})
         _report_sweep(sweep, files)
@@ -233,18 +241,20 @@ def layers_cmd(
     _run(body)
 
 
-def _peek_layers(model: Optional[str]) -> int:
-    """Number of decoder layers (from the config; the embedded model has 30) without loading weights twice."""
-    if model is None:
-        return 30
-    from transformers import AutoConfig
+def _check_range(layers, n_layers: int) -> None:
+    from .errors import LayerError
 
-    try:
-        cfg = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        raise SteerlabError(f"could not read the config of '{model}': {str(e).splitlines()[0]}") from None
-    cfg = getattr(cfg, "text_config", None) or cfg
-    return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+    bad = [l for l in layers if not -n_layers <= l < n_layers]
+    if bad:
+        raise LayerError(f"layer {bad[0]} is out of range: this model has {n_layers} decoder blocks (0..{n_layers - 1})")
+
+
+def _peek_layers(model: Optional[str]) -> int:
+    """Number of decoder layers of the model --model names (embedded, .gguf, directory or hub id), read from
+    its GGUF metadata or config without loading the weights (the load comes after the data checks)."""
+    from .models import model_shape
+
+    return model_shape(model).n_layers
 
 
 @cae_app.command("strengths")
@@ -275,7 +285,7 @@ def strengths_cmd(
         prep = _Prepared(behaviour, n_train, n_test, seed, [layer], vector, model, save_to=out)
         plan = strength_plan(prep.vec, prep.data.kind, layer, values, relative=relative, norms=prep.norms,
                              positions=positions)
-        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token)[0]
+        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]
         _report_sweep(sweep, write_sweep(sweep, out, "strength_sweep", extra={"items": "test"}))
 
     _run(body)
@@ -311,7 +321,7 @@ def samples_cmd(
         prep = _Prepared(behaviour, n_train, n_test, seed, [layer], None, model, need_acts=True)
         plan = sample_count_plan(prep.lm, prep.acts, prep.data.kind, ns, layer, strength, relative=relative,
                                  norms=prep.norms, positions=positions)
-        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token)[0]
+        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]
         flat = flatten_point(sweep.to_json())
         _report_sweep(sweep, write_sweep(sweep, out, "sample_count_sweep", extra={"items": "test", "flatten": flat}))
         console.print(f"gains flatten at n = {flat['n']} ({flat['reason']})")
@@ -347,7 +357,7 @@ def compare_cmd(
         prep = _Prepared(behaviour, n_train, n_test, seed, [layer], None, model)
         vectors = {"caa": prep.vec, **actadd_vectors(prep.lm, positive, negative, [layer])}
         plan = method_plan(vectors, prep.data.kind, layer, values, relative=True, norms=prep.norms, positions=positions)
-        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token)[0]
+        sweep = run_plans(prep.lm, prep.test, [plan], allow_multi_token=allow_multi_token, progress=True)[0]
         _report_sweep(sweep, write_sweep(sweep, out, "method_comparison", extra={"items": "test"}))
 
     _run(body)
@@ -532,6 +542,8 @@ def run_cmd(
         from .cae.runs import CAEConfig, run_cae
 
         n_layers = _peek_layers(model)
+        if layers:
+            _check_range(parse_layers(layers, n_layers), n_layers)
         cfg = CAEConfig(
             behaviour=behaviour, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
             layers=tuple(parse_layers(layers, n_layers)) if layers else None, layer_step=layer_step,
@@ -548,7 +560,7 @@ def run_cmd(
         lm = _load_model(model)
         chosen = [s.strip() for s in stages.split(",")] if stages else None
         t0 = time.perf_counter()
-        summary = run_cae(lm, cfg, out, stages=chosen, force=force)
+        summary = run_cae(lm, cfg, out, stages=chosen, force=force, progress=True)
         console.print(f"done in {time.perf_counter() - t0:.0f} s; report: {out / 'report.html'}")
         e = summary.get("effect_at_best")
         if e:

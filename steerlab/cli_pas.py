@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
-from .cli import _load_model, _run, console, parse_layers
+from .cli import _load_model, _read_vector, _run, check_layer_spec, console, parse_layers
 from .errors import OutputExistsError, SteerlabError
 
 
@@ -98,27 +99,29 @@ def register(app: typer.Typer) -> None:
             methods = _methods(method)
             names = _vector_names(methods)
             _check_out(out, force, ["results.json", *names.values()])
+            check_layer_spec(layers)
+            grid = _strengths(strengths, signs)
             items = _items(data, limit)
             lm = _load_model(model)
             from .pas.runs import run_pas
 
             res = run_pas(lm, items, methods, seeds=seeds, cap=cap, layers=parse_layers(layers, lm.n_layers),
-                          strengths=_strengths(strengths, signs), chat_template=chat_template,
+                          strengths=grid, chat_template=chat_template, progress=True,
                           choice_shuffle=choice_shuffle, choice_seed=choice_seed, icl_k=icl, dataset=data if not Path(data).is_file() else "",
-                          batch_size=batch_size, log=lambda s: console.print(s, highlight=False))
+                          batch_size=batch_size, log=lambda s: console.print(s, highlight=False, markup=False))
             written = res.save(out, plots=plots, force=force)
             for m, fname in names.items():
                 try:
                     vec = res.vector(m)
                 except SteerlabError as e:
-                    console.print(f"[yellow]no {m} vector:[/] {e}", highlight=False)
+                    console.print(f"[yellow]no {m} vector:[/] {escape(str(e))}", highlight=False)
                     continue
                 vec.save(out / fname, force=force)
                 e = vec.meta
                 console.print(f"wrote {out / fname}: {m} layer {e.selected_layers[0]} strength {e.strength:g} "
-                              f"positions {e.positions} (seed {e.extra['seed']})", highlight=False)
-            console.print(res.summary_table(), highlight=False)
-            console.print(f"results: {', '.join(written.values())}", highlight=False)
+                              f"positions {e.positions} (seed {e.extra['seed']})", highlight=False, markup=False)
+            console.print(res.summary_table(), highlight=False, markup=False)
+            console.print(f"results: {', '.join(written.values())}", highlight=False, markup=False)
 
         _run(body)
 
@@ -138,20 +141,19 @@ def register(app: typer.Typer) -> None:
             if out is not None and out.exists() and not force:
                 raise OutputExistsError(f"{out} already exists; pass --force to overwrite it")
             items = _items(data, None)
+            vec = _read_vector(vector)  # a truncated or NaN file fails before the model load
             lm = _load_model(model)
             from .pas.runs import evaluate_transfer
             from .pas.stats import summarize
-            from .vector import SteeringVector
 
-            vec = SteeringVector.load(vector)
             vec.check_compatible(lm)
             res = [evaluate_transfer(lm, vec, items, seed=s, cap=cap, dataset=data) for s in range(seeds)]
             for r in res:
                 console.print(f"{r.dataset}: {r.n_items} items, L{r.layer}@{r.strength:+g}: unsteered "
                               f"{100 * r.unsteered:.1f}% steered {100 * r.steered:.1f}% Delta {100 * r.delta:+.1f}pp "
-                              f"(balanced {100 * r.letter_bias.balanced_delta:+.1f}pp)", highlight=False)
+                              f"(balanced {100 * r.letter_bias.balanced_delta:+.1f}pp)", highlight=False, markup=False)
             s = summarize([r.delta for r in res])
-            console.print(f"Delta over {len(res)} seed(s): {s.format()} pp", highlight=False)
+            console.print(f"Delta over {len(res)} seed(s): {s.format()} pp", highlight=False, markup=False)
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 from .results import json_safe
@@ -190,20 +192,22 @@ def register(app: typer.Typer) -> None:
                 if not f.is_file():
                     raise SteerlabError(f"--base: {f} not found")
                 base_result = json.loads(f.read_text())
+            check_layer_spec(layers)
+            grid = _strengths(strengths, "both")
             items = _items(data, None)
             lm = _load_model(model)
             from .pas.sft import SFTConfig, run_sft_comparison
 
             res = run_sft_comparison(lm, items, method, seeds=seeds, cap=cap,
                                      sft=SFTConfig(steps=steps, rank=rank, lr=lr, batch_size=batch_size),
-                                     layers=parse_layers(layers, lm.n_layers), strengths=_strengths(strengths, "both"),
+                                     layers=parse_layers(layers, lm.n_layers), strengths=grid,
                                      choice_seed=choice_seed, dataset=data if not Path(data).is_file() else "",
-                                     base=base_result, log=lambda s: console.print(s, highlight=False))
+                                     base=base_result, log=lambda s: console.print(s, highlight=False, markup=False))
             out.mkdir(parents=True, exist_ok=True)
             from .results import json_safe
 
             (out / "results.json").write_text(json.dumps(json_safe(res.to_dict()), indent=1))
-            console.print(res.summary_table(), highlight=False)
+            console.print(res.summary_table(), highlight=False, markup=False)
             console.print(f"wrote {out / 'results.json'}")
 
         _run(body)

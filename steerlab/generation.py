@@ -45,12 +45,16 @@ def generate(
         torch.manual_seed(seed)
     out: list[str] = []
     tok = lm.tokenizer
-    bar = tqdm(total=len(prompts), desc="generating", disable=not progress, unit="prompt")
+    n_batches = -(-len(prompts) // batch_size)
+    bar = tqdm(total=n_batches * max_new_tokens, desc=f"generating ({len(prompts)} prompts)", disable=not progress,
+               unit="tok")
     for s in range(0, len(prompts), batch_size):
         chunk = list(prompts[s:s + batch_size])
         batch = encode(lm, chunk, extra_tokens=max_new_tokens, indices=range(s, s + len(chunk)))
         rows = [t.rows(s, s + len(chunk)) for t in terms]
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
+        if progress:
+            kwargs["streamer"] = _StepTicker(bar)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         inputs = batch.to(lm.device)
@@ -58,6 +62,22 @@ def generate(
             ids = lm.model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **kwargs)
         new = ids[:, batch.input_ids.shape[1]:]
         out.extend(tok.batch_decode(new, skip_special_tokens=True))
-        bar.update(len(chunk))
+        bar.update((s // batch_size + 1) * max_new_tokens - bar.n)  # a batch that stopped early (EOS)
     bar.close()
     return out
+
+
+class _StepTicker:
+    """A transformers streamer that only advances a progress bar by one per decoding step (the first
+    `put` is the prompt)."""
+
+    def __init__(self, bar):
+        self.bar, self.prompt_seen = bar, False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass

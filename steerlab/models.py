@@ -162,8 +162,124 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 def _gguf_as_checkpoint(gguf: Path) -> Path:
     target = _gguf_cache_dir(gguf)
     if not (target / "model.safetensors").is_file():
-        _convert_gguf(gguf, target)
+        try:
+            _convert_gguf(gguf, target)
+        except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelLoadError(f"could not convert GGUF file {gguf} (transformers reads llama, qwen2, "
+                                 f"gemma3 and a few other architectures): {msg}") from e
     return target
+
+
+_PATHLIKE_PREFIXES = ("/", "./", "../", "~", ".\\")
+
+
+def _resolve_source(name_or_path: str | os.PathLike | None) -> tuple[str, str, Path | None]:
+    """Classify what `--model` names: ("embedded" | "gguf" | "dir" | "hub", the source string, a local path).
+
+    A name that looks like a path (absolute, ./, ~, ending in .gguf, or with more than one '/') but does
+    not exist is reported as a missing path, not looked up on the hub.
+    """
+    if name_or_path is None:
+        gguf = embedded_gguf_path()
+        return "embedded", str(gguf), gguf
+    source = str(name_or_path)
+    p = Path(os.path.expanduser(source))
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelLoadError(f"GGUF file not found: {p}")
+        return "gguf", source, p
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise ModelLoadError(f"'{p}' is not a model directory (no config.json)")
+        return "dir", source, p
+    if source.startswith(_PATHLIKE_PREFIXES) or source.count("/") > 1 or not source.strip():
+        raise ModelLoadError(f"model path not found: {source}")
+    return "hub", source, None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (one quick TCP connect; honours HF_HUB_OFFLINE)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_config(model_id: str, trust_remote_code: bool = False):
+    """The config of a hub model: from the local cache if there, else from the hub; one clear line when
+    it is in neither (offline, unknown id)."""
+    try:
+        return AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code, local_files_only=True), True
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"'{model_id}' is not a local file or directory, is not in the Hugging Face cache, and the hub "
+            "cannot be reached (offline?): pass a local directory or a .gguf file, or download it first")
+    try:
+        return AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code), False
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load model '{model_id}': {str(e).splitlines()[0]}") from None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's config says about its shape, read without loading its weights."""
+
+    n_layers: int
+    hidden_size: int
+    family: str
+
+
+def _config_shape(cfg) -> ModelShape:
+    text = getattr(cfg, "text_config", None) or cfg
+    n = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None) or getattr(text, "num_layers", None)
+    h = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or getattr(text, "d_model", None)
+    if not n or not h:
+        raise ModelLoadError(f"cannot read the depth and hidden size from the config of a '{cfg.model_type}' model")
+    return ModelShape(int(n), int(h), str(getattr(cfg, "model_type", "unknown")))
+
+
+def _gguf_shape(gguf: Path) -> ModelShape:
+    cached = _gguf_cache_dir(gguf) / "config.json"
+    if cached.is_file():
+        return _config_shape(AutoConfig.from_pretrained(str(cached.parent)))
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(gguf)).fields
+
+        def value(key):
+            f = fields[key]
+            v = f.parts[f.data[0]]
+            return bytes(v).decode() if key == "general.architecture" else int(v[0])
+
+        arch = value("general.architecture")
+        return ModelShape(value(f"{arch}.block_count"), value(f"{arch}.embedding_length"), arch)
+    except (KeyError, ValueError, IndexError, OSError) as e:
+        raise ModelLoadError(f"cannot read the model shape from GGUF file {gguf}: {e}") from None
+
+
+def model_shape(name_or_path: str | os.PathLike | None = None, *, trust_remote_code: bool = False) -> ModelShape:
+    """Depth, hidden size and family of the model `load_model(name_or_path)` would load, from its config
+    (a GGUF file's metadata, a directory's config.json, the hub's config) without loading weights."""
+    kind, source, path = _resolve_source(name_or_path)
+    if kind in ("embedded", "gguf"):
+        return _gguf_shape(path)
+    if kind == "dir":
+        try:
+            return _config_shape(AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"could not read the config of '{source}': {str(e).splitlines()[0]}") from None
+    return _config_shape(_hub_config(source, trust_remote_code)[0])
 
 
 def load_model(
@@ -190,33 +306,32 @@ def load_model(
         trust_remote_code: passed to transformers for hub models that need it.
     """
     torch_dtype = _resolve_dtype(dtype)
-    if name_or_path is None:
-        gguf = embedded_gguf_path()
-        source = str(gguf)
-        checkpoint: str = str(_gguf_as_checkpoint(gguf))
+    kind, source, path = _resolve_source(name_or_path)
+    config = None
+    local_only = False
+    if kind == "embedded":
+        checkpoint: str = str(_gguf_as_checkpoint(path))
         model_id = model_id or EMBEDDED_MODEL_ID
-    else:
-        source = str(name_or_path)
-        p = Path(os.path.expanduser(source))
-        if p.suffix == ".gguf":
-            if not p.is_file():
-                raise ModelLoadError(f"GGUF file not found: {p}")
-            checkpoint = str(_gguf_as_checkpoint(p))
-        elif p.exists():
-            if not (p / "config.json").is_file():
-                raise ModelLoadError(f"'{p}' is not a model directory (no config.json)")
-            checkpoint = str(p)
-        else:
-            checkpoint = source  # a hub id; transformers reports whether it can be reached
-        model_id = model_id or source
+    elif kind == "gguf":
+        checkpoint = str(_gguf_as_checkpoint(path))
+    elif kind == "dir":
+        checkpoint = str(path)
+    else:  # a hub id: from the local cache if it is there, else from the hub (one line when unreachable)
+        checkpoint = source
+        config, local_only = _hub_config(source, trust_remote_code)
+    model_id = model_id or source
 
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if local_only:
+        kwargs["local_files_only"] = True
     if device == "auto":
         kwargs["device_map"] = "auto"
     try:
-        config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+        if config is None:
+            config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(checkpoint, config=config, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code,
+                                                  **({"local_files_only": True} if local_only else {}))
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load model '{source}': {str(e).splitlines()[0]}") from e
     if device != "auto":

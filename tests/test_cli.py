@@ -149,3 +149,122 @@ def test_parse_layers():
     assert parse_layers("-1", 30) == [-1]
     with pytest.raises(SteerlabError):
         parse_layers("a", 30)
+
+
+# --- checks that come before the model load, messages that speak CLI -------------------------------
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if any command loads a model (the checks under test must come first)."""
+    import steerlab.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(steerlab.models, "load_model", refuse)
+
+
+def _bad_vectors(tmp_path, tiny_lm, vec_factory):
+    vec = tmp_path / "v.safetensors"
+    vec_factory(tiny_lm, [1], 0).save(vec)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(vec.read_bytes()[: vec.stat().st_size // 2])
+    tensors = load_file(vec)
+    tensors["layer.1"][0] = math.nan
+    from safetensors import safe_open
+
+    with safe_open(str(vec), "pt") as f:
+        meta = f.metadata()
+    nan = tmp_path / "nan.safetensors"
+    save_file(tensors, str(nan), metadata=meta)
+    return {"truncated": (truncated, "not a readable safetensors"), "nan": (nan, "NaN")}
+
+
+def test_bad_vector_files_fail_before_the_model_load(tmp_path, pairs_file, model_dirs, tiny_lm, vec_factory,
+                                                    no_model_load):
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"question": f"Q{i}?", "choices": ["a", "b"], "answer": i % 2}) + "\n"
+                          for i in range(6)))
+    yn = tmp_path / "yn.jsonl"
+    yn.write_text("".join(json.dumps({"question": f"Say {i}?", "answer_matching_behavior": " Yes",
+                                      "answer_not_matching_behavior": " No"}) + "\n" for i in range(6)))
+    for name, (bad, message) in _bad_vectors(tmp_path, tiny_lm, vec_factory).items():
+        for cmd in (["generate", "Hi", "--vector", bad], ["effect", bad, "demo"],
+                    ["pas-transfer", bad, "--data", mc],
+                    ["cae", "strengths", yn, "--out", tmp_path / "o", "--layer", "1", "--vector", bad,
+                     "--n-train", "3", "--n-test", "3"]):
+            code, out = run(*cmd, "--model", model_dirs[32])
+            assert code == 1 and message in out and "Traceback" not in out, (name, cmd, out)
+
+
+def test_layer_strings_fail_before_the_model_load(tmp_path, pairs_file, model_dirs, no_model_load):
+    vec = tmp_path / "v.safetensors"
+    for cmd in (["train", pairs_file, "--out", vec], ["generate", "Hi", "--vector", "x.safetensors"],
+                ["effect", "x.safetensors", "demo"], ["pas", "--data", pairs_file, "--out", tmp_path / "o"],
+                ["pas-sft", "--data", pairs_file, "--out", tmp_path / "o"]):
+        code, out = run(*cmd, "--layers", "abc", "--model", model_dirs[32])
+        assert code == 1 and "cannot read layers 'abc'" in out, (cmd, out)
+    code, out = run("effect", "x.safetensors", "demo", "--strengths", "4,big", "--model", model_dirs[32])
+    assert code == 1 and "cannot read strengths '4,big'" in out
+
+
+def test_serve_without_fastapi_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn -> ImportError
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    code, out = run("serve")
+    assert code == 1 and 'pip install "steerlab[server]"' in out, out
+
+
+def test_markup_in_messages_and_outputs_is_printed_literally(tmp_path, model_dirs, monkeypatch):
+    from steerlab import cli
+
+    assert cli.cli_words("x already exists; pass force=True (--force) to overwrite it") == \
+        "x already exists; pass --force to overwrite it"
+    code, out = run("train", tmp_path / "[bold]missing[/].jsonl", "--out", tmp_path / "v.safetensors")
+    assert code == 1 and "[bold]missing[/].jsonl" in out, out
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("steerlab.generation"), "generate", lambda lm, prompts, *a, **k: ["see [red]note[/red] [server]"] * len(prompts))
+    code, out = run("generate", "What is [b]this[/b]?", "--model", model_dirs[32])
+    assert code == 0 and "[red]note[/red] [server]" in out and "[b]this[/b]" in out, out
+
+
+def test_export_gguf_speaks_cli(tmp_path, pairs_file, model_dirs):
+    vec = tmp_path / "v.safetensors"
+    assert run("train", pairs_file, "--out", vec, "--layers", "1", "--model", model_dirs[32])[0] == 0
+    (tmp_path / "v.gguf").write_bytes(b"keep")
+    code, out = run("export-gguf", vec, tmp_path / "v.gguf")
+    assert code == 1 and "pass --force" in out and "force=True" not in out, out
+    code, out = run("train", pairs_file, "--out", vec, "--layers", "1", "--model", model_dirs[32])
+    assert code == 1 and "pass --force" in out and "force=True" not in out, out
+
+
+def test_effect_offset_holds_items_apart(tmp_path, pairs_file, model_dirs, monkeypatch):
+    vec = tmp_path / "v.safetensors"
+    assert run("train", pairs_file, "--out", vec, "--layers", "1", "--limit", "4", "--model", model_dirs[32])[0] == 0
+    import importlib
+
+    effect_mod = importlib.import_module("steerlab.effect")
+    seen = []
+    real = effect_mod.measure_effect
+    monkeypatch.setattr(effect_mod, "measure_effect", lambda lm, v, pairs, **kw: seen.append(pairs) or real(lm, v, pairs, **kw))
+    code, out = run("effect", vec, pairs_file, "--offset", "4", "--strengths", "-1,1", "--model", model_dirs[32])
+    assert code == 0, out
+    assert [p.prompt for p in seen[-1]] == ["Question 4?", "Question 5?"]
+    code, out = run("effect", vec, pairs_file, "--offset", "3", "--limit", "2", "--strengths", "1", "--model", model_dirs[32])
+    assert code == 0 and [p.prompt for p in seen[-1]] == ["Question 3?", "Question 4?"]
+    for bad, message in ((["--offset", "6"], "leaves no pairs"), (["--offset", "-1"], "--offset must be")):
+        code, out = run("effect", vec, pairs_file, *bad, "--model", model_dirs[32])
+        assert code == 1 and message in out, out
+
+
+def test_cae_layer_range_is_checked_from_the_config_before_the_load(tmp_path, model_dirs, no_model_load):
+    yn = tmp_path / "yn.jsonl"
+    yn.write_text("".join(json.dumps({"question": f"Say {i}?", "answer_matching_behavior": " Yes",
+                                      "answer_not_matching_behavior": " No"}) + "\n" for i in range(8)))
+    for cmd in (["cae", "layers", yn, "--out", tmp_path / "o", "--layers", "4", "--n-train", "4", "--n-test", "4"],
+                ["cae", "run", "--behaviour", yn, "--out", tmp_path / "r", "--layers", "0,9", "--n-train", "4"]):
+        code, out = run(*cmd, "--model", model_dirs[32])
+        assert code == 1 and "out of range" in out and "4 decoder blocks" in out, (cmd, out)

@@ -212,12 +212,13 @@ def _default_log(msg: str) -> None:
 
 
 def run_cae(lm, config: CAEConfig, out_dir: str | Path, *, stages: Sequence[str] | None = None, force: bool = False,
-            log: Callable[[str], None] = _default_log) -> dict:
+            log: Callable[[str], None] = _default_log, progress: bool = False) -> dict:
     """Run (or resume) the CAE suite for one behaviour; returns the summary (also in ``summary.json``).
 
     Args:
         stages: run only these stages (and reuse the files of earlier ones); default all.
         force: start over in a directory that holds a run with another configuration.
+        progress: progress bars on extraction and scoring batches.
 
     A stage that fails is recorded as failed in the manifest (with the error) and the error is
     raised; every file written before it stays.
@@ -256,7 +257,7 @@ def run_cae(lm, config: CAEConfig, out_dir: str | Path, *, stages: Sequence[str]
         raise SteerlabError("n_val must be at least 1: the best layer is chosen on validation items")
     layers = config.sweep_layers(lm.n_layers)
     kind = data.kind
-    kw = dict(n_boot=config.n_boot, seed=config.seed, batch_size=config.batch_size)
+    kw = dict(n_boot=config.n_boot, seed=config.seed, batch_size=config.batch_size, progress=progress)
 
     def do_data():
         rec = data.split_record()
@@ -276,7 +277,7 @@ def run_cae(lm, config: CAEConfig, out_dir: str | Path, *, stages: Sequence[str]
         return SteeringVector.load(out / "caa.safetensors")
 
     def do_extract():
-        a = train_activations(lm, data.train, layers, batch_size=config.batch_size)
+        a = train_activations(lm, data.train, layers, batch_size=config.batch_size, progress=progress)
         state["acts"] = a
         save_activations(a, out / "train_activations.safetensors")
         vec = a.caa_vector(lm)

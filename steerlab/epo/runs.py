@@ -142,7 +142,19 @@ def run_attack(o: AttackOptions, *, load=None, log=print) -> EPOResult:
     if load is None:
         from ..models import load_model as load
 
+    bar = None
+
     def progress(step) -> None:
+        nonlocal bar
+        if o.progress_every and bar is None:  # a bar per iteration (on stderr); the lines below stay the record
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=o.config.iterations, desc="EPO iterations", unit="it", leave=False)
+        if bar is not None:
+            bar.set_postfix(best=f"{step.best_target:.3f}", refresh=False)
+            bar.update(step.iteration - bar.n)
+            if step.iteration >= o.config.iterations:
+                bar.close()
         if o.progress_every and (step.iteration % o.progress_every == 0 or step.restarted):
             log(f"  iteration {step.iteration:4d}  best target {step.best_target:8.3f}  "
                 f"evaluated {step.n_evaluated:6d}  {step.seconds:7.1f} s" + ("  (restart)" if step.restarted else ""))

@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+from tqdm.auto import tqdm
+
 from ..data.prompts import format_mc_prompt, gold_letter
 from ..data.records import MCItem
 from ..engine import Setting
@@ -363,7 +365,7 @@ def run_pas(
                        templated, choice_shuffle, choice_seed, icl_k, name, batch_size)
     runs = []
     memo = PromptMemo()
-    for seed in config.seeds:
+    for seed in tqdm(config.seeds, desc=f"PAS {name or 'data'}: seeds", unit="seed", disable=not progress):
         splits = make_splits(items, seed, cap=cap, fractions=fractions, choice_shuffle=choice_shuffle,  # type: ignore[arg-type]
                              choice_seed=choice_seed, dataset=name)
         run = _run_seed(lm, splits, config, memo, keep_vectors=keep_vectors, progress=progress)
