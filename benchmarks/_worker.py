@@ -170,7 +170,7 @@ def _sweep_naive(args, spec, lm, rss_loaded, items, settings) -> dict:
     tokens are not fed: their own log-probability does not depend on them (causal attention).
     """
     import steerlab
-    from steerlab.capture import position_ids_for
+    from steerlab.activations import position_ids_for
     from steerlab.engine import tokenize_items
 
     subset = spec["naive_subset"]
@@ -211,7 +211,7 @@ def _generate_fixed(lm, prompts, steering, new_tokens: int, batch_size: int):
     exactly `new_tokens` new tokens per row (min_new_tokens = max_new_tokens, so EOS cannot end a
     row early and every mode does the same work). Returns the new token ids per prompt."""
     from steerlab.encoding import encode
-    from steerlab.steer import steer
+    from steerlab.steering import steer
 
     terms = [] if steering is None else ([steering] if not isinstance(steering, list) else steering)
     tok = lm.tokenizer
@@ -232,7 +232,7 @@ def _generate_fixed(lm, prompts, steering, new_tokens: int, batch_size: int):
 
 def generate_task(args) -> dict:
     import steerlab
-    from steerlab.steer import Steering
+    from steerlab.steering import Steering
 
     spec = json.loads(Path(args.spec).read_text())
     lm = steerlab.load_model()

@@ -20,7 +20,7 @@ import torch
 
 import steerlab as sl
 
-steer_mod = importlib.import_module("steerlab.steer")  # the module; `steerlab.steer` is the function
+steer_mod = importlib.import_module("steerlab.steering")  # the module; `steerlab.steer` is the function
 
 from _common import load_items, machine_info, write_json
 

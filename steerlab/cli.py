@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .data.demo import DEMO_DATA, DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_pairs
 from .errors import DatasetError, OutputExistsError, SteerlabError
 
 app = typer.Typer(
@@ -26,10 +26,6 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-DEMO_DATA = "demo"
-DEMO_TRAIN = 40  # the demo file's last 8 pairs are held apart for measuring the effect
-DEMO_LAYER = 12  # measured: monotonic, as trained, largest shift of the middle layers (docs/findings.md)
-DEMO_STRENGTH = 6.0
 
 
 def _fail(msg: str) -> None:
@@ -70,14 +66,6 @@ def parse_layers(spec: Optional[str], n_layers: int) -> Optional[list[int]]:
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists; pass --force to overwrite it")
-
-
-def demo_pairs():
-    """The contrast pairs shipped with steerlab (cheerful vs gloomy answers to everyday questions)."""
-    from .data.pairs import load_pairs
-
-    with resources.as_file(resources.files("steerlab") / "resources" / "demo_contrast.jsonl") as p:
-        return load_pairs(p)
 
 
 def _load_training_pairs(data: str):
@@ -172,8 +160,8 @@ def generate(
 
     def body():
         lm = _load_model(model)
-        from .generate import generate as gen
-        from .steer import Steering
+        from .generation import generate as gen
+        from .steering import Steering
 
         steering = None
         if vector is not None:
@@ -232,7 +220,7 @@ def export_gguf_cmd(
     """Export a vector as a llama.cpp control vector (use with --control-vector-scaled FILE:SCALE)."""
 
     def body():
-        from .gguf_io import export_gguf
+        from .vector import export_gguf
         from .vector import SteeringVector
 
         vec = SteeringVector.load(vector)
@@ -303,9 +291,9 @@ def demo(
         train_pairs, held = pairs[:DEMO_TRAIN], pairs[DEMO_TRAIN:]
         lm = _load_model(model)
         from .effect import measure_effect
-        from .generate import generate as gen
+        from .generation import generate as gen
         from .methods import train_caa
-        from .steer import Steering
+        from .steering import Steering
 
         console.print(f"training a CAA vector on {len(train_pairs)} cheerful-vs-gloomy pairs at layer {layer}…")
         vec = train_caa(lm, train_pairs, [layer], position="mean", progress=True)

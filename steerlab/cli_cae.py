@@ -1,7 +1,7 @@
 """`steerlab cae ...` (Contrastive Activation Engineering analyses) and `steerlab report RUN_DIR`.
 
 Registered on the main app by `steerlab.cli` (see its `_EXTENSIONS`). Every command is thin over
-`steerlab.analysis` and writes its result files (CSV per item, JSON per setting, PNG) into `--out`.
+`steerlab.cae` and writes its result files (CSV per item, JSON per setting, PNG) into `--out`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _threads(n: Optional[int]) -> None:
 
 
 def _check_out(out: Path, names: list[str], force: bool) -> None:
-    from .analysis._io import check_fresh
+    from .results import check_fresh
 
     check_fresh([out / n for n in names], force)
 
@@ -97,8 +97,8 @@ class _Prepared:
 
     def __init__(self, behaviour: str, n_train: int, n_test: int, seed: int, layers: list[int] | None,
                  vector: Optional[Path], model: Optional[str], need_acts: bool = False, save_to: Optional[Path] = None):
-        from .analysis.behaviour import load_behaviour, pair_residual_norms, residual_norms
-        from .analysis.sweeps import train_activations
+        from .cae.behaviour import load_behaviour, pair_residual_norms, residual_norms
+        from .cae.sweeps import train_activations
         from .vector import SteeringVector
 
         self.data = load_behaviour(behaviour, n_train, n_test, seed=seed)  # data errors before the model loads
@@ -169,8 +169,8 @@ def score_cmd(
 
     def body():
         _threads(threads)
-        from .analysis.behaviour import load_behaviour, score_behaviour
-        from .analysis.sweeps import run_plans, strength_plan, write_sweep
+        from .cae.behaviour import load_behaviour, score_behaviour
+        from .cae.sweeps import run_plans, strength_plan, write_sweep
 
         if out is not None:
             _check_out(out, ["score.json", "score.csv", "score.png"], force)
@@ -214,7 +214,7 @@ def layers_cmd(
 
     def body():
         _threads(threads)
-        from .analysis.sweeps import layer_plan, run_plans, write_sweep
+        from .cae.sweeps import layer_plan, run_plans, write_sweep
 
         _check_out(out, ["layer_sweep.json", "layer_sweep.csv", "layer_sweep.png"], force)
         if layer_step < 1:
@@ -268,7 +268,7 @@ def strengths_cmd(
 
     def body():
         _threads(threads)
-        from .analysis.sweeps import run_plans, strength_plan, write_sweep
+        from .cae.sweeps import run_plans, strength_plan, write_sweep
 
         _check_out(out, ["strength_sweep.json", "strength_sweep.csv", "strength_sweep.png"], force)
         values = _floats(strengths, "strengths")
@@ -302,7 +302,7 @@ def samples_cmd(
 
     def body():
         _threads(threads)
-        from .analysis.sweeps import flatten_point, run_plans, sample_count_plan, write_sweep
+        from .cae.sweeps import flatten_point, run_plans, sample_count_plan, write_sweep
 
         _check_out(out, ["sample_count_sweep.json", "sample_count_sweep.csv", "sample_count_sweep.png"], force)
         ns = _ints(counts, "counts")
@@ -340,7 +340,7 @@ def compare_cmd(
 
     def body():
         _threads(threads)
-        from .analysis.sweeps import actadd_vectors, method_plan, run_plans, write_sweep
+        from .cae.sweeps import actadd_vectors, method_plan, run_plans, write_sweep
 
         _check_out(out, ["method_comparison.json", "method_comparison.csv", "method_comparison.png"], force)
         values = _floats(strengths, "strengths")
@@ -384,9 +384,9 @@ def ood_cmd(
 
     def body():
         _threads(threads)
-        from .analysis.behaviour import raw_strength
-        from .analysis.judge import make_judge
-        from .analysis.ood import evaluate_ood, load_ood_cases, load_ood_file, plot_ood
+        from .cae.behaviour import raw_strength
+        from .cae.judge import make_judge
+        from .cae.ood import evaluate_ood, load_ood_cases, load_ood_file, plot_ood
 
         _check_out(out, ["ood.json"], force)
         name = Path(behaviour).stem
@@ -424,9 +424,9 @@ def judge_check_cmd(
 
     def body():
         _threads(threads)
-        from .analysis import _io
-        from .analysis.behaviour import load_behaviour
-        from .analysis.judge import check_judge, make_judge
+        from . import results
+        from .cae.behaviour import load_behaviour
+        from .cae.judge import check_judge, make_judge
 
         if out is not None:
             _check_out(out, ["judge_check.json"], force)
@@ -440,7 +440,7 @@ def judge_check_cmd(
                       f"{res.n_matching} matching texts, {res.mean_not_matching:.3f} on {res.n_not_matching} others; "
                       f"{seconds:.0f} s)")
         if out is not None:
-            _io.write_json(out / "judge_check.json", {**res.to_json(), "seconds": seconds, "seed": seed, "n_items": n})
+            results.write_json(out / "judge_check.json", {**res.to_json(), "seconds": seconds, "seed": seed, "n_items": n})
             console.print(f"wrote {out / 'judge_check.json'}")
 
     _run(body)
@@ -467,8 +467,8 @@ def side_effects_cmd(
 
     def body():
         _threads(threads)
-        from .analysis.behaviour import raw_strength
-        from .analysis.side_effects import corpus_windows, measure_side_effects, write_side_effects
+        from .cae.behaviour import raw_strength
+        from .cae.side_effects import corpus_windows, measure_side_effects, write_side_effects
         from .data.io import require_data_root
 
         _check_out(out, ["side_effects.json", "side_effects.csv", "side_effects.png"], force)
@@ -525,11 +525,11 @@ def run_cmd(
     model: Optional[str] = ModelOpt,
     force: bool = typer.Option(False, "--force", help="Start over in a directory holding another run."),
 ) -> None:
-    """The whole CAE suite for one behaviour, in resumable stages (see steerlab.analysis.cae)."""
+    """The whole CAE suite for one behaviour, in resumable stages (see steerlab.cae.runs)."""
 
     def body():
         _threads(threads)
-        from .analysis.cae import CAEConfig, run_cae
+        from .cae.runs import CAEConfig, run_cae
 
         n_layers = _peek_layers(model)
         cfg = CAEConfig(
@@ -542,7 +542,7 @@ def run_cmd(
             max_new_tokens=max_new_tokens, judge=judge, judge_url=judge_url, judge_model=judge_model,
             judge_key_env=judge_key_env or None, corpus=corpus, ppl_tokens=ppl_tokens, ppl_window=ppl_window,
             n_boot=n_boot)
-        from .analysis.behaviour import load_behaviour
+        from .cae.behaviour import load_behaviour
 
         load_behaviour(behaviour, n_train, n_val + n_test, seed=seed)  # bad data fails before the model loads
         lm = _load_model(model)
@@ -567,7 +567,7 @@ def report_cmd(
     """Turn a run directory into one self-contained HTML page (or Markdown with images)."""
 
     def body():
-        from .report import write_report
+        from .cae.report import write_report
 
         path = write_report(run_dir, out, fmt=fmt, force=force)
         console.print(f"wrote {path}")

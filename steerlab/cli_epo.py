@@ -1,8 +1,7 @@
 """`steerlab attack`: EPO adversarial inputs against a steered model, from the shell.
 
-Registered on the main app through `cli._EXTENSIONS`. A thin wrapper, like
-`python -m steerlab.analysis.epo`: both build an `AttackOptions` and call
-`steerlab.analysis.epo_attack.run_attack`, which checks every option before the model is loaded.
+Registered on the main app through `cli._EXTENSIONS`. A thin wrapper: it builds an `AttackOptions`
+and calls `steerlab.epo.runs.run_attack`, which checks every option before the model is loaded.
 """
 
 from __future__ import annotations
@@ -67,8 +66,8 @@ def register(app: typer.Typer) -> None:
         writes the Pareto frontier (attack strength vs cross-entropy), held-apart scores and a plot."""
 
         def body():
-            from .analysis.epo import EPOConfig
-            from .analysis.epo_attack import AttackOptions, parse_ids, run_attack, summary, unescape
+            from .epo.config import EPOConfig
+            from .epo.runs import AttackOptions, parse_ids, run_attack, summary, unescape
 
             config = EPOConfig(seq_len=seq_len, population=population, lambda_min=lambda_min, lambda_max=lambda_max,
                                children=children, top_k=top_k, iterations=iterations, restart_every=restart_every,

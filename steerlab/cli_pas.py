@@ -1,6 +1,6 @@
 """`steerlab pas`, `steerlab pas-sft`, `steerlab pas-transfer`: Painless Activation Steering from the shell.
 
-Registered on the main app through `cli._EXTENSIONS`; thin over `steerlab.analysis.pas`.
+Registered on the main app through `cli._EXTENSIONS`; thin over `steerlab.pas`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _methods(spec: List[str]) -> list[str]:
 
 
 def _strengths(spec: Optional[str], signs: str) -> Optional[list[float]]:
-    from .analysis.pas import default_strengths
+    from .pas.runs import default_strengths
 
     if spec is None:
         return default_strengths(signs)
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
             _check_out(out, force, ["results.json", *names.values()])
             items = _items(data, limit)
             lm = _load_model(model)
-            from .analysis.pas import run_pas
+            from .pas.runs import run_pas
 
             res = run_pas(lm, items, methods, seeds=seeds, cap=cap, layers=parse_layers(layers, lm.n_layers),
                           strengths=_strengths(strengths, signs), chat_template=chat_template,
@@ -114,9 +114,9 @@ def register(app: typer.Typer) -> None:
                     console.print(f"[yellow]no {m} vector:[/] {e}", highlight=False)
                     continue
                 vec.save(out / fname, force=force)
-                e = vec.meta.extra
-                console.print(f"wrote {out / fname}: {m} layer {e['selected_layers'][0]} strength {e['strength']:g} "
-                              f"positions {e['positions']} (seed {e['seed']})", highlight=False)
+                e = vec.meta
+                console.print(f"wrote {out / fname}: {m} layer {e.selected_layers[0]} strength {e.strength:g} "
+                              f"positions {e.positions} (seed {e.extra['seed']})", highlight=False)
             console.print(res.summary_table(), highlight=False)
             console.print(f"results: {', '.join(written.values())}", highlight=False)
 
@@ -139,8 +139,8 @@ def register(app: typer.Typer) -> None:
                 raise OutputExistsError(f"{out} already exists; pass --force to overwrite it")
             items = _items(data, None)
             lm = _load_model(model)
-            from .analysis.pas import evaluate_transfer
-            from .analysis.pas_stats import summarize
+            from .pas.runs import evaluate_transfer
+            from .pas.stats import summarize
             from .vector import SteeringVector
 
             vec = SteeringVector.load(vector)
@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"Delta over {len(res)} seed(s): {s.format()} pp", highlight=False)
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                from .analysis.pas_report import json_safe
+                from .results import json_safe
 
                 out.write_text(json.dumps(json_safe({"vector": str(vector), "runs": [r.to_dict() for r in res],
                                                   "delta": s.to_dict()}), indent=1))
@@ -192,7 +192,7 @@ def register(app: typer.Typer) -> None:
                 base_result = json.loads(f.read_text())
             items = _items(data, None)
             lm = _load_model(model)
-            from .analysis.pas_sft import SFTConfig, run_sft_comparison
+            from .pas.sft import SFTConfig, run_sft_comparison
 
             res = run_sft_comparison(lm, items, method, seeds=seeds, cap=cap,
                                      sft=SFTConfig(steps=steps, rank=rank, lr=lr, batch_size=batch_size),
@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
                                      choice_seed=choice_seed, dataset=data if not Path(data).is_file() else "",
                                      base=base_result, log=lambda s: console.print(s, highlight=False))
             out.mkdir(parents=True, exist_ok=True)
-            from .analysis.pas_report import json_safe
+            from .results import json_safe
 
             (out / "results.json").write_text(json.dumps(json_safe(res.to_dict()), indent=1))
             console.print(res.summary_table(), highlight=False)

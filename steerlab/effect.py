@@ -16,7 +16,7 @@ import torch
 
 from .data.records import ContrastPair
 from .errors import SteerlabError
-from .steer import PositionPolicy, Steering
+from .steering import PositionPolicy, Steering
 from .vector import SteeringVector
 
 

@@ -1,41 +1,67 @@
-"""llama.cpp control-vector GGUF files (GUIDE §5), the interchange format for steering vectors.
+"""llama.cpp control-vector GGUF files (GUIDE §5), the interchange format for steering vectors: the raw format.
 
 `direction.N` steers the output of block N, which is steerlab's layer N. llama.cpp ignores block 0,
-so exporting a vector with a layer-0 direction is refused rather than silently dropped.
+so writing a layer-0 direction is refused rather than silently dropped.
+
+This module moves tensors and strings only (`write_control_vector`, `read_control_vector`); it stands
+below `steerlab.vector`, whose `export_gguf`, `import_gguf` and `SteeringVector.load` turn them into
+a SteeringVector with its metadata.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from .errors import OutputExistsError, VectorError
-from .vector import SteeringVector, VectorMetadata
 
 
-def export_gguf(vector: SteeringVector, path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write `vector` as a llama.cpp control vector (steerlab metadata kept under `steerlab.metadata`)."""
+@dataclass
+class ControlVectorFile:
+    """What a control-vector GGUF file holds.
+
+    Attributes:
+        directions: {layer: [hidden]} (float32; duplicates of a layer summed, as llama.cpp does).
+        model_hint: `controlvector.model_hint` (the model family), None if absent.
+        steerlab_metadata: the JSON steerlab wrote under `steerlab.metadata`, None in other tools' files.
+    """
+
+    directions: dict[int, torch.Tensor]
+    model_hint: str | None = None
+    steerlab_metadata: str | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return next(iter(self.directions.values())).shape[0]
+
+
+def write_control_vector(path: str | os.PathLike, directions: Mapping[int, torch.Tensor], *, model_hint: str,
+                         steerlab_metadata: str | None = None, force: bool = False) -> Path:
+    """Write `directions` ({layer: [hidden]}) as a llama.cpp control vector, atomically."""
     import gguf
 
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists; pass force=True (--force) to overwrite it")
-    if vector.per_position:
+    if any(t.dim() != 1 for t in directions.values()):
         raise VectorError("llama.cpp control vectors hold one direction per layer; a per-position ActAdd vector cannot be exported")
-    if 0 in vector.layers:
+    if 0 in directions:
         raise VectorError(
             "llama.cpp ignores control vectors for block 0; drop layer 0 first (vector.select(...)) to export"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "controlvector")
-    writer.add_string("controlvector.model_hint", vector.meta.family)
-    writer.add_uint32("controlvector.layer_count", len(vector.layers))
-    writer.add_string("steerlab.metadata", vector.meta.to_json())
-    for layer, t in vector.directions.items():
+    writer.add_string("controlvector.model_hint", model_hint)
+    writer.add_uint32("controlvector.layer_count", len(directions))
+    if steerlab_metadata is not None:
+        writer.add_string("steerlab.metadata", steerlab_metadata)
+    for layer, t in directions.items():
         writer.add_tensor(f"direction.{layer}", t.numpy().astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -52,8 +78,8 @@ def _field_str(reader, key: str) -> str | None:
     return bytes(f.parts[f.data[0]]).decode("utf-8")
 
 
-def import_gguf(path: str | os.PathLike, *, model_id: str | None = None, n_layers: int | None = None) -> SteeringVector:
-    """Read a llama.cpp control vector (ours or any other tool's)."""
+def read_control_vector(path: str | os.PathLike) -> ControlVectorFile:
+    """Read a llama.cpp control vector (ours or any other tool's), checking its structure."""
     import gguf
 
     path = Path(path)
@@ -82,17 +108,5 @@ def import_gguf(path: str | os.PathLike, *, model_id: str | None = None, n_layer
     sizes = {t.shape[0] for t in directions.values()}
     if len(sizes) != 1:
         raise VectorError(f"{path}: directions have different lengths {sorted(sizes)}")
-    hidden = sizes.pop()
-    raw = _field_str(reader, "steerlab.metadata")
-    if raw is not None:
-        meta = VectorMetadata.from_json(raw)
-    else:
-        hint = _field_str(reader, "controlvector.model_hint") or "unknown"
-        # llama.cpp files do not record the model's depth; unless told, check_compatible must not compare it
-        meta = VectorMetadata(model_id=model_id or hint, family=hint, hidden_size=hidden,
-                              n_layers=n_layers or max(directions) + 1, method="gguf-import",
-                              layers=tuple(sorted(directions)), template="unknown",
-                              extra={} if n_layers else {"n_layers_unknown": True})
-    if meta.hidden_size != hidden:
-        raise VectorError(f"{path}: metadata says hidden size {meta.hidden_size} but directions have {hidden}")
-    return SteeringVector(directions, meta)
+    return ControlVectorFile(directions, _field_str(reader, "controlvector.model_hint"),
+                             _field_str(reader, "steerlab.metadata"))

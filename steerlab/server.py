@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import SteerlabError
-from .steer import POLICIES, Steering
+from .steering import POLICIES, Steering
 from .vector import SteeringVector
 
 MAX_PROMPTS_PER_REQUEST = 64
@@ -125,7 +125,7 @@ class BatchingGenerator:
             self._run(group)
 
     def _run(self, group: list[_Job]) -> None:
-        from .generate import generate
+        from .generation import generate
 
         head = group[0]
         prompts = [p for j in group for p in j.prompts]
@@ -200,7 +200,7 @@ def create_app(lm, vectors: dict[str, SteeringVector] | None = None, *, max_new_
     @app.get("/vectors")
     def list_vectors() -> dict:
         return {name: {"method": v.meta.method, "layers": list(v.layers), "model": v.meta.model_id,
-                       "strength": v.meta.extra.get("strength"), "positions": v.meta.extra.get("positions")}
+                       "strength": v.meta.strength, "positions": v.meta.positions}
                 for name, v in vectors.items()}
 
     @app.post("/generate", response_model=GenerateResponse)

@@ -2,7 +2,8 @@
 
 A direction is a 1-D tensor [hidden] (added at every steered position) or, for ActAdd, a 2-D tensor
 [positions, hidden] added position by position from the start of the user prompt. Files are
-safetensors with the metadata as JSON (key "steerlab"); see `gguf_io` for llama.cpp control vectors.
+safetensors with the metadata as JSON (key "steerlab"), or llama.cpp control vectors (`export_gguf`,
+`import_gguf`; the raw format is `gguf_io`).
 """
 
 from __future__ import annotations
@@ -19,19 +20,38 @@ from typing import Iterable, Mapping
 import torch
 
 from .errors import OutputExistsError, VectorError
+from .gguf_io import read_control_vector, write_control_vector
+from .version import __version__
 
 FORMAT_VERSION = 1
 
 
 def _steerlab_version() -> str:
-    from . import __version__
-
     return __version__
+
+
+# How a vector is meant to be applied: typed fields now, before that keys of `extra` (same names). Those
+# keys are lifted out of `extra` into the fields whenever metadata is built (an older file, older code);
+# unset fields are left out of the file.
+USAGE_FIELDS: tuple[str, ...] = ("selected_layers", "strength", "positions")
 
 
 @dataclass(frozen=True)
 class VectorMetadata:
-    """Where a vector came from. Everything a user needs to reuse it safely."""
+    """Where a vector came from and how it is meant to be applied: what a user needs to reuse it safely.
+
+    Attributes:
+        model_id, family, hidden_size, n_layers: the model it was trained on.
+        method: "caa", "pca", "actadd", "pasf", "ipas-a", "ipas-wo", ... (or an arithmetic expression).
+        layers: the layers it has directions for.
+        position: where activations were read for training ("last", "mean", ...).
+        template: the prompt template used for training ("chat", "raw", ...).
+        data_hash, n_train: the training data (a short hash, the number of examples).
+        selected_layers: the layer(s) to steer by default (e.g. the layer `steerlab pas` chose); None: all.
+        strength: the default steering strength (e.g. the one `steerlab pas` chose); None: the library default.
+        positions: the default steered positions ("all", "after_user", "last_prompt"); None: the library default.
+        extra: anything else a method records (provenance, results), JSON values.
+    """
 
     model_id: str
     family: str
@@ -46,11 +66,32 @@ class VectorMetadata:
     steerlab_version: str = field(default_factory=_steerlab_version)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     extra: Mapping = field(default_factory=dict)
+    selected_layers: tuple[int, ...] | None = None
+    strength: float | None = None
+    positions: str | None = None
+
+    def __post_init__(self) -> None:
+        extra = dict(self.extra)
+        lifted = {k: extra.pop(k) for k in USAGE_FIELDS if k in extra}
+        if lifted:  # the pre-typed spelling (those keys in extra), from an older file or older code
+            object.__setattr__(self, "extra", extra)
+            for k, v in lifted.items():
+                if getattr(self, k) is None:
+                    object.__setattr__(self, k, v)
+        if self.selected_layers is not None:
+            object.__setattr__(self, "selected_layers", tuple(int(l) for l in self.selected_layers))
+        if self.strength is not None:
+            object.__setattr__(self, "strength", float(self.strength))
 
     def to_json(self) -> str:
         d = asdict(self)
         d["layers"] = list(self.layers)
         d["extra"] = dict(self.extra)
+        for k in USAGE_FIELDS:
+            if d[k] is None:
+                del d[k]
+        if self.selected_layers is not None:
+            d["selected_layers"] = list(self.selected_layers)
         d["format_version"] = FORMAT_VERSION
         return json.dumps(d, sort_keys=True)
 
@@ -237,8 +278,6 @@ class SteeringVector:
         if not path.is_file():
             raise VectorError(f"vector file not found: {path}")
         if path.suffix == ".gguf":
-            from .gguf_io import import_gguf
-
             return import_gguf(path)
         from safetensors import safe_open
 
@@ -258,3 +297,28 @@ class SteeringVector:
             _check_finite(int(k[6:]), t, str(path))
             directions[int(k[6:])] = t
         return cls(directions, meta)
+
+
+def export_gguf(vector: SteeringVector, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write `vector` as a llama.cpp control vector (steerlab metadata kept under `steerlab.metadata`)."""
+    return write_control_vector(path, vector.directions, model_hint=vector.meta.family,
+                                steerlab_metadata=vector.meta.to_json(), force=force)
+
+
+def import_gguf(path: str | os.PathLike, *, model_id: str | None = None, n_layers: int | None = None) -> SteeringVector:
+    """Read a llama.cpp control vector (ours or any other tool's)."""
+    path = Path(path)
+    f = read_control_vector(path)
+    hidden = f.hidden_size
+    if f.steerlab_metadata is not None:
+        meta = VectorMetadata.from_json(f.steerlab_metadata)
+    else:
+        hint = f.model_hint or "unknown"
+        # llama.cpp files do not record the model's depth; unless told, check_compatible must not compare it
+        meta = VectorMetadata(model_id=model_id or hint, family=hint, hidden_size=hidden,
+                              n_layers=n_layers or max(f.directions) + 1, method="gguf-import",
+                              layers=tuple(sorted(f.directions)), template="unknown",
+                              extra={} if n_layers else {"n_layers_unknown": True})
+    if meta.hidden_size != hidden:
+        raise VectorError(f"{path}: metadata says hidden size {meta.hidden_size} but directions have {hidden}")
+    return SteeringVector(f.directions, meta)

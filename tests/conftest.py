@@ -16,7 +16,7 @@ import torch
 
 import steerlab as sl
 from steerlab.layers import find_decoder_blocks
-from steerlab.vector import VectorMetadata
+from steerlab.vector import USAGE_FIELDS, VectorMetadata
 
 _GUARDED_MODELS: list[sl.LoadedModel] = []
 
@@ -82,9 +82,11 @@ def tiny_lm(make_tiny) -> sl.LoadedModel:
 
 
 def make_vector(lm, directions: dict[int, torch.Tensor], method: str = "test", **extra) -> sl.SteeringVector:
-    """A SteeringVector for `lm` with the given directions."""
+    """A SteeringVector for `lm` with the given directions (selected_layers/strength/positions: metadata
+    fields; any other keyword goes to the metadata's extra)."""
+    usage = {k: extra.pop(k) for k in USAGE_FIELDS if k in extra}
     meta = VectorMetadata(model_id=lm.model_id, family=lm.family, hidden_size=lm.hidden_size, n_layers=lm.n_layers,
-                          method=method, layers=tuple(directions), extra=extra)
+                          method=method, layers=tuple(directions), extra=extra, **usage)
     return sl.SteeringVector(directions, meta)
 
 

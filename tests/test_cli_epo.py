@@ -2,8 +2,8 @@
 
 End to end with tiny iteration counts: files written, overwrite refused without --force, the
 target-string mode; bad input gives one line and exit 1 before any computation (the model is never
-run, and is not even loaded when the model is not needed for the check); `python -m
-steerlab.analysis.epo` and `steerlab attack` build the same options.
+run, and is not even loaded when the model is not needed for the check); the options reach
+`run_attack` as given.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from steerlab.analysis import epo_attack
-from steerlab.analysis.epo import EPOConfig, EPOResult
+from steerlab.epo import EPOConfig, EPOResult
+from steerlab.epo import runs as epo_runs
 from steerlab.cli import app
 
 cli_epo = importlib.import_module("steerlab.cli_epo")  # after steerlab.cli, which registers it
@@ -59,7 +59,7 @@ def _one_line_error(r, match: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], r.output
 
 
-def test_defaults_match_the_config_and_the_module_entry_point():
+def test_defaults_match_the_config_and_the_options():
     import dataclasses
 
     import typer
@@ -67,15 +67,14 @@ def test_defaults_match_the_config_and_the_module_entry_point():
     d = EPOConfig()
     cmd = typer.main.get_command(app).commands["attack"]
     cli = {p.name: p.default for p in cmd.params}
-    mod = vars(epo_attack.build_parser().parse_args([]))
     for name in ("seq_len", "population", "lambda_min", "lambda_max", "children", "top_k", "iterations",
                  "restart_every", "seed", "vocab", "chunk_rows", "fast_dtype"):
-        assert cli[name] == getattr(d, name) == mod[name], name
-    opts = epo_attack.AttackOptions()
+        assert cli[name] == getattr(d, name), name
+    opts = epo_runs.AttackOptions()
     for f in dataclasses.fields(opts):
         if f.name in cli and f.name not in ("separator", "out", "force", "threads", "auto_sign"):
-            assert cli[f.name] == getattr(opts, f.name) == mod[f.name], f.name
-    assert cli["auto_sign"] is opts.auto_sign is (not mod["no_auto_sign"]) is True
+            assert cli[f.name] == getattr(opts, f.name), f.name
+    assert cli["auto_sign"] is opts.auto_sign is True
 
 
 @pytest.mark.skipif(not _has_data(), reason="no data root")
@@ -155,30 +154,22 @@ def test_bad_input_fails_with_one_line_before_computation(loaded, tmp_path, args
     assert not (tmp_path / "run" / "epo.json").exists()
 
 
-def test_module_entry_point_and_cli_build_the_same_options(monkeypatch, tmp_path, capsys):
+def test_cli_builds_the_options_it_is_given(monkeypatch, tmp_path):
     seen = []
 
     def fake(opts, **kw):
         seen.append(opts)
-        raise epo_attack.SteerlabError("stop here")
+        raise epo_runs.SteerlabError("stop here")
 
-    monkeypatch.setattr(epo_attack, "run_attack", fake)
+    monkeypatch.setattr(epo_runs, "run_attack", fake)
     args = [*BEHAVIOUR, "--positions", "all", "--iterations", "7", "--children", "3", "--fast-dtype", "bfloat16",
             "--allowed-ids", "5,6,7", "--separator", "\\n", "--threads", "1", "--out", str(tmp_path / "r")]
     r = runner.invoke(app, ["attack", *args])
     _one_line_error(r, "stop here")
-    assert epo_attack.main(args) == 1
-    assert "error: stop here" in capsys.readouterr().err
-    cli_opts, mod_opts = seen
-    cli_opts.out, mod_opts.out = str(cli_opts.out), str(mod_opts.out)
-    cli_opts.vector = mod_opts.vector = None
-    assert cli_opts == mod_opts
+    (cli_opts,) = seen
+    assert cli_opts.positions == "all" and cli_opts.threads == 1 and cli_opts.config.children == 3
+    assert cli_opts.config.fast_dtype == "bfloat16" and str(cli_opts.out) == str(tmp_path / "r")
     assert cli_opts.config.allowed_ids == (5, 6, 7) and cli_opts.separator == "\n" and cli_opts.config.iterations == 7
-
-
-def test_module_entry_point_bad_input(capsys, tmp_path):
-    assert epo_attack.main(["--target", "", "--prompt", "Hi", "--out", str(tmp_path / "r")]) == 1
-    assert "the target string is empty" in capsys.readouterr().err
 
 
 def test_out_is_required_except_for_reevaluate(loaded):

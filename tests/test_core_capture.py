@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.capture import capture_batch
+from steerlab.activations import capture_batch
 from steerlab.encoding import format_prompt
 from steerlab.errors import LayerError, PromptTooLongError, SteerlabError
 
@@ -153,12 +153,16 @@ def test_capture_bad_input(tiny_lm):
 
 
 def test_package_functions_are_not_shadowed_by_their_submodules():
-    """`sl.capture`, `sl.steer`, `sl.generate` stay the functions once their submodules are imported."""
+    """`sl.capture`, `sl.steer`, `sl.generate` stay the functions once their submodules are imported (no
+    submodule shares a name with a function the package exports)."""
+    import importlib.util
     import subprocess
     import sys
 
-    code = ("import steerlab as sl, steerlab.capture, steerlab.steer, steerlab.generate, sys\n"
-            "for n in ('capture', 'steer', 'generate'):\n"
-            "    assert getattr(sl, n) is getattr(sys.modules['steerlab.' + n], n), (n, getattr(sl, n))\n")
+    for name in sl.__all__:
+        assert importlib.util.find_spec(f"steerlab.{name}") is None, f"steerlab.{name} is both a module and a name"
+    code = ("import steerlab as sl, steerlab.activations, steerlab.steering, steerlab.generation, sys\n"
+            "for n, m in (('capture', 'activations'), ('steer', 'steering'), ('generate', 'generation')):\n"
+            "    assert getattr(sl, n) is getattr(sys.modules['steerlab.' + m], n), (n, getattr(sl, n))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

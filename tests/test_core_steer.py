@@ -23,7 +23,7 @@ import steerlab as sl
 from steerlab.encoding import format_prompt
 from steerlab.engine.cache import output_cache, with_cache
 from steerlab.errors import LayerError, PromptTooLongError, SteerlabError, VectorError
-from steerlab.steer import Steering, apply_steering, steer
+from steerlab.steering import Steering, apply_steering, steer
 
 PROMPTS = ["Hi", "Tell me a short story about a dragon and a knight.", "What is 2+2?"]
 

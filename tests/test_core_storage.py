@@ -4,6 +4,9 @@ with one clear VectorError."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -13,8 +16,7 @@ from safetensors.torch import save_file
 
 import steerlab as sl
 from steerlab.errors import OutputExistsError, VectorError
-from steerlab.gguf_io import export_gguf, import_gguf
-from steerlab.vector import SteeringVector, VectorMetadata
+from steerlab.vector import SteeringVector, VectorMetadata, export_gguf, import_gguf
 
 
 @pytest.fixture()
@@ -228,3 +230,72 @@ def test_vectors_check_the_model_they_are_loaded_into(tmp_path, tiny_lm, make_ti
     deeper_vec = SteeringVector({5: torch.ones(32)}, VectorMetadata("d", "llama", 32, 6, "caa", (5,)))
     with pytest.raises(VectorError, match="has layer 5, but this model has only 4 layers"):
         deeper_vec.check_compatible(tiny_lm, allow_other_family=True)
+
+
+OLD_PAS_META = {  # the metadata a `steerlab pas` vector file carried before the usage fields were typed
+    "created": "2026-11-22T15:17:22+00:00", "data_hash": "4d8cedc3078c7b08", "family": "llama", "format_version": 1,
+    "hidden_size": 32, "layers": [2], "method": "ipas-wo", "model_id": "tiny", "n_layers": 4, "n_train": 48,
+    "position": "last", "steerlab_version": "0.1.0", "template": "chat",
+    "extra": {"selected_layers": [2], "strength": -28.0, "positions": "last_prompt", "seed": 1, "icl_k": 0},
+}
+
+
+def test_old_format_file_loads_with_typed_usage_fields(tmp_path):
+    """Files written before selected_layers/strength/positions were typed fields (they were strings in
+    extra) load with those fields filled and steer the same way."""
+    path = tmp_path / "old.safetensors"
+    save_file({"layer.2": torch.ones(32)}, str(path), metadata={"steerlab": json.dumps(OLD_PAS_META)})
+    v = SteeringVector.load(path)
+    m = v.meta
+    assert (m.selected_layers, m.strength, m.positions) == ((2,), -28.0, "last_prompt")
+    assert m.extra == {"seed": 1, "icl_k": 0} and (m.method, m.model_id, m.hidden_size) == ("ipas-wo", "tiny", 32)
+    s = sl.Steering.from_vector(v)
+    assert (s.strength, list(s.layers), s.positions) == (-28.0, [2], "last_prompt")
+    again = SteeringVector.load(v.save(tmp_path / "new.safetensors"))  # written with typed fields, read back equal
+    assert again.meta == m
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as f:
+        written = json.loads(f.metadata()["steerlab"])
+    assert written["strength"] == -28.0 and "strength" not in written["extra"]
+
+
+def test_unset_usage_fields_stay_out_of_the_file(tmp_path, vec):
+    path = vec.save(tmp_path / "v.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        written = json.loads(f.metadata()["steerlab"])
+    assert not {"selected_layers", "strength", "positions"} & set(written)
+    m = SteeringVector.load(path).meta
+    assert (m.selected_layers, m.strength, m.positions) == (None, None, None)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+@pytest.mark.parametrize("name", ["pas_runs/main/openbookqa/vector.safetensors",
+                                  "pas_runs/icl/bbq-disability-status/vector_ipas-a.safetensors",
+                                  "epo_files/survival-instinct.vector.safetensors",
+                                  "epo_files/power-seeking-inclination.vector.safetensors"])
+def test_shipped_vector_files_still_load(name):
+    path = SHIPPED / name
+    if not path.is_file():
+        pytest.skip(f"{name} not shipped in this checkout")
+    with safe_open(str(path), framework="pt") as f:
+        raw = json.loads(f.metadata()["steerlab"])
+    v = SteeringVector.load(path)
+    old = raw.get("extra", {})
+    if "strength" in old:  # a `steerlab pas` vector: the choice it recorded is now typed
+        assert v.meta.strength == old["strength"] and v.meta.positions == old["positions"]
+        assert list(v.meta.selected_layers) == old["selected_layers"] and "strength" not in v.meta.extra
+    else:
+        assert (v.meta.selected_layers, v.meta.strength, v.meta.positions) == (None, None, None)
+    assert v.layers == tuple(raw["layers"]) and v.meta.method == raw["method"]
+
+
+def test_usage_keys_given_in_extra_become_the_typed_fields(vec):
+    """Code written against the old spelling (the keys in extra) still builds the typed fields."""
+    from dataclasses import replace
+
+    m = replace(vec.meta, extra={**vec.meta.extra, "strength": 6.0, "positions": "after_user", "selected_layers": [1]})
+    assert (m.strength, m.positions, m.selected_layers) == (6.0, "after_user", (1,))
+    assert not {"strength", "positions", "selected_layers"} & set(m.extra)
+    kept = replace(m, extra={"strength": 1.0})  # a typed value already set wins
+    assert kept.strength == 6.0 and kept.extra == {}

@@ -34,7 +34,7 @@ from steerlab.data import (
     shuffle_choices,
     split_ab_question,
 )
-from steerlab.data import mc as mc_module
+from steerlab.data import mc_formats as mc_module
 from steerlab.errors import DatasetError
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 import steerlab as sl
-from steerlab.cli import DEMO_LAYER, DEMO_TRAIN, demo_pairs
+from steerlab.data.demo import DEMO_LAYER, DEMO_TRAIN, demo_pairs
 from steerlab.effect import EffectReport
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.capture import capture
+from steerlab.activations import capture
 from steerlab.data.records import BehaviourItem, ContrastPair
 from steerlab.engine import PairActivations, caa_vectors, extract_pair_activations
 from steerlab.errors import DatasetError, SteerlabError

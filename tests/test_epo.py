@@ -1,4 +1,4 @@
-"""Tests for EPO (steerlab.analysis.epo / epo_objective) on tiny random Llamas over the real tokenizer.
+"""Tests for EPO (steerlab.epo: search, objective, targets, attack) on tiny random Llamas over the real tokenizer.
 
 The reference for the objective is a plain computation: one full forward per (sequence, item) with
 no cache, no padding and no chunking, the sequence fed as `one_hot @ embedding matrix`, steering
@@ -15,16 +15,8 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.analysis.epo import (
-    EPOConfig,
-    EPOResult,
-    allowed_tokens,
-    pareto_frontier,
-    run_epo,
-    select_per_slot,
-    swap_children,
-)
-from steerlab.analysis.epo_objective import EPOObjective, behaviour_targets, string_target
+from steerlab.epo import EPOConfig, EPOObjective, EPOResult, allowed_tokens, behaviour_targets, run_epo, string_target
+from steerlab.epo.search import pareto_frontier, select_per_slot, swap_children
 from steerlab.data.records import BehaviourItem
 from steerlab.errors import PromptTooLongError, SteerlabError
 
@@ -398,7 +390,7 @@ def test_head_xent_matches_full_forward(lm):
 
 def test_attack_behaviour_end_to_end(tiny, tmp_path):
     """The whole pipeline on real MWE data and a tiny model: vector, sign check, EPO, held-apart scores, files."""
-    from steerlab.analysis.epo_attack import attack_behaviour, main
+    from steerlab.epo.attack import attack_behaviour
     from steerlab.data import default_data_root
 
     if default_data_root() is None:
@@ -419,7 +411,7 @@ def test_attack_behaviour_end_to_end(tiny, tmp_path):
     assert EPOResult.load(tmp_path / "run").evaluation["natural_steered"] == ev["natural_steered"]
     assert all(0 <= p.heldout["score_steered_attack_items"] <= 1 for p in scored)
     assert 0 <= ev["attack_items"]["natural_steered"] <= 1
-    from steerlab.analysis.epo_attack import reevaluate
+    from steerlab.epo.attack import reevaluate
 
     again = reevaluate(lm, tmp_path / "run", eval_points=2, log=lambda *_: None)
     assert again.evaluation["natural_steered"] == pytest.approx(ev["natural_steered"], abs=1e-6)
@@ -433,7 +425,7 @@ def test_attack_behaviour_end_to_end(tiny, tmp_path):
 
 
 def test_balanced_attack_items():
-    from steerlab.analysis.epo_attack import balanced_items
+    from steerlab.epo.attack import balanced_items
 
     pool = [BehaviourItem(f"q{i}", m, nm, "ab", "toy", i) for i, (m, nm) in enumerate(["AB", "AB", "AB", "BA", "AB", "BA"])]
     assert [it.index for it in balanced_items(pool, 4)] == [3, 0, 5, 1]
@@ -442,7 +434,7 @@ def test_balanced_attack_items():
 
 
 def test_paired_difference():
-    from steerlab.analysis.epo_attack import paired_difference
+    from steerlab.epo.attack import paired_difference
 
     d = paired_difference(torch.tensor([0.5, 0.7, 0.9]), torch.tensor([0.4, 0.4, 0.4]))
     diffs = torch.tensor([0.1, 0.3, 0.5], dtype=torch.float64)

@@ -1,9 +1,9 @@
-"""`steerlab.analysis.epo_report`: markdown tables from a saved epo.json, no model needed."""
+"""`steerlab.epo.report`: markdown tables from a saved epo.json, no model needed."""
 
 from __future__ import annotations
 
-from steerlab.analysis.epo import EPOConfig, EPOResult, EPOStep, FrontierPoint
-from steerlab.analysis.epo_report import main, run_markdown
+from steerlab.epo import EPOConfig, EPOResult, EPOStep, FrontierPoint
+from steerlab.epo.report import main, run_markdown
 
 
 def _result() -> EPOResult:

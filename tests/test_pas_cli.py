@@ -52,9 +52,9 @@ def test_pas_writes_results_and_a_vector_that_generate_uses(model_dir, tmp_path,
     assert set(res["summary"]) == {"ipas-wo", "pasf"} and "ci_low" in res["summary"]["ipas-wo"]["delta"]
     assert len((out / "grid.csv").read_text().splitlines()) == 1 + 2 * 2 * 2 * 4
     vec = SteeringVector.load(out / "vector.safetensors")
-    e = vec.meta.extra
-    assert vec.meta.method == "ipas-wo" and vec.layers == tuple(e["selected_layers"])
-    assert e["positions"] == "last_prompt" and e["strength"] in (-4.0, -1.0, 1.0, 4.0)
+    e = vec.meta
+    assert vec.meta.method == "ipas-wo" and vec.layers == tuple(e.selected_layers)
+    assert e.positions == "last_prompt" and e.strength in (-4.0, -1.0, 1.0, 4.0)
     assert "Delta" in r.output
 
     again = runner.invoke(app, args)  # refuses to overwrite
@@ -66,11 +66,11 @@ def test_pas_writes_results_and_a_vector_that_generate_uses(model_dir, tmp_path,
         seen["steering"] = steering
         return ["ok"] * len(prompts)
 
-    monkeypatch.setattr(importlib.import_module("steerlab.generate"), "generate", fake_generate)
+    monkeypatch.setattr(importlib.import_module("steerlab.generation"), "generate", fake_generate)
     g = runner.invoke(app, ["generate", "Hello", "--vector", str(out / "vector.safetensors"), "--model", str(model_dir)])
     assert g.exit_code == 0, g.output
     s = seen["steering"]
-    assert (s.strength, list(s.layers), s.positions) == (e["strength"], e["selected_layers"], "last_prompt")
+    assert (s.strength, list(s.layers), s.positions) == (e.strength, list(e.selected_layers), "last_prompt")
     monkeypatch.undo()
     real = runner.invoke(app, ["generate", "Hello", "--vector", str(out / "vector.safetensors"), "--model",
                                str(model_dir), "--max-new-tokens", "3"])

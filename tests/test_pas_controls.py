@@ -10,11 +10,11 @@ import pytest
 import torch
 from scipy import stats
 
-from steerlab.analysis.pas_bias import balanced_weights, letter_bias_report
-from steerlab.analysis.pas_letters import answer_and_capture, letter_logprobs, score_letters
-from steerlab.analysis.pas_splits import choice_orders, make_splits, split_sizes
-from steerlab.analysis.pas_stats import summarize
-from steerlab.capture import capture
+from steerlab.pas.bias import balanced_weights, letter_bias_report
+from steerlab.pas.letters import answer_and_capture, letter_logprobs, score_letters
+from steerlab.pas.splits import choice_orders, make_splits, split_sizes
+from steerlab.pas.stats import summarize
+from steerlab.activations import capture
 from steerlab.data.prompts import gold_letter
 from steerlab.data.records import MCItem
 from steerlab.engine import Setting

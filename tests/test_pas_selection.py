@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from steerlab.analysis.pas import (default_layers, default_strengths, evaluate_transfer, icl_prefix, run_pas,
+from steerlab.pas.runs import (default_layers, default_strengths, evaluate_transfer, icl_prefix, run_pas,
                                    select_best)
-from steerlab.analysis.pas_splits import make_splits
+from steerlab.pas.splits import make_splits
 from steerlab.data.records import MCItem
 from steerlab.encoding import format_prompt
 from steerlab.engine import ScoringItem, Setting, score_naive
@@ -82,8 +82,8 @@ def test_selection_matches_brute_force_with_naive_scoring(tiny_lm):
     assert got.test_accuracy == pytest.approx(float(tacc[1]))
     assert got.delta == pytest.approx(float(tacc[1] - tacc[0]))
     torch.testing.assert_close(got.vector[got.layer], vec[got.layer], atol=1e-6, rtol=1e-6)
-    e = got.vector.meta.extra
-    assert (e["selected_layers"], e["strength"], e["positions"]) == ([got.layer], got.strength, "last_prompt")
+    e = got.vector.meta
+    assert (list(e.selected_layers), e.strength, e.positions) == ([got.layer], got.strength, "last_prompt")
 
     # the saved vector is the best-validation seed's, with the selection summary attached
     v = res.vector("ipas-wo")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.analysis.pas_sft import SFTConfig, finetune_lora, letter_token_ids, run_sft_comparison
-from steerlab.analysis.pas_splits import choice_orders
+from steerlab.pas.sft import SFTConfig, finetune_lora, letter_token_ids, run_sft_comparison
+from steerlab.pas.splits import choice_orders
 from steerlab.data.records import MCItem
 from steerlab.errors import SteerlabError
 
@@ -55,7 +55,7 @@ def test_sft_comparison_runs_pas_on_the_tuned_model(tiny_lm):
                                                                    "sft_pas_vs_base_pas"}
     assert res.to_dict()["seeds"][0]["sft_info"]["steps"] == 4 and "SFT+PAS" in res.summary_table()
     # a matching run_pas result supplies the base numbers; a mismatching one is refused
-    from steerlab.analysis.pas import run_pas
+    from steerlab.pas.runs import run_pas
 
     base = run_pas(tiny_lm, _items(20), "ipas-wo", seeds=[0], layers=[1, 2], strengths=[-2.0, 2.0])
     again = run_sft_comparison(tiny_lm, _items(20), "ipas-wo", seeds=[0], layers=[1, 2], strengths=[-2.0, 2.0],

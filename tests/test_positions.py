@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 import steerlab as sl
-from steerlab.steer import Steering, _ForwardState, apply_steering
+from steerlab.steering import Steering, _ForwardState, apply_steering
 from test_core_steer import PROMPTS, Recorder, assert_exact_steering, expected_deltas, reference_forward
 
 
@@ -291,7 +291,7 @@ def test_negative_layers_are_normalised_once_everywhere(tiny_lm, vec_factory):
 
 
 def test_steering_has_one_documented_default(tiny_lm, vec_factory):
-    from steerlab.steer import DEFAULT_POSITIONS, DEFAULT_STRENGTH
+    from steerlab.steering import DEFAULT_POSITIONS, DEFAULT_STRENGTH
 
     lm = tiny_lm
     v = vec_factory(lm, [1], seed=35)

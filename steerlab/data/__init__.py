@@ -7,23 +7,22 @@ with the file and line of a bad record.
 from __future__ import annotations
 
 from .io import Row, default_data_root, read_csv, read_json, read_records, read_text, require_data_root
-from .mc import (
+from .mc import load_mc_csv, load_mc_jsonl, resolve_gold
+from .mc_formats import (
     load_arc,
     load_bbq,
     load_ethics,
     load_hf_mc,
     load_lsat,
-    load_mc_csv,
-    load_mc_jsonl,
     load_mmlu,
     load_mwe_mc,
     load_openbookqa,
     load_truthfulqa_mc,
-    resolve_gold,
     split_ab_question,
 )
 from .mwe import load_mwe, split_items
 from .ood import LENGTHS, list_ood_behaviours, load_corpus, load_ood, load_ood_dir
+from .demo import DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_pairs
 from .pairs import load_pairs
 from .prompts import ANSWER_SUFFIX, LETTERS, format_mc_prompt, gold_letter, letter_choice, shuffle_choices
 from .records import BehaviourItem, ContrastPair, MCItem, OODPrompt
@@ -55,6 +54,10 @@ __all__ = [
     "read_text",
     # loaders
     "load_pairs",
+    "demo_pairs",
+    "DEMO_TRAIN",
+    "DEMO_LAYER",
+    "DEMO_STRENGTH",
     "load_mwe",
     "split_items",
     "load_mc_jsonl",

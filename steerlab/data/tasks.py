@@ -14,7 +14,7 @@ from typing import Literal
 
 from ..errors import DatasetError
 from .io import PathLike, csv_header, read_csv, read_records, require_data_root
-from .mc import (
+from .mc_formats import (
     FORMAT_HELP,
     detect_row_format,
     load_arc,

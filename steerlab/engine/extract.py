@@ -27,19 +27,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
-from ..capture import position_ids_for
+from ..activations import position_ids_for, read_blocks
 from ..data.records import ContrastPair
 from ..encoding import common_prefix_len, pad_left, tokenize_prompts
 from ..errors import DatasetError, SteerlabError
-from ..layers import block_hidden
-from ..methods.caa import mean_difference
-from ..methods.common import make_meta, pair_prompts, pairs_hash
+from ..methods.caa import caa_from_activations, mean_difference
+from ..methods.common import pair_prompts
 from ..vector import SteeringVector
 from .cache import with_cache
-
-
-class _StopForward(Exception):
-    """Raised by the deepest capture hook: nothing after it is needed."""
 
 
 @dataclass
@@ -92,40 +87,12 @@ class PairActivations:
         """A CAA SteeringVector (metadata as `train_caa`) from all pairs or a subset."""
         idx = self._index(subset)
         layers = list(self.layers) if layers is None else list(layers)
+        for l in layers:
+            if l not in self.positive:
+                raise SteerlabError(f"layer {l} was not extracted (have {list(self.layers)})")
         chosen = [self.pairs[int(i)] for i in idx]
-        directions = {l: self.mean_difference(l, idx) for l in layers}
-        meta = make_meta(lm, method="caa", layers=layers, position="last", data_hash=pairs_hash(chosen),
-                         n_train=len(chosen))
-        return SteeringVector(directions, meta)
-
-
-def _capture_hooks(lm, layers: Sequence[int], grabbed: dict[int, torch.Tensor]):
-    deepest = max(layers)
-
-    def make(layer: int):
-        def hook(module, args, output):
-            grabbed[layer] = block_hidden(output).detach()
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    return [lm.blocks[l].register_forward_hook(make(l)) for l in layers]
-
-
-def _run(lm, hooks_layers: Sequence[int] | None, grabbed: dict, *, cache=None, **kwargs) -> None:
-    """One forward that stops after the deepest of `hooks_layers` (or of the prefix stop layer)."""
-    if cache is not None:
-        kwargs = with_cache(lm.model, cache, **kwargs)
-    handles = _capture_hooks(lm, hooks_layers, grabbed)
-    try:
-        with torch.no_grad():
-            lm.model(**kwargs)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+        return caa_from_activations(lm, {l: self.positive[l][idx] for l in layers},
+                                    {l: self.negative[l][idx] for l in layers}, chosen, position="last")
 
 
 def extract_pair_activations(
@@ -161,9 +128,9 @@ def extract_pair_activations(
     head_cache = None
     if head_len:
         head_cache = DynamicCache(config=lm.model.config)
-        _run(lm, [deepest], {}, input_ids=torch.tensor([pos_ids[0][:head_len]], device=lm.device),
-             position_ids=torch.arange(head_len, device=lm.device)[None], cache=head_cache,
-             use_cache=True)
+        read_blocks(lm, [deepest], **with_cache(lm.model, head_cache, use_cache=True,
+                                                input_ids=torch.tensor([pos_ids[0][:head_len]], device=lm.device),
+                                                position_ids=torch.arange(head_len, device=lm.device)[None]))
     hidden = lm.hidden_size
     out_pos = {l: torch.empty(n, hidden) for l in layers}
     out_neg = {l: torch.empty(n, hidden) for l in layers}
@@ -189,9 +156,9 @@ def extract_pair_activations(
         # The header's columns count as real tokens in every mask from here on.
         pre_mask = torch.cat([torch.ones(len(idx), head_len, dtype=torch.long), pre_mask], dim=1)
         if pre_ids.shape[1]:
-            _run(lm, [deepest], {}, input_ids=pre_ids.to(device), attention_mask=pre_mask.to(device),
-                 position_ids=position_ids_for(pre_mask)[:, head_len:].to(device), cache=cache,
-                 use_cache=True)
+            read_blocks(lm, [deepest], **with_cache(lm.model, cache, use_cache=True, input_ids=pre_ids.to(device),
+                                                    attention_mask=pre_mask.to(device),
+                                                    position_ids=position_ids_for(pre_mask)[:, head_len:].to(device)))
         has_cache = pre_mask.shape[1] > 0
         if has_cache:
             cache.batch_repeat_interleave(2)  # rows (pair, side): 2k positive, 2k+1 negative
@@ -202,10 +169,9 @@ def extract_pair_activations(
             tail_ids[r, : len(t)] = torch.tensor(t)
             tail_mask[r, : len(t)] = 1
         mask = torch.cat([pre_mask.repeat_interleave(2, 0), tail_mask], dim=1)
-        grabbed: dict[int, torch.Tensor] = {}
-        _run(lm, layers, grabbed, input_ids=tail_ids.to(device), attention_mask=mask.to(device),
-             position_ids=position_ids_for(mask)[:, pre_mask.shape[1]:].to(device),
-             cache=cache if has_cache else None, use_cache=has_cache)
+        tail = dict(input_ids=tail_ids.to(device), attention_mask=mask.to(device),
+                    position_ids=position_ids_for(mask)[:, pre_mask.shape[1]:].to(device), use_cache=has_cache)
+        grabbed = read_blocks(lm, layers, **(with_cache(lm.model, cache, **tail) if has_cache else tail))
         last = torch.tensor([len(t) - 1 for t in tails])
         rows = torch.arange(len(tails))
         for l in layers:

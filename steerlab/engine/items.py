@@ -22,7 +22,7 @@ from typing import Sequence
 
 from ..encoding import Prompt, as_prompt, tokenize_prompts
 from ..errors import PromptTooLongError, SteerlabError
-from ..steer import POLICIES, Steering
+from ..steering import POLICIES, Steering
 from ..vector import SteeringVector
 
 

@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..capture import position_ids_for
+from ..activations import position_ids_for
 from ..encoding import EncodedBatch, pad_left
-from ..steer import steer
+from ..steering import steer
 from .items import ScoringItem, Setting, tokenize_items
 from .scoring import _check_inputs, _logits_kwargs
 from .table import ScoreTable

@@ -56,11 +56,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
-from ..capture import position_ids_for
+from ..activations import position_ids_for
 from ..encoding import EncodedBatch, after_user_start, pad_left
 from ..errors import SteerlabError
 from ..layers import block_hidden
-from ..steer import Steering, apply_steering
+from ..steering import Steering, apply_steering
 from ..vector import SteeringVector
 from .cache import BufferPool, is_plain, output_cache, prefix_cache, select_rows, skip_blocks, with_cache
 from .items import ScoringItem, Setting, TokenizedItem, tokenize_items

@@ -125,7 +125,7 @@ def strength_sweep(lm, vector: SteeringVector, items: Sequence[ScoringItem], str
                    layer: int | None = None, positions: str = "all", *, include_unsteered: bool = True,
                    **score_kw) -> SweepResult:
     """One setting per strength, at `layer` (None: every layer of the vector steered at once)."""
-    from ..steer import Steering
+    from ..steering import Steering
 
     if not len(strengths):
         raise SteerlabError("a strength sweep needs at least one strength")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from ..capture import capture_batch
+from ..activations import capture_batch
 from ..encoding import EncodedBatch
 from ..errors import DatasetError
 from ..vector import SteeringVector, hash_texts

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from ..capture import ReadPosition, capture
+from ..activations import ReadPosition, capture
 from ..data.records import ContrastPair
 from ..errors import SteerlabError
 from ..vector import SteeringVector
@@ -18,6 +18,17 @@ def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Ten
     if positive.shape != negative.shape:
         raise SteerlabError(f"activation shapes differ: {tuple(positive.shape)} vs {tuple(negative.shape)}")
     return (positive.double() - negative.double()).mean(0).float()
+
+
+def caa_from_activations(lm, positive: Mapping[int, torch.Tensor], negative: Mapping[int, torch.Tensor],
+                         pairs: Sequence[ContrastPair], *, position: str = "last") -> SteeringVector:
+    """The CAA vector of `pairs` from their activations ({layer: [n_pairs, hidden]} per side, row i =
+    pair i): the mean difference per layer, with `train_caa`'s metadata. Every CAA vector in steerlab is
+    built here (`train_caa`, `engine.caa_vectors`, `engine.PairActivations.caa_vector`)."""
+    directions = {l: mean_difference(positive[l], negative[l]) for l in positive}
+    meta = make_meta(lm, method="caa", layers=list(directions), position=position, data_hash=pairs_hash(pairs),
+                     n_train=len(pairs))
+    return SteeringVector(directions, meta)
 
 
 def train_caa(
@@ -39,6 +50,5 @@ def train_caa(
     pos_prompts, neg_prompts = pair_prompts(lm, pairs)
     acts = capture(lm, pos_prompts + neg_prompts, layers, position, batch_size=batch_size, progress=progress)
     n = len(pairs)
-    directions = {l: mean_difference(a[:n], a[n:]) for l, a in acts.items()}
-    meta = make_meta(lm, method="caa", layers=layers, position=position, data_hash=pairs_hash(pairs), n_train=n)
-    return SteeringVector(directions, meta)
+    return caa_from_activations(lm, {l: a[:n] for l, a in acts.items()}, {l: a[n:] for l, a in acts.items()}, pairs,
+                                position=position)

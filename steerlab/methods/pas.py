@@ -32,7 +32,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from ..capture import capture
+from ..activations import capture
 from ..data.prompts import format_mc_prompt
 from ..data.records import MCItem
 from ..encoding import Prompt, format_prompt
@@ -269,7 +269,7 @@ def train_pas(lm, examples: Sequence[PASExample], method: str = "ipas-wo", layer
               progress: bool = False) -> SteeringVector:
     """A PAS vector (all of `layers`, default every layer) from examples with the unsteered model's answers.
 
-    To choose a layer and strength automatically, use `steerlab.analysis.pas.run_pas`.
+    To choose a layer and strength automatically, use `steerlab.pas.run_pas`.
     """
     layers = list(range(lm.n_layers)) if layers is None else list(layers)
     acts = pas_activations(lm, examples, [method], layers, dataset=dataset, chat_template=chat_template,

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from ..capture import ReadPosition, capture
+from ..activations import ReadPosition, capture
 from ..data.records import ContrastPair
 from ..errors import DatasetError
 from ..vector import SteeringVector

@@ -1,0 +1,134 @@
+"""One batched forward pass → residual-stream activations at chosen layers and positions.
+
+The pass stops right after the deepest requested block (no later blocks, no logits), and reads
+positions row-relative so left padding never shifts them.
+
+Reading positions:
+    "last"  the last prompt token (PAS; CAA's answer letter when the prompt ends with "(A").
+    "mean"  the mean over the user's text and everything after it (template header excluded).
+    "user"  every position from the start of the user's text ([n_i, hidden] per row; ActAdd).
+    "all"   every real token ([n_i, hidden] per row).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .encoding import EncodedBatch, Prompt, encode
+from .errors import SteerlabError
+from .layers import block_hidden
+
+ReadPosition = Literal["last", "mean", "user", "all"]
+READ_POSITIONS: tuple[str, ...] = ("last", "mean", "user", "all")
+
+
+class _StopForward(Exception):
+    """Raised by the deepest capture hook: nothing after it is needed."""
+
+
+def read_blocks(lm, layers: Sequence[int], **model_kwargs) -> dict[int, torch.Tensor]:
+    """One forward call `lm.model(**model_kwargs)` (no gradients) that records the output of each block
+    in `layers` ({layer: [rows, cols, hidden]}, detached) and stops right after the deepest of them: no
+    later block, no logits. The hooks are always removed. The capture hooks are registered after any
+    steering hooks, so they read the steered stream. Every capture in steerlab runs through here."""
+    deepest = max(layers)
+    grabbed: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, output):
+            grabbed[layer] = block_hidden(output).detach()
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [lm.blocks[l].register_forward_hook(make_hook(l)) for l in layers]
+    try:
+        with torch.no_grad():
+            lm.model(**model_kwargs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return grabbed
+
+
+def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (what generate() uses)."""
+    return (mask.long().cumsum(1) - 1).clamp_min(0)
+
+
+def capture_batch(lm, batch: EncodedBatch, layers: Sequence[int], position: ReadPosition = "last"):
+    """Activations of one encoded batch: {layer: [rows, hidden]} or {layer: [tensor [n_i, hidden]]}."""
+    if position not in READ_POSITIONS:
+        raise SteerlabError(f"unknown reading position '{position}': choose one of {', '.join(READ_POSITIONS)}")
+    layers = sorted({lm.blocks.check_layer(l) for l in layers})
+    if not layers:
+        raise SteerlabError("no layers requested")
+    batch = batch.to(lm.device)
+    grabbed = read_blocks(lm, layers, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=position_ids_for(batch.attention_mask), use_cache=False)
+
+    width = batch.input_ids.shape[1]
+    pad = batch.pad
+    out = {}
+    for layer in layers:
+        h = grabbed[layer].float()
+        if position == "last":
+            out[layer] = h[:, -1, :].cpu()  # left padding: every row ends at the last column
+        elif position == "mean":
+            rows = []
+            for i in range(h.shape[0]):
+                start = int(pad[i] + batch.user_start[i])
+                rows.append(h[i, min(start, width - 1):].mean(0))
+            out[layer] = torch.stack(rows).cpu()
+        else:
+            starts = batch.user_start if position == "user" else torch.zeros_like(pad)
+            out[layer] = [h[i, int(pad[i] + starts[i]):].cpu() for i in range(h.shape[0])]
+    return out
+
+
+def capture(
+    lm,
+    prompts: Sequence["str | Prompt"],
+    layers: Sequence[int],
+    position: ReadPosition = "last",
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[int, torch.Tensor | list[torch.Tensor]]:
+    """Activations of many prompts at `layers`, read at `position`, in batches.
+
+    Returns {layer: tensor [n_prompts, hidden]} for "last"/"mean", {layer: list of [n_i, hidden]} for
+    "user"/"all". Plain strings are formatted as user messages for `lm`.
+    """
+    if len(prompts) == 0:
+        raise SteerlabError("no prompts to capture")
+    # Sort by length so batches pad little; restore the order at the end.
+    def size(p) -> int:  # a non-string is refused by encode() with a clear message
+        return len(p.text) if isinstance(p, Prompt) else len(p) if isinstance(p, str) else 0
+
+    order = sorted(range(len(prompts)), key=lambda i: size(prompts[i]))
+    chunks: dict[int, list] = {}
+    bar = tqdm(total=len(prompts), desc="capturing activations", disable=not progress, unit="prompt")
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        got = capture_batch(lm, encode(lm, [prompts[i] for i in idx], indices=idx), layers, position)
+        for layer, value in got.items():
+            chunks.setdefault(layer, []).append(value)
+        bar.update(len(idx))
+    bar.close()
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    out: dict = {}
+    for layer, parts in chunks.items():
+        if position in ("last", "mean"):
+            out[layer] = torch.cat(parts)[inverse]
+        else:
+            flat = [t for p in parts for t in p]
+            out[layer] = [flat[int(j)] for j in inverse]
+    return out
