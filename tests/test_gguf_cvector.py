@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from steerlab.gguf_io import export_gguf, import_gguf
+from steerlab.gguf_io import read_control_vector
+from steerlab.vector import export_gguf, import_gguf
 from steerlab.vector import SteeringVector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,9 @@ def test_the_helper_writes_the_generator_layout(tmp_path):
 def test_cvector_generator_file_imports(tmp_path):
     path = tmp_path / "control_vector.gguf"
     dirs = write_cvector_generator_file(path)
+    raw = read_control_vector(path)  # the raw format: what the file holds
+    assert raw.model_hint == "llama" and raw.steerlab_metadata is None and raw.hidden_size == N_EMBD
+    assert sorted(raw.directions) == list(range(1, N_LAYER))
     vec = import_gguf(path)
     assert vec.layers == tuple(range(1, N_LAYER))  # direction.N is steerlab's layer N (block N's output)
     for n, v in dirs.items():

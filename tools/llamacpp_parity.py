@@ -11,7 +11,7 @@ already imports `llama_cpp`. Nothing else in steerlab needs it.
 
 The comparison, run from steerlab's own environment:
 1. trains a CAA vector on the shipped demo pairs at `--layer` (or takes `--vector FILE`, one layer of it),
-   exports it with `steerlab.gguf_io.export_gguf` as `direction.L`, and also as `direction.L-1` and
+   exports it with `steerlab.export_gguf` as `direction.L`, and also as `direction.L-1` and
    `direction.L+1` (the same direction deliberately put one block too low / too high);
 2. runs the embedded model's own GGUF in llama.cpp (a subprocess in the llama-cpp-python venv: this same
    file with `--worker`) on the same token ids, unsteered and with each file applied through
@@ -217,8 +217,8 @@ def _topk_corr(ref_base: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> fl
 def _steerlab_logprobs(lm, ids_rows, steering_vec, strength, batch_size=16):
     import torch
 
+    import steerlab as sl
     from steerlab.encoding import pad_left
-    from steerlab.steer import steer
 
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     out = []
@@ -228,7 +228,7 @@ def _steerlab_logprobs(lm, ids_rows, steering_vec, strength, batch_size=16):
             if steering_vec is None:
                 logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, -1]
             else:
-                with steer(lm, steering_vec, strength, positions="all"):
+                with sl.steer(lm, steering_vec, strength, positions="all"):
                     logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, -1]
         out.append(torch.log_softmax(logits.double(), -1).float().numpy())
     return np.concatenate(out)
@@ -243,11 +243,10 @@ def compare(args) -> int:
     import torch
 
     import steerlab as sl
-    from steerlab.cli import DEMO_TRAIN, demo_pairs
+    from steerlab.data.demo import DEMO_TRAIN, demo_pairs
     from steerlab.encoding import tokenize_prompts
-    from steerlab.gguf_io import export_gguf, import_gguf
     from steerlab.models import embedded_gguf_path
-    from steerlab.vector import SteeringVector
+    from steerlab.vector import SteeringVector, export_gguf, import_gguf
 
     torch.set_num_threads(args.threads)
     t_start = time.time()
