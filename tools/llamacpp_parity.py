@@ -142,7 +142,8 @@ def worker(request_path: Path) -> int:
     ctx = llm.ctx
     n_embd = int(llama_cpp.llama_n_embd(model))
     n_layer = int(getattr(llama_cpp, "llama_model_n_layer", getattr(llama_cpp, "llama_n_layer", None))(model))
-    apply_fn = getattr(llama_cpp, "llama_apply_adapter_cvec", None) or getattr(llama_cpp, "llama_set_adapter_cvec")
+    # llama_set_adapter_cvec is the current name; llama_apply_adapter_cvec the older (now deprecated) one
+    apply_fn = getattr(llama_cpp, "llama_set_adapter_cvec", None) or getattr(llama_cpp, "llama_apply_adapter_cvec")
 
     def load_cvec(path: str, scale: float) -> np.ndarray:
         # as llama.cpp's common_control_vector_load: direction.N (N >= 1) at offset (N-1)*n_embd, scaled,
@@ -174,7 +175,9 @@ def worker(request_path: Path) -> int:
         for i, ids in enumerate(req["prompts"]):
             llm.reset()
             llm.eval(ids)
-            out[i] = _log_softmax(np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32))
+            # the last token's logits straight from the context (llm.scores stays empty without logits_all)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(out.shape[1],))
+            out[i] = _log_softmax(logits.copy())
         return out
 
     results = {}
