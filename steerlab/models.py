@@ -197,6 +197,12 @@ def load_model(
         model_id = model_id or EMBEDDED_MODEL_ID
     else:
         source = str(name_or_path)
+        from .zoo import MODELS, resolve as resolve_known
+
+        known = resolve_known(source)  # a known short name (steerlab models install NAME); else None
+        if known is not None:
+            model_id = model_id or MODELS[source].hub_id
+            source = str(known)
         p = Path(os.path.expanduser(source))
         if p.suffix == ".gguf":
             if not p.is_file():
