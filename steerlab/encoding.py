@@ -1,7 +1,8 @@
 """Prompts → token batches that remember where the user text and the assistant turn start.
 
-Steering and capture need token positions (the start of the user prompt for ActAdd, the start of the
-assistant turn for CAA, the last prompt token for PAS). We format with the chat template when the
+Steering and capture need token positions (the start of the user prompt for ActAdd, the end of the
+user's message for CAA's "after_user", the start of the assistant turn's content, the last prompt
+token for PAS). We format with the chat template when the
 model uses one, keep character offsets of those boundaries, and map them to token indices with the
 tokenizer's offset mapping, so no template-specific marker tokens are hard-coded.
 """
@@ -26,12 +27,21 @@ class Prompt:
         assistant_start: character offset where the assistant turn's content starts (the end of the
             template's generation prompt); equals len(text) when there is no assistant prefix.
         templated: whether the chat template was applied (then the text carries its own special tokens).
+        user_end: character offset just after the user's text (where the template's end-of-turn and
+            assistant header begin); "after_user" steering starts at the token holding this character.
+            Defaults to `assistant_start` (right for raw text, where the assistant prefix follows the
+            user's text directly).
     """
 
     text: str
     user_start: int
     assistant_start: int
     templated: bool
+    user_end: int | None = None
+
+    def __post_init__(self):
+        if self.user_end is None:
+            object.__setattr__(self, "user_end", self.assistant_start)
 
 
 def format_prompt(lm_or_tokenizer, user: str, assistant_prefix: str = "", *, chat_template: bool | None = None) -> Prompt:
@@ -48,9 +58,10 @@ def format_prompt(lm_or_tokenizer, user: str, assistant_prefix: str = "", *, cha
         return Prompt(user + assistant_prefix, 0, len(user), templated=False)
     head = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
     user_start = head.rfind(user) if user else len(head)
+    user_end = user_start + len(user)
     if user_start < 0:  # a template that rewrites the content; fall back to the turn boundary only
-        user_start = 0
-    return Prompt(head + assistant_prefix, user_start, len(head), templated=True)
+        user_start, user_end = 0, len(head)
+    return Prompt(head + assistant_prefix, user_start, len(head), templated=True, user_end=user_end)
 
 
 def as_prompt(lm, prompt: "str | Prompt") -> Prompt:
@@ -66,7 +77,11 @@ class EncodedBatch:
         input_ids, attention_mask: [batch, columns], pads on the left.
         lengths: real tokens per row.
         user_start: token index of the first token of the user's text.
-        assistant_start: token index of the first assistant-turn token (== length with no prefix).
+        assistant_start: token index of the first token of the assistant turn's content (== length with
+            no prefix), after the template's assistant header.
+        user_end: token index of the first token after the user's text (the template's end-of-turn
+            token with a chat template; == assistant_start for raw text). Defaults to assistant_start.
+            `after_user_start` is where "after_user" steering starts.
     """
 
     input_ids: torch.Tensor
@@ -74,6 +89,16 @@ class EncodedBatch:
     lengths: torch.Tensor
     user_start: torch.Tensor
     assistant_start: torch.Tensor
+    user_end: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.user_end is None:
+            self.user_end = self.assistant_start
+
+    @property
+    def after_user_start(self) -> torch.Tensor:
+        """First position "after_user" steers, per row: see `after_user_start`."""
+        return after_user_start(self.user_end, self.lengths)
 
     @property
     def pad(self) -> torch.Tensor:
@@ -84,7 +109,19 @@ class EncodedBatch:
         return int(self.input_ids.shape[0])
 
     def to(self, device) -> "EncodedBatch":
-        return EncodedBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.lengths, self.user_start, self.assistant_start)))
+        return EncodedBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.lengths, self.user_start,
+                                                      self.assistant_start, self.user_end)))
+
+
+def after_user_start(user_end, n_prompt):
+    """The first position the "after_user" policy steers: the first token after the user's message
+    (`user_end`: with a chat template the end-of-turn token, so the assistant header is steered), and
+    never later than the last prompt token (`n_prompt - 1`), which predicts the first answer or
+    generated token (raw prompts with no assistant prefix end with the user's text). Works on ints
+    and on tensors."""
+    if isinstance(user_end, torch.Tensor) or isinstance(n_prompt, torch.Tensor):
+        return torch.minimum(torch.as_tensor(user_end), torch.as_tensor(n_prompt) - 1)
+    return min(int(user_end), int(n_prompt) - 1)
 
 
 def _char_to_token(offsets: Sequence[tuple[int, int]], char: int, n_tokens: int) -> int:
@@ -95,8 +132,8 @@ def _char_to_token(offsets: Sequence[tuple[int, int]], char: int, n_tokens: int)
     return n_tokens
 
 
-def tokenize_prompts(lm, prompts: Sequence["str | Prompt"]) -> list[tuple[list[int], int, int]]:
-    """Token ids of each prompt with its (user_start, assistant_start) token indices."""
+def tokenize_prompts(lm, prompts: Sequence["str | Prompt"]) -> list[tuple[list[int], int, int, int]]:
+    """Token ids of each prompt with its (user_start, assistant_start, user_end) token indices."""
     tokenizer = lm.tokenizer
     out = []
     for p in prompts:
@@ -107,7 +144,8 @@ def tokenize_prompts(lm, prompts: Sequence["str | Prompt"]) -> list[tuple[list[i
         # Special tokens added by the tokenizer (BOS) have (0, 0) offsets; they precede the user text.
         u = _char_to_token(offsets, p.user_start, n) if p.user_start < len(p.text) else n
         a = _char_to_token(offsets, p.assistant_start, n) if p.assistant_start < len(p.text) else n
-        out.append((ids, u, a))
+        e = _char_to_token(offsets, p.user_end, n) if p.user_end < len(p.text) else n
+        out.append((ids, u, a, min(e, a)))
     return out
 
 
@@ -158,7 +196,7 @@ def encode(lm, prompts: Sequence["str | Prompt"], *, extra_tokens: int = 0,
     if len(prompts) == 0:
         raise SteerlabError("no prompts given")
     rows = tokenize_prompts(lm, prompts)
-    for k, (ids, _, _) in enumerate(rows):
+    for k, (ids, *_) in enumerate(rows):
         if not ids:
             raise SteerlabError(f"prompt {indices[k] if indices is not None else k} is empty after tokenization")
     check_lengths(lm, [len(r[0]) for r in rows], extra_tokens, indices)
@@ -171,4 +209,5 @@ def encode(lm, prompts: Sequence["str | Prompt"], *, extra_tokens: int = 0,
         lengths=lengths,
         user_start=torch.tensor([r[1] for r in rows]),
         assistant_start=torch.tensor([r[2] for r in rows]),
+        user_end=torch.tensor([r[3] for r in rows]),
     )

@@ -2,13 +2,18 @@
 
 Positions are tracked in absolute terms so they stay right under a KV cache (a cached generation step
 sees a chunk of length 1) and under left padding (pads are never steered): a pre-hook on the model
-reads the attention mask and cache length of each forward call, and the block hooks turn the current
-chunk's columns into row-relative token positions.
+reads each forward call's attention mask, or without one the length of its KV cache (found among the
+call's arguments by type, whatever keyword the installed transformers names it: `past_key_values`,
+`cache`, ...; for a batch of one `generate` passes no mask at all), and the block hooks turn the
+current chunk's columns into row-relative token positions.
 
 Position policies (per `Steering` term):
     "all"          every real token of the prompt and every generated token.
-    "after_user"   CAA: from the first assistant-turn token on (the assistant prefix and every
-                   generated token), i.e. after the end of the user turn.
+    "after_user"   CAA: from the first token after the user's message on (with a chat template the
+                   end-of-turn token, the assistant header, any assistant prefix and every generated
+                   token), so the position that predicts the first answer or generated token is
+                   steered; never later than the last prompt token (raw prompts ending with the
+                   user's text). See `encoding.after_user_start`.
     "last_prompt"  PAS: only the last prompt token.
 ActAdd vectors ([positions, hidden] directions) are added position by position from the first token
 of the user's text, whatever the policy.
@@ -79,8 +84,40 @@ class _Term:
     positional: bool
 
 
+def _find_cache(values):
+    """The KV cache among a forward call's arguments, found by what it is (an object with
+    `get_seq_length`), not by the keyword naming it (`past_key_values`, `cache`, ... by transformers version)."""
+    for v in values:
+        if v is not None and not isinstance(v, (torch.Tensor, str, bytes, numbers.Number)) and callable(
+                getattr(v, "get_seq_length", None)):
+            return v
+    return None
+
+
+def _cache_length(cache) -> int:
+    """Tokens already held by `cache` (the absolute column of the call's first token). The longest layer
+    counts: a cache may leave some layers empty (the scoring engine skips blocks below a steered layer)."""
+    n = int(cache.get_seq_length())
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, (list, tuple)) and len(layers) > 1:
+        for i in range(len(layers)):
+            try:
+                n = max(n, int(cache.get_seq_length(i)))
+            except (TypeError, IndexError, AttributeError):
+                break
+    return n
+
+
 class _ForwardState:
-    """What the current forward call covers: absolute columns, left pads, prompt lengths."""
+    """What the current forward call covers: absolute columns, left pads, prompt lengths.
+
+    The absolute column of the call's first token comes from, in order: a 2-D attention mask (it
+    spans past and current columns), the KV cache's length (the cache is found among the call's
+    arguments by type, under whatever keyword the installed transformers uses), a `cache_position`
+    tensor, else 0 (a call without a cache starts a sequence). For a batch of one, transformers'
+    `generate` passes no attention mask at all, so the cache is what places each decoding step.
+    Left pads come from the mask, or without one from the encoded batch (when it has this many rows).
+    """
 
     def __init__(self, batch: EncodedBatch | None):
         self.batch = batch
@@ -91,7 +128,7 @@ class _ForwardState:
 
     def update(self, args, kwargs) -> None:
         x = kwargs.get("input_ids")
-        if x is None and args:
+        if x is None and args and isinstance(args[0], torch.Tensor):
             x = args[0]
         if x is None:
             x = kwargs.get("inputs_embeds")
@@ -99,20 +136,28 @@ class _ForwardState:
             raise SteerlabError("steering needs input_ids or inputs_embeds in the model call")
         rows, width = int(x.shape[0]), int(x.shape[1])
         mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            mask = args[1]  # model(input_ids, attention_mask, ...) called positionally
         device = x.device
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        if self.batch is not None and len(self.batch) != rows:
+            raise SteerlabError(f"steering was set up for a batch of {len(self.batch)} rows, but the model got {rows}")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == rows and mask.shape[1] >= width:
             start = int(mask.shape[1]) - width
             pad = (mask.cumsum(1) == 0).sum(1).to(device)
         else:
+            cache = _find_cache(list(kwargs.values()) + list(args[1:]))
             cache_position = kwargs.get("cache_position")
-            past = kwargs.get("past_key_values")
-            if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+            if cache is not None:
+                start = _cache_length(cache)
+            elif isinstance(cache_position, torch.Tensor) and cache_position.numel():
                 start = int(cache_position.reshape(-1)[0])
-            elif past is not None and hasattr(past, "get_seq_length"):
-                start = int(past.get_seq_length())
             else:
                 start = 0
-            pad = torch.zeros(rows, dtype=torch.long, device=device)
+            if self.batch is not None:
+                # no mask: the batch's own left pads (none for one row)
+                pad = (self.batch.attention_mask.cumsum(1) == 0).sum(1).to(device)
+            else:
+                pad = torch.zeros(rows, dtype=torch.long, device=device)
         self.cols = torch.arange(start, start + width, device=device)
         self.pad = pad
         self.rows = rows
@@ -120,8 +165,6 @@ class _ForwardState:
             self.prompt_len = self.batch.lengths.to(device)
         elif start == 0:  # a prefill: this call holds the whole prompt
             self.prompt_len = width - pad
-        if self.batch is not None and len(self.batch) != rows:
-            raise SteerlabError(f"steering was set up for a batch of {len(self.batch)} rows, but the model got {rows}")
 
 
 def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.Tensor:
@@ -131,7 +174,7 @@ def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.
     if policy == "after_user":
         if state.batch is None:
             raise SteerlabError("positions='after_user' needs the encoded batch (pass batch=steerlab.encode(...))")
-        return real & (pos >= state.batch.assistant_start.to(pos.device)[:, None])
+        return real & (pos >= state.batch.after_user_start.to(pos.device)[:, None])
     if policy == "last_prompt":
         if state.prompt_len is None:
             raise SteerlabError("positions='last_prompt' needs the prompt lengths: pass batch=steerlab.encode(...)")

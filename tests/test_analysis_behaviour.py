@@ -88,15 +88,16 @@ def test_scores_match_a_naive_per_item_forward(lm, vec_factory, ab_file, yn_file
 
 
 def test_answer_positions_reach_the_token_that_predicts_yes_no(lm, vec_factory, yn_file):
-    """With an empty assistant turn, "after_user" never steers the token whose logits give Yes/No."""
+    """With an empty assistant turn, "after_user" (and "answer", its alias here) steers the token whose
+    logits give Yes/No: it starts at the first token after the user's message."""
     items = load_mwe(yn_file)[:4]
     vec = vec_factory(lm, [1], seed=5, scale=3.0)
     res = bh.score_behaviour(lm, items, [bh.behaviour_setting(vec, 1, 4.0, "yesno", positions="after_user"),
                                          bh.behaviour_setting(vec, 1, 4.0, "yesno", positions="answer")], n_boot=50)
-    assert np.allclose(res.p_match[1], res.p_match[0], atol=1e-6)
-    assert not np.allclose(res.p_match[2], res.p_match[0], atol=1e-4)
+    assert not np.allclose(res.p_match[1], res.p_match[0], atol=1e-4)
+    assert np.array_equal(res.p_match[2], res.p_match[1])
     terms = bh.steering_terms(vec, 1, 4.0, "yesno")
-    assert [t.positions for t in terms] == ["last_prompt", "after_user"]
+    assert [t.positions for t in terms] == ["after_user"]
     assert [t.positions for t in bh.steering_terms(vec, 1, 4.0, "ab")] == ["after_user"]
 
 

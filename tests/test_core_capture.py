@@ -44,10 +44,20 @@ def test_encoding_boundaries(tiny_lm):
         assert tok.decode(ids[:u]) == p.text[:p.user_start]
         assert tok.decode(ids[u:]).startswith(USERS[i])
         assert tok.decode(ids[a:]) == p.text[p.assistant_start:]
+        # the user's text ends right before the end-of-turn token: "after_user" steering starts there
+        e = int(batch.user_end[i])
+        assert tok.decode(ids[u:e]) == USERS[i] and p.text[p.user_start:p.user_end] == USERS[i]
+        assert tok.decode(ids[e:a]) == "<|im_end|>\n<|im_start|>assistant\n"
+        assert int(batch.after_user_start[i]) == e
     assert int(batch.assistant_start[0]) == int(batch.lengths[0])  # no prefix: the turn starts after the prompt
     assert tok.decode(batch.input_ids[2, int(batch.pad[2] + batch.assistant_start[2]):]) == "(A"
     raw = format_prompt(lm, "Question?", " Answer", chat_template=False)
     assert (raw.text, raw.user_start, raw.assistant_start) == ("Question? Answer", 0, len("Question?"))
+    assert raw.user_end == len("Question?")
+    # raw text with no assistant prefix: "after_user" still steers the last prompt token, which predicts
+    # the first generated (or answer) token
+    bare = sl.encode(lm, [format_prompt(lm, "Question?", chat_template=False)])
+    assert int(bare.user_end[0]) == int(bare.lengths[0]) and int(bare.after_user_start[0]) == int(bare.lengths[0]) - 1
 
 
 def test_capture_equals_output_hidden_states_real_model(real_lm):

@@ -52,8 +52,8 @@ def expected_mask(policy: str, batch: sl.EncodedBatch, columns: int) -> torch.Te
                 continue  # a pad: never steered
             if policy == "all":
                 out[i, c] = True
-            elif policy == "after_user":
-                out[i, c] = t >= int(batch.assistant_start[i])
+            elif policy == "after_user":  # from the first token after the user's text, at latest the last prompt token
+                out[i, c] = t >= min(int(batch.user_end[i]), int(batch.lengths[i]) - 1)
             elif policy == "last_prompt":
                 out[i, c] = t == int(batch.lengths[i]) - 1
             else:
@@ -166,8 +166,11 @@ def test_policy_positions_full_forward(tiny_lm, vec_factory, policy):
     cols = batch.input_ids.shape[1]
     delta = expected_deltas(lm, batch, cols, [(1, [v] * 3, [3.0] * 3, policy)])[1]
     steered_rows = (delta != 0).any(-1).sum(1)
-    if policy == "after_user":  # only the row with an assistant prefix has prompt positions after the user turn
-        assert steered_rows.tolist()[:2] == [0, 0] and steered_rows[2] > 1
+    if policy == "after_user":  # from the end-of-turn token after the user's text: header (and prefix) steered
+        for i in range(3):
+            first = int((delta[i] != 0).any(-1).nonzero()[0])
+            assert lm.tokenizer.decode(batch.input_ids[i, first:]).startswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert steered_rows[2] > steered_rows[0] > 1
     else:
         assert (steered_rows > 0).all()
 

@@ -105,11 +105,12 @@ def test_score_matches_naive_for_each_policy(lm, policy):
     assert moved[1] == 0 and bool((moved[[0, 2, 3, 4, 5, 6]] > 1e-3).all())
 
 
-def _hand_logprob(lm, prompt_ids, a_start, cand, terms) -> float:
-    """log p(cand | prompt) with hand-placed additions: terms = [(direction, layer, strength, policy)]."""
+def _hand_logprob(lm, prompt_ids, user_end, cand, terms) -> float:
+    """log p(cand | prompt) with hand-placed additions: terms = [(direction, layer, strength, policy)].
+    "after_user" starts at the first token after the user's text (`user_end`), at latest the last prompt token."""
     ids = torch.tensor([prompt_ids + cand])
     n, total = len(prompt_ids), len(prompt_ids) + len(cand)
-    where = {"all": range(total), "after_user": range(a_start, total), "last_prompt": [n - 1]}
+    where = {"all": range(total), "after_user": range(min(user_end, n - 1), total), "last_prompt": [n - 1]}
     handles = []
     for direction, layer, strength, policy in terms:
         add = torch.zeros(1, total, lm.hidden_size)
@@ -142,7 +143,7 @@ def test_engine_and_naive_match_hand_written_hooks(lm):
         for s, setting in enumerate(settings):
             terms = [(t.vector[l], l, t.strength, t.positions) for t in setting.steering for l in t.layers]
             for j, cand in enumerate(tok.candidate_ids):
-                ref = _hand_logprob(lm, tok.prompt_ids, tok.assistant_start, cand, terms)
+                ref = _hand_logprob(lm, tok.prompt_ids, tok.user_end, cand, terms)
                 assert abs(float(fast.logprobs[s, i, j]) - ref) < ATOL
                 assert abs(float(naive.logprobs[s, i, j]) - ref) < ATOL
 
@@ -190,7 +191,8 @@ class _Counter:
 @pytest.mark.parametrize("policy", ["after_user", "last_prompt"])
 def test_reuse_runs_only_trailing_tokens_above_the_layer(lm, policy):
     """A/B items: one base pass, then per layer group one forward of (settings x items) rows with only
-    the re-run tokens ("(" for after_user, the last token for last_prompt); block 0 never runs again."""
+    the re-run tokens (end-of-turn, assistant header and "(" for after_user, the last token for
+    last_prompt); block 0 never runs again."""
     f = sl.format_prompt
     items = [ScoringItem(f(lm, q, "("), ("A", "B")) for q in ("Pick one.", "Which is it, really?", "Q?", "A or B?")]
     v = _vector(lm, range(lm.n_layers), 3)
@@ -201,8 +203,12 @@ def test_reuse_runs_only_trailing_tokens_above_the_layer(lm, policy):
     finally:
         counter.remove()
     assert table.info["forwards"] == 3
-    width = max(len(t.prompt_ids) for t in tokenize_items(lm, items))
-    assert counter.calls == [(4, width), (12, 1), (12, 1)]  # "(" is the only assistant-prefix token
+    toks = tokenize_items(lm, items)
+    width = max(len(t.prompt_ids) for t in toks)
+    # after_user: "<|im_end|>", "\n", "<|im_start|>", "ass", "istant", "\n", "(" after the user's text
+    rerun = {"after_user": 7, "last_prompt": 1}[policy]
+    assert all(t.n_prompt - t.user_end == 7 for t in toks)
+    assert counter.calls == [(4, width), (12, rerun), (12, rerun)]
     assert counter.block0 == 1  # only the base pass computed block 0
     _close(table, score_naive(lm, items, settings))
 

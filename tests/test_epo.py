@@ -82,7 +82,8 @@ def naive_objective(lm, targets, steering, X: torch.Tensor, normalise: bool = Fa
         full = torch.tensor([list(it.head_ids) + ids.tolist() + fed])
         P = it.prompt_length(S)
         enc = sl.EncodedBatch(full, torch.ones_like(full), torch.tensor([P]), torch.tensor([it.user_start]),
-                              torch.tensor([len(it.head_ids) + S + it.assistant_start]))
+                              torch.tensor([len(it.head_ids) + S + it.assistant_start]),
+                              torch.tensor([len(it.head_ids) + S + it.user_end]))
         with sl.steer(lm, steering, batch=enc):
             lp = torch.log_softmax(lm.model(inputs_embeds=emb).logits[0].double(), -1)
         H = len(it.head_ids)

@@ -14,10 +14,11 @@ distribution; the set's score is the mean over items, with a percentile-bootstra
 bootstrap interval (items are paired). All probabilities come from `steerlab.engine.score`, so many
 steering settings share one pass over the prompts.
 
-Where steering goes ("answer" positions, the default): from the token whose logits give the answer
-on — the prefilled ``"("`` (and every later token) for A/B items, the last prompt token (and every
-later token) for Yes/No items, whose assistant turn is empty. Plain ``"after_user"`` would never
-touch the token that predicts a Yes/No answer, so it would measure nothing there. ``"all"``,
+Where steering goes ("answer" positions, the default): CAA's "after_user" policy of `steerlab.steer`,
+from the first token after the user's message on (the end-of-turn token, the assistant header, the
+prefilled ``"("`` of A/B items and every later token), so the token whose logits give the answer is
+steered for A/B and Yes/No items alike. (Before "after_user" included the header, "answer" added the
+last prompt token for Yes/No items by hand; that term would now count twice.) ``"all"``,
 ``"after_user"`` and ``"last_prompt"`` are available as they are in `steerlab.steer`.
 """
 
@@ -147,8 +148,8 @@ def steering_terms(vector: SteeringVector, layer: int | Sequence[int], strength:
                    positions: str = "answer") -> tuple[Steering, ...]:
     """The `Steering` terms that put `strength * vector[layer]` at `positions` for items of `kind`.
 
-    "answer": A/B items → "after_user" (the prefilled "(" on); Yes/No items → "last_prompt" plus
-    "after_user" (the token predicting the answer, then the assistant turn). Other policies pass through.
+    "answer": "after_user" for every kind of item (from the first token after the user's message, so the
+    token predicting the A/B letter or the Yes/No word is steered). Other policies pass through.
     A per-position (ActAdd) vector is one term: it is added from the user's first token in any case.
     """
     if positions not in POSITION_POLICIES:
@@ -156,11 +157,9 @@ def steering_terms(vector: SteeringVector, layer: int | Sequence[int], strength:
     layers = (int(layer),) if isinstance(layer, (int, np.integer)) else tuple(int(l) for l in layer)
     if vector.per_position:  # ActAdd directions are added from the user's first token whatever the policy
         return (Steering(vector, float(strength), layers, "all"),)
-    if positions != "answer":
-        return (Steering(vector, float(strength), layers, positions),)
-    if kind == "ab":
-        return (Steering(vector, float(strength), layers, "after_user"),)
-    return (Steering(vector, float(strength), layers, "last_prompt"), Steering(vector, float(strength), layers, "after_user"))
+    if positions == "answer":
+        positions = "after_user"
+    return (Steering(vector, float(strength), layers, positions),)
 
 
 def behaviour_setting(vector: SteeringVector, layer: int, strength: float, kind: str, positions: str = "answer",

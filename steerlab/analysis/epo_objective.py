@@ -12,8 +12,8 @@ scored continuation):
 
 `xent` is the model's own next-token cross-entropy of the inserted tokens in the context where they
 sit: how unnatural the sequence is. Both come from the same forward pass, run with the steering terms
-active; with positions "after_user" or "last_prompt" nothing before the assistant turn is steered, so
-`xent` equals the unsteered model's.
+active; with positions "after_user" or "last_prompt" nothing up to the end of the user's text (where
+the sequence sits) is steered, so `xent` equals the unsteered model's.
 
 Cost. The ids before the sequence (`head`) never change, so their keys and values are computed once
 (steered) and every candidate only runs its sequence, the tail and the answer tokens on a copy of that
@@ -61,6 +61,9 @@ class TargetItem:
         assistant_start: token index within `tail_ids` where the assistant turn starts
             (len(tail_ids) when the prompt ends exactly there).
         label: free text for reports (e.g. "power-seeking-inclination#17").
+        user_end: token index within `tail_ids` of the first token after the user's text (the
+            end-of-turn token with a chat template), where "after_user" steering starts; defaults
+            to `assistant_start`.
     """
 
     head_ids: tuple[int, ...]
@@ -70,8 +73,11 @@ class TargetItem:
     user_start: int = 0
     assistant_start: int = 0
     label: str = ""
+    user_end: int | None = None
 
     def __post_init__(self) -> None:
+        if self.user_end is None:
+            object.__setattr__(self, "user_end", self.assistant_start)
         for name in ("head_ids", "tail_ids", "answer_ids", "alternatives"):
             value = getattr(self, name)
             if not isinstance(value, tuple):
@@ -84,6 +90,8 @@ class TargetItem:
             raise SteerlabError("target item: the answer's first token is not among the alternatives")
         if not 0 <= self.assistant_start <= len(self.tail_ids):
             raise SteerlabError(f"target item: assistant_start {self.assistant_start} outside the tail")
+        if not 0 <= self.user_end <= self.assistant_start:
+            raise SteerlabError(f"target item: user_end {self.user_end} outside the tail or after the assistant turn")
 
     def prompt_length(self, seq_len: int) -> int:
         """Tokens of the prompt with a sequence of `seq_len` tokens inserted."""
@@ -104,6 +112,7 @@ class PromptSplit:
     tail_ids: tuple[int, ...]
     user_start: int
     assistant_start: int
+    user_end: int
 
 
 def insert_text(question: str, sequence_text: str, placement: Placement = "suffix", separator: str = "\n") -> str:
@@ -141,7 +150,11 @@ def split_prompt(lm, user: str, assistant_prefix: str = "", *, placement: Placem
     a_char = p.assistant_start - (at + len(_MARK))
     assistant_start = (_char_to_token(list(tail["offset_mapping"]), a_char, len(tail_ids))
                        if a_char < len(tail_text) else len(tail_ids))
-    return PromptSplit(head_text, tail_text, head_ids, tail_ids, int(user_start), int(assistant_start))
+    e_char = p.user_end - (at + len(_MARK))
+    user_end = (_char_to_token(list(tail["offset_mapping"]), e_char, len(tail_ids))
+                if 0 <= e_char < len(tail_text) else len(tail_ids))
+    return PromptSplit(head_text, tail_text, head_ids, tail_ids, int(user_start), int(assistant_start),
+                       int(min(user_end, assistant_start)))
 
 
 def continuation_ids(lm, prompt_text: str, continuation: str) -> tuple[int, ...]:
@@ -176,7 +189,7 @@ def behaviour_targets(lm, items: Sequence[BehaviourItem], *, placement: Placemen
         if answer[0] == other[0]:
             raise SteerlabError(f"{it.source} item {it.index}: both answers start with the same token")
         out.append(TargetItem(split.head_ids, split.tail_ids, answer, (answer[0], other[0]), split.user_start,
-                              split.assistant_start, f"{it.source}#{it.index}"))
+                              split.assistant_start, f"{it.source}#{it.index}", user_end=split.user_end))
     return out
 
 
@@ -192,7 +205,8 @@ def string_target(lm, prompt: str, target: str, *, assistant_prefix: str = "", p
     answer = continuation_ids(lm, split.tail_text, target)
     if not answer:
         raise SteerlabError(f"the target string {target!r} tokenizes to nothing")
-    return TargetItem(split.head_ids, split.tail_ids, answer, (), split.user_start, split.assistant_start, "string")
+    return TargetItem(split.head_ids, split.tail_ids, answer, (), split.user_start, split.assistant_start, "string",
+                      user_end=split.user_end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +303,7 @@ class EPOObjective:
                 self._alt_mask[i, j] = True
         self._user_start = torch.tensor([it.user_start for it in items])
         self._assistant = torch.tensor([len(it.head_ids) + S + it.assistant_start for it in items])
+        self._user_end = torch.tensor([len(it.head_ids) + S + it.user_end for it in items])
         self._prompt_len = torch.tensor([it.prompt_length(S) for it in items])
 
     def _run_heads(self) -> None:
@@ -357,6 +372,7 @@ class EPOObjective:
             lengths=self._prompt_len[item_of_row],
             user_start=self._user_start[item_of_row],
             assistant_start=self._assistant[item_of_row],
+            user_end=self._user_end[item_of_row],
         )
 
     # -- one chunk --------------------------------------------------------------------------------

@@ -134,8 +134,9 @@ def generate_ood(lm, cases: Sequence[OODCase], vector: SteeringVector, layer: in
     """Greedy responses to every case, unsteered and steered, in batches (each response kept).
 
     Args:
-        positions: "answer" (steer the last prompt token and every generated token, as in behaviour
-            scoring) or any `steerlab.steer` policy.
+        positions: "answer" (= "after_user": from the first token after the user's message, so the
+            assistant header, the last prompt token and every generated token, as in behaviour scoring)
+            or any `steerlab.steer` policy.
         out_path: a JSONL file each batch's generations are appended to as soon as they exist.
         done: generations already on disk, by (key, condition); they are not regenerated.
     """

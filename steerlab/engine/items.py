@@ -160,7 +160,7 @@ class Setting:
 class TokenizedItem:
     """An item as token ids: the prompt's ids and boundaries, and each candidate's continuation ids.
 
-    `user_start` / `assistant_start` are token indices into `prompt_ids` (as in `EncodedBatch`);
+    `user_start` / `assistant_start` / `user_end` are token indices into `prompt_ids` (as in `EncodedBatch`);
     `fallback[j]` is True when candidate j was tokenized alone (see the module docstring).
     """
 
@@ -169,6 +169,11 @@ class TokenizedItem:
     assistant_start: int
     candidate_ids: list[list[int]]
     fallback: list[bool] = field(default_factory=list)
+    user_end: int | None = None  # default: assistant_start
+
+    def __post_init__(self):
+        if self.user_end is None:
+            self.user_end = self.assistant_start
 
     @property
     def n_prompt(self) -> int:
@@ -186,7 +191,7 @@ def tokenize_items(lm, items: Sequence[ScoringItem]) -> list[TokenizedItem]:
     rows = tokenize_prompts(lm, prompts)
     out = []
     limit = lm.max_context
-    for k, (it, p, (ids, u, a)) in enumerate(zip(items, prompts, rows)):
+    for k, (it, p, (ids, u, a, e)) in enumerate(zip(items, prompts, rows)):
         if not ids:
             raise SteerlabError(f"item {k}: the prompt is empty after tokenization")
         cands, fallback = [], []
@@ -200,7 +205,7 @@ def tokenize_items(lm, items: Sequence[ScoringItem]) -> list[TokenizedItem]:
                 raise SteerlabError(f"item {k}: candidate {c!r} tokenizes to nothing")
             cands.append(extra)
             fallback.append(fell)
-        item = TokenizedItem(list(ids), int(u), int(a), cands, fallback)
+        item = TokenizedItem(list(ids), int(u), int(a), cands, fallback, user_end=int(e))
         if limit is not None and item.n_prompt + item.longest > limit:
             raise PromptTooLongError(
                 f"item {k}: prompt ({item.n_prompt} tokens) plus its longest candidate ({item.longest}) "

@@ -47,7 +47,8 @@ def score_naive(
             ids, mask = pad_left(rows, pad_id)
             batch = EncodedBatch(ids, mask, torch.tensor([tokenized[i].n_prompt for i, _ in chunk]),
                                  torch.tensor([tokenized[i].user_start for i, _ in chunk]),
-                                 torch.tensor([tokenized[i].assistant_start for i, _ in chunk]))
+                                 torch.tensor([tokenized[i].assistant_start for i, _ in chunk]),
+                                 torch.tensor([tokenized[i].user_end for i, _ in chunk]))
             ctx = steer(lm, list(setting.steering), batch=batch) if setting.steering else contextlib.nullcontext()
             # left padding right-aligns the candidates: the last (longest + 1) columns hold every logit needed
             keep = 1 + max(len(tokenized[i].candidate_ids[j]) for i, j in chunk)

@@ -4,7 +4,9 @@ What is computed. For item i with prompt ids P_i (n_i tokens) and candidate c wi
 `logprob[s, i, c] = sum_k log p(T_k | P_i + T_<k)` under setting s, where setting s adds its
 vectors exactly where `steerlab.steer` would on the full sequence P_i + T (with
 `EncodedBatch.lengths` = n_i): "all" = every real token (candidate tokens included), "after_user" =
-from the assistant-turn start on (candidate tokens included), "last_prompt" = token n_i - 1 only;
+from the first token after the user's text on (`encoding.after_user_start`: the end-of-turn token and
+assistant header, so the position predicting the first candidate token is steered; candidate tokens
+included), "last_prompt" = token n_i - 1 only;
 ActAdd (per-position) vectors from the user text's first token.
 
 How it is computed, per batch of items (left-padded to W columns):
@@ -15,7 +17,7 @@ How it is computed, per batch of items (left-padded to W columns):
 2. **Base continuation** (only for candidates of 2+ tokens): the unsteered candidate tokens on the
    base cache; gives unsteered scores, and again the stream below each steered layer.
 3. **Steered prompt suffix.** For a setting, f_i = the first position any of its terms steers
-   (0 for "all", the assistant start for "after_user", n_i - 1 for "last_prompt"); nothing before
+   (0 for "all", `after_user_start` for "after_user", n_i - 1 for "last_prompt"); nothing before
    f_i changes, so the run feeds only the last S = max_i(n_i - f_i) columns (at least 1) on a copy of
    the base cache's first W - S columns. Settings with the same S and the same lowest steered layer
    L share one forward: rows are (setting, item), each row with its own vector and strength
@@ -27,7 +29,7 @@ How it is computed, per batch of items (left-padded to W columns):
    feed the candidate's tokens on a copy of the step-3 cache, blocks below L again skipped.
 
 Cost per extra setting and item: "last_prompt" one token through blocks L..N-1; "after_user" the
-assistant prefix's tokens (e.g. "(") through blocks L..N-1; "all" the whole prompt, but only
+end-of-turn token, assistant header and prefix (e.g. "(") through blocks L..N-1; "all" the whole prompt, but only
 through blocks L..N-1. Exactness against a full forward per setting (`score_naive`) is tested to
 1e-4 in float32, with left padding and mixed settings.
 
@@ -55,7 +57,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
 from ..capture import position_ids_for
-from ..encoding import EncodedBatch, pad_left
+from ..encoding import EncodedBatch, after_user_start, pad_left
 from ..errors import SteerlabError
 from ..layers import block_hidden
 from ..steer import Steering, apply_steering
@@ -111,7 +113,7 @@ def _first_steered(term: _Term, item: TokenizedItem) -> int:
     if term.policy == "all":
         return 0
     if term.policy == "after_user":
-        return item.assistant_start
+        return after_user_start(item.user_end, item.n_prompt)
     return item.n_prompt - 1  # last_prompt
 
 
@@ -168,14 +170,14 @@ class _Batch:
         """The EncodedBatch steering needs for rows drawn from these items (lengths = prompt lengths)."""
         e = self.enc
         return EncodedBatch(input_ids, e.attention_mask[item_of_row], e.lengths[item_of_row],
-                            e.user_start[item_of_row], e.assistant_start[item_of_row])
+                            e.user_start[item_of_row], e.assistant_start[item_of_row], e.user_end[item_of_row])
 
 
 def _make_batch(lm, items: list[TokenizedItem]) -> _Batch:
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     ids, mask = pad_left([it.prompt_ids for it in items], pad_id)
     enc = EncodedBatch(ids, mask, mask.sum(1), torch.tensor([it.user_start for it in items]),
-                       torch.tensor([it.assistant_start for it in items]))
+                       torch.tensor([it.assistant_start for it in items]), torch.tensor([it.user_end for it in items]))
     return _Batch(items, enc)
 
 
