@@ -239,6 +239,17 @@ def _peek_layers(model: Optional[str]) -> int:
         return 30
     from transformers import AutoConfig
 
+    from .zoo import resolve
+
+    known = resolve(model)  # a known model name: its installed GGUF, converted once (cached)
+    if known is not None:
+        from .models import _gguf_as_checkpoint
+
+        model = str(_gguf_as_checkpoint(known))
+    elif model.endswith(".gguf"):
+        from .models import _gguf_as_checkpoint
+
+        model = str(_gguf_as_checkpoint(Path(model)))
     try:
         cfg = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as e:
