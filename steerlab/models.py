@@ -169,7 +169,7 @@ def _gguf_as_checkpoint(gguf: Path) -> Path:
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype | None = None,
     device: DeviceName = "cpu",
     chat_template: bool | None = None,
     layers_path: str | None = None,
@@ -181,7 +181,8 @@ def load_model(
     Args:
         name_or_path: None for the embedded SmolLM2-135M-Instruct; else a Hugging Face id, a local
             model directory, or a `.gguf` file (converted once and cached).
-        dtype: "float32" (default), "bfloat16", "float16", "auto" or a torch dtype.
+        dtype: "float32", "bfloat16", "float16", "auto" or a torch dtype; default $STEERLAB_DTYPE, else float32
+            (so `STEERLAB_DTYPE=bfloat16 steerlab ...` runs any command in bfloat16).
         device: "cpu", "cuda", "cuda:N", or "auto" (accelerate's device_map for models larger than one device).
         chat_template: wrap prompts in the tokenizer's chat template. Default: yes if it has one.
         layers_path: dotted path of the decoder-block list (e.g. "model.layers") for architectures
@@ -189,7 +190,7 @@ def load_model(
         model_id: the id to record in vectors (default: the hub id or the path).
         trust_remote_code: passed to transformers for hub models that need it.
     """
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = _resolve_dtype(dtype if dtype is not None else (os.environ.get("STEERLAB_DTYPE") or "float32"))
     if name_or_path is None:
         gguf = embedded_gguf_path()
         source = str(gguf)
