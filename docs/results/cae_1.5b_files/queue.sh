@@ -1,9 +1,8 @@
 #!/bin/bash
 # 1.5B CAE queue, one single-thread process at a time; each step is skipped once its result exists (resumable).
 # DT=float32|bfloat16 (default float32, see docs/results/cae-1.5b.md for the bf16 check)
-. /work/venvs/research/bin/activate
+cd "$(git rev-parse --show-toplevel)"  # a checkout with steerlab installed; outputs under runs/
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-float32}
-cd /work/wt/research
 M="--model qwen2.5-coder-1.5b --threads 1"
 step() {  # step NAME RESULTFILE command...
   local name=$1 res=$2; shift 2
