@@ -16,7 +16,7 @@ step psi-layers runs/cae15/power-seeking-inclination/layer_sweep.csv \
   steerlab cae layers power-seeking-inclination $M --layers $L --n-train 40 --n-test 40 --out runs/cae15/power-seeking-inclination
 step corr-strengths runs/cae15/corrigible-neutral-HHH/strength_sweep.csv \
   steerlab cae strengths corrigible-neutral-HHH $M --layer 12 --strengths -2,-1,-0.5,-0.25,0.25,0.5,1,2 \
-  --vector runs/bf16/${STEERLAB_DTYPE}/caa.safetensors --n-train 40 --n-test 40 --out runs/cae15/corrigible-neutral-HHH
+  --vector docs/results/cae_1.5b_files/bf16-check/${STEERLAB_DTYPE}/caa.safetensors --n-train 40 --n-test 40 --out runs/cae15/corrigible-neutral-HHH
 for B in openness agreeableness neuroticism politically-liberal conscientiousness extraversion \
          desire-to-persuade-people-to-be-more-honest-to-others; do
   step $B-layers runs/cae15/$B/layer_sweep.csv \
