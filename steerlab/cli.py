@@ -473,7 +473,7 @@ def serve(
     _run(body)
 
 
-_EXTENSIONS: tuple[str, ...] = ("cli_cae", "cli_pas", "cli_epo")
+_EXTENSIONS: tuple[str, ...] = ("cli_cae", "cli_pas", "cli_epo", "cli_models")
 for _name in _EXTENSIONS:
     __import__(f"{__package__}.{_name}", fromlist=["register"]).register(app)
 

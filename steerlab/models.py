@@ -174,6 +174,12 @@ def _gguf_as_checkpoint(gguf: Path) -> Path:
 _PATHLIKE_PREFIXES = ("/", "./", "../", "~", ".\\")
 
 
+def _known_models() -> dict:
+    from .zoo import MODELS
+
+    return MODELS
+
+
 def _resolve_source(name_or_path: str | os.PathLike | None) -> tuple[str, str, Path | None]:
     """Classify what `--model` names: ("embedded" | "gguf" | "dir" | "hub", the source string, a local path).
 
@@ -184,6 +190,10 @@ def _resolve_source(name_or_path: str | os.PathLike | None) -> tuple[str, str, P
         gguf = embedded_gguf_path()
         return "embedded", str(gguf), gguf
     source = str(name_or_path)
+    if source in _known_models():  # a short name (`steerlab models install NAME`): its installed GGUF
+        from .zoo import resolve
+
+        return "gguf", source, resolve(source)
     p = Path(os.path.expanduser(source))
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -285,7 +295,7 @@ def model_shape(name_or_path: str | os.PathLike | None = None, *, trust_remote_c
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype | None = None,
     device: DeviceName = "cpu",
     chat_template: bool | None = None,
     layers_path: str | None = None,
@@ -297,7 +307,8 @@ def load_model(
     Args:
         name_or_path: None for the embedded SmolLM2-135M-Instruct; else a Hugging Face id, a local
             model directory, or a `.gguf` file (converted once and cached).
-        dtype: "float32" (default), "bfloat16", "float16", "auto" or a torch dtype.
+        dtype: "float32", "bfloat16", "float16", "auto" or a torch dtype; default $STEERLAB_DTYPE, else float32
+            (so `STEERLAB_DTYPE=bfloat16 steerlab ...` runs any command in bfloat16).
         device: "cpu", "cuda", "cuda:N", or "auto" (accelerate's device_map for models larger than one device).
         chat_template: wrap prompts in the tokenizer's chat template. Default: yes if it has one.
         layers_path: dotted path of the decoder-block list (e.g. "model.layers") for architectures
@@ -305,7 +316,7 @@ def load_model(
         model_id: the id to record in vectors (default: the hub id or the path).
         trust_remote_code: passed to transformers for hub models that need it.
     """
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = _resolve_dtype(dtype if dtype is not None else (os.environ.get("STEERLAB_DTYPE") or "float32"))
     kind, source, path = _resolve_source(name_or_path)
     config = None
     local_only = False
@@ -319,6 +330,8 @@ def load_model(
     else:  # a hub id: from the local cache if it is there, else from the hub (one line when unreachable)
         checkpoint = source
         config, local_only = _hub_config(source, trust_remote_code)
+    if kind == "gguf" and str(name_or_path) in _known_models():  # a short name: record the hub id it stands for
+        model_id = model_id or _known_models()[str(name_or_path)].hub_id
     model_id = model_id or source
 
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
