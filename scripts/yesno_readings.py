@@ -187,16 +187,10 @@ def own_answer_diagnostic(lm, bh, acts, train, layers) -> dict:
 
 
 def verdict(row: dict) -> str:
-    """docs/findings.md's rule: "as trained" = +r raises the score with its 95% interval above 0 and
-    -r lowers it; "reversed" = +r lowers it with its interval below 0 and -r raises it; "sign-blind" =
-    both move it the same way with both intervals excluding 0; else "unclear"."""
-    if row["plus_low"] > 0 and row["minus_effect"] < 0:
-        return "as trained"
-    if row["plus_high"] < 0 and row["minus_effect"] > 0:
-        return "reversed"
-    if (row["plus_low"] > 0 and row["minus_low"] > 0) or (row["plus_high"] < 0 and row["minus_high"] < 0):
-        return "sign-blind"
-    return "unclear"
+    """docs/findings.md's rule (`steerlab.cae.behaviour.sign_verdict`) on one result row."""
+    from steerlab.cae.behaviour import sign_verdict
+
+    return sign_verdict(row["plus_low"], row["plus_high"], row["minus_effect"], row["minus_low"], row["minus_high"])
 
 
 if __name__ == "__main__":

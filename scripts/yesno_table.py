@@ -19,15 +19,10 @@ MARK = {"as trained": " **T**", "reversed": " **R**", "sign-blind": " S", "uncle
 
 
 def verdict(r: dict) -> str:
-    """As `steerlab.cae.behaviour.sign_check`: T as trained, R reversed, S sign-blind (both signs
-    move the score the same way, both intervals excluding 0), else unclear."""
-    if r["plus_low"] > 0 and r["minus_effect"] < 0:
-        return "as trained"
-    if r["plus_high"] < 0 and r["minus_effect"] > 0:
-        return "reversed"
-    if (r["plus_low"] > 0 and r["minus_low"] > 0) or (r["plus_high"] < 0 and r["minus_high"] < 0):
-        return "sign-blind"
-    return "unclear"
+    """docs/findings.md's rule (`steerlab.cae.behaviour.sign_verdict`) on one result row."""
+    from steerlab.cae.behaviour import sign_verdict
+
+    return sign_verdict(r["plus_low"], r["plus_high"], r["minus_effect"], r["minus_low"], r["minus_high"])
 
 
 def cell(r: dict) -> str:

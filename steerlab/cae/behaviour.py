@@ -470,6 +470,19 @@ def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int
                            {"reading": "turn", "answer": answer.info, "end": end.info}), norms
 
 
+def sign_verdict(plus_low: float, plus_high: float, minus_effect: float, minus_low: float, minus_high: float) -> str:
+    """How a vector acts, from its effects at +r (95% interval) and -r: "as trained" (+r raises the score,
+    interval above 0, and -r lowers it), "reversed" (+r lowers it, interval below 0, and -r raises it),
+    "sign-blind" (both raise or both lower it, both intervals excluding 0), else "unclear"."""
+    if plus_low > 0 and minus_effect < 0:
+        return "as trained"
+    if plus_high < 0 and minus_effect > 0:
+        return "reversed"
+    if (plus_low > 0 and minus_low > 0) or (plus_high < 0 and minus_high < 0):
+        return "sign-blind"
+    return "unclear"
+
+
 def sign_check(lm, vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
                strength: float = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
     """Does +strength move held-apart items the way the vector was trained? One row per layer.
@@ -494,14 +507,7 @@ def sign_check(lm, vector: SteeringVector, items: Sequence[BehaviourItem], layer
     for l in layers:
         plus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] > 0)
         minus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] < 0)
-        if plus.effect_low > 0 and minus.effect < 0:
-            verdict = "as trained"
-        elif plus.effect_high < 0 and minus.effect > 0:
-            verdict = "reversed"
-        elif (plus.effect_low > 0 and minus.effect_low > 0) or (plus.effect_high < 0 and minus.effect_high < 0):
-            verdict = "sign-blind"
-        else:
-            verdict = "unclear"
+        verdict = sign_verdict(plus.effect_low, plus.effect_high, minus.effect, minus.effect_low, minus.effect_high)
         rows.append({"layer": l, "effect_plus": plus.effect, "plus_low": plus.effect_low, "plus_high": plus.effect_high,
                      "effect_minus": minus.effect, "minus_low": minus.effect_low, "minus_high": minus.effect_high,
                      "verdict": verdict, "unsteered": res.unsteered().score, "n_items": len(items)})
