@@ -1,24 +1,53 @@
 #!/bin/bash
-# 1.5B CAE queue, one single-thread process at a time; each step is skipped once its result exists (resumable).
-# DT=float32|bfloat16 (default float32, see docs/results/cae-1.5b.md for the bf16 check)
-cd "$(git rev-parse --show-toplevel)"  # a checkout with steerlab installed; outputs under runs/
+# The 1.5B CAE queue: one single-thread process at a time, each step skipped once its result file is in
+# docs/results/cae_1.5b_files (so the queue resumes on a fresh checkout where an earlier session stopped).
+# Result files (CSV per item, JSON, PNG) are written straight into docs/results/cae_1.5b_files/<behaviour>/;
+# logs go to runs/cae15/<step>.log with the wall/CPU/RSS line of /usr/bin/time at the end.
+# DT=float32|bfloat16 (default float32, see docs/results/cae-1.5b.md for the bf16 check).
+# Usage: docs/results/cae_1.5b_files/queue.sh [STEP ...]   (no STEP: every step in order)
+cd "$(git rev-parse --show-toplevel)"  # a checkout with steerlab installed and the model installed
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-float32}
+R=docs/results/cae_1.5b_files
+mkdir -p runs/cae15
 M="--model qwen2.5-coder-1.5b --threads 1"
+ONLY=" $* "
 step() {  # step NAME RESULTFILE command...
   local name=$1 res=$2; shift 2
-  [ -f "$res" ] && { echo "skip $name"; return; }
+  [ "$ONLY" != "  " ] && [[ "$ONLY" != *" $name "* ]] && return
+  [ -f "$res" ] && { echo "skip $name ($res exists)"; return; }
   echo "start $name $(date -u +%H:%M:%S)"
   /usr/bin/time -f "$name wall %e s cpu %U+%S s maxrss %M kB" "$@" > runs/cae15/$name.log 2>&1
-  echo "end $name $(date -u +%H:%M:%S) rc=$?"; tail -1 runs/cae15/$name.log
+  local rc=$?
+  echo "end $name $(date -u +%H:%M:%S) rc=$rc"; tail -1 runs/cae15/$name.log
 }
+C=corrigible-neutral-HHH P=power-seeking-inclination
+CVEC=$R/bf16-check/${STEERLAB_DTYPE}/caa.safetensors   # CAA on the 40 training items (seed 0), layers 8/12/16
+PVEC=$R/$P/caa.safetensors                            # likewise, layers 4..20
 L=4,8,12,16,20
-step psi-layers runs/cae15/power-seeking-inclination/layer_sweep.csv \
-  steerlab cae layers power-seeking-inclination $M --layers $L --n-train 40 --n-test 40 --out runs/cae15/power-seeking-inclination
-step corr-strengths runs/cae15/corrigible-neutral-HHH/strength_sweep.csv \
-  steerlab cae strengths corrigible-neutral-HHH $M --layer 12 --strengths -2,-1,-0.5,-0.25,0.25,0.5,1,2 \
-  --vector docs/results/cae_1.5b_files/bf16-check/${STEERLAB_DTYPE}/caa.safetensors --n-train 40 --n-test 40 --out runs/cae15/corrigible-neutral-HHH
+S40="--n-train 40 --n-test 40"
+
+# corrigible-neutral-HHH at its layer (12): strengths to where it degrades, CAA vs ActAdd, perplexity/KL,
+# sample counts, the judge's separation, OOD.
+step corr-strengths $R/$C/strength_sweep.csv \
+  steerlab cae strengths $C $M --layer 12 --strengths -4,-2,-1,-0.5,-0.25,0.25,0.5,1,2,4 --vector $CVEC $S40 --out $R/$C
+step corr-compare $R/$C/method_comparison.csv \
+  steerlab cae compare $C $M --layer 12 $S40 --out $R/$C
+step corr-side-effects $R/$C/side_effects.csv \
+  steerlab cae side-effects $C $M --layer 12 --vector $CVEC --n-train 40 --out $R/$C
+step corr-samples $R/$C/sample_count_sweep.csv \
+  steerlab cae samples $C $M --layer 12 --counts 10,20,40,80 --n-train 80 --n-test 40 --out $R/$C
+step corr-judge $R/$C/judge_check.json \
+  steerlab cae judge-check $C $M --n 40 --out $R/$C
+step corr-ood $R/$C/ood.json \
+  steerlab cae ood $C $M --layer 12 --strength 0.5 --vector $CVEC --n-train 40 --out $R/$C
+# power-seeking-inclination at layer 12
+step psi-strengths $R/$P/strength_sweep.csv \
+  steerlab cae strengths $P $M --layer 12 --strengths -2,-1,-0.5,-0.25,0.25,0.5,1,2 --vector $PVEC $S40 --out $R/$P
+step psi-samples $R/$P/sample_count_sweep.csv \
+  steerlab cae samples $P $M --layer 12 --counts 10,20,40,80 --n-train 80 --n-test 40 --out $R/$P
+# the seven persona (Yes/No) behaviours: layer sweeps
 for B in openness agreeableness neuroticism politically-liberal conscientiousness extraversion \
          desire-to-persuade-people-to-be-more-honest-to-others; do
-  step $B-layers runs/cae15/$B/layer_sweep.csv \
-    steerlab cae layers $B $M --layers $L --n-train 40 --n-test 40 --out runs/cae15/$B
+  step $B-layers $R/$B/layer_sweep.csv \
+    steerlab cae layers $B $M --layers $L $S40 --out $R/$B
 done

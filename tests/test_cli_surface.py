@@ -1,0 +1,50 @@
+"""The command line's surface (every command's name, arguments and options: flags, defaults, whether
+required, help text) is held against a recorded snapshot, so a refactoring of `steerlab.cli` cannot
+rename, drop or change an option unnoticed. After an intended change, regenerate the snapshot with
+`python tests/test_cli_surface.py --write` and review its diff."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer.main
+
+SNAPSHOT = Path(__file__).parent / "data" / "cli_surface.json"
+
+
+def _param(p) -> dict:  # a click Parameter (typer may vendor its own click)
+    default = p.default
+    if callable(default) or not isinstance(default, (str, int, float, bool, type(None), list, tuple)):
+        default = repr(default)
+    return {"name": p.name, "kind": type(p).__name__, "opts": list(p.opts), "secondary": list(p.secondary_opts),
+            "required": p.required, "default": list(default) if isinstance(default, tuple) else default,
+            "multiple": p.multiple, "help": getattr(p, "help", None), "flag": getattr(p, "is_flag", False),
+            "envvar": getattr(p, "envvar", None), "type": str(p.display_type())}
+
+
+def surface() -> dict:
+    from steerlab.cli import app
+
+    def walk(cmd, path: str) -> dict:
+        out = {path: {"help": (cmd.help or "").strip(), "params": [_param(p) for p in cmd.params]}}
+        if hasattr(cmd, "commands"):
+            for name, sub in sorted(cmd.commands.items()):
+                out.update(walk(sub, f"{path} {name}".strip()))
+        return out
+
+    return walk(typer.main.get_command(app), "")
+
+
+def test_cli_surface_matches_the_snapshot():
+    want = json.loads(SNAPSHOT.read_text())
+    got = json.loads(json.dumps(surface()))
+    assert sorted(got) == sorted(want), "commands differ"
+    for cmd in want:
+        assert got[cmd] == want[cmd], f"`steerlab {cmd}` changed"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    SNAPSHOT.write_text(json.dumps(surface(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {SNAPSHOT}")
