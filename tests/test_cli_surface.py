@@ -21,7 +21,7 @@ def _param(p) -> dict:  # a click Parameter (typer may vendor its own click)
     return {"name": p.name, "kind": type(p).__name__, "opts": list(p.opts), "secondary": list(p.secondary_opts),
             "required": p.required, "default": list(default) if isinstance(default, tuple) else default,
             "multiple": p.multiple, "help": getattr(p, "help", None), "flag": getattr(p, "is_flag", False),
-            "envvar": getattr(p, "envvar", None), "type": str(p.display_type())}
+            "envvar": getattr(p, "envvar", None), "type": getattr(p.type_descriptor.annotation, "__name__", str(p.type_descriptor.annotation))}
 
 
 def surface() -> dict:
