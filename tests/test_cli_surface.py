@@ -42,7 +42,14 @@ def test_cli_surface_matches_the_snapshot():
     got = json.loads(json.dumps(surface()))
     assert sorted(got) == sorted(want), "commands differ"
     for cmd in want:
-        assert got[cmd] == want[cmd], f"`steerlab {cmd}` changed"
+        assert got[cmd]["help"] == want[cmd]["help"], f"`steerlab {cmd}`: help text changed"
+        # Positional arguments keep their order; options are matched by name (their order is only --help's).
+        args = [[p for p in c[cmd]["params"] if p["kind"].endswith("Argument")] for c in (got, want)]
+        assert args[0] == args[1], f"`steerlab {cmd}`: arguments changed"
+        opts = [{p["name"]: p for p in c[cmd]["params"] if not p["kind"].endswith("Argument")} for c in (got, want)]
+        assert sorted(opts[0]) == sorted(opts[1]), f"`steerlab {cmd}`: options added or removed"
+        for name in opts[1]:
+            assert opts[0][name] == opts[1][name], f"`steerlab {cmd}`: option {name} changed"
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
