@@ -100,7 +100,7 @@ def model_checkpoint() -> Path:
     """The embedded model's safetensors checkpoint directory (converted from the GGUF on first use)."""
     import steerlab.models as m
 
-    return m._gguf_as_checkpoint(m.embedded_gguf_path())
+    return m.convert_gguf(m.embedded_gguf_path())
 
 
 def peer_checkpoint() -> Path:

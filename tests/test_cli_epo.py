@@ -18,7 +18,7 @@ from steerlab.epo import EPOConfig, EPOResult
 from steerlab.epo import runs as epo_runs
 from steerlab.cli import app
 
-cli_epo = importlib.import_module("steerlab.cli_epo")  # after steerlab.cli, which registers it
+cli_epo = importlib.import_module("steerlab.cli.epo")
 
 runner = CliRunner()
 TINY = ["--iterations", "2", "--population", "2", "--children", "2", "--top-k", "8", "--seq-len", "3",
@@ -48,7 +48,7 @@ def loaded(monkeypatch, tiny):
         return tiny
 
     handle = tiny.model.register_forward_pre_hook(lambda *a: calls.__setitem__("forward", calls["forward"] + 1))
-    monkeypatch.setattr(cli_epo, "_load_model", load)
+    monkeypatch.setattr(cli_epo, "load_model", load)
     yield calls
     handle.remove()
 

@@ -188,12 +188,12 @@ def test_tiny_gguf_reads_back_as_the_model_it_was_written_from(models, tokenizer
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_model_shape_is_read_without_loading(models, kind):
-    from steerlab.cli_cae import _peek_layers
+    from steerlab.cli.common import peek_layers
     from steerlab.models import model_shape
 
     shape = model_shape(models[kind])
     assert (shape.n_layers, shape.hidden_size) == (N_LAYERS, HIDDEN[kind.split("-")[0]])
-    assert _peek_layers(models[kind]) == N_LAYERS
+    assert peek_layers(models[kind]) == N_LAYERS
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -38,9 +38,9 @@ def tok():
     """The real SmolLM2 tokenizer alone (the 135M model itself is never loaded here)."""
     from transformers import AutoTokenizer
 
-    from steerlab.models import _gguf_as_checkpoint, embedded_gguf_path
+    from steerlab.models import convert_gguf, embedded_gguf_path
 
-    t = AutoTokenizer.from_pretrained(str(_gguf_as_checkpoint(embedded_gguf_path())))
+    t = AutoTokenizer.from_pretrained(str(convert_gguf(embedded_gguf_path())))
     t.padding_side = "left"
     if t.pad_token is None:
         t.pad_token = t.eos_token

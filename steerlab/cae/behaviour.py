@@ -36,7 +36,8 @@ from ..data.mwe import load_mwe, recast_ab, split_items
 from ..data.records import BehaviourItem, ContrastPair
 from ..data.tasks import resolve_behaviour
 from ..encoding import Prompt, format_prompt
-from ..engine import ScoreTable, ScoringItem, Setting, score, tokenize_items
+from ..engine import (PairActivations, ScoreTable, ScoringItem, Setting, extract_pair_activations, score,
+                      tokenize_items)
 from ..errors import DatasetError, SteerlabError
 from ..steering import Steering
 from ..vector import SteeringVector
@@ -433,6 +434,13 @@ def reading_items(items: Sequence[BehaviourItem], reading: str, seed: int = 0) -
     return recast_ab(items, seed) if reading == "ab" else list(items)
 
 
+def train_activations(lm, train: Sequence[BehaviourItem], layers: Sequence[int], *, batch_size: int = 16,
+                      progress: bool = False) -> PairActivations:
+    """Contrast-pair activations of the training items at `layers`, read at the answer (prefix-shared extraction)."""
+    return extract_pair_activations(lm, [it.to_pair() for it in train], list(layers), batch_size=batch_size,
+                                    progress=progress)
+
+
 def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int], reading: str | None = None, *,
                         seed: int = 0, batch_size: int = 16, progress: bool = False):
     """(pair activations at `reading`, residual norms) of the training items (see `READINGS`).
@@ -442,10 +450,6 @@ def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int
     own format (the "answer" reading), so a relative strength means the same push whatever the reading.
     "turn" and "end" need Yes/No items (A/B answers already carry the letter's meaning).
     """
-    from ..engine import PairActivations
-
-    from .sweeps import train_activations
-
     if reading is None:
         reading = default_reading(items[0].kind if items else "yesno")
     train = reading_items(items, reading, seed)
@@ -458,8 +462,6 @@ def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int
     close = closing_text(lm)
     if not close:
         raise SteerlabError(f"reading '{reading}' needs a chat template that closes the assistant turn")
-    from ..engine import extract_pair_activations
-
     pairs = [ContrastPair(it.question, it.matching + close, it.not_matching + close) for it in train]
     end = extract_pair_activations(lm, pairs, list(layers), batch_size=batch_size, progress=progress)
     if reading == "end":

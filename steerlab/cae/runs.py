@@ -39,7 +39,7 @@ from ..engine import PairActivations
 from ..errors import OutputExistsError, SteerlabError
 from ..vector import SteeringVector
 from .. import results
-from .behaviour import load_behaviour, pair_residual_norms
+from .behaviour import load_behaviour, pair_residual_norms, train_activations
 from .judge import make_judge
 from .ood import OOD_KINDS, evaluate_ood, load_ood_cases, plot_ood
 from .side_effects import corpus_windows, measure_side_effects, write_side_effects
@@ -52,7 +52,6 @@ from .sweeps import (
     run_plans,
     sample_count_plan,
     strength_plan,
-    train_activations,
     write_sweep,
 )
 

