@@ -28,10 +28,12 @@ def vectors(tiny_lm, vec_factory):
 
 class Collector:
     def __init__(self):
-        self.events, self.done = [], threading.Event()
+        self.events, self.done, self.started = [], threading.Event(), threading.Event()
 
     def __call__(self, kind, payload):
         self.events.append((kind, payload))
+        if kind == "text":
+            self.started.set()
         if kind in ("done", "error"):
             self.done.set()
 
@@ -73,13 +75,15 @@ def test_mixed_rows_joining_and_leaving_match_solo(tiny_lm, vectors):
     """7 requests, max_batch 3, staggered arrivals: rows join a running batch and leave it at different
     steps, with unsteered / steered / several vectors / three policies / a layer subset / lengths 3-10."""
     sched = Scheduler(tiny_lm, max_batch=3, window_s=0.0)
+    jobs = [job(tiny_lm, vectors, p, spec, n) for p, spec, n in CASES]
+    made = [c for _, c in jobs]
     try:
-        made = []
-        for i, (p, spec, n) in enumerate(CASES):
-            j, c = job(tiny_lm, vectors, p, spec, n)
+        # Arrivals keyed to progress, not to the clock (a loaded machine stretches sleeps): the first three
+        # together, then each once the one two places earlier is decoding, so it joins a running batch.
+        for i, (j, _) in enumerate(jobs):
+            if i >= 3:
+                assert made[i - 2].started.wait(60) or made[i - 2].done.wait(0)
             sched.submit(j)
-            made.append(c)
-            time.sleep(0.01 * (i % 3))
         for c in made:
             assert c.done.wait(60)
     finally:
