@@ -14,11 +14,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..activations import position_ids_for
+from ..activations import last_logits_only, position_ids_for
 from ..encoding import EncodedBatch, pad_left
 from ..steering import steer
 from .items import ScoringItem, Setting, tokenize_items
-from .scoring import _check_inputs, _logits_kwargs
+from .scoring import _check_inputs
 from .table import ScoreTable
 
 
@@ -55,7 +55,7 @@ def score_naive(
             with ctx, torch.no_grad():
                 logits = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   position_ids=position_ids_for(mask).to(device), use_cache=False,
-                                  **_logits_kwargs(lm, keep)).logits
+                                  **last_logits_only(lm.model, ids.shape[1], keep)).logits
             lp = torch.log_softmax(logits.float(), dim=-1).cpu()
             width = lp.shape[1]  # columns returned (all of them if the model ignores logits_to_keep)
             for r, (i, j) in enumerate(chunk):

@@ -47,8 +47,6 @@ the prefix is reused but every block runs.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -56,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
-from ..activations import position_ids_for
+from ..activations import last_logits_only, position_ids_for
 from ..encoding import EncodedBatch, after_user_start, pad_left
 from ..errors import SteerlabError
 from ..layers import block_hidden
@@ -207,18 +205,6 @@ class _Recorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-
-
-@functools.lru_cache(maxsize=None)
-def _takes_logits_to_keep(model_class: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
-
-
-def _logits_kwargs(lm, keep: int | None) -> dict:
-    """`logits_to_keep=keep` when the model supports it (the lm head then runs on the last `keep` columns only)."""
-    if keep is None or not _takes_logits_to_keep(type(lm.model)):
-        return {}
-    return {"logits_to_keep": keep}
 
 
 def _forward(lm, *, cache=None, **kwargs):
@@ -418,7 +404,7 @@ class _BatchRun:
         try:
             out = _forward(lm, input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
                            position_ids=position_ids_for(enc.attention_mask).to(device), use_cache=True,
-                           **_logits_kwargs(lm, 1))
+                           **last_logits_only(lm.model, self.W))
         finally:
             rec.remove()
         self.info["forwards"] += 1
@@ -502,7 +488,7 @@ class _BatchRun:
             with skip_blocks(lm, skip_below, cache, hidden):
                 out = _forward(lm, input_ids=ids.to(device), attention_mask=mask.to(device),
                                position_ids=pos.to(device), cache=cache, use_cache=True,
-                               **_logits_kwargs(lm, 1))
+                               **last_logits_only(lm.model, S))
         finally:
             handle.remove()
         self.info["forwards"] += 1

@@ -16,7 +16,6 @@ spelling is more than one token.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from ..activations import position_ids_for
+from ..activations import last_logits_only, position_ids_for
 from ..data.prompts import LETTERS
 from ..encoding import Prompt, common_prefix_len, pad_left
 from ..engine import ScoringItem, Setting, score, tokenize_items
@@ -182,12 +181,12 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
 
     device = lm.device
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(lm.model).forward).parameters else {}
     P = common_prefix_len([t.prompt_ids for t in tok])
     shared = None
     if P > 0:
         with torch.no_grad():
-            out = lm.model(input_ids=torch.tensor([tok[0].prompt_ids[:P]], device=device), use_cache=True, **keep)
+            out = lm.model(input_ids=torch.tensor([tok[0].prompt_ids[:P]], device=device), use_cache=True,
+                           **last_logits_only(lm.model, P))
         shared = output_cache(out) if is_plain(output_cache(out), lm.n_layers) else None
         if shared is None:
             P = 0
@@ -204,7 +203,7 @@ def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, pre
                 mask = torch.cat([torch.ones(len(idx), P, dtype=mask.dtype), mask], dim=1)
             with torch.no_grad():
                 out = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                               use_cache=shared is not None, **kwargs, **keep)
+                               use_cache=shared is not None, **kwargs, **last_logits_only(lm.model, ids.shape[1]))
             lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
             for r, i in enumerate(idx):
                 firsts = [c[0] for c in tok[i].candidate_ids]

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from ..activations import position_ids_for
+from ..activations import last_logits_only, position_ids_for
 from ..data.prompts import LETTERS
 from ..data.records import MCItem
 from ..encoding import encode
@@ -102,7 +102,8 @@ def finetune_lora(lm, shown: Sequence[Shown], config: SFTConfig = SFTConfig(), *
         idx, order = order[: config.batch_size], order[config.batch_size:]
         batch = encode(lm, [prompts[i] for i in idx]).to(device)
         out = pm(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                 position_ids=position_ids_for(batch.attention_mask), use_cache=False, logits_to_keep=1)
+                 position_ids=position_ids_for(batch.attention_mask), use_cache=False,
+                 **last_logits_only(lm.model, batch.input_ids.shape[1]))
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         loss = -torch.stack([torch.logsumexp(logp[r, gold_ids[i]], 0) for r, i in enumerate(idx)]).mean()
         opt.zero_grad()

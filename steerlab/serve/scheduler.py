@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from ..activations import last_logits_only
 from ..encoding import EncodedBatch
 from ..steering import apply_steering
 from . import kvcache
@@ -161,7 +162,6 @@ class Scheduler:
         self.pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         params = inspect.signature(lm.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keep_kw = "logits_to_keep" if "logits_to_keep" in params else None
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
@@ -279,9 +279,7 @@ class Scheduler:
 
     def _forward(self, input_ids, mask, position_ids, cache) -> torch.Tensor:
         dev = self.lm.device
-        kw = {self._cache_kw: cache, "use_cache": True}
-        if self._keep_kw:
-            kw[self._keep_kw] = 1
+        kw = {self._cache_kw: cache, "use_cache": True, **last_logits_only(self.lm.model, int(input_ids.shape[1]))}
         out = self.lm.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
                             position_ids=position_ids.to(dev), **kw)
         self.forward_calls += 1
