@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .activations import contiguous_head_input
 from .encoding import Prompt, encode
 from .errors import SteerlabError
 from .steering import Steering, steer
@@ -58,7 +59,7 @@ def generate(
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         inputs = batch.to(lm.device)
-        with torch.no_grad(), steer(lm, rows, batch=batch):
+        with torch.no_grad(), steer(lm, rows, batch=batch), contiguous_head_input(lm.model):
             ids = lm.model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **kwargs)
         new = ids[:, batch.input_ids.shape[1]:]
         out.extend(tok.batch_decode(new, skip_special_tokens=True))
