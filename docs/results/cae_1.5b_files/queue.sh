@@ -53,3 +53,11 @@ for B in openness agreeableness neuroticism politically-liberal conscientiousnes
   step $B-layers $R/$B/layer_sweep.csv \
     steerlab cae layers $B $M --layers $L $S40 --out $R/$B
 done
+# The full protocol for every behaviour (as corrigible-neutral-HHH-200): 200 train / 100 test, every 2nd layer, ±0.5.
+step corr-full-layers $R/$C-200/layer_sweep.csv \
+  steerlab cae layers $C $M --layer-step 2 --n-train 200 --n-test 100 --out $R/$C-200
+for B in $P openness agreeableness neuroticism politically-liberal conscientiousness extraversion \
+         desire-to-persuade-people-to-be-more-honest-to-others; do
+  step $B-full-layers $R/$B-200/layer_sweep.csv \
+    steerlab cae layers $B $M --layer-step 2 --n-train 200 --n-test 100 --out $R/$B-200
+done
