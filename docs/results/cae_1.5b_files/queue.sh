@@ -61,3 +61,15 @@ for B in $P openness agreeableness neuroticism politically-liberal conscientious
   step $B-full-layers $R/$B-200/layer_sweep.csv \
     steerlab cae layers $B $M --layer-step 2 --n-train 200 --n-test 100 --out $R/$B-200
 done
+# Sample-count curves, 10..200 pairs (nested), 100 test items, at each behaviour's layer from its sweep.
+step corr-samples-200 $R/$C-200/sample_count_sweep.csv \
+  steerlab cae samples $C $M --layer 12 --counts 10,20,40,80,120,160,200 --n-train 200 --n-test 100 --out $R/$C-200
+step openness-samples-200 $R/openness-200/sample_count_sweep.csv \
+  steerlab cae samples openness $M --layer 8 --counts 10,20,40,80,120,160,200 --n-train 200 --n-test 100 --out $R/openness-200
+step conscientiousness-samples-200 $R/conscientiousness-200/sample_count_sweep.csv \
+  steerlab cae samples conscientiousness $M --layer 8 --counts 10,20,40,80,120,160,200 --n-train 200 --n-test 100 --out $R/conscientiousness-200
+# PAS forgetting check: the TruthfulQA PASf vector (chosen on TruthfulQA validation) applied unchanged to OpenBookQA.
+PT=docs/results/pas_runs/qwen1.5b
+step pas-transfer-tqa-obqa $PT/transfer/truthfulqa-mc1-pasf-to-openbookqa.json \
+  steerlab pas-transfer $PT/truthfulqa-mc1/vector.safetensors --data openbookqa --cap 400 --seeds 1 \
+  --model qwen2.5-coder-1.5b --out $PT/transfer/truthfulqa-mc1-pasf-to-openbookqa.json
