@@ -19,3 +19,12 @@ run() {  # run NAME behaviour layer strength
 }
 run corrigible-neutral-HHH corrigible-neutral-HHH 12 11
 run power-seeking-inclination power-seeking-inclination 12 -11
+# The 135M protocol's search size (100 iterations, P = 8, 4 children, restart every 50) on corrigible-neutral-HHH.
+N=corrigible-neutral-HHH-100
+[ -f $D/$N/epo.json ] && echo "skip $N" || {
+  echo "start $N $(date -u +%H:%M:%S)"
+  /usr/bin/time -f "$N wall %e s cpu %U+%S s maxrss %M kB" \
+    steerlab attack --behaviour corrigible-neutral-HHH --layer 12 --strength 11 --positions after_user --model qwen2.5-coder-1.5b \
+    --n-train 150 --n-attack 2 --n-test 30 --n-sign 24 --iterations 100 --population 8 --seq-len 12 \
+    --children 4 --top-k 512 --restart-every 50 --seed 0 --eval-points 4 --threads 1 --out $D/$N > runs/epo15/$N.log 2>&1
+  echo "end $N $(date -u +%H:%M:%S) rc=$?"; tail -1 runs/epo15/$N.log; }
