@@ -9,7 +9,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import typer
 import typer.main
+from typer.testing import CliRunner
+
+from steerlab.cli.options import Runtime, Split, grouped  # module level: @grouped resolves annotations here
 
 SNAPSHOT = Path(__file__).parent / "data" / "cli_surface.json"
 
@@ -55,3 +60,21 @@ def test_cli_surface_matches_the_snapshot():
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     SNAPSHOT.write_text(json.dumps(surface(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SNAPSHOT}")
+
+
+def test_option_groups_reach_the_command_as_typed_instances():
+    app, seen = typer.Typer(), {}
+
+    @app.command()
+    @grouped
+    def probe(name: str = typer.Argument(...), split: Split = Split(), run: Runtime = Runtime()) -> None:
+        seen.update(name=name, split=split, run=run)
+
+    res = CliRunner().invoke(app, ["x", "--n-train", "7", "--seed", "3", "--force", "--model", "m"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"name": "x", "split": Split(n_train=7, n_test=100, seed=3),
+                    "run": Runtime(model="m", threads=None, force=True)}
+
+    with pytest.raises(TypeError, match="repeats a parameter"):
+        @grouped
+        def clash(seed: int = 0, split: Split = Split()) -> None: ...
