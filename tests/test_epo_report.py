@@ -37,3 +37,11 @@ def test_markdown_has_the_numbers(tmp_path, capsys):
     _result().save(tmp_path / "run", plot=False)
     assert main([str(tmp_path / "run")]) == 0
     assert "#### toy" in capsys.readouterr().out
+
+
+def test_plot_takes_sequences_with_math_characters(tmp_path):
+    """Found sequences are arbitrary tokens; one with "$" once crashed the frontier plot (matplotlib math mode)."""
+    res = _result()
+    res.frontier[0].text = ' TuscaCOSa("^$cows+^$", //'  # found on the 1.5B model
+    res.save(tmp_path / "run")
+    assert (tmp_path / "run" / "epo_frontier.png").stat().st_size > 1000

@@ -33,10 +33,11 @@ def plot_result(result, path: Path) -> Path:
     if "natural_xent" in ref:
         ax.axvline(ref["natural_xent"], c="C2", ls=":", lw=1, label="natural text, same slot")
     for p in result.frontier[:: max(1, len(result.frontier) // 4)]:
-        ax.annotate(textwrap.shorten(p.text, 28), (p.xent, p.target), fontsize=6, alpha=0.8)
+        # Sequences are arbitrary tokens: a "$" must not start matplotlib's math mode (a parse error).
+        ax.annotate(textwrap.shorten(p.text, 28), (p.xent, p.target), fontsize=6, alpha=0.8, parse_math=False)
     ax.set_xlabel("cross-entropy of the sequence (nats/token)")
     ax.set_ylabel(result.meta.get("target_label", "target"))
-    ax.set_title(result.meta.get("title", "EPO frontier"), fontsize=9)
+    ax.set_title(result.meta.get("title", "EPO frontier"), fontsize=9, parse_math=False)
     ax.legend(fontsize=7, loc="lower right")
     if evaluated:
         ax2 = axes[0][1]
