@@ -34,6 +34,17 @@ def ab(r: dict) -> str:
     return f"{r['effect_if_A']:+.3f} / {r['effect_if_B']:+.3f}"
 
 
+def load_sweep(path: Path) -> dict:
+    """A sweep's JSON, or one line saying why not (missing file, not JSON, not a sweep)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read {path}: {e}") from None
+    if not isinstance(data, dict) or "rows" not in data or "unsteered" not in data:
+        raise SystemExit(f"error: {path} is not a sweep written by `steerlab cae layers|strengths|samples|compare|score`")
+    return data
+
+
 def per_setting(data: dict) -> list[str]:
     u = data["unsteered"]
     out = ["| setting | score [95%] | effect [95%] | by matching answer (A / B items) | answer-balanced effect [95%] |",
@@ -75,7 +86,7 @@ def summary(paths: list[Path]) -> list[str]:
     out = ["| sweep | unsteered [95%] | layer with the largest effect at +r | its effect at +r [95%] | at −r [95%] "
            "| answer-balanced ± | layers as trained / reversed / sign-blind |", "|---|---|---|---|---|---|---|"]
     for path in paths:
-        data = json.loads(path.read_text())
+        data = load_sweep(path)
         rows, p, m = _pivot(data)
         verdicts: dict[str, list[int]] = {"as trained": [], "reversed": [], "sign-blind": []}
         for layer, r in sorted(rows.items()):
@@ -101,7 +112,7 @@ def main() -> None:
         return
     if len(args.sweep) > 1:
         raise SystemExit("one sweep at a time, or --summary")
-    data = json.loads(args.sweep[0].read_text())
+    data = load_sweep(args.sweep[0])
     print("\n".join(by_layer(data) if args.by_layer else per_setting(data)))
 
 
