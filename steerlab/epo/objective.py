@@ -25,14 +25,13 @@ The target items themselves (where the sequence goes) come from `targets`.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from ..activations import position_ids_for
+from ..activations import last_logits_only, position_ids_for, takes_logits_to_keep
 from ..encoding import EncodedBatch, pad_left
 from ..engine.cache import cache_of, filled_layer, output_cache, with_cache
 from ..errors import PromptTooLongError, SteerlabError
@@ -90,7 +89,7 @@ class EPOObjective:
         self._embedding = emb
         self._embed_scale = getattr(emb, "embed_scale", None)
         self.vocab_size = int(emb.weight.shape[0])
-        self._keep_supported = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+        self._keep_supported = takes_logits_to_keep(type(lm.model))
         self._layouts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._layout()
         self._run_heads()
@@ -151,7 +150,7 @@ class EPOObjective:
                 with torch.no_grad():
                     out = lm.model(input_ids=ids[rows].to(lm.device), attention_mask=mask[rows].to(lm.device),
                                    position_ids=position_ids_for(mask[rows]).to(lm.device), use_cache=True,
-                                   **({"logits_to_keep": 1} if self._keep_supported and not self.record_heads else {}))
+                                   **(last_logits_only(lm.model, width) if not self.record_heads else {}))
             finally:
                 if handle is not None:
                     handle.remove()
