@@ -209,6 +209,28 @@ def test_layer_strings_fail_before_the_model_load(tmp_path, pairs_file, model_di
     assert code == 1 and "cannot read strengths '4,big'" in out
 
 
+def test_threads_on_every_model_command(tmp_path, pairs_file, model_dirs, monkeypatch):
+    """--threads 0 is refused before the model load; --threads N reaches torch (2-core machines crawl without it)."""
+    import steerlab.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(steerlab.models, "load_model", refuse)
+    for cmd in (["train", pairs_file, "--out", tmp_path / "v.safetensors"], ["generate", "Hi"], ["effect", "x", "demo"],
+                ["demo"], ["serve"]):
+        code, out = run(*cmd, "--threads", "0")
+        assert code == 1 and "--threads must be at least 1" in out and "Traceback" not in out, (cmd, out)
+    monkeypatch.undo()
+    before = torch.get_num_threads()
+    try:
+        code, out = run("generate", "Hi", "--max-new-tokens", "2", "--threads", "1", "--model", model_dirs[32])
+        assert code == 0, out
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_serve_without_fastapi_names_the_extra(monkeypatch):
     import sys
 

@@ -13,8 +13,8 @@ from rich.table import Table
 from ..data.demo import DEMO_DATA, DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_pairs
 from ..errors import DatasetError, SteerlabError
 from .common import (check_layer_spec, check_out, console, load_model, parse_floats, parse_layers, read_vector,
-                     run_command, say)
-from .options import MODEL
+                     run_command, say, set_threads)
+from .options import MODEL, THREADS
 
 
 def load_training_pairs(data: str):
@@ -105,11 +105,13 @@ def train(
     positive: Optional[str] = typer.Option(None, help="ActAdd: the positive prompt (e.g. 'Love')."),
     negative: Optional[str] = typer.Option(None, help="ActAdd: the negative prompt (e.g. 'Hate')."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Train a steering vector from contrast pairs and save it."""
 
     def body():
+        set_threads(threads)
         check_out(out, force=force)
         if method not in ("caa", "pca", "actadd"):
             raise SteerlabError(f"unknown method '{method}': choose caa, pca or actadd")
@@ -176,10 +178,12 @@ def generate(
     compare: bool = typer.Option(False, "--compare", help="Print unsteered and steered outputs side by side."),
     allow_other_model: bool = typer.Option(False, help="Use a vector made for another model family."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Generate text, optionally steered by a vector (greedy decoding)."""
 
     def body():
+        set_threads(threads)
         if compare and vector is None:
             raise SteerlabError("--compare needs --vector")
         if layers is not None and vector is None:
@@ -253,6 +257,7 @@ def effect(
                                        "`train --limit 200` then `effect --offset 200`)."),
     limit: Optional[int] = typer.Option(None, help="Use at most N pairs (after --offset)."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Measure the direction and size of a vector's effect on held-apart pairs.
 
@@ -260,6 +265,7 @@ def effect(
     --limit N pairs; measure on the rest with --offset N)."""
 
     def body():
+        set_threads(threads)
         ss = parse_floats(strengths, "strengths")
         check_layer_spec(layers)
         if offset < 0:
@@ -289,11 +295,13 @@ def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also save the trained vector here."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """The main job on the embedded model: train a vector on the shipped contrast pairs, measure its
     effect on held-apart pairs, and show unsteered vs steered generations side by side."""
 
     def body():
+        set_threads(threads)
         if out is not None:
             check_out(out, force=force)
         pairs = demo_pairs()

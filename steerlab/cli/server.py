@@ -7,8 +7,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import SteerlabError
-from .common import load_model, run_command, say
-from .options import MODEL
+from .common import load_model, run_command, say, set_threads
+from .options import MODEL, THREADS
 
 
 def serve(
@@ -27,11 +27,13 @@ def serve(
     shutdown_grace_s: float = typer.Option(10.0, help="On SIGINT/SIGTERM, seconds running requests get to finish."),
     allow_other_model: bool = typer.Option(False, help="Serve vectors made for another model family."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /v1/vectors, /metrics,
     /health) with steering per request; routes in steerlab/serve/API.md."""
 
     def body():
+        set_threads(threads)
         try:
             import fastapi  # noqa: F401
             import uvicorn  # noqa: F401

@@ -73,3 +73,15 @@ PT=docs/results/pas_runs/qwen1.5b
 step pas-transfer-tqa-obqa $PT/transfer/truthfulqa-mc1-pasf-to-openbookqa.json \
   steerlab pas-transfer $PT/truthfulqa-mc1/vector.safetensors --data openbookqa --cap 400 --seeds 1 \
   --model qwen2.5-coder-1.5b --out $PT/transfer/truthfulqa-mc1-pasf-to-openbookqa.json
+# Session 7: the 135M suite's protocol for the remaining behaviours — best layer chosen on 60 *validation* items
+# (every 2nd layer, ±0.5), then on 100 disjoint test items at that layer: strength sweep and CAA vs ActAdd at
+# r = ±0.5, ±1, OOD (10 choice-qa + 10 open-ended, judged by the model itself after a judge check on 40 + 40
+# answers), perplexity/KL at the same strengths. Sample counts are left out here (three curves above).
+for B in $P openness agreeableness conscientiousness extraversion politically-liberal \
+         desire-to-persuade-people-to-be-more-honest-to-others neuroticism; do
+  step $B-judge $R/$B-val/judge_check.json \
+    steerlab cae judge-check $B $M --n 40 --out $R/$B-val
+  step $B-val $R/$B-val/summary.json \
+    steerlab cae run --behaviour $B $M --layer-step 2 --n-train 200 --n-val 60 --n-test 100 \
+    --strengths -1,-0.5,0.5,1 --counts "" --out $R/$B-val
+done
