@@ -218,7 +218,8 @@ def test_threads_on_every_model_command(tmp_path, pairs_file, model_dirs, monkey
 
     monkeypatch.setattr(steerlab.models, "load_model", refuse)
     for cmd in (["train", pairs_file, "--out", tmp_path / "v.safetensors"], ["generate", "Hi"], ["effect", "x", "demo"],
-                ["demo"], ["serve"]):
+                ["demo"], ["serve"], ["pas", "--data", pairs_file, "--out", tmp_path / "o"],
+                ["pas-sft", "--data", pairs_file, "--out", tmp_path / "o"], ["pas-transfer", "x", "--data", pairs_file]):
         code, out = run(*cmd, "--threads", "0")
         assert code == 1 and "--threads must be at least 1" in out and "Traceback" not in out, (cmd, out)
     monkeypatch.undo()

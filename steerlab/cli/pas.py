@@ -12,8 +12,8 @@ from rich.markup import escape
 
 from ..errors import SteerlabError
 from .common import check_layer_spec, check_out, console, load_model, parse_floats, parse_layers, read_vector, \
-    run_command, say
-from .options import FORCE, MODEL
+    run_command, say, set_threads
+from .options import FORCE, MODEL, THREADS
 
 
 def _methods(spec: List[str]) -> list[str]:
@@ -81,12 +81,14 @@ def pas_run(
     batch_size: int = typer.Option(16, help="Prompts per forward pass."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
     force: bool = FORCE,
 ) -> None:
     """Painless Activation Steering: vectors from a labelled multiple-choice dataset, layer and strength
     chosen on validation, Delta on test over seeds, with the letter-bias control."""
 
     def body():
+        set_threads(threads)
         methods = _methods(method)
         names = _vector_names(methods)
         check_out(out, ["results.json", *names.values()], force)
@@ -124,11 +126,13 @@ def pas_transfer(
     seeds: int = typer.Option(1, help="Seeds (each draws items and choice orders)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as JSON here."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
 ) -> None:
     """Forgetting check: a PAS vector chosen on one task, applied unchanged to another, vs unsteered."""
 
     def body():
+        set_threads(threads)
         if out is not None:
             check_out(out, force=force)
         items = _items(data, None)
@@ -166,11 +170,13 @@ def pas_sft(
     choice_seed: Optional[int] = typer.Option(None, help="Fix every question's choice order across seeds."),
     base: Optional[Path] = typer.Option(None, help="A `steerlab pas` output directory (same data, cap, grid, choice seed) whose base and base+PAS numbers are reused."),
     model: Optional[str] = MODEL,
+    threads: Optional[int] = THREADS,
     force: bool = FORCE,
 ) -> None:
     """PAS on a LoRA fine-tuned model vs the tuned model alone vs the base model with PAS."""
 
     def body():
+        set_threads(threads)
         check_out(out, ["results.json"], force)
         base_result = None
         if base is not None:
