@@ -3,7 +3,7 @@
 # the 135M ICL / SFT protocol (docs/results/pas.md) on one bias task and TruthfulQA: 3 seeds, 100 items,
 # fixed choice orders, strengths ±{4,10,16,22,28}; ICL = 10 exemplars from the training split; SFT = 40 LoRA steps.
 # Each step is skipped once its results.json is here (resumable). Usage: queue-icl-sft.sh [STEP ...]
-# (steps: icl-bbq-disability-status icl-truthfulqa-mc1 sft-bbq-disability-status sft-truthfulqa-mc1)
+# (steps, in order: icl-bbq-disability-status sft-bbq-disability-status icl-truthfulqa-mc1 sft-truthfulqa-mc1)
 cd "$(git rev-parse --show-toplevel)"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-bfloat16}
 D=docs/results/pas_runs/qwen1.5b
@@ -19,13 +19,13 @@ run() {  # run NAME OUTDIR command...
   echo "end $name $(date -u +%H:%M:%S) rc=$rc"; tail -1 runs/pas15/$name.log
 }
 ONLY="$*"
-for T in bbq-disability-status truthfulqa-mc1; do
-  run icl-$T $D/icl/$T steerlab pas --data $T --method all --icl 10 $COMMON --out $D/icl/$T
-done
+ICL() { run icl-$1 $D/icl/$1 steerlab pas --data $1 --method all --icl 10 $COMMON --out $D/icl/$1; }
+ICL bbq-disability-status
 # SFT: iPASwo on BBQ as at 135M; PASf on TruthfulQA, the method that steers it at 1.5B (main table). BBQ reuses
 # the main run's base and base+PAS numbers (same cap and splits); TruthfulQA's main run has cap 200, so its
 # base numbers are computed here.
 run sft-bbq-disability-status $D/sft/bbq-disability-status steerlab pas-sft --data bbq-disability-status \
   --method ipas-wo --steps 40 --base $D/bbq-disability-status $COMMON --out $D/sft/bbq-disability-status
+ICL truthfulqa-mc1
 run sft-truthfulqa-mc1 $D/sft/truthfulqa-mc1 steerlab pas-sft --data truthfulqa-mc1 \
   --method pasf --steps 40 $COMMON --out $D/sft/truthfulqa-mc1
