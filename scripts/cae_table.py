@@ -2,6 +2,8 @@
 
     python scripts/cae_table.py                      # print the tables
     python scripts/cae_table.py --update docs/results/cae.md   # replace the generated section
+    python scripts/cae_table.py --runs docs/results/cae_1.5b_files --suffix=-val \
+        --command "docs/results/cae_1.5b_files/queue.sh {name}-judge {name}-val"   # the 1.5B runs
 
 Every number comes from a run's files; nothing is typed by hand. The generated section of the
 document lies between the markers `<!-- cae-tables:start -->` and `<!-- cae-tables:end -->`.
@@ -21,6 +23,13 @@ from steerlab.cae import summarize_run  # noqa: E402
 from steerlab.data import CAE_BEHAVIOURS  # noqa: E402
 
 START, END = "<!-- cae-tables:start -->", "<!-- cae-tables:end -->"
+# A behaviour's run directory is RUNS/<behaviour><SUFFIX>; its rerun command is COMMAND with {name} filled in.
+SUFFIX = ""
+COMMAND = "steerlab cae run --behaviour {name} --out runs/cae/{name} --threads 1"
+
+
+def rdir(runs: Path, name: str) -> Path:
+    return runs / (name + SUFFIX)
 
 
 def ci(d: dict | None, key: str = "effect", digits: int = 3) -> str:
@@ -67,13 +76,13 @@ def flatten_cell(f: dict | None) -> str:
 
 
 def run_command(name: str) -> str:
-    return f"`steerlab cae run --behaviour {name} --out runs/cae/{name} --threads 1`"
+    return f"`{COMMAND.format(name=name)}`"
 
 
 def tables(runs: Path) -> str:
     rows, details, missing = [], [], []
     for name in CAE_BEHAVIOURS:
-        d = runs / name
+        d = rdir(runs, name)
         if not (d / "manifest.json").is_file():
             missing.append(name)
             continue
@@ -103,11 +112,11 @@ def tables(runs: Path) -> str:
         stage_t = ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in stages.items() if v.get("seconds") is not None)
         sc = s.get("sample_counts") or {}
         bal_n = {n: balanced_effect(d, csv_name="sample_count_sweep.csv", n_train=int(n)) for n in sc}
-        details.append(f"- **{name}**: {run_command(name)} — stages: {stage_t}. Sample-count effects "
-                       "(plain; answer-balanced): "
-                       + ", ".join(f"n={n}: {v['effect']:+.3f}; {bal_n[n]['effect']:+.3f}" for n, v in sc.items())
-                       + f"; flatten: {(s.get('flatten') or {}).get('reason', '–')}. Unsteered perplexity "
-                         f"{s.get('unsteered_perplexity', float('nan')):.1f}.")
+        counts = ("Sample-count effects (plain; answer-balanced): "
+                  + ", ".join(f"n={n}: {v['effect']:+.3f}; {bal_n[n]['effect']:+.3f}" for n, v in sc.items())
+                  + f"; flatten: {(s.get('flatten') or {}).get('reason', '–')}. ") if sc else ""
+        details.append(f"- **{name}**: {run_command(name)} — stages: {stage_t}. {counts}Unsteered perplexity "
+                       f"{s.get('unsteered_perplexity', float('nan')):.1f}.")
     head = ("| behaviour | format | unsteered score (test) [95%] | best layer (val) | effect at best layer, r=+0.5 [95%] "
             "| effect at r=−0.5 [95%] | effect by matching answer (r=+0.5) | answer-balanced effect (r=+0.5) [95%] "
             "| gains flatten at n | one-pair ActAdd effect (r=+0.5) | OOD judge effect [95%] | OOD projection effect [95%] "
@@ -121,7 +130,7 @@ def tables(runs: Path) -> str:
 
 
 def _done(runs: Path) -> list[tuple[str, dict]]:
-    return [(n, summarize_run(runs / n)) for n in CAE_BEHAVIOURS if (runs / n / "manifest.json").is_file()]
+    return [(n, summarize_run(rdir(runs, n))) for n in CAE_BEHAVIOURS if (rdir(runs, n) / "manifest.json").is_file()]
 
 
 def layer_profile(runs: Path) -> str:
@@ -163,7 +172,7 @@ def strength_profile(runs: Path) -> str:
 def answer_profile(runs: Path) -> str:
     """Effect per relative strength split by the items' matching answer: does the vector move the answer
     (both groups, opposite signs) while the behaviour score stays put?"""
-    done = [(n, runs / n) for n, _ in _done(runs) if (runs / n / "strength_sweep.json").is_file()]
+    done = [(n, rdir(runs, n)) for n, _ in _done(runs) if (rdir(runs, n) / "strength_sweep.json").is_file()]
     if not done:
         return ""
     rows_by = {n: sorted([r for r in json.loads((d / "strength_sweep.json").read_text())["rows"] if r.get("method")],
@@ -217,7 +226,7 @@ def ood_profile(runs: Path) -> str:
              + " | distinct 3-grams unsteered → steered (responses below 0.6) |", "|---|---|" + "---|" * (len(keys) + 1)]
     for n, o in done:
         cells = [ci(o.get(k), digits=1 if k.startswith("projection") else 3) for k in keys]
-        rep = repetition(runs / n)
+        rep = repetition(rdir(runs, n))
         rep_cell = "–" if rep is None else (f"{rep['unsteered'][0]:.2f} ({rep['unsteered'][1]}/{rep['unsteered'][2]}) → "
                                             f"{rep['steered'][0]:.2f} ({rep['steered'][1]}/{rep['steered'][2]})")
         lines.append(f"| {n} | {(o.get('judge/all') or {}).get('unsteered', float('nan')):.3f} | " + " | ".join(cells)
@@ -227,8 +236,8 @@ def ood_profile(runs: Path) -> str:
 
 def balanced_vectors(runs: Path) -> str:
     """Plain vs answer-balanced CAA vector (scripts/cae_balanced.py's balanced.json), where it was run."""
-    done = [(n, json.loads((runs / n / "balanced.json").read_text())) for n in CAE_BEHAVIOURS
-            if (runs / n / "balanced.json").is_file()]
+    done = [(n, json.loads((rdir(runs, n) / "balanced.json").read_text())) for n in CAE_BEHAVIOURS
+            if (rdir(runs, n) / "balanced.json").is_file()]
     if not done:
         return ""
     rs = sorted({r["relative"] for _, b in done for r in b["rows"] if r.get("method")})
@@ -259,10 +268,14 @@ def judge_checks(runs: Path) -> str:
 
 
 def main() -> None:
+    global SUFFIX, COMMAND
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "cae")
+    ap.add_argument("--suffix", default="", help="Run directories are RUNS/<behaviour><SUFFIX>.")
+    ap.add_argument("--command", default=COMMAND, help="Rerun command shown per behaviour ({name}: the behaviour).")
     ap.add_argument("--update", type=Path, help="Replace the generated section of this Markdown file.")
     args = ap.parse_args()
+    SUFFIX, COMMAND = args.suffix, args.command
     text = tables(args.runs)
     if args.update is None:
         print(text)
