@@ -15,7 +15,8 @@ run() {  # run NAME behaviour layer strength
     steerlab attack --behaviour $2 --layer $3 --strength $4 --positions after_user --model qwen2.5-coder-1.5b \
     --n-train 150 --n-attack 2 --n-test 30 --n-sign 24 --iterations 30 --population 4 --seq-len 12 \
     --children 4 --top-k 512 --restart-every 15 --seed 0 --eval-points 4 --threads 1 --out $D/$1 > runs/epo15/$1.log 2>&1
-  echo "end $1 $(date -u +%H:%M:%S) rc=$?"; tail -1 runs/epo15/$1.log
+  local rc=$?
+  echo "end $1 $(date -u +%H:%M:%S) rc=$rc"; tail -1 runs/epo15/$1.log
 }
 run corrigible-neutral-HHH corrigible-neutral-HHH 12 11
 run power-seeking-inclination power-seeking-inclination 12 -11
@@ -27,4 +28,5 @@ N=corrigible-neutral-HHH-100
     steerlab attack --behaviour corrigible-neutral-HHH --layer 12 --strength 11 --positions after_user --model qwen2.5-coder-1.5b \
     --n-train 150 --n-attack 2 --n-test 30 --n-sign 24 --iterations 100 --population 8 --seq-len 12 \
     --children 4 --top-k 512 --restart-every 50 --seed 0 --eval-points 4 --threads 1 --out $D/$N > runs/epo15/$N.log 2>&1
-  echo "end $N $(date -u +%H:%M:%S) rc=$?"; tail -1 runs/epo15/$N.log; }
+  rc=$?
+  echo "end $N $(date -u +%H:%M:%S) rc=$rc"; tail -1 runs/epo15/$N.log; }

@@ -13,5 +13,6 @@ for T in ${@:-openbookqa truthfulqa-mc1 bbq-nationality bbq-disability-status bb
   /usr/bin/time -f "$T wall %e s cpu %U+%S s maxrss %M kB" \
     steerlab pas --data $T --method all --seeds 5 --cap $CAP --choice-seed 0 --strengths 4,10,16,22,28 \
     --model qwen2.5-coder-1.5b --out $D/$T > runs/pas15/$T.log 2>&1
-  echo "end $T $(date -u +%H:%M:%S) rc=$?"; tail -1 runs/pas15/$T.log
+  rc=$?
+  echo "end $T $(date -u +%H:%M:%S) rc=$rc"; tail -1 runs/pas15/$T.log
 done
