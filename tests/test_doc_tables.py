@@ -1,0 +1,50 @@
+"""The 1.5B result tables in docs/results/cae-1.5b.md are what the table scripts print from the committed
+result files: a number edited by hand, or a result file changed without regenerating the page, fails here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steerlab.data.io import default_data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "results" / "cae-1.5b.md"
+PAS = "docs/results/pas_runs/qwen1.5b"
+PAS_TASKS = [f"{PAS}/{t}" for t in ("truthfulqa-mc1", "bbq-nationality", "bbq-disability-status",
+                                     "bbq-physical-appearance", "bbq-sexual-orientation", "openbookqa")]
+# The command that regenerates the page's validation-split section (also written in the page).
+CAE_VAL = ["scripts/cae_table.py", "--runs", "docs/results/cae_1.5b_files", "--suffix=-val",
+           "--command", "docs/results/cae_1.5b_files/queue.sh {name}-judge {name}-val"]
+
+
+def script(*args: str) -> str:
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+
+
+@pytest.mark.parametrize("kind", ["main", "bias", "groups"])
+def test_pas_tables_match_the_result_files(kind):
+    rows = table_rows(script("scripts/pas_tables.py", kind, *PAS_TASKS))
+    assert len(rows) > 3
+    doc = DOC.read_text()
+    missing = [r for r in rows if r not in doc]
+    assert not missing, f"rows of `pas_tables.py {kind}` not in {DOC.name} (regenerate the table):\n" + "\n".join(missing)
+
+
+@pytest.mark.skipif(default_data_root() is None, reason="needs ../shared/data (the items' matching answers)")
+def test_cae_validation_section_is_the_scripts_output():
+    doc = DOC.read_text()
+    start, end = "<!-- cae-tables:start -->", "<!-- cae-tables:end -->"
+    assert start in doc and end in doc
+    section = doc.split(start, 1)[1].split(end, 1)[0].strip()
+    assert section == script(*CAE_VAL).strip(), (
+        f"regenerate with: python {' '.join(CAE_VAL[:4])} --command '{CAE_VAL[5]}' --update {DOC.relative_to(ROOT)}")
