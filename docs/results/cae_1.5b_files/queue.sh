@@ -85,3 +85,9 @@ for B in $P openness agreeableness conscientiousness extraversion politically-li
     steerlab cae run --behaviour $B $M --layer-step 2 --n-train 200 --n-val 60 --n-test 100 \
     --strengths -1,-0.5,0.5,1 --counts "" --out $R/$B-val
 done
+# corrigible-neutral-HHH the same way (its own judge check for the -val directory, so the suite's summary has it).
+step $C-judge $R/$C-val/judge_check.json \
+  steerlab cae judge-check $C $M --n 40 --out $R/$C-val
+step $C-val $R/$C-val/summary.json \
+  steerlab cae run --behaviour $C $M --layer-step 2 --n-train 200 --n-val 60 --n-test 100 \
+  --strengths -1,-0.5,0.5,1 --counts "" --out $R/$C-val
