@@ -2,13 +2,14 @@
 # PAS with in-context learning and on a LoRA fine-tuned model, Qwen2.5-Coder-1.5B-Instruct (bfloat16, one thread):
 # the 135M ICL / SFT protocol (docs/results/pas.md) on one bias task and TruthfulQA: 3 seeds, 100 items,
 # fixed choice orders, strengths ±{4,10,16,22,28}; ICL = 10 exemplars from the training split; SFT = 40 LoRA steps.
-# Each step is skipped once its results.json is here (resumable). Usage: queue-icl-sft.sh [STEP ...]
+# Each step is skipped once its results.json is here (resumable). Usage: [SEEDS=N] queue-icl-sft.sh [STEP ...]
+# (session 7 ran the SFT steps with SEEDS=2: a 1.5B LoRA fine-tune per seed on one CPU core)
 # (steps, in order: icl-bbq-disability-status sft-bbq-disability-status icl-truthfulqa-mc1 sft-truthfulqa-mc1)
 cd "$(git rev-parse --show-toplevel)"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-bfloat16}
 D=docs/results/pas_runs/qwen1.5b
 mkdir -p runs/pas15
-COMMON="--seeds 3 --cap 100 --choice-seed 0 --strengths 4,10,16,22,28 --model qwen2.5-coder-1.5b --threads 1"
+SEEDS="--seeds ${SEEDS:-3}"; COMMON="$SEEDS --cap 100 --choice-seed 0 --strengths 4,10,16,22,28 --model qwen2.5-coder-1.5b --threads 1"
 run() {  # run NAME OUTDIR command...
   local name=$1 res=$2/results.json; shift 2
   [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]] && return
