@@ -275,6 +275,10 @@ def main() -> None:
     ap.add_argument("--command", default=COMMAND, help="Rerun command shown per behaviour ({name}: the behaviour).")
     ap.add_argument("--update", type=Path, help="Replace the generated section of this Markdown file.")
     args = ap.parse_args()
+    try:
+        args.command.format(name="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise SystemExit(f"error: --command may use only {{name}} as a placeholder, got {args.command!r} ({e})") from None
     SUFFIX, COMMAND = args.suffix, args.command
     text = tables(args.runs)
     if args.update is None:
