@@ -56,12 +56,16 @@ class Steering:
             from the end (-1 = the last block), normalised once by `normalized`.
         positions: "all", "after_user" or "last_prompt" (see module docs; default `DEFAULT_POSITIONS`,
             "after_user", which needs the encoded batch: `generate` and the engine pass it).
+        condition: a `steerlab.condition.Condition` (a condition vector, or `&` / `|` / `~` of them): the
+            term applies only to the batch rows whose own prompt fires it, decided once per row before
+            the steered pass (`apply_steering`); other rows get exactly the unsteered computation.
     """
 
     vector: SteeringVector | Sequence[SteeringVector | None]
     strength: float | Sequence[float] = DEFAULT_STRENGTH
     layers: Sequence[int] | None = None
     positions: PositionPolicy = DEFAULT_POSITIONS
+    condition: object | None = None
 
     @classmethod
     def from_vector(cls, vector: SteeringVector, strength: float | None = None, layers: Sequence[int] | None = None,
@@ -280,8 +284,10 @@ def build_terms(lm, steering: Sequence[Steering], rows: int | None = None) -> di
 class SteeringHandle:
     """Hooks installed by `apply_steering`; call `remove()` (or use `steer(...)` as a context manager)."""
 
-    def __init__(self, handles: list):
+    def __init__(self, handles: list, decisions: list | None = None):
         self._handles = handles
+        # per term: the condition's Decision (fired and scores per row), None for unconditional terms
+        self.decisions = decisions or []
 
     def remove(self) -> None:
         for h in self._handles:
@@ -336,6 +342,7 @@ def apply_steering(
             with chat templates (to find the user text), and for per-row vectors' row count check.
     """
     terms = [steering] if isinstance(steering, Steering) else list(steering)
+    terms, decisions = resolve_conditions(lm, terms, batch)
     by_layer = build_terms(lm, terms, rows=len(batch) if batch is not None else None)
     if batch is None and getattr(lm, "use_chat_template", False) and any(
             t.positional for layer_terms in by_layer.values() for t in layer_terms):
@@ -354,7 +361,41 @@ def apply_steering(
         for h in handles:
             h.remove()
         raise
-    return SteeringHandle(handles)
+    return SteeringHandle(handles, decisions)
+
+
+def resolve_conditions(lm, terms: Sequence[Steering], batch: EncodedBatch | None):
+    """Terms with a condition → the same terms with per-row vectors, None (no steering) on the rows whose
+    prompt does not fire the condition; and each conditional term's decision (None for the others).
+
+    The decision is one unsteered forward pass over the batch's prompts that stops after the deepest
+    layer the condition reads, made before any steering hook is installed. So every position of a firing
+    row can be steered, including prompt positions below the condition's layer (deciding inside the
+    steered pass would leave those unsteered), at the cost of that partial pass (docs/results/cast.md).
+    Call it once per prompt batch (a prefill), not per decoding step: a KV-cached caller resolves first and
+    keeps the resolved terms."""
+    decisions: list = []
+    out: list[Steering] = []
+    for term in terms:
+        if not isinstance(term, Steering) or term.condition is None:
+            out.append(term)
+            decisions.append(None)
+            continue
+        if batch is None:
+            raise SteerlabError("a conditional Steering term needs the encoded batch (batch=steerlab.encode(...)): "
+                                "the condition is read from each row's prompt")
+        decide = getattr(term.condition, "decide", None)
+        if decide is None:
+            raise SteerlabError(f"condition must be a steerlab.condition.Condition, got {type(term.condition).__name__}")
+        decision = decide(lm, batch.to(lm.device))
+        rows = len(batch)
+        vectors = _row_values(term, "vector", rows) or [term.vector] * rows
+        strengths = _row_values(term, "strength", rows) or [term.strength] * rows
+        fired = [bool(f) for f in decision.fired.tolist()]
+        out.append(replace(term, vector=[v if f else None for v, f in zip(vectors, fired)],
+                           strength=[s if f else 0.0 for s, f in zip(strengths, fired)], condition=None))
+        decisions.append(decision)
+    return out, decisions
 
 
 @contextlib.contextmanager
