@@ -7,7 +7,8 @@
 
 One way to do each step: load (`load_model`), capture (`capture`), train (`train_caa`, `train_pca`,
 `train_actadd`, `train_pas`), store (`SteeringVector.save`/`load`, `export_gguf`/`import_gguf`), steer
-(`Steering`, `steer`), generate (`generate`), score many settings at once (`score`, the engine's),
+(`Steering`, `steer`; conditionally: `train_condition`, `ConditionVector`), generate (`generate`), watch
+(`readout`), score many settings at once (`score`, the engine's),
 measure (`measure_effect`). The studies are packages: `steerlab.cae`, `steerlab.pas`, `steerlab.epo`.
 
 Names are imported lazily, so `import steerlab.data` does not pay for importing torch/transformers.
@@ -29,6 +30,8 @@ _EXPORTS = {
     "SteeringVector": "vector", "VectorMetadata": "vector",
     "Steering": "steering", "steer": "steering", "apply_steering": "steering",
     "generate": "generation",
+    "readout": "monitoring", "Readout": "monitoring", "StopRule": "monitoring",
+    "train_condition": "condition", "ConditionVector": "condition",
     "export_gguf": "vector", "import_gguf": "vector",
     "measure_effect": "effect", "EffectReport": "effect",
     "score": "engine",
@@ -53,7 +56,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .encoding import EncodedBatch, Prompt, encode, format_prompt
     from .engine import score
     from .errors import SteerlabError
+    from .condition import ConditionVector, train_condition
     from .generation import generate
+    from .monitoring import Readout, StopRule, readout
     from .methods import train_actadd, train_caa, train_pas, train_pca
     from .models import LoadedModel, load_model
     from .steering import Steering, apply_steering, steer

@@ -100,7 +100,9 @@ def best_threshold(scores: torch.Tensor, labels: torch.Tensor) -> _Fit:
         fn = (~fired & labels).sum(1).double()
         tn = (~fired & ~labels).sum(1).double()
         f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
-        i = int(torch.argmax(f1))
+        # the middle of the best thresholds (max margin on both sides), not its edge
+        tied = torch.nonzero(f1 >= f1.max() - 1e-12).flatten()
+        i = int(tied[len(tied) // 2])
         fit = _Fit(float(mids[i]), comparator, float(f1[i]), float(tp[i] / max(float(tp[i] + fp[i]), 1.0)),
                    float(tp[i] / max(float(tp[i] + fn[i]), 1.0)), float((tp[i] + tn[i]) / len(s)))
         if best is None or fit.f1 > best.f1 + 1e-12:
@@ -300,9 +302,8 @@ class _Combination(Condition):
             if not isinstance(c, Condition):
                 raise VectorError(f"expected a condition, got {type(c).__name__}")
         self.children = tuple(children)
-        names = [leaf.name for leaf in self.leaves()]
-        clashes = {n for n in names if names.count(n) > 1
-                   and len({id(l.vector) for l in self.leaves() if l.name == n}) > 1}
+        every = [leaf for c in self.children for leaf in c.leaves()]
+        clashes = {l.name for l in every if len({id(m.vector) for m in every if m.name == l.name}) > 1}
         if clashes:
             raise VectorError(f"two different condition vectors share the name {sorted(clashes)}")
 

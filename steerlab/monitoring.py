@@ -163,7 +163,7 @@ def _readout_batch(lm, chunk, indices, direction, layer, terms, max_new_tokens, 
     try:
         out = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=True,
                        **last_logits_only(lm.model, width))
-        cache = out.past_key_values  # updated in place by every later call
+        cache = out.get("cache", out.get("past_key_values"))  # by transformers version; updated in place later
         logits = out.logits[:, -1, :]
         for step in range(max_new_tokens + 1):
             if step > 0:  # the projections of the tokens fed in this step (generated at step - 1)

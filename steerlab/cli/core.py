@@ -176,6 +176,8 @@ def generate(
     positions: Optional[str] = typer.Option(None, help="all, after_user (CAA) or last_prompt (PAS) (default: the vector's, else after_user)."),
     max_new_tokens: int = typer.Option(48, help="Tokens to generate."),
     compare: bool = typer.Option(False, "--compare", help="Print unsteered and steered outputs side by side."),
+    condition: Optional[Path] = typer.Option(None, "--condition", "-c", help="Condition vector file: steer only "
+                                             "the prompts that fire it (`steerlab condition train`)."),
     allow_other_model: bool = typer.Option(False, help="Use a vector made for another model family."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
@@ -188,9 +190,18 @@ def generate(
             raise SteerlabError("--compare needs --vector")
         if layers is not None and vector is None:
             raise SteerlabError("--layers needs --vector")
+        if condition is not None and vector is None:
+            raise SteerlabError("--condition needs --vector (the condition decides where that vector is applied)")
         check_layer_spec(layers)
         raw = read_vector(vector)  # a truncated or NaN file fails before the model load
+        cond = None
+        if condition is not None:
+            from .condition import read_condition
+
+            cond = read_condition(condition)
         lm = load_model(model)
+        from dataclasses import replace
+
         from ..generation import generate as steered_generate
         from ..steering import Steering
 
@@ -199,13 +210,27 @@ def generate(
             vec = _checked_vector(vector, lm, allow_other_model, raw)
             # A vector trained by `steerlab pas` carries its chosen layer/strength/positions.
             steering = Steering.from_vector(vec, strength, parse_layers(layers, lm.n_layers), positions)
+        checks = None
+        if cond is not None:
+            cond.vector.check_compatible(lm, allow_other_family=allow_other_model)
+            steering = replace(steering, condition=cond)
+            checks = cond.check(lm, prompt)
         steered = steered_generate(lm, prompt, steering, max_new_tokens=max_new_tokens, progress=True)
         if compare:
             plain = steered_generate(lm, prompt, None, max_new_tokens=max_new_tokens, progress=True)
-            _print_comparison(prompt, plain, steered, f"steered (x{steering.strength:g})")
+            label = f"steered (x{steering.strength:g})"
+            if checks is not None:
+                label += f" if '{cond.name}' fires"
+                prompt_labels = [f"{p}\n[{'fired' if c.fired else 'not fired'}, score {c.score:+.3f}]"
+                                 for p, c in zip(prompt, checks)]
+                _print_comparison(prompt_labels, plain, steered, label)
+            else:
+                _print_comparison(prompt, plain, steered, label)
         else:
-            for p, out in zip(prompt, steered):
-                console.print(f"[bold]{escape(p)}[/]\n{escape(out)}\n", highlight=False)
+            for i, (p, out) in enumerate(zip(prompt, steered)):
+                fired = "" if checks is None else \
+                    f" [dim]({'condition fired' if checks[i].fired else 'condition not fired: unsteered'})[/]"
+                console.print(f"[bold]{escape(p)}[/]{fired}\n{escape(out)}\n", highlight=False)
 
     run_command(body)
 
