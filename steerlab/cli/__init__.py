@@ -2,7 +2,7 @@
 
 One root app; each module adds its commands (`register`): core (train, generate, effect, info,
 export-gguf, demo), condition (`condition train|check`, monitor), server (serve), cae (`cae ...`, report), pas (pas, pas-transfer, pas-sft), epo
-(attack), models (`models ...`). Shared options live in `options`, error handling and parsing in
+(attack), models (`models ...`), doctor. Shared options live in `options`, error handling and parsing in
 `common`. Nothing in steerlab imports this package.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cae, condition, core, epo, models, pas, server
+from . import cae, condition, core, doctor, epo, models, pas, server
 
 app = typer.Typer(
     help="Activation steering for language models: train vectors, steer generation, evaluate.",
@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _module in (core, condition, server, cae, pas, epo, models):
+for _module in (core, condition, server, cae, pas, epo, models, doctor):
     _module.register(app)
 
 

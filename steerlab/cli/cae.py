@@ -16,8 +16,8 @@ import typer
 
 from ..errors import SteerlabError
 from .common import (check_layer_range, check_out, console, load_model, parse_floats, parse_ints, parse_layers,
-                     parse_list, peek_layers, read_vector, run_command, say, set_threads)
-from .options import (BEHAVIOUR, LAYER, MULTI_TOKEN, N_TRAIN, OUT_DIR, POSITIONS, READING, RELATIVE, SEED, STRENGTHS,
+                     parse_list, peek_layers, read_vector, run_command, say, set_runtime)
+from .options import (DEVICE, DTYPE, BEHAVIOUR, LAYER, MULTI_TOKEN, N_TRAIN, OUT_DIR, POSITIONS, READING, RELATIVE, SEED, STRENGTHS,
                       THREADS, MODEL, VECTOR, Judge, Runtime, Split, grouped)
 
 cae_app = typer.Typer(help="Contrastive Activation Engineering: behaviour scores, sweeps, OOD, side effects.",
@@ -105,7 +105,7 @@ def finish_sweep(sweep, out: Optional[Path], name: str, extra: Optional[dict] = 
 
 
 def _begin(run: Runtime, out: Optional[Path], names: list[str]) -> None:
-    set_threads(run.threads)
+    set_runtime(run.threads, run.device, run.dtype)
     if out is not None:
         check_out(out, names, run.force)
 
@@ -430,13 +430,15 @@ def run_suite(
     stages: Optional[str] = typer.Option(None, help="Only these stages (comma-separated): data, extract, layers, sweeps, "
                                                     "ood, side_effects, report."),
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
     model: Optional[str] = MODEL,
     force: bool = typer.Option(False, "--force", help="Start over in a directory holding another run."),
 ) -> None:
     """The whole CAE suite for one behaviour, in resumable stages (see steerlab.cae.runs)."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         from ..cae.behaviour import load_behaviour
         from ..cae.runs import CAEConfig, run_cae
 

@@ -124,12 +124,32 @@ def set_threads(n: Optional[int]) -> None:
         torch.set_num_threads(n)
 
 
+def set_runtime(threads: Optional[int], device: Optional[str] = None, dtype: Optional[str] = None) -> None:
+    """--threads, --device and --dtype: checked at once (a device this machine lacks is one line naming those
+    it has, before any model loads) and handed to every model load of this command through the environment
+    variables `load_model` reads (STEERLAB_DEVICE, STEERLAB_DTYPE), so the studies' own loads see them too."""
+    import os
+
+    set_threads(threads)
+    from ..hardware import choose_device, choose_dtype, detect
+
+    machine = detect()
+    if device is not None:
+        os.environ["STEERLAB_DEVICE"] = choose_device(device, machine)
+    if dtype is not None:
+        choose_dtype(dtype, os.environ.get("STEERLAB_DEVICE", "cpu"), machine)  # an unknown name fails here
+        os.environ["STEERLAB_DTYPE"] = dtype
+
+
 def load_model(model: Optional[str]):
     """Load --model (None: the embedded model) under a status line."""
     from ..models import load_model as load
 
     with console.status(escape(f"loading {model or 'the embedded SmolLM2-135M-Instruct'}…")):
-        return load(model)
+        lm = load(model)
+    if lm.extra.get("dtype_note"):
+        err_console.print(escape(lm.extra["dtype_note"]), highlight=False)
+    return lm
 
 
 def peek_layers(model: Optional[str]) -> int:

@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..errors import SteerlabError
-from .common import check_out, console, load_model, parse_layers, read_vector, run_command, say, set_threads
-from .options import FORCE, MODEL, THREADS
+from .common import check_out, console, load_model, parse_layers, read_vector, run_command, say, set_runtime
+from .options import FORCE, MODEL, THREADS, DEVICE, DTYPE
 
 condition_app = typer.Typer(help="Condition vectors (CAST): steer only when the prompt is about something.",
                             no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -54,13 +54,15 @@ def train(
     force: bool = FORCE,
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
 ) -> None:
     """Train a condition vector; layer, reading, threshold and comparator are chosen by validation F1."""
 
     def body():
         from ..data.prompt_sets import load_prompts
 
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         check_out(out, force=force)
         readings = tuple(r.strip() for r in reading.split(",") if r.strip())
         bad = [r for r in readings if r not in ("last", "mean")]
@@ -94,11 +96,13 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: prompt, fired, score."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
 ) -> None:
     """Whether a condition fires for each prompt, and its score."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         cond = read_condition(condition)
         texts = read_prompt_args(prompts)
         lm = load_model(model)
@@ -130,6 +134,8 @@ def monitor(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt: tokens, raw, cosine, text."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
 ) -> None:
     """Generate and colour each token by the vector's projection (red: along it, blue: against it)."""
 
@@ -137,7 +143,7 @@ def monitor(
         from ..monitoring import StopRule, readout
         from ..steering import Steering
 
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         if max_new_tokens < 0:
             raise SteerlabError("--max-new-tokens must be >= 0")
         stop = StopRule(stop_above, stop_tokens) if stop_above is not None else None

@@ -13,8 +13,8 @@ from rich.table import Table
 from ..data.demo import DEMO_DATA, DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_pairs
 from ..errors import DatasetError, SteerlabError
 from .common import (check_layer_spec, check_out, console, load_model, parse_floats, parse_layers, read_vector,
-                     run_command, say, set_threads)
-from .options import MODEL, THREADS
+                     run_command, say, set_runtime)
+from .options import MODEL, THREADS, DEVICE, DTYPE
 
 
 def load_training_pairs(data: str):
@@ -106,12 +106,14 @@ def train(
     negative: Optional[str] = typer.Option(None, help="ActAdd: the negative prompt (e.g. 'Hate')."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Train a steering vector from contrast pairs and save it."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         check_out(out, force=force)
         if method not in ("caa", "pca", "actadd"):
             raise SteerlabError(f"unknown method '{method}': choose caa, pca or actadd")
@@ -181,11 +183,13 @@ def generate(
     allow_other_model: bool = typer.Option(False, help="Use a vector made for another model family."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
 ) -> None:
     """Generate text, optionally steered by a vector (greedy decoding)."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         if compare and vector is None:
             raise SteerlabError("--compare needs --vector")
         if layers is not None and vector is None:
@@ -283,6 +287,8 @@ def effect(
     limit: Optional[int] = typer.Option(None, help="Use at most N pairs (after --offset)."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
 ) -> None:
     """Measure the direction and size of a vector's effect on held-apart pairs.
 
@@ -290,7 +296,7 @@ def effect(
     --limit N pairs; measure on the rest with --offset N)."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         ss = parse_floats(strengths, "strengths")
         check_layer_spec(layers)
         if offset < 0:
@@ -321,12 +327,14 @@ def demo(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
 ) -> None:
     """The main job on the embedded model: train a vector on the shipped contrast pairs, measure its
     effect on held-apart pairs, and show unsteered vs steered generations side by side."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         if out is not None:
             check_out(out, force=force)
         pairs = demo_pairs()

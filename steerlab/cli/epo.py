@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 
 from ..epo.config import EPOConfig
-from .common import load_model, run_command, say
-from .options import MODEL
+from .common import load_model, run_command, say, set_runtime
+from .options import DEVICE, DTYPE, MODEL
 
 _DEFAULTS = EPOConfig()  # the search options' defaults are EPOConfig's own
 
@@ -56,6 +56,8 @@ def attack(
     text_eval_points: int = typer.Option(1, help="Of those, how many (strongest first) are also evaluated as re-tokenized text."),
     reevaluate: Optional[Path] = typer.Option(None, "--reevaluate", help="Only re-run the held-apart evaluation of this saved behaviour run (rewrites its epo.json and plot)."),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
     quiet: bool = typer.Option(False, "--quiet", help="No progress lines."),
     model: Optional[str] = MODEL,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing epo.json in OUT."),
@@ -64,6 +66,7 @@ def attack(
     writes the Pareto frontier (attack strength vs cross-entropy), held-apart scores and a plot."""
 
     def body():
+        set_runtime(None, device, dtype)  # the attack sets its own threads
         from ..epo.runs import AttackOptions, parse_ids, run_attack, summary, unescape
 
         config = EPOConfig(seq_len=seq_len, population=population, lambda_min=lambda_min, lambda_max=lambda_max,

@@ -26,6 +26,10 @@ MODEL_HELP = ("Hugging Face id, local directory, .gguf file or known model name 
 MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP)
 FORCE = typer.Option(False, "--force", help="Overwrite existing output files.")
 THREADS = typer.Option(None, help="torch CPU threads (default: torch's choice).")
+DEVICE = typer.Option("auto", help="cpu, cuda, cuda:N, mps or auto (the first accelerator, else the CPU).")
+DTYPE = typer.Option(None, help="float32, bfloat16, float16 or auto (bfloat16 where the GPU or CPU computes it "
+                                "natively: avx512_bf16/AMX; else float32). Default: $STEERLAB_DTYPE, else float32. "
+                                "`steerlab doctor` shows what auto picks here.")
 BEHAVIOUR = typer.Argument(..., help="A CAE behaviour (e.g. openness, power-seeking-inclination) or an MWE .jsonl file.")
 OUT_DIR = typer.Option(..., "--out", "-o", help="Directory for the result files.")
 VECTOR = typer.Option(None, "--vector", "-v", help="Use this vector file instead of training CAA on the train split.")
@@ -61,10 +65,13 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """Which model, how many threads, and whether existing result files may be overwritten."""
+    """Which model, on which device and in which dtype, how many threads, and whether existing result files may be
+    overwritten."""
 
     model: Optional[str] = _option(MODEL)
     threads: Optional[int] = _option(THREADS)
+    device: str = _option(DEVICE)
+    dtype: Optional[str] = _option(DTYPE)
     force: bool = _option(typer.Option(False, "--force", help="Overwrite existing result files."))
 
 
@@ -121,5 +128,5 @@ def grouped(fn: Callable) -> Callable:
     return command
 
 
-__all__ = ["grouped", "Split", "Runtime", "Judge", "MODEL", "FORCE", "THREADS", "BEHAVIOUR", "OUT_DIR", "VECTOR",
+__all__ = ["grouped", "Split", "Runtime", "Judge", "MODEL", "FORCE", "THREADS", "DEVICE", "DTYPE", "BEHAVIOUR", "OUT_DIR", "VECTOR",
            "RELATIVE", "POSITIONS", "READING", "LAYER", "N_TRAIN", "SEED", "MULTI_TOKEN", "STRENGTHS"]

@@ -12,8 +12,8 @@ from rich.markup import escape
 
 from ..errors import SteerlabError
 from .common import check_layer_spec, check_out, console, load_model, parse_floats, parse_layers, read_vector, \
-    run_command, say, set_threads
-from .options import FORCE, MODEL, THREADS
+    run_command, say, set_runtime
+from .options import FORCE, MODEL, THREADS, DEVICE, DTYPE
 
 
 def _methods(spec: List[str]) -> list[str]:
@@ -82,13 +82,15 @@ def pas_run(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
     force: bool = FORCE,
 ) -> None:
     """Painless Activation Steering: vectors from a labelled multiple-choice dataset, layer and strength
     chosen on validation, Delta on test over seeds, with the letter-bias control."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         methods = _methods(method)
         names = _vector_names(methods)
         check_out(out, ["results.json", *names.values()], force)
@@ -127,12 +129,14 @@ def pas_transfer(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as JSON here."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
 ) -> None:
     """Forgetting check: a PAS vector chosen on one task, applied unchanged to another, vs unsteered."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         if out is not None:
             check_out(out, force=force)
         items = _items(data, None)
@@ -171,12 +175,14 @@ def pas_sft(
     base: Optional[Path] = typer.Option(None, help="A `steerlab pas` output directory (same data, cap, grid, choice seed) whose base and base+PAS numbers are reused."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
     force: bool = FORCE,
 ) -> None:
     """PAS on a LoRA fine-tuned model vs the tuned model alone vs the base model with PAS."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         check_out(out, ["results.json"], force)
         base_result = None
         if base is not None:

@@ -7,8 +7,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import SteerlabError
-from .common import load_model, run_command, say, set_threads
-from .options import MODEL, THREADS
+from .common import load_model, run_command, say, set_runtime
+from .options import MODEL, THREADS, DEVICE, DTYPE
 
 
 def serve(
@@ -28,12 +28,14 @@ def serve(
     allow_other_model: bool = typer.Option(False, help="Serve vectors made for another model family."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
+    device: str = DEVICE,
+    dtype: Optional[str] = DTYPE,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /v1/vectors, /metrics,
     /health) with steering per request; routes in steerlab/serve/API.md."""
 
     def body():
-        set_threads(threads)
+        set_runtime(threads, device, dtype)
         try:
             import fastapi  # noqa: F401
             import uvicorn  # noqa: F401

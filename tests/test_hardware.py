@@ -1,0 +1,150 @@
+"""Hardware awareness: the auto device/dtype from faked CPU flags and device lists, one clear line for a missing
+device (before any load), `steerlab doctor`, and converted checkpoints that a plain loader reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import steerlab.hardware as hw
+from steerlab.cli import app
+from steerlab.errors import SteerlabError
+
+runner = CliRunner()
+
+
+def machine(flags=("avx2",), accelerators=(), cuda="12.4"):
+    return hw.Machine(cpu_model="test CPU", cpu_flags=tuple(flags), cores=2, torch_threads=1, torch_version="2.13.0",
+                      torch_cuda=cuda if accelerators else None, accelerators=tuple(accelerators))
+
+
+H100 = hw.Accelerator("cuda:0", "H100", 80.0, bf16=True)
+T4 = hw.Accelerator("cuda:1", "T4", 16.0, bf16=False)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (("avx2",), torch.float32),                                   # AVX2-only: bfloat16 would be ~3x slower
+    (("avx2", "avx512f"), torch.float32),                         # AVX-512 without its bf16 instructions
+    (("avx2", "avx512f", "avx512_bf16"), torch.bfloat16),
+    (("avx2", "amx_bf16", "amx_tile"), torch.bfloat16),
+])
+def test_auto_dtype_on_cpu_follows_the_bf16_flags(flags, expected):
+    choice = hw.choose_dtype("auto", "cpu", machine(flags))
+    assert choice.dtype == expected
+    assert choice.reason.startswith("the CPU has no") == (expected == torch.float32)
+
+
+def test_auto_device_and_dtype_with_accelerators():
+    m = machine(accelerators=(H100, T4))
+    assert hw.choose_device("auto", m) == "cuda:0"
+    assert hw.choose_device("cuda", m) == "cuda:0" and hw.choose_device("cuda:1", m) == "cuda:1"
+    assert hw.choose_dtype("auto", "cuda:0", m).dtype == torch.bfloat16
+    assert hw.choose_dtype("auto", "cuda:1", m).dtype == torch.float32
+    assert hw.choose_dtype("float16", "cpu", m).dtype == torch.float16
+    mps = machine(accelerators=(hw.Accelerator("mps", "Apple GPU"),))
+    assert hw.choose_device("auto", mps) == "mps" and hw.choose_dtype(None, "mps", mps).dtype == torch.float16
+    assert hw.choose_device(None, machine()) == "cpu"
+
+
+def test_missing_device_names_what_there_is():
+    with pytest.raises(hw.DeviceError, match=r"'cuda' is not available .*available: cpu; torch is a CPU build"):
+        hw.choose_device("cuda", machine())
+    with pytest.raises(hw.DeviceError, match=r"available: cpu, cuda:0"):
+        hw.choose_device("cuda:3", machine(accelerators=(H100,)))
+    with pytest.raises(hw.DeviceError, match="unknown device 'tpu'"):
+        hw.choose_device("tpu", machine())
+    with pytest.raises(SteerlabError, match="unknown dtype 'fp8'"):
+        hw.choose_dtype("fp8", "cpu", machine())
+
+
+def test_this_machine_and_its_block():
+    m = hw.detect()
+    assert "cpu" in m.devices and m.cores >= 1
+    block = hw.machine_block(dtype="float32", device="cpu")
+    assert {"cpu_model", "cpu_flags", "cores", "torch_threads", "torch_version", "load_average", "dtype",
+            "device"} <= set(block)
+    json.dumps(block)
+
+
+def test_cli_missing_device_fails_before_loading(monkeypatch):
+    monkeypatch.setattr(hw, "detect", lambda: machine())
+    res = runner.invoke(app, ["generate", "hi", "--device", "cuda:0", "--model", "/nonexistent/model"])
+    assert res.exit_code == 1
+    assert "not available on this machine (available: cpu" in res.output
+    assert "nonexistent" not in res.output  # refused before the model was looked for
+    res = runner.invoke(app, ["cae", "layers", "openness", "--out", "x", "--dtype", "fp8"])
+    assert res.exit_code == 1 and "unknown dtype 'fp8'" in res.output
+
+
+def test_every_model_command_takes_device_and_dtype():
+    import typer.main
+
+    root = typer.main.get_command(app)
+
+    def walk(cmd, path=""):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{path} {name}".strip())
+        else:
+            yield path, {o for p in cmd.params for o in p.opts}
+
+    for path, opts in walk(root):
+        if "--model" in opts or path == "serve":
+            assert {"--device", "--dtype"} <= opts, path
+
+
+def test_doctor_json():
+    res = runner.invoke(app, ["doctor", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert {"steerlab", "machine", "auto", "extras", "cache", "data", "packages"} <= set(d)
+    assert d["auto"]["dtype"] in ("float32", "bfloat16", "float16") and d["auto"]["why"]
+    assert set(d["machine"]["cpu_flags"]) <= set(hw.CPU_FLAGS)
+    assert "server" in d["extras"] and "vllm engine" in d["extras"]
+    res = runner.invoke(app, ["doctor"])
+    assert res.exit_code == 0 and "CPU flags" in res.output and "auto" in res.output
+
+
+def test_auto_dtype_when_loading(monkeypatch, tmp_path, make_tiny):
+    from steerlab.models import load_model
+
+    lm = make_tiny()
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(hw, "detect", lambda: machine(("avx2",)))
+    loaded = load_model(tmp_path / "m", dtype="auto")
+    assert loaded.dtype == torch.float32 and "float32" in loaded.extra["dtype_note"]
+    monkeypatch.setattr(hw, "detect", lambda: machine(("avx2", "avx512f", "avx512_bf16")))
+    assert load_model(tmp_path / "m", dtype="auto").dtype == torch.bfloat16
+    with pytest.raises(hw.DeviceError):
+        load_model(tmp_path / "m", device="cuda")
+
+
+@pytest.mark.slow
+def test_converted_checkpoint_reads_with_plain_transformers(real_lm):
+    """The converted embedded model is a complete checkpoint: a fresh process loading it with plain
+    transformers (no steerlab) gets steerlab's logits."""
+    from steerlab.models import convert_gguf, embedded_gguf_path
+
+    directory = convert_gguf(embedded_gguf_path())
+    ids = real_lm.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = real_lm.model(input_ids=ids).logits[0, -1]
+    code = ("import sys, json, torch; from transformers import AutoModelForCausalLM; "
+            "from safetensors import safe_open; "
+            f"d = {str(directory)!r}; keys = set(safe_open(d + '/model.safetensors', 'pt').keys()); "
+            "m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32); "
+            f"x = m(input_ids=torch.tensor([{ids[0].tolist()}])).logits[0, -1]; "
+            "print(json.dumps({'keys': sorted(k for k in keys if 'embed' in k or 'lm_head' in k), "
+            "'logits': x[:50].tolist(), 'argmax': int(x.argmax())}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "model.embed_tokens.weight" in got["keys"] and "lm_head.weight" in got["keys"]
+    assert got["argmax"] == int(ours.argmax())
+    assert torch.allclose(torch.tensor(got["logits"]), ours[:50], atol=1e-4)
