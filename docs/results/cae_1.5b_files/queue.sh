@@ -3,11 +3,11 @@
 # docs/results/cae_1.5b_files (so the queue resumes on a fresh checkout where an earlier session stopped).
 # Result files (CSV per item, JSON, PNG) are written straight into docs/results/cae_1.5b_files/<behaviour>/;
 # logs go to runs/cae15/<step>.log with the wall/CPU/RSS line of /usr/bin/time at the end.
-# DT=float32|bfloat16 (default bfloat16: its behaviour scores agree with float32's within every interval and it
-# runs ~3x faster, docs/results/cae-1.5b.md; the first two steps ran in float32).
+# DT=auto|float32|bfloat16 (default auto: bfloat16 on CPUs with avx512_bf16/AMX, where it runs ~3x faster with behaviour scores
+# inside float32's intervals, docs/results/cae-1.5b.md; float32 on AVX2-only CPUs, where bfloat16 is ~3x slower).
 # Usage: docs/results/cae_1.5b_files/queue.sh [STEP ...]   (no STEP: every step in order)
 cd "$(git rev-parse --show-toplevel)"  # a checkout with steerlab installed and the model installed
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-bfloat16}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-auto}  # auto: bfloat16 only on CPUs with avx512_bf16/AMX (steerlab doctor)
 R=docs/results/cae_1.5b_files
 mkdir -p runs/cae15
 M="--model qwen2.5-coder-1.5b --threads 1"
@@ -23,7 +23,7 @@ step() {  # step NAME RESULTFILE command...
   echo "end $name $(date -u +%H:%M:%S) rc=$rc"; tail -1 runs/cae15/$name.log
 }
 C=corrigible-neutral-HHH P=power-seeking-inclination
-CVEC=$R/bf16-check/${STEERLAB_DTYPE}/caa.safetensors   # CAA on the 40 training items (seed 0), layers 8/12/16
+CVEC=$R/bf16-check/$(python -c "from steerlab.hardware import choose_dtype, detect; print(choose_dtype('$STEERLAB_DTYPE', 'cpu', detect()).name)")/caa.safetensors   # CAA on the 40 training items (seed 0), layers 8/12/16
 PVEC=$R/$P/caa.safetensors                            # likewise, layers 4..20
 L=4,8,12,16,20
 S40="--n-train 40 --n-test 40"

@@ -5,7 +5,7 @@
 # is here. Usage: queue.sh [--after PATTERN] (wait until no process matches PATTERN first).
 cd "$(git rev-parse --show-toplevel)"
 [ "$1" = --after ] && while pgrep -f "$2" > /dev/null; do sleep 30; done
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-bfloat16}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-auto}  # auto: bfloat16 only on CPUs with avx512_bf16/AMX (steerlab doctor)
 D=docs/results/epo_files/qwen1.5b
 mkdir -p runs/epo15
 run() {  # run NAME behaviour layer strength

@@ -6,7 +6,7 @@
 # (session 7 ran the SFT steps with SEEDS=2: a 1.5B LoRA fine-tune per seed on one CPU core)
 # (steps, in order: icl-bbq-disability-status sft-bbq-disability-status icl-truthfulqa-mc1 sft-truthfulqa-mc1)
 cd "$(git rev-parse --show-toplevel)"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-bfloat16}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-auto}  # auto: bfloat16 only on CPUs with avx512_bf16/AMX (steerlab doctor)
 D=docs/results/pas_runs/qwen1.5b
 mkdir -p runs/pas15
 SEEDS="--seeds ${SEEDS:-3}"; COMMON="$SEEDS --cap 100 --choice-seed 0 --strengths 4,10,16,22,28 --model qwen2.5-coder-1.5b --threads 1"

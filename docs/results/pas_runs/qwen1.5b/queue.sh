@@ -3,7 +3,7 @@
 # 5 seeds, fixed choice orders, strengths ±{4,10,16,22,28}, the default layer grid scaled to 28 blocks.
 # Each task is skipped once its results.json is here (resumable). Usage: queue.sh [TASK ...]
 cd "$(git rev-parse --show-toplevel)"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-bfloat16}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 STEERLAB_DTYPE=${DT:-auto}  # auto: bfloat16 only on CPUs with avx512_bf16/AMX (steerlab doctor)
 D=docs/results/pas_runs/qwen1.5b
 mkdir -p runs/pas15
 for T in ${@:-openbookqa truthfulqa-mc1 bbq-nationality bbq-disability-status bbq-physical-appearance bbq-sexual-orientation}; do
