@@ -98,6 +98,14 @@ class _Pending:
             pass
 
 
+def with_conditions(steering: list[dict], result: dict) -> list[dict]:
+    """The steering echo with each conditional term's decision (`fired`, `condition_scores`)."""
+    out = [dict(t) for t in steering]
+    for c in result.get("conditions") or []:
+        out[c["index"]].update(fired=c["fired"], condition_scores=c["scores"])
+    return out
+
+
 def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: int = 32, max_queue: int = 256,
                window_s: float = 0.01, max_new_tokens_limit: int = 512,
                default_max_tokens: int = oa.DEFAULT_MAX_TOKENS, max_body_bytes: int = 1 << 20,
@@ -272,7 +280,10 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
                     elif kind == "done":
                         state["done"] = True
                         finished(job, pending, payload)
-                        yield event(piece(None if chat else "", payload["finish_reason"]))
+                        last = piece(None if chat else "", payload["finish_reason"])
+                        if payload.get("conditions"):  # decided at prefill: the echo's fired/score
+                            last["steering"] = with_conditions(steering, payload)
+                        yield event(last)
                         if include_usage:
                             yield event(piece(usage_=oa.usage(payload["prompt_tokens"], payload["completion_tokens"]),
                                               empty=True))
@@ -299,7 +310,7 @@ def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: in
         if result is None:
             return Response(status_code=499)
         build = oa.chat_completion if chat else oa.text_completion
-        return JSONResponse(build(rid, model_id, result, steering))
+        return JSONResponse(build(rid, model_id, result, with_conditions(steering, result)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: oa.ChatCompletionRequest, request: Request):

@@ -20,6 +20,8 @@ class SteeringSpec(BaseModel):
     strength: Optional[float] = Field(None, allow_inf_nan=False)
     layers: Optional[list[int]] = Field(None, max_length=1024)
     positions: Optional[str] = Field(None, max_length=32)
+    # CAST: a registered condition vector's name, or {"and": [...]}, {"or": [...]}, {"not": ...} of them
+    condition: Union[str, dict, None] = None
 
 
 class TextPart(BaseModel):

@@ -38,14 +38,62 @@ class RowTerm:
     strength: float
     layers: tuple[int, ...]
     positions: str
+    condition: object | None = None  # a steerlab.condition.Condition, decided at prefill from the prompt
+    condition_spec: object | None = None  # as the request wrote it (the echo)
 
     def describe(self) -> dict:
-        return {"vector": self.name, "strength": self.strength, "layers": list(self.layers),
-                "positions": self.positions}
+        out = {"vector": self.name, "strength": self.strength, "layers": list(self.layers),
+               "positions": self.positions}
+        if self.condition_spec is not None:
+            out["condition"] = self.condition_spec
+        return out
+
+
+MAX_CONDITION_LEAVES = 8
+MAX_CONDITION_DEPTH = 4
+
+
+def parse_condition(spec, vectors: dict[str, SteeringVector], lm, param: str):
+    """A request's condition (a registered condition vector's name, or {"and"|"or": [...]} / {"not": ...}
+    of them) → a steerlab.condition.Condition; SteeringRequestError naming what is wrong."""
+    from ..condition import AllOf, AnyOf, ConditionVector, Not
+    from ..errors import VectorError
+
+    leaves = [0]
+
+    def build(node, depth: int):
+        if depth > MAX_CONDITION_DEPTH:
+            raise SteeringRequestError(f"condition nests deeper than {MAX_CONDITION_DEPTH} levels", param=param)
+        if isinstance(node, str):
+            leaves[0] += 1
+            if leaves[0] > MAX_CONDITION_LEAVES:
+                raise SteeringRequestError(f"at most {MAX_CONDITION_LEAVES} conditions per term", param=param)
+            if node not in vectors:
+                served = ", ".join(sorted(vectors)) or "none"
+                raise SteeringRequestError(f"no condition vector named '{node}' (served: {served})", 404, param)
+            try:
+                leaf = ConditionVector(vectors[node], node)
+                leaf.vector.check_compatible(lm, allow_other_family=True)
+            except VectorError as e:
+                raise SteeringRequestError(f"'{node}': {e}", param=param) from None
+            return leaf
+        if isinstance(node, dict) and len(node) == 1:
+            (op, arg), = node.items()
+            if op == "not":
+                return Not(build(arg, depth + 1))
+            if op in ("and", "or"):
+                if not isinstance(arg, list) or not arg:
+                    raise SteeringRequestError(f"'{op}' takes a non-empty list of conditions", param=param)
+                children = [build(a, depth + 1) for a in arg]
+                return AllOf(children) if op == "and" else AnyOf(children)
+        raise SteeringRequestError('a condition is a vector name or {"and": [...]}, {"or": [...]}, {"not": ...}',
+                                   param=param)
+
+    return build(spec, 0)
 
 
 def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> list[RowTerm]:
-    """Request steering objects ({vector, strength?, layers?, positions?}) → checked RowTerms.
+    """Request steering objects ({vector, strength?, layers?, positions?, condition?}) → checked RowTerms.
 
     What a request omits comes from the vector's metadata (`Steering.from_vector`)."""
     if len(specs) > MAX_TERMS:
@@ -91,7 +139,10 @@ def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> li
         peak = max(float(t.abs().max()) for t in sub.directions.values())
         if not math.isfinite(peak * strength):
             raise SteeringRequestError(f"strength {strength} times vector '{name}' overflows", param=f"{param}.strength")
-        out.append(RowTerm(name, sub, strength, chosen, st.positions))
+        spec_condition = spec.get("condition")
+        condition = None if spec_condition is None else \
+            parse_condition(spec_condition, vectors, lm, f"{param}.condition")
+        out.append(RowTerm(name, sub, strength, chosen, st.positions, condition, spec_condition))
     return out
 
 

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import torch
@@ -65,6 +65,8 @@ class Job:
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    # per conditional term (by its index in the request): {"index", "fired", "scores"}, decided at prefill
+    conditions: list[dict] = field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
@@ -127,7 +129,8 @@ class _Row:
         if rest:
             self.job.emit("text", rest)
         self.job.emit("done", {"text": self.tracker.text, "finish_reason": reason,
-                               "prompt_tokens": self.job.prompt_tokens, "completion_tokens": self.generated})
+                               "prompt_tokens": self.job.prompt_tokens, "completion_tokens": self.generated,
+                               "conditions": self.job.conditions})
 
 
 def _eos_ids(lm) -> set[int]:
@@ -297,6 +300,9 @@ class Scheduler:
         if not take:
             return
         self._drop_steer()
+        for job in take:
+            if any(t.condition is not None for t in job.terms):
+                self._decide_conditions(job)
         batch = stack_rows([j.enc for j in take], self.pad_id)
         terms = batch_terms([j.terms for j in take])
         cache = kvcache.new_cache(self.lm.model)
@@ -324,6 +330,23 @@ class Scheduler:
         for r, tok in zip(rows, pick_tokens(logits, [j.sampler for j in take])):
             r.accept(tok)
         self._drop_finished()
+
+    def _decide_conditions(self, job: Job) -> None:
+        """CAST: decide each conditional term from the request's own prompt, once, before its prefill (an
+        unsteered pass that stops after the condition's layer); a term that does not fire is dropped, so the
+        row runs exactly as without it."""
+        kept = []
+        for k, term in enumerate(job.terms):
+            if term.condition is None:
+                kept.append(term)
+                continue
+            decision = term.condition.decide(self.lm, job.enc)
+            fired = bool(decision.fired[0])
+            job.conditions.append({"index": k, "fired": fired,
+                                   "scores": {n: round(float(v[0]), 6) for n, v in decision.scores.items()}})
+            if fired:
+                kept.append(replace(term, condition=None))
+        job.terms = kept
 
     def _decode(self) -> None:
         for r in self._rows:

@@ -1,0 +1,103 @@
+"""Conditional steering through the server (the `openai` client, `extra_body`): a condition is a registered
+vector named in a steering term (or an and/or/not tree of names); it is decided at prefill from each request's
+own prompt, the echo says whether it fired and with what score, and a request whose condition does not fire
+gets exactly the unsteered answer while a firing one in the same batch is steered."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+import steerlab as sl
+from steerlab.condition import ConditionVector, train_condition
+from steerlab.data.prompt_sets import load_condition_harmful
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
+
+from steerlab.serve import create_app  # noqa: E402
+from test_serve_api import KEY, Served, _SERVERS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+N = 8
+
+
+@pytest.fixture(scope="module")
+def setup(real_lm, vec_factory):
+    train, test = load_condition_harmful("train"), load_condition_harmful("test")
+    cond = train_condition(real_lm, train.harmful[:40], train.harmless[:40], [12, 18, 24], readings=("last",))
+    leaf = ConditionVector(cond, "harmful")
+    checks = leaf.check(real_lm, test.harmful[:8] + test.harmless[:8])
+    loud = next(c.prompt for c in checks[:8] if c.fired)
+    quiet = next(c.prompt for c in checks[8:] if not c.fired)
+    vec = vec_factory(real_lm, [10], seed=5, scale=2.0)
+    served = Served(create_app(real_lm, {"v": vec, "harmful": cond}, api_key=KEY, max_new_tokens_limit=32,
+                               max_batch=8))
+    yield served, vec, leaf, loud, quiet
+    served.stop()
+
+
+def solo(lm, prompt, vec=None):
+    for s in _SERVERS:
+        s.idle()
+    return sl.generate(lm, [prompt], sl.Steering(vec, 4.0) if vec is not None else None, max_new_tokens=N)[0]
+
+
+def ask(served, lm, prompt, steering, **kw):
+    return served.client().chat.completions.create(model=lm.model_id, messages=[{"role": "user", "content": prompt}],
+                                                   max_tokens=N, temperature=0, extra_body={"steering": steering},
+                                                   **kw)
+
+
+def test_condition_decides_per_request_in_one_batch(setup, real_lm):
+    served, vec, leaf, loud, quiet = setup
+    expected = {loud: solo(real_lm, loud, vec), quiet: solo(real_lm, quiet)}
+    assert solo(real_lm, loud) != expected[loud]
+    spec = {"vector": "v", "strength": 4, "condition": "harmful"}
+    got: dict = {}
+    threads = [threading.Thread(target=lambda p=p: got.__setitem__(p, ask(served, real_lm, p, spec)))
+               for p in (loud, quiet, loud, quiet)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for p, r in got.items():
+        assert r.choices[0].message.content == expected[p]
+        echo = r.model_extra["steering"][0]
+        assert echo["condition"] == "harmful" and echo["fired"] is (p == loud)
+        score = echo["condition_scores"]["harmful"]
+        assert score == pytest.approx(leaf.check(real_lm, [p])[0].score, abs=1e-4)
+
+
+def test_trees_and_streaming(setup, real_lm):
+    served, vec, leaf, loud, quiet = setup
+    r = ask(served, real_lm, quiet, {"vector": "v", "strength": 4, "condition": {"not": "harmful"}})
+    assert r.model_extra["steering"][0]["fired"] is True
+    assert r.choices[0].message.content == solo(real_lm, quiet, vec)
+    r = ask(served, real_lm, loud, {"vector": "v", "strength": 4,
+                                    "condition": {"and": ["harmful", {"not": "harmful"}]}})
+    assert r.model_extra["steering"][0]["fired"] is False
+    assert r.choices[0].message.content == solo(real_lm, loud)
+    stream = ask(served, real_lm, loud, {"vector": "v", "strength": 4, "condition": "harmful"}, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == solo(real_lm, loud, vec)
+    last = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1]
+    assert last.model_extra["steering"][0]["fired"] is True
+
+
+@pytest.mark.parametrize("condition, status, words", [
+    ("nope", 404, "no condition vector named 'nope'"),
+    ("v", 400, "not a condition vector"),
+    ({"xor": ["harmful"]}, 400, "a condition is a vector name"),
+    ({"and": []}, 400, "non-empty list"),
+])
+def test_bad_conditions_are_4xx(setup, real_lm, condition, status, words):
+    served = setup[0]
+    r = served.http("POST", "/v1/chat/completions", json={
+        "model": real_lm.model_id, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}],
+        "steering": {"vector": "v", "strength": 1, "condition": condition}})
+    assert r.status_code == status, r.text
+    assert words in json.loads(r.text)["error"]["message"]
