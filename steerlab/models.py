@@ -331,6 +331,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: DeviceName | None = None,
     device_map: str | dict | None = None,
+    offload_dir: str | os.PathLike | None = None,
     chat_template: bool | None = None,
     layers_path: str | None = None,
     model_id: str | None = None,
@@ -350,6 +351,7 @@ def load_model(
             before anything loads.
         device_map: passed to transformers/accelerate (e.g. "auto") to spread a model that does not fit one
             device over several (and the CPU, and disk); `device` is then not used.
+        offload_dir: where accelerate keeps weights a `device_map` puts on "disk".
         chat_template: wrap prompts in the tokenizer's chat template. Default: yes if it has one.
         layers_path: dotted path of the decoder-block list (e.g. "model.layers") for architectures
             whose blocks are not found automatically.
@@ -392,6 +394,8 @@ def load_model(
         kwargs["local_files_only"] = True
     if device_map is not None:
         kwargs["device_map"] = device_map
+        if offload_dir is not None:
+            kwargs["offload_folder"] = str(offload_dir)
     try:
         if config is None:
             config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)

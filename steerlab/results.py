@@ -41,6 +41,20 @@ def write_json(path: str | Path, data: Any) -> Path:
     return path
 
 
+def with_machine(data: dict) -> dict:
+    """`data` with the machine block under "machine" (CPU, flags, cores, threads, torch, devices, load average,
+    and the dtype/device this process was told to use): where a result was made, beside the result."""
+    from .hardware import machine_block
+
+    return {**data, "machine": machine_block(dtype=os.environ.get("STEERLAB_DTYPE"),
+                                             device=os.environ.get("STEERLAB_DEVICE"))}
+
+
+def write_result(path: str | Path, data: dict) -> Path:
+    """A study's result JSON (`write_json`), carrying the machine block."""
+    return write_json(path, with_machine(data))
+
+
 def read_json(path: str | Path) -> Any:
     """Parse a result file; a corrupt one is a SteerlabError naming it (rerun the stage that wrote it)."""
     try:

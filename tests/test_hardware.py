@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import steerlab as sl
 import steerlab.hardware as hw
 from steerlab.cli import app
 from steerlab.errors import SteerlabError
@@ -148,3 +149,46 @@ def test_converted_checkpoint_reads_with_plain_transformers(real_lm):
     assert "model.embed_tokens.weight" in got["keys"] and "lm_head.weight" in got["keys"]
     assert got["argmax"] == int(ours.argmax())
     assert torch.allclose(torch.tensor(got["logits"]), ours[:50], atol=1e-4)
+
+
+def test_result_files_carry_the_machine_block(tmp_path, monkeypatch):
+    from steerlab.results import read_json, write_result
+
+    monkeypatch.setenv("STEERLAB_DTYPE", "auto")
+    write_result(tmp_path / "r.json", {"kind": "test", "value": 1.5})
+    got = read_json(tmp_path / "r.json")
+    assert got["value"] == 1.5 and got["machine"]["dtype"] == "auto"
+    assert {"cpu_model", "cpu_flags", "cores", "torch_threads", "load_average"} <= set(got["machine"])
+
+
+@pytest.mark.slow
+def test_model_split_with_disk_offload_steers_and_captures_like_the_whole_model(real_lm, tmp_path):
+    """accelerate places the first half of the blocks on the CPU and offloads the rest to disk (its hooks load
+    them around each block's forward); steered logits, captured activations and engine scores equal the
+    unsplit model's."""
+    from steerlab.models import convert_gguf, embedded_gguf_path, load_model
+    from conftest import random_vector
+
+    n = real_lm.n_layers
+    device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": "cpu" if i < n // 2 else "disk" for i in range(n)})
+    split = load_model(convert_gguf(embedded_gguf_path()), device_map=device_map, offload_dir=tmp_path / "offload",
+                       model_id=real_lm.model_id)
+    assert any(hasattr(b, "_hf_hook") for b in split.blocks)  # accelerate's hooks really run around blocks
+    vec = random_vector(real_lm, [3, n - 4], 11, scale=2.0)
+    prompts = ["How was your weekend?", "Tell me a short story about the sea."]
+    outs = []
+    for lm in (real_lm, split):
+        batch = sl.encode(lm, prompts)
+        inputs = batch.to(lm.device)
+        with torch.no_grad(), sl.steer(lm, [sl.Steering(vec, 3.0)], batch=batch):
+            logits = lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
+        acts = sl.capture(lm, prompts, [2, n - 2], "last")
+        text = sl.generate(lm, prompts, sl.Steering(vec, 3.0), max_new_tokens=6)
+        outs.append((logits, acts, text))
+    (la, aa, ta), (lb, ab, tb) = outs
+    assert torch.allclose(la, lb, atol=1e-4, rtol=1e-4)
+    for layer in aa:
+        assert torch.allclose(aa[layer], ab[layer], atol=1e-4, rtol=1e-4)
+    assert ta == tb
+

@@ -328,7 +328,7 @@ def evaluate_ood(lm, behaviour: str, cases: Sequence[OODCase], vector: SteeringV
     result = OODResult(behaviour, int(layer), float(strength), judge.name, records, measures, seconds, config)
     if out is not None:
         results.write_json(out / "ood_scores.json", records)
-        results.write_json(out / "ood.json", result.to_json())
+        results.write_result(out / "ood.json", result.to_json())
     return result
 
 

@@ -363,7 +363,7 @@ def run_cae(lm, config: CAEConfig, out_dir: str | Path, *, stages: Sequence[str]
 
     def do_report():
         summary = summarize_run(out)
-        results.write_json(out / "summary.json", summary)
+        results.write_result(out / "summary.json", summary)
         from .report import write_report
 
         write_report(out, out / "report.html", force=True)

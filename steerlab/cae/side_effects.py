@@ -214,7 +214,7 @@ def write_side_effects(result: SideEffects, out_dir: str | Path, name: str = "si
     """NAME.json, NAME.csv (one row per strength) and NAME.png (perplexity and KL vs strength)."""
     out = Path(out_dir)
     data = result.to_json()
-    files = {"json": results.write_json(out / f"{name}.json", data),
+    files = {"json": results.write_result(out / f"{name}.json", data),
              "csv": results.write_csv(out / f"{name}.csv", [asdict(r) for r in result.rows])}
     files["png"] = plot_side_effects(data, out / f"{name}.png")
     return files

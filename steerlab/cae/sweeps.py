@@ -344,7 +344,7 @@ def write_sweep(sweep: Sweep, out_dir: str | Path, name: str | None = None, *, e
     if extra:
         data.update(extra)
     files = {"csv": results.write_csv(out / f"{name}.csv", sweep.result.per_item_rows()),
-             "json": results.write_json(out / f"{name}.json", data)}
+             "json": results.write_result(out / f"{name}.json", data)}
     files["png"] = plot_sweep(data, out / f"{name}.png")
     return files
 

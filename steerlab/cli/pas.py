@@ -58,8 +58,10 @@ def _vector_names(methods: list[str]) -> dict[str, str]:
 def _write_json(path: Path, obj) -> None:
     from ..results import json_safe
 
+    from ..results import with_machine
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(obj), indent=1))
+    path.write_text(json.dumps(json_safe(with_machine(obj) if isinstance(obj, dict) else obj), indent=1))
     say(f"wrote {path}")
 
 
