@@ -1,0 +1,90 @@
+"""What conditional steering and read-out cost (CAST), side by side in one run, one process.
+
+Rows of one batch, greedy, the same number of new tokens (EOS ignored by timing per generated token):
+  plainly steered        every row steered with the vector
+  half conditioned       the same vector with a condition; half the prompts fire it (harmful), half not
+  read-out               the vector's projection read at every token (prompt and generation), unsteered
+  no read-out            the same generation without the read-out hook
+Each setting runs `--rounds` times interleaved (so machine load drifts over all alike); the table gives
+the median time per generated token and the ratio to its baseline. Goals (issue 25): half conditioned
+≤ 1.05× plainly steered; read-out ≤ 1.05× no read-out.
+
+    python benchmarks/conditional.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+import steerlab as sl
+from steerlab.condition import ConditionVector, train_condition
+from steerlab.data.prompt_sets import load_condition_harmful
+from steerlab.monitoring import ReadoutHook
+
+from _common import machine_info, write_json
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    lm = sl.load_model(args.model)
+    train, test = load_condition_harmful("train"), load_condition_harmful("test")
+    cond = ConditionVector(train_condition(lm, train.harmful[:64], train.harmless[:64],
+                                           range(lm.n_layers // 3, lm.n_layers, 2)), "harmful")
+    half = args.batch_size // 2
+    prompts = test.harmful[:half] + test.harmless[:args.batch_size - half]
+    fired = sum(c.fired for c in cond.check(lm, prompts))
+    layer = lm.n_layers // 2
+    direction = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    vec = sl.SteeringVector({layer: direction}, replace(cond.vector.meta, method="random", layers=(layer,), extra={}))
+    plain = sl.Steering(vec, 2.0)
+    conditioned = sl.Steering(vec, 2.0, condition=cond)
+
+    def gen(steering):
+        return sl.generate(lm, prompts, steering, max_new_tokens=args.new_tokens, batch_size=args.batch_size)
+
+    def watched():
+        hook = ReadoutHook(lm, vec.directions[layer], layer)
+        try:
+            return gen(None)
+        finally:
+            hook.remove()
+
+    settings = {"plainly steered": lambda: gen(plain), "half conditioned": lambda: gen(conditioned),
+                "no read-out": lambda: gen(None), "read-out (every token)": watched}
+    times: dict[str, list[float]] = {k: [] for k in settings}
+    for name, fn in settings.items():  # warm-up
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in settings.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) / (args.new_tokens * len(prompts)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = {"plainly steered": "plainly steered", "half conditioned": "plainly steered",
+            "no read-out": "no read-out", "read-out (every token)": "no read-out"}
+    info = machine_info()
+    print(f"{lm.model_id}, {lm.dtype}, batch {len(prompts)} ({fired} fire the condition), {args.new_tokens} new "
+          f"tokens, {args.rounds} rounds; condition at layer {cond.rule.layer}, vector at layer {layer}")
+    print(f"machine: {info}")
+    print(f"{'setting':26s} {'ms / token (median)':>20s} {'vs baseline':>12s}")
+    for k, v in med.items():
+        print(f"{k:26s} {1000 * v:20.3f} {v / med[base[k]]:11.3f}x")
+    write_json("conditional", {"machine": info, "model": lm.model_id, "dtype": str(lm.dtype), "batch": len(prompts),
+                               "fired": fired, "new_tokens": args.new_tokens, "seconds_per_token": times,
+                               "median": med})
+
+
+if __name__ == "__main__":
+    main()
