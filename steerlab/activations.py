@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,6 +23,9 @@ from tqdm.auto import tqdm
 from .encoding import EncodedBatch, Prompt, encode
 from .errors import SteerlabError
 from .layers import block_hidden
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from .models import LoadedModel
 
 ReadPosition = Literal["last", "mean", "user", "all"]
 READ_POSITIONS: tuple[str, ...] = ("last", "mean", "user", "all")
@@ -32,7 +35,7 @@ class _StopForward(Exception):
     """Raised by the deepest capture hook: nothing after it is needed."""
 
 
-def read_blocks(lm, layers: Sequence[int], **model_kwargs) -> dict[int, torch.Tensor]:
+def read_blocks(lm: LoadedModel, layers: Sequence[int], **model_kwargs) -> dict[int, torch.Tensor]:
     """One forward call `lm.model(**model_kwargs)` (no gradients) that records the output of each block
     in `layers` ({layer: [rows, cols, hidden]}, detached) and stops right after the deepest of them: no
     later block, no logits. The hooks are always removed. The capture hooks are registered after any
@@ -101,7 +104,7 @@ def contiguous_head_input(model: torch.nn.Module):
             handle.remove()
 
 
-def capture_batch(lm, batch: EncodedBatch, layers: Sequence[int], position: ReadPosition = "last"):
+def capture_batch(lm: LoadedModel, batch: EncodedBatch, layers: Sequence[int], position: ReadPosition = "last"):
     """Activations of one encoded batch: {layer: [rows, hidden]} or {layer: [tensor [n_i, hidden]]}."""
     if position not in READ_POSITIONS:
         raise SteerlabError(f"unknown reading position '{position}': choose one of {', '.join(READ_POSITIONS)}")
@@ -132,7 +135,7 @@ def capture_batch(lm, batch: EncodedBatch, layers: Sequence[int], position: Read
 
 
 def capture(
-    lm,
+    lm: LoadedModel,
     prompts: Sequence["str | Prompt"],
     layers: Sequence[int],
     position: ReadPosition = "last",

@@ -19,7 +19,7 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +28,9 @@ from .activations import capture, capture_batch
 from .encoding import EncodedBatch, Prompt
 from .errors import DatasetError, VectorError
 from .vector import SteeringVector, hash_texts
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from .models import LoadedModel
 
 Comparator = Literal[">", "<"]
 Reading = Literal["last", "mean"]
@@ -126,7 +129,7 @@ def _split(items: Sequence[str], fraction: float, rng: random.Random) -> tuple[l
 
 
 def train_condition(
-    lm,
+    lm: LoadedModel,
     positive: Sequence[str | Prompt],
     negative: Sequence[str | Prompt],
     layers: Sequence[int] | None = None,

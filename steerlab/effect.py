@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -18,6 +18,9 @@ from .data.records import ContrastPair
 from .errors import SteerlabError
 from .steering import PositionPolicy, Steering
 from .vector import SteeringVector
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from .models import LoadedModel
 
 
 @dataclass
@@ -110,7 +113,7 @@ class EffectReport:
 
 
 def measure_effect(
-    lm,
+    lm: LoadedModel,
     vector: SteeringVector,
     pairs: Sequence[ContrastPair],
     *,

@@ -10,11 +10,14 @@ tokenizer's offset mapping, so no template-specific marker tokens are hard-coded
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .errors import PromptTooLongError, SteerlabError
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from .models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def format_prompt(lm_or_tokenizer, user: str, assistant_prefix: str = "", *, cha
     return Prompt(head + assistant_prefix, user_start, len(head), templated=True, user_end=user_end)
 
 
-def as_prompt(lm, prompt: "str | Prompt") -> Prompt:
+def as_prompt(lm: LoadedModel, prompt: "str | Prompt") -> Prompt:
     """Accept a ready Prompt or a plain user message (formatted for `lm`)."""
     return prompt if isinstance(prompt, Prompt) else format_prompt(lm, prompt)
 
@@ -132,7 +135,7 @@ def _char_to_token(offsets: Sequence[tuple[int, int]], char: int, n_tokens: int)
     return n_tokens
 
 
-def tokenize_prompts(lm, prompts: Sequence["str | Prompt"]) -> list[tuple[list[int], int, int, int]]:
+def tokenize_prompts(lm: LoadedModel, prompts: Sequence["str | Prompt"]) -> list[tuple[list[int], int, int, int]]:
     """Token ids of each prompt with its (user_start, assistant_start, user_end) token indices."""
     tokenizer = lm.tokenizer
     out = []
@@ -149,7 +152,8 @@ def tokenize_prompts(lm, prompts: Sequence["str | Prompt"]) -> list[tuple[list[i
     return out
 
 
-def check_lengths(lm, lengths: Sequence[int], extra_tokens: int = 0, indices: Sequence[int] | None = None) -> None:
+def check_lengths(lm: LoadedModel,
+                  lengths: Sequence[int], extra_tokens: int = 0, indices: Sequence[int] | None = None) -> None:
     """Refuse prompts that do not fit the context window (with `extra_tokens` still to generate).
 
     `indices` are the prompts' positions in the caller's list, named in the error (default 0, 1, ...).
@@ -187,7 +191,7 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def encode(lm, prompts: Sequence["str | Prompt"], *, extra_tokens: int = 0,
+def encode(lm: LoadedModel, prompts: Sequence["str | Prompt"], *, extra_tokens: int = 0,
            indices: Sequence[int] | None = None) -> EncodedBatch:
     """Tokenize and left-pad prompts (plain strings are formatted as user messages for `lm`).
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -13,9 +13,12 @@ from .errors import SteerlabError
 from .steering import Steering, steer
 from .vector import SteeringVector
 
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from .models import LoadedModel
+
 
 def generate(
-    lm,
+    lm: LoadedModel,
     prompts: Sequence["str | Prompt"],
     steering: Steering | Sequence[Steering] | None = None,
     *,

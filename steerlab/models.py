@@ -350,7 +350,8 @@ def load_model(
             $STEERLAB_DEVICE, else "cpu". A device this machine lacks is a DeviceError naming those it has,
             before anything loads.
         device_map: passed to transformers/accelerate (e.g. "auto") to spread a model that does not fit one
-            device over several (and the CPU, and disk); `device` is then not used.
+            device over several (and the CPU, and disk); `device` is then not used. Default
+            $STEERLAB_DEVICE_MAP (what `--device-map` sets), else none.
         offload_dir: where accelerate keeps weights a `device_map` puts on "disk".
         chat_template: wrap prompts in the tokenizer's chat template. Default: yes if it has one.
         layers_path: dotted path of the decoder-block list (e.g. "model.layers") for architectures
@@ -361,6 +362,7 @@ def load_model(
     from .hardware import choose_device, choose_dtype, detect
 
     machine = detect()
+    device_map = device_map if device_map is not None else os.environ.get("STEERLAB_DEVICE_MAP") or None
     if device_map is None:
         device = choose_device(device or os.environ.get("STEERLAB_DEVICE") or "cpu", machine)
     requested = dtype if dtype is not None else (os.environ.get("STEERLAB_DTYPE") or "float32")

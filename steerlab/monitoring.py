@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +22,9 @@ from .errors import SteerlabError, VectorError
 from .layers import block_hidden
 from .steering import Steering, apply_steering
 from .vector import SteeringVector
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from .models import LoadedModel
 
 FinishReason = Literal["stop", "length", "content_filter"]
 
@@ -87,7 +90,7 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _eos_ids(lm) -> set[int]:
+def _eos_ids(lm: LoadedModel) -> set[int]:
     eos = getattr(lm.model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = lm.tokenizer.eos_token_id
@@ -97,7 +100,7 @@ def _eos_ids(lm) -> set[int]:
 
 
 def readout(
-    lm,
+    lm: LoadedModel,
     prompts: Sequence["str | Prompt"],
     vector: SteeringVector,
     *,
@@ -136,7 +139,7 @@ def readout(
     return out
 
 
-def _read_layer(lm, vector: SteeringVector, layer: int | None) -> int:
+def _read_layer(lm: LoadedModel, vector: SteeringVector, layer: int | None) -> int:
     if layer is None:
         chosen = vector.meta.selected_layers or vector.layers
         layer = chosen[len(chosen) // 2] if len(chosen) > 1 else chosen[0]
@@ -147,7 +150,7 @@ def _read_layer(lm, vector: SteeringVector, layer: int | None) -> int:
 
 
 @torch.no_grad()
-def _readout_batch(lm, chunk, indices, direction, layer, terms, max_new_tokens, stop) -> list[Readout]:
+def _readout_batch(lm: LoadedModel, chunk, indices, direction, layer, terms, max_new_tokens, stop) -> list[Readout]:
     batch = encode(lm, chunk, extra_tokens=max_new_tokens, indices=indices)
     rows, width = batch.input_ids.shape
     device = lm.device

@@ -27,7 +27,7 @@ import contextlib
 import math
 import numbers
 from dataclasses import dataclass, replace
-from typing import Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import torch
 
@@ -35,6 +35,9 @@ from .encoding import EncodedBatch
 from .errors import SteerlabError, VectorError
 from .layers import block_hidden, with_block_hidden
 from .vector import SteeringVector
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from .models import LoadedModel
 
 PositionPolicy = Literal["all", "after_user", "last_prompt"]
 POLICIES: tuple[str, ...] = ("all", "after_user", "last_prompt")
@@ -242,7 +245,7 @@ def _row_values(term: Steering, what: str, rows: int | None):
     return value
 
 
-def build_terms(lm, steering: Sequence[Steering], rows: int | None = None) -> dict[int, list[_Term]]:
+def build_terms(lm: LoadedModel, steering: Sequence[Steering], rows: int | None = None) -> dict[int, list[_Term]]:
     """Per layer, the deltas to add: strength × direction, stacked per row where rows differ."""
     by_layer: dict[int, list[_Term]] = {}
     hidden = lm.hidden_size
@@ -332,7 +335,7 @@ def _layer_hook(terms: list[_Term], state: _ForwardState):
 
 
 def apply_steering(
-    lm, steering: Steering | Sequence[Steering], *, batch: EncodedBatch | None = None
+    lm: LoadedModel, steering: Steering | Sequence[Steering], *, batch: EncodedBatch | None = None
 ) -> SteeringHandle:
     """Install steering hooks on `lm` and return a handle to remove them (the functional API).
 
@@ -364,7 +367,7 @@ def apply_steering(
     return SteeringHandle(handles, decisions)
 
 
-def resolve_conditions(lm, terms: Sequence[Steering], batch: EncodedBatch | None):
+def resolve_conditions(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBatch | None):
     """Terms with a condition → the same terms with per-row vectors, None (no steering) on the rows whose
     prompt does not fire the condition; and each conditional term's decision (None for the others).
 
@@ -400,7 +403,7 @@ def resolve_conditions(lm, terms: Sequence[Steering], batch: EncodedBatch | None
 
 @contextlib.contextmanager
 def steer(
-    lm,
+    lm: LoadedModel,
     vector_or_terms: SteeringVector | Steering | Sequence[Steering],
     strength: float | Sequence[float] = DEFAULT_STRENGTH,
     *,

@@ -192,3 +192,12 @@ def test_model_split_with_disk_offload_steers_and_captures_like_the_whole_model(
         assert torch.allclose(aa[layer], ab[layer], atol=1e-4, rtol=1e-4)
     assert ta == tb
 
+
+
+def test_cli_runtime_options_last_for_the_command_only(monkeypatch):
+    import os
+
+    monkeypatch.delenv("STEERLAB_DTYPE", raising=False)
+    res = runner.invoke(app, ["generate", "hi", "--device-map", "balanced", "--dtype", "bfloat16"])
+    assert res.exit_code == 1 and "--device-map takes auto" in res.output
+    assert "STEERLAB_DTYPE" not in os.environ and "STEERLAB_DEVICE_MAP" not in os.environ

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from ..engine import (PairActivations, ScoreTable, ScoringItem, Setting, extract
 from ..errors import DatasetError, SteerlabError
 from ..steering import Steering
 from ..vector import SteeringVector
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 #: Steering position policies for behaviour scoring ("answer" is defined in the module docstring).
 POSITION_POLICIES: tuple[str, ...] = ("answer", "all", "after_user", "last_prompt")
@@ -98,7 +101,7 @@ def load_behaviour(name_or_path: str | Path, n_train: int, n_test: int, *, seed:
 # ---------------------------------------------------------------------------------------------
 
 
-def behaviour_prompt(lm, item: BehaviourItem) -> Prompt:
+def behaviour_prompt(lm: LoadedModel, item: BehaviourItem) -> Prompt:
     """The prompt whose next token is the answer (see the module docstring)."""
     if getattr(lm, "use_chat_template", False):
         return format_prompt(lm, item.question, "(" if item.kind == "ab" else "")
@@ -106,14 +109,15 @@ def behaviour_prompt(lm, item: BehaviourItem) -> Prompt:
     return format_prompt(lm, item.question, "\n\nAnswer: (" if item.kind == "ab" else "\n\nAnswer:")
 
 
-def behaviour_candidates(lm, item: BehaviourItem) -> tuple[str, str]:
+def behaviour_candidates(lm: LoadedModel, item: BehaviourItem) -> tuple[str, str]:
     """(matching, not matching) continuations: letters after "(", Yes/No opening the assistant turn."""
     if item.kind == "yesno" and not getattr(lm, "use_chat_template", False):
         return " " + item.matching, " " + item.not_matching
     return item.matching, item.not_matching
 
 
-def scoring_items(lm, items: Sequence[BehaviourItem], *, allow_multi_token: bool = False) -> list[ScoringItem]:
+def scoring_items(lm: LoadedModel,
+                  items: Sequence[BehaviourItem], *, allow_multi_token: bool = False) -> list[ScoringItem]:
     """Engine items (matching answer first, target 0) for behaviour items, answers checked.
 
     Each answer must be one token after its prompt (the score reads one next-token distribution).
@@ -332,7 +336,8 @@ def summarize(table: ScoreTable, items: Sequence[BehaviourItem], meta: Sequence[
     return BehaviourResult(table, list(items), [dict(m) for m in meta], scores, baseline)
 
 
-def score_behaviour(lm, items: Sequence[BehaviourItem], settings: Sequence[Setting], meta: Sequence[dict] | None = None,
+def score_behaviour(lm: LoadedModel,
+                    items: Sequence[BehaviourItem], settings: Sequence[Setting], meta: Sequence[dict] | None = None,
                     *, allow_multi_token: bool = False, n_boot: int = 2000, seed: int = 0, batch_size: int = 16,
                     progress: bool = False) -> BehaviourResult:
     """Behaviour scores of `items` under every setting (the unsteered one is added first if missing).
@@ -378,7 +383,8 @@ def raw_strength(relative: float, vector: SteeringVector, layer: int, residual_n
     return float(relative) * float(residual_norm) / direction_norm(vector, layer)
 
 
-def residual_norms(lm, items: Sequence[BehaviourItem], layers: Sequence[int], *, batch_size: int = 16) -> dict[int, float]:
+def residual_norms(lm: LoadedModel,
+                   items: Sequence[BehaviourItem], layers: Sequence[int], *, batch_size: int = 16) -> dict[int, float]:
     """Mean ||h_L|| at the answer-predicting token of the items' prompts (unsteered), per layer."""
     from ..activations import capture
 
@@ -411,7 +417,7 @@ def default_reading(kind: str) -> str:
     return DEFAULT_YESNO_READING if kind == "yesno" else "answer"
 
 
-def closing_text(lm, answer: str = "Yes") -> str:
+def closing_text(lm: LoadedModel, answer: str = "Yes") -> str:
     """What the chat template writes after an assistant message (e.g. "<|im_end|>"), trailing space cut.
 
     "" for a model without a chat template (the answer then simply ends the text).
@@ -434,14 +440,15 @@ def reading_items(items: Sequence[BehaviourItem], reading: str, seed: int = 0) -
     return recast_ab(items, seed) if reading == "ab" else list(items)
 
 
-def train_activations(lm, train: Sequence[BehaviourItem], layers: Sequence[int], *, batch_size: int = 16,
+def train_activations(lm: LoadedModel, train: Sequence[BehaviourItem], layers: Sequence[int], *, batch_size: int = 16,
                       progress: bool = False) -> PairActivations:
     """Contrast-pair activations of the training items at `layers`, read at the answer (prefix-shared extraction)."""
     return extract_pair_activations(lm, [it.to_pair() for it in train], list(layers), batch_size=batch_size,
                                     progress=progress)
 
 
-def reading_activations(lm, items: Sequence[BehaviourItem], layers: Sequence[int], reading: str | None = None, *,
+def reading_activations(lm: LoadedModel,
+                        items: Sequence[BehaviourItem], layers: Sequence[int], reading: str | None = None, *,
                         seed: int = 0, batch_size: int = 16, progress: bool = False):
     """(pair activations at `reading`, residual norms) of the training items (see `READINGS`).
 
@@ -485,7 +492,8 @@ def sign_verdict(plus_low: float, plus_high: float, minus_effect: float, minus_l
     return "unclear"
 
 
-def sign_check(lm, vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
+def sign_check(lm: LoadedModel,
+               vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
                strength: float = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
     """Does +strength move held-apart items the way the vector was trained? One row per layer.
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from ..vector import SteeringVector
 from .. import results
 from .behaviour import bootstrap_ci, steering_terms
 from .judge import Judge, JudgeRequest
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 OOD_KINDS: tuple[str, ...] = ("choice-qa", "open-ended")
 CONDITIONS: tuple[str, ...] = ("unsteered", "steered")
@@ -127,7 +130,7 @@ class OODGeneration:
     criteria: str | None = None
 
 
-def generate_ood(lm, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
+def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
                  positions: str = "answer", max_new_tokens: int = 64, batch_size: int = 8,
                  out_path: str | Path | None = None, done: dict[tuple[str, str], OODGeneration] | None = None,
                  on_batch: Callable[[int, int], None] | None = None) -> list[OODGeneration]:
@@ -174,7 +177,7 @@ def read_generations(path: str | Path) -> dict[tuple[str, str], OODGeneration]:
 # ---------------------------------------------------------------------------------------------
 
 
-def response_projections(lm, generations: Sequence[OODGeneration], vector: SteeringVector, layer: int, *,
+def response_projections(lm: LoadedModel, generations: Sequence[OODGeneration], vector: SteeringVector, layer: int, *,
                          batch_size: int = 8) -> list[float | None]:
     """Mean of <h_L, v̂_L> over each response's tokens, read unsteered on prompt + response.
 
@@ -202,7 +205,7 @@ def response_projections(lm, generations: Sequence[OODGeneration], vector: Steer
     return out
 
 
-def logprob_gaps(lm, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
+def logprob_gaps(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
                  positions: str = "answer") -> dict[str, tuple[float, float]]:
     """{case key: (unsteered gap, steered gap)}, gap = log p(matching) − log p(not matching), for cases with a pair."""
     from ..engine import ScoringItem, Setting, score
@@ -279,7 +282,8 @@ def _effects(records: list[dict], measure: str, kinds: Sequence[str], n_boot: in
     return out
 
 
-def evaluate_ood(lm, behaviour: str, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float,
+def evaluate_ood(lm: LoadedModel,
+                 behaviour: str, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float,
                  judge: Judge, *, out_dir: str | Path | None = None, positions: str = "answer",
                  max_new_tokens: int = 64, batch_size: int = 8, n_boot: int = 2000, seed: int = 0,
                  log: Callable[[str], None] = lambda s: None) -> OODResult:

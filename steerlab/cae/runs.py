@@ -30,7 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -54,6 +54,9 @@ from .sweeps import (
     strength_plan,
     write_sweep,
 )
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 STAGES: tuple[str, ...] = ("data", "extract", "layers", "sweeps", "ood", "side_effects", "report")
 
@@ -210,7 +213,8 @@ def _default_log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_cae(lm, config: CAEConfig, out_dir: str | Path, *, stages: Sequence[str] | None = None, force: bool = False,
+def run_cae(lm: LoadedModel,
+            config: CAEConfig, out_dir: str | Path, *, stages: Sequence[str] | None = None, force: bool = False,
             log: Callable[[str], None] = _default_log, progress: bool = False) -> dict:
     """Run (or resume) the CAE suite for one behaviour; returns the summary (also in ``summary.json``).
 

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from ..steering import steer
 from ..vector import SteeringVector
 from .. import results
 from .behaviour import bootstrap_ci
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class CorpusWindows:
         return self.n_windows * (self.window - 1)
 
 
-def corpus_windows(lm, path: str | Path, *, n_tokens: int = 2048, window: int = 256,
+def corpus_windows(lm: LoadedModel, path: str | Path, *, n_tokens: int = 2048, window: int = 256,
                    start_token: int = 0) -> CorpusWindows:
     """The first `n_tokens` tokens of the corpus after `start_token`, as windows of `window` tokens.
 
@@ -139,14 +142,14 @@ class SideEffects:
         raise SteerlabError(f"no side-effect row at strength {strength}")
 
 
-def _next_token_logprobs(lm, ids: torch.Tensor) -> torch.Tensor:
+def _next_token_logprobs(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     """log p(. | prefix) at positions 0..T-2, [rows, T-1, vocab] float32."""
     with torch.no_grad():
         logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits[:, :-1]
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def measure_side_effects(lm, vector: SteeringVector, layer: int, strengths: Sequence[float],
+def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: int, strengths: Sequence[float],
                          windows: CorpusWindows, *, relative: Sequence[float | None] | None = None,
                          positions: str = "all", batch_size: int = 2, n_boot: int = 2000, seed: int = 0,
                          partial_path: str | Path | None = None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from ..errors import SteerlabError
 from ..vector import SteeringVector
 from .. import results
 from .behaviour import BehaviourResult, direction_norm, raw_strength, scoring_items, steering_terms
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 SWEEP_KINDS: tuple[str, ...] = ("layer", "strength", "sample_count", "method")
 
@@ -103,7 +106,7 @@ class SweepPlan:
     config: dict
 
 
-def run_plans(lm, items: Sequence[BehaviourItem], plans: Sequence[SweepPlan], **kw) -> list[Sweep]:
+def run_plans(lm: LoadedModel, items: Sequence[BehaviourItem], plans: Sequence[SweepPlan], **kw) -> list[Sweep]:
     """Score several sweeps on the same items in ONE engine call (one shared unsteered base pass).
 
     Keyword arguments go to `behaviour.score_behaviour` (n_boot, seed, batch_size, progress, ...).
@@ -173,7 +176,8 @@ def strength_plan(vector: SteeringVector, kind: str, layer: int, strengths: Sequ
     return SweepPlan("strength", plan.settings, plan.meta, config)
 
 
-def sample_count_plan(lm, acts: PairActivations, kind: str, counts: Sequence[int], layer: int, strength: float, *,
+def sample_count_plan(lm: LoadedModel,
+                      acts: PairActivations, kind: str, counts: Sequence[int], layer: int, strength: float, *,
                       relative: bool = False, norms: dict[int, float] | None = None,
                       positions: str = "answer") -> SweepPlan:
     """Settings of a sample-count sweep: CAA vectors from the first n training pairs, one raw strength.
@@ -222,7 +226,7 @@ def _kind(items: Sequence[BehaviourItem]) -> str:
     return items[0].kind
 
 
-def layer_sweep(lm, vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int],
+def layer_sweep(lm: LoadedModel, vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int],
                 strengths: Sequence[float], *, relative: bool = False, norms: dict[int, float] | None = None,
                 positions: str = "answer", method: str = "caa", **kw) -> Sweep:
     """Behaviour score at each layer (single-layer steering) for each strength (e.g. +r and -r)."""
@@ -231,7 +235,7 @@ def layer_sweep(lm, vector: SteeringVector, items: Sequence[BehaviourItem], laye
     return run_plans(lm, items, [plan], **kw)[0]
 
 
-def strength_sweep(lm, vector: SteeringVector, items: Sequence[BehaviourItem], layer: int,
+def strength_sweep(lm: LoadedModel, vector: SteeringVector, items: Sequence[BehaviourItem], layer: int,
                    strengths: Sequence[float], *, relative: bool = False, norms: dict[int, float] | None = None,
                    positions: str = "answer", method: str = "caa", **kw) -> Sweep:
     """Behaviour score at one layer across strengths of both signs."""
@@ -240,7 +244,8 @@ def strength_sweep(lm, vector: SteeringVector, items: Sequence[BehaviourItem], l
     return run_plans(lm, items, [plan], **kw)[0]
 
 
-def sample_count_sweep(lm, acts: PairActivations, items: Sequence[BehaviourItem], counts: Sequence[int], layer: int,
+def sample_count_sweep(lm: LoadedModel,
+                       acts: PairActivations, items: Sequence[BehaviourItem], counts: Sequence[int], layer: int,
                        strength: float, *, relative: bool = False, norms: dict[int, float] | None = None,
                        positions: str = "answer", **kw) -> Sweep:
     """Behaviour score of CAA vectors from nested training subsets (see `sample_count_plan`)."""
@@ -249,7 +254,7 @@ def sample_count_sweep(lm, acts: PairActivations, items: Sequence[BehaviourItem]
     return run_plans(lm, items, [plan], **kw)[0]
 
 
-def method_comparison(lm, vectors: dict[str, SteeringVector], items: Sequence[BehaviourItem], layer: int,
+def method_comparison(lm: LoadedModel, vectors: dict[str, SteeringVector], items: Sequence[BehaviourItem], layer: int,
                       strengths: Sequence[float], *, relative: bool = True, norms: dict[int, float] | None = None,
                       positions: str = "answer", **kw) -> Sweep:
     """Several vectors on the same items, layer and strengths (see `method_plan`)."""
@@ -286,7 +291,7 @@ def flatten_point(sweep_json: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def actadd_vectors(lm, positive: str, negative: str, layers: Sequence[int]) -> dict[str, SteeringVector]:
+def actadd_vectors(lm: LoadedModel, positive: str, negative: str, layers: Sequence[int]) -> dict[str, SteeringVector]:
     """Two one-pair ActAdd vectors from (`positive`, `negative`), e.g. ("Love", "Hate").
 
     "actadd": the CAE formula with a single pair — the difference of the last-token activations of the
@@ -303,7 +308,7 @@ def actadd_vectors(lm, positive: str, negative: str, layers: Sequence[int]) -> d
     return {"actadd": one, "actadd-pp": train_actadd(lm, positive, negative, list(layers))}
 
 
-def answer_balanced_vector(lm, acts: PairActivations, items: Sequence[BehaviourItem],
+def answer_balanced_vector(lm: LoadedModel, acts: PairActivations, items: Sequence[BehaviourItem],
                            layers: Sequence[int] | None = None) -> SteeringVector:
     """CAA with the matching answers weighted equally: the mean of the per-answer mean differences.
 

@@ -17,8 +17,8 @@ import typer
 from ..errors import SteerlabError
 from .common import (check_layer_range, check_out, console, load_model, parse_floats, parse_ints, parse_layers,
                      parse_list, peek_layers, read_vector, run_command, say, set_runtime)
-from .options import (DEVICE, DTYPE, BEHAVIOUR, LAYER, MULTI_TOKEN, N_TRAIN, OUT_DIR, POSITIONS, READING, RELATIVE, SEED, STRENGTHS,
-                      THREADS, MODEL, VECTOR, Judge, Runtime, Split, grouped)
+from .options import (BEHAVIOUR, DEVICE, DEVICE_MAP, DTYPE, LAYER, MULTI_TOKEN, N_TRAIN, OUT_DIR, POSITIONS, READING,
+                      RELATIVE, SEED, STRENGTHS, THREADS, MODEL, VECTOR, Judge, Runtime, Split, grouped)
 
 cae_app = typer.Typer(help="Contrastive Activation Engineering: behaviour scores, sweeps, OOD, side effects.",
                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -105,7 +105,7 @@ def finish_sweep(sweep, out: Optional[Path], name: str, extra: Optional[dict] = 
 
 
 def _begin(run: Runtime, out: Optional[Path], names: list[str]) -> None:
-    set_runtime(run.threads, run.device, run.dtype)
+    set_runtime(run.threads, run.device, run.dtype, run.device_map)
     if out is not None:
         check_out(out, names, run.force)
 
@@ -432,13 +432,14 @@ def run_suite(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
     model: Optional[str] = MODEL,
     force: bool = typer.Option(False, "--force", help="Start over in a directory holding another run."),
 ) -> None:
     """The whole CAE suite for one behaviour, in resumable stages (see steerlab.cae.runs)."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         from ..cae.behaviour import load_behaviour
         from ..cae.runs import CAEConfig, run_cae
 

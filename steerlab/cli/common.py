@@ -41,8 +41,15 @@ def fail(msg: str) -> None:
     raise typer.Exit(1)
 
 
+RUNTIME_ENV = ("STEERLAB_DEVICE", "STEERLAB_DTYPE", "STEERLAB_DEVICE_MAP")
+
+
 def run_command(body: Callable[[], T]) -> T:
-    """Run a command body, mapping steerlab's errors to one clean line."""
+    """Run a command body, mapping steerlab's errors to one clean line. What `set_runtime` puts in the
+    environment lasts for the command only (a command run in-process, e.g. from tests, leaves none behind)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in RUNTIME_ENV}
     try:
         return body()
     except SteerlabError as e:
@@ -51,6 +58,12 @@ def run_command(body: Callable[[], T]) -> T:
         fail(f"file not found: {e.filename or e}")
     except KeyboardInterrupt:
         fail("interrupted")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def parse_layers(spec: Optional[str], n_layers: int) -> Optional[list[int]]:
@@ -124,10 +137,12 @@ def set_threads(n: Optional[int]) -> None:
         torch.set_num_threads(n)
 
 
-def set_runtime(threads: Optional[int], device: Optional[str] = None, dtype: Optional[str] = None) -> None:
-    """--threads, --device and --dtype: checked at once (a device this machine lacks is one line naming those
-    it has, before any model loads) and handed to every model load of this command through the environment
-    variables `load_model` reads (STEERLAB_DEVICE, STEERLAB_DTYPE), so the studies' own loads see them too."""
+def set_runtime(threads: Optional[int], device: Optional[str] = None, dtype: Optional[str] = None,
+                device_map: Optional[str] = None) -> None:
+    """--threads, --device, --dtype and --device-map: checked at once (a device this machine lacks is one line
+    naming those it has, before any model loads) and handed to every model load of this command through the
+    environment variables `load_model` reads (STEERLAB_DEVICE, STEERLAB_DTYPE, STEERLAB_DEVICE_MAP), so the
+    studies' own loads see them too."""
     import os
 
     set_threads(threads)
@@ -139,6 +154,10 @@ def set_runtime(threads: Optional[int], device: Optional[str] = None, dtype: Opt
     if dtype is not None:
         choose_dtype(dtype, os.environ.get("STEERLAB_DEVICE", "cpu"), machine)  # an unknown name fails here
         os.environ["STEERLAB_DTYPE"] = dtype
+    if device_map is not None:
+        if device_map != "auto":
+            raise SteerlabError(f"--device-map takes auto, got '{device_map}'")
+        os.environ["STEERLAB_DEVICE_MAP"] = device_map
 
 
 def load_model(model: Optional[str]):

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ..errors import SteerlabError
 from .common import check_out, console, load_model, parse_layers, read_vector, run_command, say, set_runtime
-from .options import FORCE, MODEL, THREADS, DEVICE, DTYPE
+from .options import FORCE, MODEL, THREADS, DEVICE, DEVICE_MAP, DTYPE
 
 condition_app = typer.Typer(help="Condition vectors (CAST): steer only when the prompt is about something.",
                             no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -56,13 +56,14 @@ def train(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
 ) -> None:
     """Train a condition vector; layer, reading, threshold and comparator are chosen by validation F1."""
 
     def body():
         from ..data.prompt_sets import load_prompts
 
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         check_out(out, force=force)
         readings = tuple(r.strip() for r in reading.split(",") if r.strip())
         bad = [r for r in readings if r not in ("last", "mean")]
@@ -98,11 +99,12 @@ def check(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
 ) -> None:
     """Whether a condition fires for each prompt, and its score."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         cond = read_condition(condition)
         texts = read_prompt_args(prompts)
         lm = load_model(model)
@@ -136,6 +138,7 @@ def monitor(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
 ) -> None:
     """Generate and colour each token by the vector's projection (red: along it, blue: against it)."""
 
@@ -143,7 +146,7 @@ def monitor(
         from ..monitoring import StopRule, readout
         from ..steering import Steering
 
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         if max_new_tokens < 0:
             raise SteerlabError("--max-new-tokens must be >= 0")
         stop = StopRule(stop_above, stop_tokens) if stop_above is not None else None

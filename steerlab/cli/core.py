@@ -14,7 +14,7 @@ from ..data.demo import DEMO_DATA, DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_p
 from ..errors import DatasetError, SteerlabError
 from .common import (check_layer_spec, check_out, console, load_model, parse_floats, parse_layers, read_vector,
                      run_command, say, set_runtime)
-from .options import MODEL, THREADS, DEVICE, DTYPE
+from .options import MODEL, THREADS, DEVICE, DEVICE_MAP, DTYPE
 
 
 def load_training_pairs(data: str):
@@ -108,12 +108,13 @@ def train(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Train a steering vector from contrast pairs and save it."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         check_out(out, force=force)
         if method not in ("caa", "pca", "actadd"):
             raise SteerlabError(f"unknown method '{method}': choose caa, pca or actadd")
@@ -185,11 +186,12 @@ def generate(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
 ) -> None:
     """Generate text, optionally steered by a vector (greedy decoding)."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         if compare and vector is None:
             raise SteerlabError("--compare needs --vector")
         if layers is not None and vector is None:
@@ -289,6 +291,7 @@ def effect(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
 ) -> None:
     """Measure the direction and size of a vector's effect on held-apart pairs.
 
@@ -296,7 +299,7 @@ def effect(
     --limit N pairs; measure on the rest with --offset N)."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         ss = parse_floats(strengths, "strengths")
         check_layer_spec(layers)
         if offset < 0:
@@ -329,12 +332,13 @@ def demo(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
 ) -> None:
     """The main job on the embedded model: train a vector on the shipped contrast pairs, measure its
     effect on held-apart pairs, and show unsteered vs steered generations side by side."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         if out is not None:
             check_out(out, force=force)
         pairs = demo_pairs()

@@ -13,7 +13,7 @@ import typer
 
 from ..epo.config import EPOConfig
 from .common import load_model, run_command, say, set_runtime
-from .options import DEVICE, DTYPE, MODEL
+from .options import DEVICE, DEVICE_MAP, DTYPE, MODEL
 
 _DEFAULTS = EPOConfig()  # the search options' defaults are EPOConfig's own
 
@@ -58,6 +58,7 @@ def attack(
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
     quiet: bool = typer.Option(False, "--quiet", help="No progress lines."),
     model: Optional[str] = MODEL,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing epo.json in OUT."),
@@ -66,7 +67,7 @@ def attack(
     writes the Pareto frontier (attack strength vs cross-entropy), held-apart scores and a plot."""
 
     def body():
-        set_runtime(None, device, dtype)  # the attack sets its own threads
+        set_runtime(None, device, dtype, device_map)  # the attack sets its own threads
         from ..epo.runs import AttackOptions, parse_ids, run_attack, summary, unescape
 
         config = EPOConfig(seq_len=seq_len, population=population, lambda_min=lambda_min, lambda_max=lambda_max,

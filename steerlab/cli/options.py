@@ -30,6 +30,8 @@ DEVICE = typer.Option("auto", help="cpu, cuda, cuda:N, mps or auto (the first ac
 DTYPE = typer.Option(None, help="float32, bfloat16, float16 or auto (bfloat16 where the GPU or CPU computes it "
                                 "natively: avx512_bf16/AMX; else float32). Default: $STEERLAB_DTYPE, else float32. "
                                 "`steerlab doctor` shows what auto picks here.")
+DEVICE_MAP = typer.Option(None, "--device-map", help="auto: spread a model over the accelerators, the CPU and "
+                                                     "disk (accelerate); overrides --device.")
 BEHAVIOUR = typer.Argument(..., help="A CAE behaviour (e.g. openness, power-seeking-inclination) or an MWE .jsonl file.")
 OUT_DIR = typer.Option(..., "--out", "-o", help="Directory for the result files.")
 VECTOR = typer.Option(None, "--vector", "-v", help="Use this vector file instead of training CAA on the train split.")
@@ -72,6 +74,7 @@ class Runtime:
     threads: Optional[int] = _option(THREADS)
     device: str = _option(DEVICE)
     dtype: Optional[str] = _option(DTYPE)
+    device_map: Optional[str] = _option(DEVICE_MAP)
     force: bool = _option(typer.Option(False, "--force", help="Overwrite existing result files."))
 
 
@@ -128,5 +131,6 @@ def grouped(fn: Callable) -> Callable:
     return command
 
 
-__all__ = ["grouped", "Split", "Runtime", "Judge", "MODEL", "FORCE", "THREADS", "DEVICE", "DTYPE", "BEHAVIOUR", "OUT_DIR", "VECTOR",
+__all__ = ["grouped", "Split", "Runtime", "Judge", "MODEL", "FORCE", "THREADS", "DEVICE", "DTYPE", "DEVICE_MAP",
+           "BEHAVIOUR", "OUT_DIR", "VECTOR",
            "RELATIVE", "POSITIONS", "READING", "LAYER", "N_TRAIN", "SEED", "MULTI_TOKEN", "STRENGTHS"]

@@ -13,7 +13,7 @@ from rich.markup import escape
 from ..errors import SteerlabError
 from .common import check_layer_spec, check_out, console, load_model, parse_floats, parse_layers, read_vector, \
     run_command, say, set_runtime
-from .options import FORCE, MODEL, THREADS, DEVICE, DTYPE
+from .options import FORCE, MODEL, THREADS, DEVICE, DEVICE_MAP, DTYPE
 
 
 def _methods(spec: List[str]) -> list[str]:
@@ -86,13 +86,14 @@ def pas_run(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
     force: bool = FORCE,
 ) -> None:
     """Painless Activation Steering: vectors from a labelled multiple-choice dataset, layer and strength
     chosen on validation, Delta on test over seeds, with the letter-bias control."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         methods = _methods(method)
         names = _vector_names(methods)
         check_out(out, ["results.json", *names.values()], force)
@@ -133,12 +134,13 @@ def pas_transfer(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
     force: bool = typer.Option(False, "--force", help="Overwrite OUT."),
 ) -> None:
     """Forgetting check: a PAS vector chosen on one task, applied unchanged to another, vs unsteered."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         if out is not None:
             check_out(out, force=force)
         items = _items(data, None)
@@ -179,12 +181,13 @@ def pas_sft(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
     force: bool = FORCE,
 ) -> None:
     """PAS on a LoRA fine-tuned model vs the tuned model alone vs the base model with PAS."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         check_out(out, ["results.json"], force)
         base_result = None
         if base is not None:

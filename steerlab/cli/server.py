@@ -8,7 +8,7 @@ import typer
 
 from ..errors import SteerlabError
 from .common import load_model, run_command, say, set_runtime
-from .options import MODEL, THREADS, DEVICE, DTYPE
+from .options import MODEL, THREADS, DEVICE, DEVICE_MAP, DTYPE
 
 
 def serve(
@@ -30,12 +30,13 @@ def serve(
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
     dtype: Optional[str] = DTYPE,
+    device_map: Optional[str] = DEVICE_MAP,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /v1/vectors, /metrics,
     /health) with steering per request; routes in steerlab/serve/API.md."""
 
     def body():
-        set_runtime(threads, device, dtype)
+        set_runtime(threads, device, dtype, device_map)
         try:
             import fastapi  # noqa: F401
             import uvicorn  # noqa: F401

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..errors import SteerlabError
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 _MISSING = object()
 
@@ -248,7 +251,7 @@ def _stub(index: int, below: int, cache: DynamicCache, hidden: torch.Tensor):
 
 
 @contextlib.contextmanager
-def skip_blocks(lm, below: int, cache: DynamicCache, hidden: torch.Tensor) -> Iterator[None]:
+def skip_blocks(lm: LoadedModel, below: int, cache: DynamicCache, hidden: torch.Tensor) -> Iterator[None]:
     """Within the block, blocks 0..below-1 do not compute: block below-1 outputs `hidden`.
 
     `cache.layers[l]` must be a LengthOnlyLayer for every skipped block. The original `forward`

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +35,9 @@ from ..methods.caa import caa_from_activations, mean_difference
 from ..methods.common import pair_prompts
 from ..vector import SteeringVector
 from .cache import with_cache
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 @dataclass
@@ -96,7 +99,7 @@ class PairActivations:
 
 
 def extract_pair_activations(
-    lm,
+    lm: LoadedModel,
     pairs: Sequence[ContrastPair],
     layers: Sequence[int] | None = None,
     *,
@@ -186,7 +189,7 @@ def extract_pair_activations(
 
 
 def caa_vectors(
-    lm,
+    lm: LoadedModel,
     pairs: Sequence[ContrastPair],
     layers: Sequence[int] | None = None,
     *,

@@ -18,12 +18,15 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..encoding import Prompt, as_prompt, tokenize_prompts
 from ..errors import PromptTooLongError, SteerlabError
 from ..steering import POLICIES, Steering
 from ..vector import SteeringVector
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ class TokenizedItem:
         return max(len(c) for c in self.candidate_ids)
 
 
-def tokenize_items(lm, items: Sequence[ScoringItem]) -> list[TokenizedItem]:
+def tokenize_items(lm: LoadedModel, items: Sequence[ScoringItem]) -> list[TokenizedItem]:
     """Token ids of each item's prompt and candidates (see the module docstring for the rule)."""
     tok = lm.tokenizer
     prompts = [as_prompt(lm, it.prompt) for it in items]

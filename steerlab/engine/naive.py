@@ -9,7 +9,7 @@ token (left padding does not change results). Slow by design; use it to check `s
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -21,9 +21,12 @@ from .items import ScoringItem, Setting, tokenize_items
 from .scoring import _check_inputs
 from .table import ScoreTable
 
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
 
 def score_naive(
-    lm,
+    lm: LoadedModel,
     items: Sequence[ScoringItem],
     settings: Sequence[Setting],
     *,

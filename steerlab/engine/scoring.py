@@ -48,7 +48,7 @@ the prefix is reused but every block runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -63,6 +63,9 @@ from ..vector import SteeringVector
 from .cache import BufferPool, is_plain, output_cache, prefix_cache, select_rows, skip_blocks, with_cache
 from .items import ScoringItem, Setting, TokenizedItem, tokenize_items
 from .table import ScoreTable
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 # ---------------------------------------------------------------------------------------------
 # Settings as the runner sees them
@@ -88,7 +91,7 @@ class _Plan:
     low: int  # lowest steered layer
 
 
-def _plan(lm, index: int, setting: Setting) -> _Plan | None:
+def _plan(lm: LoadedModel, index: int, setting: Setting) -> _Plan | None:
     if not isinstance(setting, Setting):
         raise SteerlabError(f"settings must be engine.Setting objects, got {type(setting).__name__}")
     terms = []
@@ -171,7 +174,7 @@ class _Batch:
                             e.user_start[item_of_row], e.assistant_start[item_of_row], e.user_end[item_of_row])
 
 
-def _make_batch(lm, items: list[TokenizedItem]) -> _Batch:
+def _make_batch(lm: LoadedModel, items: list[TokenizedItem]) -> _Batch:
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     ids, mask = pad_left([it.prompt_ids for it in items], pad_id)
     enc = EncodedBatch(ids, mask, mask.sum(1), torch.tensor([it.user_start for it in items]),
@@ -207,7 +210,7 @@ class _Recorder:
         self._handles.clear()
 
 
-def _forward(lm, *, cache=None, **kwargs):
+def _forward(lm: LoadedModel, *, cache=None, **kwargs):
     if cache is not None:
         kwargs = with_cache(lm.model, cache, **kwargs)
     with torch.no_grad():
@@ -254,7 +257,7 @@ class _Continuations:
         return int(self.item.shape[0])
 
 
-def _continuation_logprobs(lm, batch: _Batch, cache, cache_row: torch.Tensor, conts: _Continuations,
+def _continuation_logprobs(lm: LoadedModel, batch: _Batch, cache, cache_row: torch.Tensor, conts: _Continuations,
                            sel: torch.Tensor, *, plans: Sequence[_Plan] | None = None, low: int = 0,
                            hidden: torch.Tensor | None = None, record: Sequence[int] = ()):
     """Feed candidate tokens `conts[sel]` after the prompt rows `cache_row` of `cache`.
@@ -332,7 +335,7 @@ def _check_inputs(items, settings, batch_size, max_rows) -> None:
 
 
 def score(
-    lm,
+    lm: LoadedModel,
     items: Sequence[ScoringItem],
     settings: Sequence[Setting],
     *,
@@ -514,6 +517,6 @@ class _BatchRun:
             self.result[p.index, self.global_idx] = scores[s_local * B:(s_local + 1) * B]
 
 
-def _vocab(lm) -> int:
+def _vocab(lm: LoadedModel) -> int:
     return int(lm.model.get_output_embeddings().weight.shape[0]) if lm.model.get_output_embeddings() is not None \
         else int(lm.model.config.vocab_size)

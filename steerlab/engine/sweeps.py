@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 
 from ..data.records import ContrastPair
@@ -25,6 +25,9 @@ from .extract import PairActivations, extract_pair_activations
 from .items import ScoringItem, Setting
 from .scoring import score
 from .table import ScoreTable
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 def grid_settings(
@@ -104,7 +107,7 @@ class SweepResult:
         return out
 
 
-def grid_sweep(lm, vector: SteeringVector, items: Sequence[ScoringItem], layers: Sequence[int],
+def grid_sweep(lm: LoadedModel, vector: SteeringVector, items: Sequence[ScoringItem], layers: Sequence[int],
                strengths: Sequence[float], positions: str = "all", *, include_unsteered: bool = True,
                **score_kw) -> SweepResult:
     """Every (layer, strength) pair of `vector`, plus the unsteered model."""
@@ -112,7 +115,8 @@ def grid_sweep(lm, vector: SteeringVector, items: Sequence[ScoringItem], layers:
     return SweepResult("grid", score(lm, items, settings, **score_kw))
 
 
-def layer_sweep(lm, vector: SteeringVector, items: Sequence[ScoringItem], layers: Sequence[int] | None = None,
+def layer_sweep(lm: LoadedModel,
+                vector: SteeringVector, items: Sequence[ScoringItem], layers: Sequence[int] | None = None,
                 strength: float = 1.0, positions: str = "all", *, include_unsteered: bool = True,
                 **score_kw) -> SweepResult:
     """One setting per layer (default: every layer of the vector) at a fixed strength."""
@@ -121,7 +125,7 @@ def layer_sweep(lm, vector: SteeringVector, items: Sequence[ScoringItem], layers
     return SweepResult("layer", score(lm, items, settings, **score_kw))
 
 
-def strength_sweep(lm, vector: SteeringVector, items: Sequence[ScoringItem], strengths: Sequence[float],
+def strength_sweep(lm: LoadedModel, vector: SteeringVector, items: Sequence[ScoringItem], strengths: Sequence[float],
                    layer: int | None = None, positions: str = "all", *, include_unsteered: bool = True,
                    **score_kw) -> SweepResult:
     """One setting per strength, at `layer` (None: every layer of the vector steered at once)."""
@@ -138,7 +142,7 @@ def strength_sweep(lm, vector: SteeringVector, items: Sequence[ScoringItem], str
 
 
 def sample_count_sweep(
-    lm,
+    lm: LoadedModel,
     pairs: Sequence[ContrastPair],
     items: Sequence[ScoringItem],
     counts: Sequence[int] = (10, 20, 40, 80, 160, 320),

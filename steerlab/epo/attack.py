@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -42,6 +42,9 @@ from .objective import EPOObjective
 from .result import RESULT_FILE, EPOResult
 from .search import ProgressFn, check_epo_inputs, run_epo
 from .targets import behaviour_targets, insert_text, string_target
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class SignCheck:
         return self.plus >= self.minus
 
 
-def behaviour_scores(lm, items: Sequence[BehaviourItem], settings: Sequence[Setting], *,
+def behaviour_scores(lm: LoadedModel, items: Sequence[BehaviourItem], settings: Sequence[Setting], *,
                      user_texts: Sequence[str] | None = None) -> torch.Tensor:
     """[settings, items] p(match) / (p(A) + p(B)) via the scoring engine (prompt: question + "(")."""
     texts = list(user_texts) if user_texts is not None else [it.question for it in items]
@@ -73,7 +76,7 @@ def behaviour_scores(lm, items: Sequence[BehaviourItem], settings: Sequence[Sett
     return score(lm, sitems, list(settings)).target_probs()
 
 
-def check_sign(lm, vector: SteeringVector, layer: int, strength: float, positions: str,
+def check_sign(lm: LoadedModel, vector: SteeringVector, layer: int, strength: float, positions: str,
                items: Sequence[BehaviourItem]) -> SignCheck:
     """Measure p(match) at ±|strength| on `items` (engine) to pick the sign that steers toward the behaviour."""
     s = abs(float(strength))
@@ -82,7 +85,7 @@ def check_sign(lm, vector: SteeringVector, layer: int, strength: float, position
     return SignCheck(p[0], p[1], p[2], s, len(items))
 
 
-def _check_args(lm, layer: int, strength: float, positions: str, n_train: int, n_attack: int, n_test: int,
+def _check_args(lm: LoadedModel, layer: int, strength: float, positions: str, n_train: int, n_attack: int, n_test: int,
                 eval_points: int, text_eval_points: int) -> None:
     lm.blocks.check_layer(layer)
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) or strength == 0:
@@ -154,7 +157,7 @@ def check_run_dir(run_dir: str | Path | None, force: bool) -> None:
 
 
 def attack_behaviour(
-    lm,
+    lm: LoadedModel,
     behaviour: str,
     *,
     layer: int,
@@ -268,7 +271,7 @@ def attack_behaviour(
     return result
 
 
-def _split_from_meta(lm, meta: dict):
+def _split_from_meta(lm: LoadedModel, meta: dict):
     """(train, test, attack items) of a behaviour run, rebuilt from its metadata."""
     items = load_mwe(meta["data_file"])
     train, test = split_items(items, int(meta["n_train"]), int(meta["n_test"]), seed=int(meta["split_seed"]))
@@ -277,7 +280,8 @@ def _split_from_meta(lm, meta: dict):
     return train, test, attack
 
 
-def evaluate_attack(lm, result: EPOResult, vector: SteeringVector, *, eval_points: int = 6, text_eval_points: int = 1,
+def evaluate_attack(lm: LoadedModel,
+                    result: EPOResult, vector: SteeringVector, *, eval_points: int = 6, text_eval_points: int = 1,
                     log=print) -> EPOResult:
     """Fill `result.reference` (natural text in the same slot) and `result.evaluation` (held-apart and
     attack-item behaviour scores) of a behaviour run, from its metadata and its vector."""
@@ -317,7 +321,8 @@ def evaluate_attack(lm, result: EPOResult, vector: SteeringVector, *, eval_point
     return result
 
 
-def reevaluate(lm, run_dir: str | Path, *, eval_points: int = 6, text_eval_points: int = 1, log=print) -> EPOResult:
+def reevaluate(lm: LoadedModel,
+               run_dir: str | Path, *, eval_points: int = 6, text_eval_points: int = 1, log=print) -> EPOResult:
     """Re-run the evaluation of a saved behaviour run (its `epo.json` and `vector.safetensors`) and save it."""
     result = EPOResult.load(run_dir)
     if "data_file" not in result.meta:
@@ -338,13 +343,14 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _raw_not_match(lm, items: Sequence[BehaviourItem], setting: Setting) -> torch.Tensor:
+def _raw_not_match(lm: LoadedModel, items: Sequence[BehaviourItem], setting: Setting) -> torch.Tensor:
     """[items] log p(not-matching answer) (unnormalised) under `setting`."""
     sitems = [ScoringItem(format_prompt(lm, it.question, "(" if it.kind == "ab" else ""), (it.not_matching,)) for it in items]
     return score(lm, sitems, [setting]).logprobs[0, :, 0]
 
 
-def evaluate_heldout(lm, result: EPOResult, test: Sequence[BehaviourItem], test_targets, steering: Sequence[Steering],
+def evaluate_heldout(lm: LoadedModel,
+                     result: EPOResult, test: Sequence[BehaviourItem], test_targets, steering: Sequence[Steering],
                      setting: Setting, *, eval_points: int = 6, text_eval_points: int = 1, placement: str = "suffix",
                      separator: str = "\n") -> dict:
     """Behaviour scores on held-apart items: natural prompts (unsteered, steered) and, steered, with
@@ -389,7 +395,8 @@ def evaluate_heldout(lm, result: EPOResult, test: Sequence[BehaviourItem], test_
     return ev
 
 
-def attack_string(lm, prompt: str, target: str, *, steering: Sequence[Steering] = (), config: EPOConfig | None = None,
+def attack_string(lm: LoadedModel,
+                  prompt: str, target: str, *, steering: Sequence[Steering] = (), config: EPOConfig | None = None,
                   placement: str = "suffix", separator: str = "\n", assistant_prefix: str = "",
                   run_dir: str | Path | None = None, force: bool = False, progress: ProgressFn | None = None) -> EPOResult:
     """EPO that raises log p(`target` | prompt with the sequence inserted), optionally under steering."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -37,6 +37,9 @@ from ..engine.cache import cache_of, filled_layer, output_cache, with_cache
 from ..errors import PromptTooLongError, SteerlabError
 from ..steering import Steering, apply_steering
 from .targets import TargetItem
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 @dataclass
@@ -495,7 +498,8 @@ class Gradients:
     prefixes: Prefixes
 
 
-def check_objective_inputs(lm, items: Sequence[TargetItem], seq_len: int, normalise: bool, chunk_rows: int) -> None:
+def check_objective_inputs(lm: LoadedModel,
+                           items: Sequence[TargetItem], seq_len: int, normalise: bool, chunk_rows: int) -> None:
     """Every error an objective can raise, before any computation."""
     if len(items) == 0:
         raise SteerlabError("no target items: the target is empty")

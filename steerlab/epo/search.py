@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -32,6 +32,9 @@ from ..steering import Steering
 from .config import FAST_DTYPES, EPOConfig, allowed_tokens
 from .objective import EPOObjective, Prefixes, TargetItem, check_objective_inputs
 from .result import EPOResult, EPOStep, FrontierPoint
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 def pareto_frontier(targets: Sequence[float], xents: Sequence[float]) -> list[int]:
@@ -205,7 +208,8 @@ def rescore_exactly(objective: EPOObjective, points: Sequence[FrontierPoint]) ->
     return [fresh[i] for i in pareto_frontier([p.target for p in fresh], [p.xent for p in fresh])]
 
 
-def check_epo_inputs(lm, targets: Sequence[TargetItem], config: EPOConfig, normalise: bool = False) -> torch.Tensor:
+def check_epo_inputs(lm: LoadedModel,
+                     targets: Sequence[TargetItem], config: EPOConfig, normalise: bool = False) -> torch.Tensor:
     """Validate everything before any computation; returns the allowed-token mask."""
     if not isinstance(config, EPOConfig):
         raise SteerlabError(f"config must be an EPOConfig, got {type(config).__name__}")
@@ -229,7 +233,7 @@ def check_epo_inputs(lm, targets: Sequence[TargetItem], config: EPOConfig, norma
     return allowed
 
 
-def run_epo(lm, targets: Sequence[TargetItem], steering: Steering | Sequence[Steering] = (),
+def run_epo(lm: LoadedModel, targets: Sequence[TargetItem], steering: Steering | Sequence[Steering] = (),
             config: EPOConfig | None = None, *, normalise: bool = False, progress: ProgressFn | None = None,
             meta: dict | None = None) -> EPOResult:
     """EPO against `lm` with `steering` active: sequences that raise the mean target of `targets`.

@@ -8,11 +8,14 @@ goes and `insert_text` inserts a sequence as text (how a user would paste it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..data.records import BehaviourItem
 from ..encoding import _char_to_token, format_prompt
 from ..errors import SteerlabError
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 Placement = str  # "suffix" | "prefix"
 PLACEMENTS: tuple[str, ...] = ("suffix", "prefix")
@@ -100,7 +103,7 @@ def insert_text(question: str, sequence_text: str, placement: Placement = "suffi
     raise SteerlabError(f"unknown placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
 
 
-def split_prompt(lm, user: str, assistant_prefix: str = "", *, placement: Placement = "suffix",
+def split_prompt(lm: LoadedModel, user: str, assistant_prefix: str = "", *, placement: Placement = "suffix",
                  separator: str = "\n") -> PromptSplit:
     """Format `user` for `lm` (chat template when it has one) and cut it where the sequence goes.
 
@@ -133,7 +136,7 @@ def split_prompt(lm, user: str, assistant_prefix: str = "", *, placement: Placem
                        int(min(user_end, assistant_start)))
 
 
-def continuation_ids(lm, prompt_text: str, continuation: str) -> tuple[int, ...]:
+def continuation_ids(lm: LoadedModel, prompt_text: str, continuation: str) -> tuple[int, ...]:
     """Ids of `continuation` after `prompt_text` (the extra ids of the joint tokenization when the
     prompt's ids are its prefix, else the continuation tokenized alone), as the scoring engine does."""
     tok = lm.tokenizer
@@ -144,7 +147,8 @@ def continuation_ids(lm, prompt_text: str, continuation: str) -> tuple[int, ...]
     return tuple(tok(continuation, add_special_tokens=False)["input_ids"])
 
 
-def behaviour_targets(lm, items: Sequence[BehaviourItem], *, placement: Placement = "suffix", separator: str = "\n",
+def behaviour_targets(lm: LoadedModel,
+                      items: Sequence[BehaviourItem], *, placement: Placement = "suffix", separator: str = "\n",
                       assistant_prefix: str | None = None) -> list[TargetItem]:
     """Target items that reward the NOT-matching answer of MWE behaviour items (reversing the behaviour).
 
@@ -169,7 +173,8 @@ def behaviour_targets(lm, items: Sequence[BehaviourItem], *, placement: Placemen
     return out
 
 
-def string_target(lm, prompt: str, target: str, *, assistant_prefix: str = "", placement: Placement = "suffix",
+def string_target(lm: LoadedModel,
+                  prompt: str, target: str, *, assistant_prefix: str = "", placement: Placement = "suffix",
                   separator: str = "\n") -> TargetItem:
     """A target item: the log-probability of `target` as the start of the assistant's reply to `prompt`
     (the user message, with the sequence inserted)."""

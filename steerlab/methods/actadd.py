@@ -7,7 +7,7 @@ from the first token of the user's text when steering.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -17,6 +17,9 @@ from ..errors import DatasetError
 from ..vector import SteeringVector, hash_texts
 from .common import make_meta
 
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
 
 def _space_id(tokenizer) -> int:
     ids = tokenizer(" ", add_special_tokens=False).input_ids
@@ -25,7 +28,7 @@ def _space_id(tokenizer) -> int:
     return ids[-1]
 
 
-def train_actadd(lm, positive: str, negative: str, layers: Sequence[int] | None = None) -> SteeringVector:
+def train_actadd(lm: LoadedModel, positive: str, negative: str, layers: Sequence[int] | None = None) -> SteeringVector:
     """An ActAdd vector from one prompt pair, e.g. ("Love", "Hate")."""
     if not positive.strip() or not negative.strip():
         raise DatasetError("ActAdd needs two non-empty prompts")

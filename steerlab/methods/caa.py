@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
@@ -12,6 +12,9 @@ from ..errors import SteerlabError
 from ..vector import SteeringVector
 from .common import make_meta, pair_prompts, pairs_hash
 
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
 
 def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """Mean of row-wise differences [n, hidden] → [hidden], accumulated in float64."""
@@ -20,7 +23,7 @@ def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Ten
     return (positive.double() - negative.double()).mean(0).float()
 
 
-def caa_from_activations(lm, positive: Mapping[int, torch.Tensor], negative: Mapping[int, torch.Tensor],
+def caa_from_activations(lm: LoadedModel, positive: Mapping[int, torch.Tensor], negative: Mapping[int, torch.Tensor],
                          pairs: Sequence[ContrastPair], *, position: str = "last") -> SteeringVector:
     """The CAA vector of `pairs` from their activations ({layer: [n_pairs, hidden]} per side, row i =
     pair i): the mean difference per layer, with `train_caa`'s metadata. Every CAA vector in steerlab is
@@ -32,7 +35,7 @@ def caa_from_activations(lm, positive: Mapping[int, torch.Tensor], negative: Map
 
 
 def train_caa(
-    lm,
+    lm: LoadedModel,
     pairs: Sequence[ContrastPair],
     layers: Sequence[int] | None = None,
     *,

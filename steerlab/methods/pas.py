@@ -28,7 +28,7 @@ correct answers of the wrong items, and records that in the vector's metadata).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
 import torch
 
@@ -40,6 +40,9 @@ from ..errors import DatasetError, SteerlabError
 from ..vector import SteeringVector, hash_texts
 from .caa import mean_difference
 from .common import make_meta
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 PASMethod = Literal["pasf", "ipas-a", "ipas-wo"]
 PAS_METHODS: tuple[str, ...] = ("pasf", "ipas-a", "ipas-wo")
@@ -95,18 +98,19 @@ def question_text(item: MCItem) -> str:
     return "\n".join(parts)
 
 
-def mc_prompt(lm, item: MCItem, order: Sequence[int], *, prefix: str = "", chat_template: bool | None = None) -> Prompt:
+def mc_prompt(lm: LoadedModel,
+              item: MCItem, order: Sequence[int], *, prefix: str = "", chat_template: bool | None = None) -> Prompt:
     """The PAS multiple-choice prompt (choices in `order`, ending "Answer:"), after `prefix`, as a user turn."""
     return format_prompt(lm, prefix + format_mc_prompt(item, order), chat_template=chat_template)
 
 
-def _templated(lm, chat_template: bool | None) -> bool:
+def _templated(lm: LoadedModel, chat_template: bool | None) -> bool:
     if chat_template is None:
         return bool(getattr(lm, "use_chat_template", False))
     return bool(chat_template)
 
 
-def answer_prompt(lm, item: MCItem, choice: int, *, chat_template: bool | None = None) -> Prompt:
+def answer_prompt(lm: LoadedModel, item: MCItem, choice: int, *, chat_template: bool | None = None) -> Prompt:
     """iPAS text: the question followed by the text of choice `choice` (see the module docstring)."""
     answer = item.choices[choice].strip()
     if _templated(lm, chat_template):
@@ -135,7 +139,7 @@ class PASContrast:
     fallback: str = ""
 
 
-def pas_contrast(lm, examples: Sequence[PASExample], method: str, *, dataset: str = "",
+def pas_contrast(lm: LoadedModel, examples: Sequence[PASExample], method: str, *, dataset: str = "",
                  chat_template: bool | None = None) -> PASContrast:
     """Positive and negative prompts of one variant for these training examples.
 
@@ -226,7 +230,7 @@ class PASActivations:
         return SteeringVector(directions, meta)
 
 
-def pas_activations(lm, examples: Sequence[PASExample], methods: Sequence[str], layers: Sequence[int], *,
+def pas_activations(lm: LoadedModel, examples: Sequence[PASExample], methods: Sequence[str], layers: Sequence[int], *,
                     dataset: str = "", chat_template: bool | None = None, batch_size: int = 16,
                     progress: bool = False, known: Mapping[str, Mapping[int, torch.Tensor]] | None = None
                     ) -> PASActivations:
@@ -264,7 +268,8 @@ def pas_activations(lm, examples: Sequence[PASExample], methods: Sequence[str], 
                           {"distinct_prompts": len(prompts), "captured": len(todo), "reused": len(reuse)})
 
 
-def train_pas(lm, examples: Sequence[PASExample], method: str = "ipas-wo", layers: Sequence[int] | None = None, *,
+def train_pas(lm: LoadedModel,
+              examples: Sequence[PASExample], method: str = "ipas-wo", layers: Sequence[int] | None = None, *,
               dataset: str = "", chat_template: bool | None = None, batch_size: int = 16,
               progress: bool = False) -> SteeringVector:
     """A PAS vector (all of `layers`, default every layer) from examples with the unsteered model's answers.

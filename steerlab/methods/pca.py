@@ -7,7 +7,7 @@ it by that mean projection, so it is in the same units as a CAA vector.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -16,6 +16,9 @@ from ..data.records import ContrastPair
 from ..errors import DatasetError
 from ..vector import SteeringVector
 from .common import make_meta, pair_prompts, pairs_hash
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 def pca_direction(differences: torch.Tensor, *, center: bool = True) -> torch.Tensor:
@@ -33,7 +36,7 @@ def pca_direction(differences: torch.Tensor, *, center: bool = True) -> torch.Te
 
 
 def train_pca(
-    lm,
+    lm: LoadedModel,
     pairs: Sequence[ContrastPair],
     layers: Sequence[int] | None = None,
     *,

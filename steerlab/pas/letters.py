@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -32,6 +32,9 @@ from ..errors import PromptTooLongError
 from ..layers import block_hidden
 from ..methods.pas import mc_prompt
 from .splits import Shown
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 SPELLINGS = ("", " ")  # "A" and " A"
 
@@ -105,7 +108,7 @@ class LetterScores:
         return [order[int(j)] for (_, order), j in zip(self.shown, self.pred_positions[s])]
 
 
-def _cache_bytes_per_token(lm) -> int:
+def _cache_bytes_per_token(lm: LoadedModel) -> int:
     cfg = lm.model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     heads = getattr(cfg, "num_attention_heads", None) or 1
@@ -114,13 +117,13 @@ def _cache_bytes_per_token(lm) -> int:
     return lm.n_layers * 2 * kv * head_dim * torch.finfo(lm.dtype).bits // 8
 
 
-def rows_for_budget(lm, longest_prompt: int, budget_bytes: float = 1.5e9) -> int:
+def rows_for_budget(lm: LoadedModel, longest_prompt: int, budget_bytes: float = 1.5e9) -> int:
     """Engine `max_rows` that keeps the per-row KV-cache copies of a steered chunk under `budget_bytes`."""
     per_row = max(1, longest_prompt) * _cache_bytes_per_token(lm)
     return int(max(8, min(512, budget_bytes // per_row)))
 
 
-def score_letters(lm, shown: Sequence[Shown], settings: Sequence[Setting], *, prefix: str = "",
+def score_letters(lm: LoadedModel, shown: Sequence[Shown], settings: Sequence[Setting], *, prefix: str = "",
                   chat_template: bool | None = None, batch_size: int = 16, max_rows: int | None = None,
                   progress: bool = False, dataset: str = "") -> LetterScores:
     """Score the PAS prompts of `shown` (after `prefix`) under `settings` with one engine call."""
@@ -148,7 +151,7 @@ def _rename_too_long(e: PromptTooLongError, shown: Sequence[Shown], dataset: str
     return PromptTooLongError(f"{dataset or it.source or 'dataset'} item {it.index}: {m.group(2)}")
 
 
-def answer_and_capture(lm, shown: Sequence[Shown], layers: Sequence[int], *, prefix: str = "",
+def answer_and_capture(lm: LoadedModel, shown: Sequence[Shown], layers: Sequence[int], *, prefix: str = "",
                        chat_template: bool | None = None, batch_size: int = 16,
                        dataset: str = "") -> tuple[LetterScores, dict[int, torch.Tensor], list[Prompt]] | None:
     """Unsteered letter scores of the PAS prompts of `shown` and their last-token activations at `layers`

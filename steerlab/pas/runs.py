@@ -43,7 +43,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from tqdm.auto import tqdm
 
@@ -58,6 +58,9 @@ from .bias import LetterBiasReport, letter_bias_report
 from .letters import LetterScores, PromptMemo, score_letters
 from .splits import DEFAULT_CAP, DEFAULT_FRACTIONS, PASSplits, Shown, make_splits
 from .stats import SeedSummary, summarize
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 PAPER_LAYERS_32 = (8, 11, 13, 14, 15, 16, 17, 19, 22, 25)
 PAPER_STRENGTHS = (0.25, 0.5, 0.75, 1.0, 4.0, 7.0, 10.0, 13.0, 16.0, 19.0, 22.0, 25.0, 28.0, 32.0)
@@ -302,7 +305,7 @@ def _seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def run_pas(
-    lm,
+    lm: LoadedModel,
     items: Sequence[MCItem],
     method: str | Sequence[str] = "ipas-wo",
     *,
@@ -388,7 +391,7 @@ class _Training:
     exemplars: list[int] = field(default_factory=list)
 
 
-def _train_answers(lm, splits: PASSplits, config: PASConfig, memo: PromptMemo) -> _Training:
+def _train_answers(lm: LoadedModel, splits: PASSplits, config: PASConfig, memo: PromptMemo) -> _Training:
     """Unsteered answers on the training split; with ICL, exemplars drawn from its wrong answers are
     taken out and the remaining items answered again after them."""
     name = splits.dataset
@@ -413,7 +416,7 @@ def _train_answers(lm, splits: PASSplits, config: PASConfig, memo: PromptMemo) -
     return _Training(train, examples, float(scores.accuracy[0]), prefix, exemplars)
 
 
-def _build_vectors(lm, training: _Training, splits: PASSplits, config: PASConfig, memo: PromptMemo, *,
+def _build_vectors(lm: LoadedModel, training: _Training, splits: PASSplits, config: PASConfig, memo: PromptMemo, *,
                    progress: bool) -> tuple[dict[str, SteeringVector], PASActivations | None, dict[str, str]]:
     """Step 2: every runnable variant's vector at every grid layer from one capture; {variant: why not}
     for the variants whose contrast is empty (an error when none can run)."""
@@ -450,7 +453,7 @@ def _choose(val: LetterScores, config: PASConfig, n_methods: int) -> list[int]:
     return out
 
 
-def _run_seed(lm, splits: PASSplits, config: PASConfig, memo: PromptMemo, *, keep_vectors: bool,
+def _run_seed(lm: LoadedModel, splits: PASSplits, config: PASConfig, memo: PromptMemo, *, keep_vectors: bool,
               progress: bool) -> SeedRun:
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
@@ -540,7 +543,8 @@ class TransferResult:
         return d
 
 
-def evaluate_transfer(lm, vector: SteeringVector, items: Sequence[MCItem], *, seed: int = 0, cap: int | None = 400,
+def evaluate_transfer(lm: LoadedModel,
+                      vector: SteeringVector, items: Sequence[MCItem], *, seed: int = 0, cap: int | None = 400,
                       layer: int | None = None, strength: float | None = None, positions: str | None = None,
                       chat_template: bool | None = None, dataset: str = "", batch_size: int = 16) -> TransferResult:
     """Accuracy on `items` (shuffled with `seed`, first `cap`, own choice orders) unsteered vs steered with

@@ -17,7 +17,7 @@ import copy
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -33,6 +33,9 @@ from .runs import run_pas
 from .letters import SPELLINGS
 from .splits import DEFAULT_CAP, Shown, make_splits
 from .stats import SeedSummary, summarize
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class SFTConfig:
             raise SteerlabError("SFT rank, batch size and learning rate must be positive")
 
 
-def letter_token_ids(lm, n: int) -> list[list[int]]:
+def letter_token_ids(lm: LoadedModel, n: int) -> list[list[int]]:
     """For each of the first n letters, the first token id of each spelling ("A", " A")."""
     tok = lm.tokenizer
     out = []
@@ -68,7 +71,7 @@ def letter_token_ids(lm, n: int) -> list[list[int]]:
     return out
 
 
-def finetune_lora(lm, shown: Sequence[Shown], config: SFTConfig = SFTConfig(), *, seed: int = 0,
+def finetune_lora(lm: LoadedModel, shown: Sequence[Shown], config: SFTConfig = SFTConfig(), *, seed: int = 0,
                   chat_template: bool | None = None, log=None) -> tuple[LoadedModel, dict]:
     """A merged LoRA fine-tune of `lm` on the answer letters of `shown`; returns (model, training info)."""
     from peft import LoraConfig, get_peft_model
@@ -192,7 +195,8 @@ def _base_from(base, seed: int, method: str, config: dict):
     return None
 
 
-def run_sft_comparison(lm, items: Sequence[MCItem], method: str = "ipas-wo", *, seeds: int | Sequence[int] = 1,
+def run_sft_comparison(lm: LoadedModel,
+                       items: Sequence[MCItem], method: str = "ipas-wo", *, seeds: int | Sequence[int] = 1,
                        cap: int | None = DEFAULT_CAP, sft: SFTConfig = SFTConfig(), layers=None, strengths=None,
                        chat_template: bool | None = None, choice_seed: int | None = None, dataset: str = "",
                        base=None, log=None) -> SFTComparison:

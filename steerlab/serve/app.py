@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +30,9 @@ from .registry import Registry, describe
 from .sampling import Sampler, default_top_k
 from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
 from .row_steering import SteeringRequestError, resolve
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 log = logging.getLogger("steerlab.serve")
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
@@ -106,7 +109,8 @@ def with_conditions(steering: list[dict], result: dict) -> list[dict]:
     return out
 
 
-def create_app(lm, vectors=None, *, api_key: Optional[str] = None, max_batch: int = 32, max_queue: int = 256,
+def create_app(lm: LoadedModel,
+               vectors=None, *, api_key: Optional[str] = None, max_batch: int = 32, max_queue: int = 256,
                window_s: float = 0.01, max_new_tokens_limit: int = 512,
                default_max_tokens: int = oa.DEFAULT_MAX_TOKENS, max_body_bytes: int = 1 << 20,
                max_upload_bytes: int = 32 << 20, allow_other_model: bool = False, shutdown_grace_s: float = 10.0,

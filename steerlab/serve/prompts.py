@@ -10,18 +10,23 @@ A completion request is a raw prompt (no template). Length is checked against th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import copy
 import dataclasses
 
 from ..encoding import EncodedBatch, Prompt, encode, format_prompt
 from ..errors import PromptTooLongError, SteerlabError
 
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
 
 class PromptError(SteerlabError):
     """The messages cannot be made into a prompt for this model (answered with 400)."""
 
 
-def request_model(lm):
+def request_model(lm: LoadedModel):
     """A view of `lm` with its own tokenizer copy: request threads never share the generation thread's."""
     try:
         return dataclasses.replace(lm, tokenizer=copy.deepcopy(lm.tokenizer))
@@ -37,7 +42,7 @@ def _check_text(text: str) -> str:
     return text
 
 
-def chat_prompt(lm, messages: list) -> Prompt:
+def chat_prompt(lm: LoadedModel, messages: list) -> Prompt:
     """`messages`: ChatMessage models (role, text())."""
     for m in messages:
         _check_text(m.text())
@@ -61,7 +66,7 @@ def chat_prompt(lm, messages: list) -> Prompt:
     return Prompt(text, user_start, len(text), templated=True, user_end=user_end)
 
 
-def completion_prompt(lm, text: str) -> Prompt:
+def completion_prompt(lm: LoadedModel, text: str) -> Prompt:
     return format_prompt(lm, _check_text(text), chat_template=False)
 
 
@@ -80,7 +85,7 @@ def max_token_chars(tokenizer) -> int:
     return _MAX_TOKEN_CHARS[key]
 
 
-def encode_one(lm, prompt: Prompt, max_new_tokens: int) -> EncodedBatch:
+def encode_one(lm: LoadedModel, prompt: Prompt, max_new_tokens: int) -> EncodedBatch:
     """Tokenize, refuse what does not fit the context with `max_new_tokens` to come, return one row.
 
     A text too long to fit even if every token were the vocabulary's longest is refused before it is

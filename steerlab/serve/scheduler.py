@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -34,6 +34,9 @@ from . import kvcache
 from .sampling import Sampler, pick_tokens
 from .row_steering import RowTerm, batch_terms
 from .text import TextTracker
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
 
 log = logging.getLogger("steerlab.serve")
 
@@ -133,7 +136,7 @@ class _Row:
                                "conditions": self.job.conditions})
 
 
-def _eos_ids(lm) -> set[int]:
+def _eos_ids(lm: LoadedModel) -> set[int]:
     eos = getattr(lm.model.generation_config, "eos_token_id", None)
     if eos is None:
         return set()
