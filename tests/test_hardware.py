@@ -164,8 +164,9 @@ def test_result_files_carry_the_machine_block(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_model_split_with_disk_offload_steers_and_captures_like_the_whole_model(real_lm, tmp_path):
     """accelerate places the first half of the blocks on the CPU and offloads the rest to disk (its hooks load
-    them around each block's forward); steered logits, captured activations and engine scores equal the
-    unsplit model's."""
+    them around each block's forward); steered logits, captured activations, generations and the scoring
+    engine's log-probs equal the unsplit model's."""
+    from steerlab.engine import ScoringItem, Setting, score
     from steerlab.models import convert_gguf, embedded_gguf_path, load_model
     from conftest import random_vector
 
@@ -185,8 +186,12 @@ def test_model_split_with_disk_offload_steers_and_captures_like_the_whole_model(
             logits = lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
         acts = sl.capture(lm, prompts, [2, n - 2], "last")
         text = sl.generate(lm, prompts, sl.Steering(vec, 3.0), max_new_tokens=6)
-        outs.append((logits, acts, text))
-    (la, aa, ta), (lb, ab, tb) = outs
+        items = [ScoringItem(sl.format_prompt(lm, p, "I think"), (" yes", " no"), target=0) for p in prompts]
+        table = score(lm, items, [Setting.unsteered(), Setting.single(vec, 3, 3.0, "after_user"),
+                                  Setting.single(vec, n - 4, -3.0, "after_user")])
+        outs.append((logits, acts, text, table.to_frame()["logprob"].to_numpy()))
+    (la, aa, ta, sa), (lb, ab, tb, sb) = outs
+    assert torch.allclose(torch.tensor(sa), torch.tensor(sb), atol=1e-4)  # the scoring engine
     assert torch.allclose(la, lb, atol=1e-4, rtol=1e-4)
     for layer in aa:
         assert torch.allclose(aa[layer], ab[layer], atol=1e-4, rtol=1e-4)
