@@ -1,8 +1,10 @@
 """What conditional steering and read-out cost (CAST), side by side in one run, one process.
 
 Rows of one batch, greedy, the same number of new tokens (EOS ignored by timing per generated token):
-  plainly steered        every row steered with the vector
-  half conditioned       the same vector with a condition; half the prompts fire it (harmful), half not
+  plainly steered        every row steered with the vector, at a layer below the condition's or the top one
+  half conditioned       the same vector with a condition; half the prompts fire it (harmful), half not:
+                         below the condition's layer it is decided by a separate partial pass, above it
+                         inside the steered pass
   read-out               the vector's projection read at every token (prompt and generation), unsteered
   no read-out            the same generation without the read-out hook
 Each setting runs `--rounds` times interleaved (so machine load drifts over all alike); the table gives
@@ -45,11 +47,10 @@ def main() -> None:
     half = args.batch_size // 2
     prompts = test.harmful[:half] + test.harmless[:args.batch_size - half]
     fired = sum(c.fired for c in cond.check(lm, prompts))
-    layer = lm.n_layers // 2
-    direction = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0))
-    vec = sl.SteeringVector({layer: direction}, replace(cond.vector.meta, method="random", layers=(layer,), extra={}))
-    plain = sl.Steering(vec, 2.0)
-    conditioned = sl.Steering(vec, 2.0, condition=cond)
+    layer, above = lm.n_layers // 2, lm.n_layers - 1  # below the condition's layer, and above it
+    g = torch.Generator().manual_seed(0)
+    vec = sl.SteeringVector({l: torch.randn(lm.hidden_size, generator=g) for l in (layer, above)},
+                            replace(cond.vector.meta, method="random", layers=(layer, above), extra={}))
 
     def gen(steering):
         return sl.generate(lm, prompts, steering, max_new_tokens=args.new_tokens, batch_size=args.batch_size)
@@ -61,8 +62,12 @@ def main() -> None:
         finally:
             hook.remove()
 
-    settings = {"plainly steered": lambda: gen(plain), "half conditioned": lambda: gen(conditioned),
-                "no read-out": lambda: gen(None), "read-out (every token)": watched}
+    settings = {
+        "plainly steered (low layer)": lambda: gen(sl.Steering(vec, 2.0, [layer])),
+        "half conditioned, separate pass": lambda: gen(sl.Steering(vec, 2.0, [layer], condition=cond)),
+        "plainly steered (top layer)": lambda: gen(sl.Steering(vec, 2.0, [above])),
+        "half conditioned, in-pass": lambda: gen(sl.Steering(vec, 2.0, [above], condition=cond)),
+        "no read-out": lambda: gen(None), "read-out (every token)": watched}
     times: dict[str, list[float]] = {k: [] for k in settings}
     for name, fn in settings.items():  # warm-up
         fn()
@@ -72,15 +77,19 @@ def main() -> None:
             fn()
             times[name].append((time.perf_counter() - t) / (args.new_tokens * len(prompts)))
     med = {k: statistics.median(v) for k, v in times.items()}
-    base = {"plainly steered": "plainly steered", "half conditioned": "plainly steered",
+    base = {"plainly steered (low layer)": "plainly steered (low layer)",
+            "half conditioned, separate pass": "plainly steered (low layer)",
+            "plainly steered (top layer)": "plainly steered (top layer)",
+            "half conditioned, in-pass": "plainly steered (top layer)",
             "no read-out": "no read-out", "read-out (every token)": "no read-out"}
     info = machine_info()
     print(f"{lm.model_id}, {lm.dtype}, batch {len(prompts)} ({fired} fire the condition), {args.new_tokens} new "
-          f"tokens, {args.rounds} rounds; condition at layer {cond.rule.layer}, vector at layer {layer}")
+          f"tokens, {args.rounds} rounds; condition at layer {cond.rule.layer}, vector at layer {layer} (below it: "
+          f"decided by a separate pass) or {above} (above it: decided inside the steered pass)")
     print(f"machine: {info}")
-    print(f"{'setting':26s} {'ms / token (median)':>20s} {'vs baseline':>12s}")
+    print(f"{'setting':34s} {'ms / token (median)':>20s} {'vs baseline':>12s}")
     for k, v in med.items():
-        print(f"{k:26s} {1000 * v:20.3f} {v / med[base[k]]:11.3f}x")
+        print(f"{k:34s} {1000 * v:20.3f} {v / med[base[k]]:11.3f}x")
     write_json("conditional", {"machine": info, "model": lm.model_id, "dtype": str(lm.dtype), "batch": len(prompts),
                                "fired": fired, "new_tokens": args.new_tokens, "seconds_per_token": times,
                                "median": med})

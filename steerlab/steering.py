@@ -120,6 +120,41 @@ class _Term:
     delta: torch.Tensor  # [rows (1 = all rows), P, hidden]; P > 1 only for ActAdd vectors
     policy: str
     positional: bool
+    gate: "_Gate | None" = None  # a condition decided inside the steered pass (rows where it fired)
+
+
+class _Gate:
+    """A condition decided inside the steered pass itself: hooks at the condition's layers score the prefill
+    call's own hidden states (read as `capture_batch` reads them) and, once every leaf is scored, `fired`
+    [rows] gates the term. Used only when every steered layer lies above every condition layer, where it
+    gives what the separate deciding pass gives, without that pass."""
+
+    def __init__(self, condition, batch: EncodedBatch):
+        self.condition = condition
+        self.batch = batch
+        self.leaves = condition.leaves()
+        self.scores: dict[str, torch.Tensor] = {}
+        self.fired: torch.Tensor | None = None
+
+    @property
+    def layers(self) -> set[int]:
+        return {leaf.rule.layer for leaf in self.leaves}
+
+    def observe(self, layer: int, h: torch.Tensor) -> None:
+        pad, start = self.batch.pad, self.batch.user_start
+        width = h.shape[1]
+        for leaf in self.leaves:
+            if leaf.rule.layer != layer or leaf.name in self.scores:
+                continue
+            x = h.float()
+            if leaf.rule.reading == "last":
+                acts = x[:, -1, :]
+            else:
+                acts = torch.stack([x[i, min(int(pad[i] + start[i]), width - 1):].mean(0) for i in range(x.shape[0])])
+            direction = leaf.vector.directions[layer].to(acts.device, torch.float32)
+            self.scores[leaf.name] = torch.nn.functional.cosine_similarity(acts, direction[None, :], dim=-1).cpu()
+        if self.fired is None and len(self.scores) == len(self.leaves):
+            self.fired = self.condition._combine(self.scores)
 
 
 def _find_cache(values):
@@ -245,12 +280,15 @@ def _row_values(term: Steering, what: str, rows: int | None):
     return value
 
 
-def build_terms(lm: LoadedModel, steering: Sequence[Steering], rows: int | None = None) -> dict[int, list[_Term]]:
-    """Per layer, the deltas to add: strength × direction, stacked per row where rows differ."""
+def build_terms(lm: LoadedModel, steering: Sequence[Steering], rows: int | None = None,
+                gates: Sequence[_Gate | None] | None = None) -> dict[int, list[_Term]]:
+    """Per layer, the deltas to add: strength × direction, stacked per row where rows differ (`gates`: per
+    term, the in-pass condition that gates it, if any)."""
     by_layer: dict[int, list[_Term]] = {}
     hidden = lm.hidden_size
     dtype = lm.dtype
-    for term in steering:
+    for index, term in enumerate(steering):
+        gate = gates[index] if gates is not None else None
         if not isinstance(term, Steering):
             raise SteerlabError(f"steering terms must be steerlab.Steering, got {type(term).__name__}")
         term = term.normalized(lm, rows)
@@ -280,7 +318,7 @@ def build_terms(lm: LoadedModel, steering: Sequence[Steering], rows: int | None 
             positional = any(d is not None and d.shape[0] > 1 for d in dirs) or any(
                 v is not None and v.per_position for v in row_vecs
             )
-            by_layer.setdefault(layer, []).append(_Term(delta.to(lm.device, dtype), term.positions, positional))
+            by_layer.setdefault(layer, []).append(_Term(delta.to(lm.device, dtype), term.positions, positional, gate))
     return by_layer
 
 
@@ -326,6 +364,10 @@ def _layer_hook(terms: list[_Term], state: _ForwardState):
             else:
                 mask = _policy_mask(t.policy, pos, state)
                 piece = mask[..., None].to(h.dtype) * delta[:, 0][:, None, :]
+            if t.gate is not None:
+                if t.gate.fired is None:
+                    raise SteerlabError("a conditional term was reached before its condition was decided")
+                piece = piece * t.gate.fired.to(h.device, h.dtype)[:, None, None]  # exact zeros where not fired
             add = piece if add is None else add + piece
         if add is None:
             return output
@@ -345,8 +387,13 @@ def apply_steering(
             with chat templates (to find the user text), and for per-row vectors' row count check.
     """
     terms = [steering] if isinstance(steering, Steering) else list(steering)
-    terms, decisions = resolve_conditions(lm, terms, batch)
-    by_layer = build_terms(lm, terms, rows=len(batch) if batch is not None else None)
+    gates = _in_pass_gates(lm, terms, batch)
+    if gates is not None:  # decided inside this pass: no separate deciding pass
+        terms = [replace(t, condition=None) if isinstance(t, Steering) else t for t in terms]
+        decisions: list = list(gates)
+    else:
+        terms, decisions = resolve_conditions(lm, terms, batch)
+    by_layer = build_terms(lm, terms, rows=len(batch) if batch is not None else None, gates=gates)
     if batch is None and getattr(lm, "use_chat_template", False) and any(
             t.positional for layer_terms in by_layer.values() for t in layer_terms):
         # without the batch the user's text would be assumed to start at token 0, inside the template header
@@ -355,6 +402,8 @@ def apply_steering(
     state = _ForwardState(batch)
     handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(a, k), with_kwargs=True, prepend=True)]
     try:
+        for layer in sorted({l for g in (gates or []) if g is not None for l in g.layers}):
+            handles.append(lm.blocks[layer].register_forward_hook(_decider_hook(layer, gates, state)))
         for layer, layer_terms in by_layer.items():
             # prepend: run before hooks registered earlier (e.g. transformers' output_hidden_states
             # capture, installed once and kept), so every observer sees the steered stream.
@@ -365,6 +414,41 @@ def apply_steering(
             h.remove()
         raise
     return SteeringHandle(handles, decisions)
+
+
+def _decider_hook(layer: int, gates: Sequence[_Gate | None], state: _ForwardState):
+    def hook(module, args, output):
+        if state.cols is not None and int(state.cols[0]) == 0:  # the prefill call: the prompts themselves
+            h = block_hidden(output)
+            for g in gates:
+                if g is not None and layer in g.layers:
+                    g.observe(layer, h)
+    return hook
+
+
+def _steered_layers(lm: LoadedModel, term: Steering) -> set[int]:
+    if term.layers is not None:
+        return {lm.blocks.check_layer(l) for l in term.layers}
+    vectors = [term.vector] if isinstance(term.vector, SteeringVector) else [v for v in term.vector if v is not None]
+    return {l for v in vectors for l in v.layers}
+
+
+def _in_pass_gates(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBatch | None) -> list | None:
+    """Gates deciding the conditional terms inside the steered pass, when that gives exactly what the separate
+    deciding pass gives: every steered layer (of every term) lies above every condition layer, so the
+    condition reads the unsteered stream either way. None: decide with the separate pass."""
+    conditional = [t for t in terms if isinstance(t, Steering) and t.condition is not None]
+    if not conditional or batch is None or not all(hasattr(t.condition, "leaves") for t in conditional):
+        return None
+    deepest = max(leaf.rule.layer for t in conditional for leaf in t.condition.leaves())
+    steered = [l for t in terms if isinstance(t, Steering) for l in _steered_layers(lm, t)]
+    if not steered or min(steered) <= deepest:
+        return None
+    for t in conditional:
+        for leaf in t.condition.leaves():
+            leaf.vector.check_compatible(lm, allow_other_family=True)
+    return [_Gate(t.condition, batch) if isinstance(t, Steering) and t.condition is not None else None
+            for t in terms]
 
 
 def resolve_conditions(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBatch | None):

@@ -197,3 +197,36 @@ def test_condition_for_another_model_is_refused(real_lm, tmp_path):
     foreign.save(tmp_path / "foreign.safetensors")
     res = runner.invoke(app, ["condition", "check", str(tmp_path / "foreign.safetensors"), "hello"])
     assert res.exit_code == 1 and "other/model" in res.output.replace("\n", "")
+
+
+@pytest.mark.slow
+def test_in_pass_decision_equals_the_separate_pass(real_lm, harmful):
+    """Every steered layer above the condition's: the condition is decided inside the steered pass (no extra
+    pass) and the outputs are those of the separate deciding pass."""
+    from steerlab.steering import _Gate, resolve_conditions
+
+    cond, test = harmful
+    layer = real_lm.n_layers - 1
+    assert layer > cond.rule.layer
+    prompts = [test.harmful[5], test.harmless[5], test.harmful[6], test.harmless[6]]
+    vec = random_vector(real_lm, [layer], 9, scale=3.0)
+    term = sl.Steering(vec, 4.0, positions="all", condition=cond)
+    batch = sl.encode(real_lm, prompts)
+    inputs = batch.to(real_lm.device)
+    with torch.no_grad():
+        handle = apply_steering(real_lm, term, batch=batch)
+        try:
+            inline = real_lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
+        finally:
+            handle.remove()
+        resolved, decisions = resolve_conditions(real_lm, [term], batch)
+        with sl.steer(real_lm, resolved, batch=batch):
+            separate = real_lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
+    assert isinstance(handle.decisions[0], _Gate)
+    assert handle.decisions[0].fired.tolist() == decisions[0].fired.tolist()
+    assert torch.allclose(handle.decisions[0].scores["harmful"], decisions[0].scores["harmful"], atol=1e-5)
+    assert torch.equal(inline, separate)
+    # generation with a KV cache: the decision made at prefill holds for every later step
+    gen_inline = sl.generate(real_lm, prompts, term, max_new_tokens=8)
+    gen_separate = sl.generate(real_lm, prompts, resolved, max_new_tokens=8)
+    assert gen_inline == gen_separate
