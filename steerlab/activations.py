@@ -104,6 +104,16 @@ def contiguous_head_input(model: torch.nn.Module):
             handle.remove()
 
 
+def read_rows(h: torch.Tensor, batch: EncodedBatch, position: str) -> torch.Tensor:
+    """One vector per row of a left-padded batch's block output `h` [rows, cols, hidden]: the last prompt
+    token ("last") or the mean over the user's text and everything after it ("mean")."""
+    if position == "last":
+        return h[:, -1, :]  # left padding: every row ends at the last column
+    width = h.shape[1]
+    pad, start = batch.pad, batch.user_start
+    return torch.stack([h[i, min(int(pad[i] + start[i]), width - 1):].mean(0) for i in range(h.shape[0])])
+
+
 def capture_batch(lm: LoadedModel, batch: EncodedBatch, layers: Sequence[int], position: ReadPosition = "last"):
     """Activations of one encoded batch: {layer: [rows, hidden]} or {layer: [tensor [n_i, hidden]]}."""
     if position not in READ_POSITIONS:
@@ -115,19 +125,12 @@ def capture_batch(lm: LoadedModel, batch: EncodedBatch, layers: Sequence[int], p
     grabbed = read_blocks(lm, layers, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=position_ids_for(batch.attention_mask), use_cache=False)
 
-    width = batch.input_ids.shape[1]
     pad = batch.pad
     out = {}
     for layer in layers:
         h = grabbed[layer].float()
-        if position == "last":
-            out[layer] = h[:, -1, :].cpu()  # left padding: every row ends at the last column
-        elif position == "mean":
-            rows = []
-            for i in range(h.shape[0]):
-                start = int(pad[i] + batch.user_start[i])
-                rows.append(h[i, min(start, width - 1):].mean(0))
-            out[layer] = torch.stack(rows).cpu()
+        if position in ("last", "mean"):
+            out[layer] = read_rows(h, batch, position).cpu()
         else:
             starts = batch.user_start if position == "user" else torch.zeros_like(pad)
             out[layer] = [h[i, int(pad[i] + starts[i]):].cpu() for i in range(h.shape[0])]

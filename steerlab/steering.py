@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import torch
 
+from .activations import read_rows
 from .encoding import EncodedBatch
 from .errors import SteerlabError, VectorError
 from .layers import block_hidden, with_block_hidden
@@ -141,16 +142,10 @@ class _Gate:
         return {leaf.rule.layer for leaf in self.leaves}
 
     def observe(self, layer: int, h: torch.Tensor) -> None:
-        pad, start = self.batch.pad, self.batch.user_start
-        width = h.shape[1]
         for leaf in self.leaves:
             if leaf.rule.layer != layer or leaf.name in self.scores:
                 continue
-            x = h.float()
-            if leaf.rule.reading == "last":
-                acts = x[:, -1, :]
-            else:
-                acts = torch.stack([x[i, min(int(pad[i] + start[i]), width - 1):].mean(0) for i in range(x.shape[0])])
+            acts = read_rows(h.float(), self.batch, leaf.rule.reading)
             direction = leaf.vector.directions[layer].to(acts.device, torch.float32)
             self.scores[leaf.name] = torch.nn.functional.cosine_similarity(acts, direction[None, :], dim=-1).cpu()
         if self.fired is None and len(self.scores) == len(self.leaves):
