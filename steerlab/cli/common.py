@@ -151,9 +151,10 @@ def set_runtime(threads: Optional[int], device: Optional[str] = None, dtype: Opt
     machine = detect()
     if device is not None:
         os.environ["STEERLAB_DEVICE"] = choose_device(device, machine)
-    if dtype is not None:
-        choose_dtype(dtype, os.environ.get("STEERLAB_DEVICE", "cpu"), machine)  # an unknown name fails here
-        os.environ["STEERLAB_DTYPE"] = dtype
+    # the command line's default is auto (the Python API's stays float32): bfloat16 only where it is fast
+    dtype = dtype if dtype is not None else os.environ.get("STEERLAB_DTYPE") or "auto"
+    choose_dtype(dtype, os.environ.get("STEERLAB_DEVICE", "cpu"), machine)  # an unknown name fails here
+    os.environ["STEERLAB_DTYPE"] = dtype
     if device_map is not None:
         if device_map != "auto":
             raise SteerlabError(f"--device-map takes auto, got '{device_map}'")

@@ -28,7 +28,7 @@ FORCE = typer.Option(False, "--force", help="Overwrite existing output files.")
 THREADS = typer.Option(None, help="torch CPU threads (default: torch's choice).")
 DEVICE = typer.Option("auto", help="cpu, cuda, cuda:N, mps or auto (the first accelerator, else the CPU).")
 DTYPE = typer.Option(None, help="float32, bfloat16, float16 or auto (bfloat16 where the GPU or CPU computes it "
-                                "natively: avx512_bf16/AMX; else float32). Default: $STEERLAB_DTYPE, else float32. "
+                                "natively: avx512_bf16/AMX; else float32). Default: $STEERLAB_DTYPE, else auto. "
                                 "`steerlab doctor` shows what auto picks here.")
 DEVICE_MAP = typer.Option(None, "--device-map", help="auto: spread a model over the accelerators, the CPU and "
                                                      "disk (accelerate); overrides --device.")
