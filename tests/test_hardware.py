@@ -164,8 +164,8 @@ def test_result_files_carry_the_machine_block(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_model_split_with_disk_offload_steers_and_captures_like_the_whole_model(real_lm, tmp_path):
     """accelerate places the first half of the blocks on the CPU and offloads the rest to disk (its hooks load
-    them around each block's forward); steered logits, captured activations, generations and the scoring
-    engine's log-probs equal the unsplit model's."""
+    them around each block's forward); steered logits, captured activations, generations, the scoring engine's
+    log-probs and the server's answers equal the unsplit model's."""
     from steerlab.engine import ScoringItem, Setting, score
     from steerlab.models import convert_gguf, embedded_gguf_path, load_model
     from conftest import random_vector
@@ -191,6 +191,22 @@ def test_model_split_with_disk_offload_steers_and_captures_like_the_whole_model(
                                   Setting.single(vec, n - 4, -3.0, "after_user")])
         outs.append((logits, acts, text, table.to_frame()["logprob"].to_numpy()))
     (la, aa, ta, sa), (lb, ab, tb, sb) = outs
+    # the server (continuous batching with a KV cache) on the split model: a steered and an unsteered request
+    from steerlab.serve import create_app
+    from test_serve_api import KEY, Served
+
+    served = Served(create_app(split, {"v": vec}, api_key=KEY, max_batch=4))
+    try:
+        client = served.client()
+        for steering, expected in (({"vector": "v", "strength": 3.0}, ta), (None, sl.generate(real_lm, prompts, None,
+                                                                                              max_new_tokens=6))):
+            r = client.chat.completions.create(model=split.model_id, messages=[{"role": "user", "content": prompts[0]}],
+                                               max_tokens=6, temperature=0,
+                                               extra_body={"steering": steering} if steering else None)
+            assert r.choices[0].message.content == expected[0]
+        served.idle()
+    finally:
+        served.stop()
     assert torch.allclose(torch.tensor(sa), torch.tensor(sb), atol=1e-4)  # the scoring engine
     assert torch.allclose(la, lb, atol=1e-4, rtol=1e-4)
     for layer in aa:
