@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import torch
@@ -122,6 +122,16 @@ class _Term:
     policy: str
     positional: bool
     gate: "_Gate | None" = None  # a condition decided inside the steered pass (rows where it fired)
+    copies: dict = field(default_factory=dict, repr=False)
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The delta on `device`, copied there once (blocks of a model spread over devices each get their
+        copy on first use, never one per step)."""
+        if self.delta.device == device:
+            return self.delta
+        if device not in self.copies:
+            self.copies[device] = self.delta.to(device)
+        return self.copies[device]
 
 
 class _Gate:
@@ -345,7 +355,7 @@ def _layer_hook(terms: list[_Term], state: _ForwardState):
         rows = h.shape[0]
         add = None
         for t in terms:
-            delta = t.delta.to(h.device)
+            delta = t.on(h.device)
             if delta.shape[0] not in (1, rows):
                 raise SteerlabError(f"per-row steering was set up for {delta.shape[0]} rows, but the batch has {rows}")
             if t.positional:

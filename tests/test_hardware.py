@@ -222,3 +222,12 @@ def test_cli_runtime_options_last_for_the_command_only(monkeypatch):
     res = runner.invoke(app, ["generate", "hi", "--device-map", "balanced", "--dtype", "bfloat16"])
     assert res.exit_code == 1 and "--device-map takes auto" in res.output
     assert "STEERLAB_DTYPE" not in os.environ and "STEERLAB_DEVICE_MAP" not in os.environ
+
+
+def test_a_steering_delta_is_copied_to_each_device_once():
+    from steerlab.steering import _Term
+
+    term = _Term(torch.ones(1, 1, 4), "all", False)
+    assert term.on(torch.device("cpu")) is term.delta
+    first = term.on(torch.device("meta"))
+    assert first.device.type == "meta" and term.on(torch.device("meta")) is first
