@@ -170,7 +170,9 @@ def server(vector_files, tmp_path_factory):
     log = tmp_path_factory.mktemp("playground_server") / "server.log"
     script = Path(sys.executable).with_name("steerlab")  # the installed command, as a user runs it
     launcher = [str(script)] if script.exists() else [sys.executable, "-c", "from steerlab.cli import main; main()"]
-    cmd = [*launcher, "serve", "--port", str(port), "--api-key", KEY,
+    # float32: the tests compare a batched answer with its solo rerun token for token, which is exact in
+    # float32 only (bfloat16, what --dtype auto picks on avx512_bf16 CPUs, rounds differently by batch shape)
+    cmd = [*launcher, "serve", "--port", str(port), "--api-key", KEY, "--dtype", "float32",
            *[a for name, path in vector_files.items() for a in ("--vector", f"{name}={path}")]]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("STEERLAB_API_KEY", None)
