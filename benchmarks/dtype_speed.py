@@ -27,7 +27,7 @@ torch.set_num_threads(int(sys.argv[4]))
 import steerlab as sl
 from steerlab.data import load_mwe
 from steerlab.engine import Setting, score
-from steerlab.cae.behaviour import scoring_items
+from steerlab.cae.prompts import scoring_items
 t = time.perf_counter()
 lm = sl.load_model(sys.argv[1] or None, dtype=sys.argv[2])
 load = time.perf_counter() - t

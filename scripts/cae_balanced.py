@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import steerlab as sl  # noqa: E402
 from steerlab import results  # noqa: E402
-from steerlab.cae.behaviour import load_behaviour  # noqa: E402
+from steerlab.cae.behaviour_data import load_behaviour  # noqa: E402
 from steerlab.cae.runs import CAEConfig, load_activations  # noqa: E402
 from steerlab.cae.sweeps import answer_balanced_vector, method_plan, run_plans  # noqa: E402
 

@@ -46,7 +46,7 @@ def balanced_effect(run_dir: Path, relative: float = 0.5, csv_name: str = "stren
     import numpy as np
     import pandas as pd
 
-    from steerlab.cae.behaviour import balanced_bootstrap_ci
+    from steerlab.cae.stats import balanced_bootstrap_ci
     from steerlab.data import load_mwe, resolve_behaviour
 
     csv = run_dir / csv_name

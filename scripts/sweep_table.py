@@ -9,7 +9,7 @@
 Default: one row per setting (score, effect vs unsteered, effect on items whose matching answer is A / B,
 answer-balanced effect, with 95% bootstrap intervals). `--by-layer`: one row per layer, +r and −r side by side.
 `--summary`: one row per layer sweep (named by its directory): the layer with the largest effect at +r, its
-effects at ±r, and each layer's sign verdict (`steerlab.cae.behaviour.sign_verdict`).
+effects at ±r, and each layer's sign verdict (`steerlab.cae.verdicts.sign_verdict`).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def by_layer(data: dict) -> list[str]:
 
 
 def summary(paths: list[Path]) -> list[str]:
-    from steerlab.cae.behaviour import sign_verdict
+    from steerlab.cae.verdicts import sign_verdict
 
     out = ["| sweep | unsteered [95%] | layer with the largest effect at +r | its effect at +r [95%] | at −r [95%] "
            "| answer-balanced ± | layers as trained / reversed / sign-blind |", "|---|---|---|---|---|---|---|"]

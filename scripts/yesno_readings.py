@@ -1,7 +1,7 @@
 """Which training reading makes a Yes/No CAA vector steer as trained? (issue: Yes/No reversal)
 
 For each behaviour, on one train/test split (seed 0), CAA vectors are trained with every reading of
-`steerlab.cae.behaviour.READINGS` (answer token, mean over the answer turn, end-of-turn token,
+`steerlab.cae.readings.READINGS` (answer token, mean over the answer turn, end-of-turn token,
 items recast as A/B), plus the answer reading with both matching answers weighted equally
 ("answer-bal"), and scored on the same test items, per layer, at relative strengths +r and -r:
 
@@ -187,8 +187,8 @@ def own_answer_diagnostic(lm, bh, acts, train, layers) -> dict:
 
 
 def verdict(row: dict) -> str:
-    """docs/findings.md's rule (`steerlab.cae.behaviour.sign_verdict`) on one result row."""
-    from steerlab.cae.behaviour import sign_verdict
+    """docs/findings.md's rule (`steerlab.cae.verdicts.sign_verdict`) on one result row."""
+    from steerlab.cae.verdicts import sign_verdict
 
     return sign_verdict(row["plus_low"], row["plus_high"], row["minus_effect"], row["minus_low"], row["minus_high"])
 

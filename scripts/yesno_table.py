@@ -19,8 +19,8 @@ MARK = {"as trained": " **T**", "reversed": " **R**", "sign-blind": " S", "uncle
 
 
 def verdict(r: dict) -> str:
-    """docs/findings.md's rule (`steerlab.cae.behaviour.sign_verdict`) on one result row."""
-    from steerlab.cae.behaviour import sign_verdict
+    """docs/findings.md's rule (`steerlab.cae.verdicts.sign_verdict`) on one result row."""
+    from steerlab.cae.verdicts import sign_verdict
 
     return sign_verdict(r["plus_low"], r["plus_high"], r["minus_effect"], r["minus_low"], r["minus_high"])
 

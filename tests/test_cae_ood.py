@@ -10,7 +10,7 @@ import torch
 import steerlab as sl
 from steerlab import results
 from steerlab.cae import ood as od
-from steerlab.cae.behaviour import steering_terms
+from steerlab.cae.strengths import steering_terms
 from steerlab.cae.judge import LocalJudge
 from steerlab.errors import DatasetError
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from steerlab.cae import behaviour as bh
-from steerlab.cae.behaviour import train_activations
+from steerlab.cae.readings import train_activations
 from steerlab.data import load_mwe
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@
     from steerlab.cae import CAEConfig, run_cae
     summary = run_cae(lm, CAEConfig("openness"), "runs/cae/openness")
 
-Modules, from the bottom: `behaviour` (behaviour scores with bootstrap intervals), `judge` (LLM
+Modules, from the bottom: `behaviour` (behaviour scores with bootstrap intervals; each job in its own module: `behaviour_data`, `prompts`, `strengths`, `stats`, `scoring`, `readings`, `verdicts`), `judge` (LLM
 judges), `sweeps` (layer, strength, sample-count and method sweeps), `ood` (out-of-distribution
 generations, judged and projected), `side_effects` (perplexity and KL cost), `summary` (a run
 directory's headline numbers), `report` (a run directory as one HTML/Markdown page) and `runs`

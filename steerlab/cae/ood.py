@@ -35,7 +35,8 @@ from ..errors import DatasetError, SteerlabError
 from ..generation import generate
 from ..vector import SteeringVector
 from .. import results
-from .behaviour import bootstrap_ci, steering_terms
+from .stats import bootstrap_ci
+from .strengths import steering_terms
 from .judge import Judge, JudgeRequest
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers

@@ -39,7 +39,9 @@ from ..engine import PairActivations
 from ..errors import OutputExistsError, SteerlabError
 from ..vector import SteeringVector
 from .. import results
-from .behaviour import load_behaviour, pair_residual_norms, train_activations
+from .behaviour_data import load_behaviour
+from .readings import train_activations
+from .strengths import pair_residual_norms
 from .judge import make_judge
 from .ood import OOD_KINDS, evaluate_ood, load_ood_cases, plot_ood
 from .side_effects import corpus_windows, measure_side_effects, write_side_effects
@@ -327,7 +329,7 @@ def run_cae(lm: LoadedModel,
     def chosen_alpha(layer: int, vec: SteeringVector) -> float:
         if not config.relative:
             return float(config.sweep_strength)
-        from .behaviour import raw_strength
+        from .strengths import raw_strength
 
         return raw_strength(config.sweep_strength, vec, layer, norms()[layer])
 
@@ -352,7 +354,7 @@ def run_cae(lm: LoadedModel,
         path = config.corpus or str(require_data_root(config.data_root) / "corpus" / "wikitext-2-test.txt")
         windows = corpus_windows(lm, path, n_tokens=config.ppl_tokens, window=config.ppl_window)
         if config.relative:
-            from .behaviour import raw_strength
+            from .strengths import raw_strength
 
             alphas = [raw_strength(r, vec, layer, norms()[layer]) for r in config.strengths]
             rels = list(config.strengths)

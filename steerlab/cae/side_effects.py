@@ -31,7 +31,7 @@ from ..errors import DatasetError, SteerlabError
 from ..steering import steer
 from ..vector import SteeringVector
 from .. import results
-from .behaviour import bootstrap_ci
+from .stats import bootstrap_ci
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel

@@ -32,7 +32,9 @@ from ..engine import PairActivations, ScoreTable, Setting, extract_pair_activati
 from ..errors import SteerlabError
 from ..vector import SteeringVector
 from .. import results
-from .behaviour import BehaviourResult, direction_norm, raw_strength, scoring_items, steering_terms
+from .prompts import scoring_items
+from .scoring import BehaviourResult
+from .strengths import direction_norm, raw_strength, steering_terms
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel
@@ -113,7 +115,7 @@ def run_plans(lm: LoadedModel, items: Sequence[BehaviourItem], plans: Sequence[S
     """
     import time
 
-    from .behaviour import summarize
+    from .scoring import summarize
 
     if not plans:
         raise SteerlabError("no sweeps to run")

@@ -47,7 +47,9 @@ def prepare(behaviour: str, n_train: int, n_test: int, seed: int, layers: Option
             reading: Optional[str] = None) -> Prepared:
     """Data errors, then a bad vector file, fail before the model loads; then the vector: --vector's
     (checked against the model and the layers) or CAA trained on the train split (kept in `save_to`)."""
-    from ..cae.behaviour import READINGS, load_behaviour, reading_activations, residual_norms
+    from ..cae.behaviour_data import load_behaviour
+    from ..cae.readings import READINGS, reading_activations
+    from ..cae.strengths import residual_norms
 
     if reading is not None and reading not in READINGS:
         raise SteerlabError(f"unknown --reading '{reading}': choose one of {', '.join(READINGS)}")
@@ -129,7 +131,8 @@ def score(
 
     def body():
         _begin(run, out, _files("score"))
-        from ..cae.behaviour import load_behaviour, score_behaviour
+        from ..cae.behaviour_data import load_behaviour
+        from ..cae.scoring import score_behaviour
         from ..cae.sweeps import strength_plan
 
         if layer is None:
@@ -307,7 +310,7 @@ def ood(
 
     def body():
         _begin(run, out, ["ood.json"])
-        from ..cae.behaviour import raw_strength
+        from ..cae.strengths import raw_strength
         from ..cae.ood import evaluate_ood, load_ood_cases, load_ood_file, plot_ood
 
         name = Path(behaviour).stem
@@ -341,7 +344,7 @@ def judge_check(
     def body():
         _begin(run, out, ["judge_check.json"])
         from .. import results
-        from ..cae.behaviour import load_behaviour
+        from ..cae.behaviour_data import load_behaviour
         from ..cae.judge import check_judge
 
         data = load_behaviour(behaviour, n, 1, seed=seed)
@@ -378,7 +381,7 @@ def side_effects(
 
     def body():
         _begin(run, out, _files("side_effects"))
-        from ..cae.behaviour import raw_strength
+        from ..cae.strengths import raw_strength
         from ..cae.side_effects import corpus_windows, measure_side_effects, write_side_effects
         from ..data.io import require_data_root
 
@@ -440,7 +443,7 @@ def run_suite(
 
     def body():
         set_runtime(threads, device, dtype, device_map)
-        from ..cae.behaviour import load_behaviour
+        from ..cae.behaviour_data import load_behaviour
         from ..cae.runs import CAEConfig, run_cae
 
         n_layers = peek_layers(model)

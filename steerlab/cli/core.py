@@ -69,7 +69,7 @@ def _check_sign(lm, vec, held) -> None:
 
     with console.status(f"measuring the vector on {len(held)} held-apart items…"):
         if isinstance(held[0], BehaviourItem):
-            from ..cae.behaviour import sign_check
+            from ..cae.verdicts import sign_check
 
             rows = sign_check(lm, vec, held)
         else:

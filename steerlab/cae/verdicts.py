@@ -1,0 +1,58 @@
+"""Does a vector move held-apart items the way it was trained? Sign verdicts from effects at +r and -r."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from ..data.records import BehaviourItem
+from ..vector import SteeringVector
+from .scoring import score_behaviour
+from .strengths import behaviour_setting, raw_strength, residual_norms
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
+
+def sign_verdict(plus_low: float, plus_high: float, minus_effect: float, minus_low: float, minus_high: float) -> str:
+    """How a vector acts, from its effects at +r (95% interval) and -r: "as trained" (+r raises the score,
+    interval above 0, and -r lowers it), "reversed" (+r lowers it, interval below 0, and -r raises it),
+    "sign-blind" (both raise or both lower it, both intervals excluding 0), else "unclear"."""
+    if plus_low > 0 and minus_effect < 0:
+        return "as trained"
+    if plus_high < 0 and minus_effect > 0:
+        return "reversed"
+    if (plus_low > 0 and minus_low > 0) or (plus_high < 0 and minus_high < 0):
+        return "sign-blind"
+    return "unclear"
+
+
+def sign_check(lm: LoadedModel,
+               vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
+               strength: float = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
+    """Does +strength move held-apart items the way the vector was trained? One row per layer.
+
+    Each layer is steered alone at relative strengths +strength and -strength (alpha * ||v_L|| =
+    r * mean ||h_L|| at the answer-predicting token of `items`), all in one engine call. Row fields:
+    layer, effect_plus/low/high, effect_minus/low/high, and verdict: "as trained" (+r raises the
+    behaviour score, interval above 0, and -r lowers it), "reversed" (+r lowers it, interval below 0,
+    and -r raises it), "sign-blind" (both raise or both lower it, both intervals excluding 0) or
+    "unclear".
+    """
+    layers = list(vector.layers if layers is None else layers)
+    norms = residual_norms(lm, items[:64], layers)
+    settings, meta = [], []
+    for l in layers:
+        for r in (strength, -strength):
+            settings.append(behaviour_setting(vector, l, raw_strength(r, vector, l, norms[l]), items[0].kind, positions,
+                                              label=f"L{l} r={r:+g}"))
+            meta.append({"layer": l, "relative": r})
+    res = score_behaviour(lm, items, settings, meta, n_boot=n_boot)
+    rows = []
+    for l in layers:
+        plus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] > 0)
+        minus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] < 0)
+        verdict = sign_verdict(plus.effect_low, plus.effect_high, minus.effect, minus.effect_low, minus.effect_high)
+        rows.append({"layer": l, "effect_plus": plus.effect, "plus_low": plus.effect_low, "plus_high": plus.effect_high,
+                     "effect_minus": minus.effect, "minus_low": minus.effect_low, "minus_high": minus.effect_high,
+                     "verdict": verdict, "unsteered": res.unsteered().score, "n_items": len(items)})
+    return rows
