@@ -192,10 +192,9 @@ def test_model_split_with_disk_offload_steers_and_captures_like_the_whole_model(
         outs.append((logits, acts, text, table.to_frame()["logprob"].to_numpy()))
     (la, aa, ta, sa), (lb, ab, tb, sb) = outs
     # the server (continuous batching with a KV cache) on the split model: a steered and an unsteered request
-    from steerlab.serve import create_app
-    from test_serve_api import KEY, Served
+    from test_serve_api import KEY, Served, make_app
 
-    served = Served(create_app(split, {"v": vec}, api_key=KEY, max_batch=4))
+    served = Served(make_app("builtin", split, {"v": vec}, api_key=KEY, max_batch=4))
     try:
         client = served.client()
         for steering, expected in (({"vector": "v", "strength": 3.0}, ta), (None, sl.generate(real_lm, prompts, None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -21,6 +22,25 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 from steerlab.serve import create_app  # noqa: E402
+from steerlab.serve.engines import build_engine  # noqa: E402
+
+# The engines these server tests run against: STEERLAB_TEST_ENGINES="builtin,vllm" runs every test that takes
+# `engine_name` once per engine (the vLLM one in the steerlab[vllm] venv); engine-internal tests stay builtin.
+TEST_ENGINES = [e.strip() for e in os.environ.get("STEERLAB_TEST_ENGINES", "builtin").split(",") if e.strip()]
+
+
+def make_app(engine_name: str, lm, vectors, *, max_batch: int = 32, max_queue: int = 256, window_s: float = 0.01,
+             **app_kw):
+    """`create_app` on engine `engine_name` built for `lm` (`window_s` is the built-in engine's own knob)."""
+    options = {"max_batch": max_batch, "max_queue": max_queue}
+    if engine_name == "builtin":
+        options["window_s"] = window_s
+    return create_app(build_engine(engine_name, lm, **options), vectors, **app_kw)
+
+
+@pytest.fixture(scope="module", params=TEST_ENGINES)
+def engine_name(request):
+    return request.param
 
 KEY = "test-key"
 PROMPTS = ["How was your weekend?", "Tell me about the sea.", "What is a good breakfast?", "Hi there"]
@@ -55,10 +75,10 @@ class Served:
         return httpx.request(method, self.url + path, headers=headers, timeout=kw.pop("timeout", 60), **kw)
 
     def idle(self, timeout=30):
-        s = self.app.state.scheduler
+        s = self.app.state.engine
         deadline = time.monotonic() + timeout
         while s.active or s.queued:
-            assert time.monotonic() < deadline, "scheduler still busy"
+            assert time.monotonic() < deadline, "engine still busy"
             time.sleep(0.01)
 
     def stop(self):
@@ -76,8 +96,8 @@ def vectors(tiny_lm, vec_factory):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_lm, vectors):
-    s = Served(create_app(tiny_lm, dict(vectors), api_key=KEY, max_new_tokens_limit=64, max_batch=8,
+def served(engine_name, tiny_lm, vectors):
+    s = Served(make_app(engine_name, tiny_lm, dict(vectors), api_key=KEY, max_new_tokens_limit=64, max_batch=8,
                           max_body_bytes=64 << 10, max_upload_bytes=1 << 20))
     yield s
     s.stop()
@@ -441,8 +461,8 @@ def test_burst_with_disconnects_and_garbage_then_healthy(served, tiny_lm, vector
     assert chat(served.client(), tiny_lm, PROMPTS[0], n=3).choices[0].message.content == solo(tiny_lm, vectors, PROMPTS[0], n=3)
 
 
-def test_queue_full_is_429_and_shutdown_503(tiny_lm, vectors):
-    s = Served(create_app(tiny_lm, dict(vectors), max_batch=1, max_queue=1, window_s=0.0))
+def test_queue_full_is_429_and_shutdown_503(engine_name, tiny_lm, vectors):
+    s = Served(make_app(engine_name, tiny_lm, dict(vectors), max_batch=1, max_queue=1, window_s=0.0))
     try:
         results = {}
 
@@ -461,7 +481,7 @@ def test_queue_full_is_429_and_shutdown_503(tiny_lm, vectors):
         assert codes.count(200) >= 2 and 429 in codes, results
         assert all(ra == "1" for c, ra in results.values() if c == 429)
         s.idle()
-        s.app.state.scheduler.begin_shutdown()
+        s.app.state.engine.begin_shutdown()
         r = s.http("POST", "/v1/chat/completions", key=None, json=_chat_body(tiny_lm))
         assert r.status_code == 503 and r.headers["retry-after"]
         assert httpx.get(s.url + "/health").json()["status"] == "shutting_down"
@@ -469,8 +489,30 @@ def test_queue_full_is_429_and_shutdown_503(tiny_lm, vectors):
         s.stop()
 
 
-def test_graceful_shutdown_finishes_in_flight_requests(tiny_lm, vectors):
-    s = Served(create_app(tiny_lm, dict(vectors), window_s=0.0, shutdown_grace_s=20))
+def test_a_burst_that_fits_the_free_slots_is_served(engine_name, tiny_lm, vectors):
+    """40 requests at once, 32 free batch slots and --max-queue 8: every one is served (the queue limit counts
+    only requests waiting beyond the free slots). The built-in engine's 1 s batching window holds the burst
+    in its queue, as a loaded machine does."""
+    s = Served(make_app(engine_name, tiny_lm, dict(vectors), max_batch=32, max_queue=8, window_s=1.0))
+    try:
+        codes: dict = {}
+
+        def send(i):
+            r = s.http("POST", "/v1/chat/completions", key=None, json=_chat_body(tiny_lm, max_tokens=2))
+            codes[i] = r.status_code
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(codes.values()) == [200] * 40, codes
+    finally:
+        s.stop()
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(engine_name, tiny_lm, vectors):
+    s = Served(make_app(engine_name, tiny_lm, dict(vectors), window_s=0.0, shutdown_grace_s=20))
     out = {}
 
     def send():
@@ -479,7 +521,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_lm, vectors):
     with slowed(tiny_lm, 0.02):
         t = threading.Thread(target=send)
         t.start()
-        while s.app.state.scheduler.active == 0:
+        while s.app.state.engine.active == 0:
             time.sleep(0.01)
         s.stop()
         t.join(30)
@@ -494,6 +536,21 @@ def test_serve_cli_refuses_a_missing_vector_before_serving(tmp_path):
     r = CliRunner().invoke(app, ["serve", "--vector", f"calm={tmp_path / 'missing.safetensors'}"])
     assert r.exit_code == 1 and "vector file not found" in r.output and "Traceback" not in r.output
     assert "--api-key" in CliRunner().invoke(app, ["serve", "--help"]).output
+
+
+def test_serve_cli_names_an_unknown_or_missing_engine_in_one_line():
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--engine", "nope"])
+    assert r.exit_code == 1 and "unknown engine 'nope'" in r.output and "Traceback" not in r.output
+    if importlib.util.find_spec("vllm") is None:  # the steerlab[vllm] venv runs the engine instead
+        r = CliRunner().invoke(app, ["serve", "--engine", "vllm"])
+        assert r.exit_code == 1 and 'pip install "steerlab[vllm]"' in r.output and "Traceback" not in r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_parse_and_load_vector_specs(tmp_path, tiny_lm, vectors):

@@ -17,8 +17,7 @@ from steerlab.data.prompt_sets import load_condition_harmful
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
-from steerlab.serve import create_app  # noqa: E402
-from test_serve_api import KEY, Served, _SERVERS  # noqa: E402
+from test_serve_api import KEY, Served, _SERVERS, make_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 N = 8
@@ -33,7 +32,7 @@ def setup(real_lm, vec_factory):
     loud = next(c.prompt for c in checks[:8] if c.fired)
     quiet = next(c.prompt for c in checks[8:] if not c.fired)
     vec = vec_factory(real_lm, [10], seed=5, scale=2.0)
-    served = Served(create_app(real_lm, {"v": vec, "harmful": cond}, api_key=KEY, max_new_tokens_limit=32,
+    served = Served(make_app("builtin", real_lm, {"v": vec, "harmful": cond}, api_key=KEY, max_new_tokens_limit=32,
                                max_batch=8))
     yield served, vec, leaf, loud, quiet
     served.stop()

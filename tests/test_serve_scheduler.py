@@ -1,6 +1,7 @@
-"""The continuous-batching scheduler: rows with different steering, positions and lengths share forward
-passes, join and leave between steps, and each greedy row gets exactly what `steerlab.generate` gives
-for its prompt alone; seeded sampled rows are the same alone and batched."""
+"""The built-in engine's continuous batching: rows with different steering, positions and lengths share
+forward passes, join and leave between steps, and each greedy row gets exactly what `steerlab.generate`
+gives for its prompt alone; seeded sampled rows are the same alone and batched. Driven through the
+engine seam (`EngineRequest` in, typed events out)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.serve.sampling import Sampler
-from steerlab.serve.scheduler import Job, QueueFull, Scheduler, ShuttingDown
-from steerlab.serve.row_steering import SteeringRequestError, batch_terms, resolve
+from steerlab.serve.engines.base import (Failed, Finished, QueueFull, SamplingSettings, ShuttingDown, TextDelta)
+from steerlab.serve.engines.builtin import BuiltinEngine
+from steerlab.serve.engines.builtin.rows import batch_terms
+from steerlab.serve.prompts import engine_request
+from steerlab.serve.resolve import SteeringRequestError, resolve
 from steerlab.serve.text import TextTracker
 
 PROMPTS = ["How was your weekend?", "Tell me about the sea.", "What is a good breakfast?", "Hi",
@@ -30,28 +33,41 @@ class Collector:
     def __init__(self):
         self.events, self.done, self.started = [], threading.Event(), threading.Event()
 
-    def __call__(self, kind, payload):
-        self.events.append((kind, payload))
-        if kind == "text":
+    def __call__(self, event):
+        self.events.append(event)
+        if isinstance(event, TextDelta):
             self.started.set()
-        if kind in ("done", "error"):
+        if isinstance(event, (Finished, Failed)):
             self.done.set()
 
     @property
-    def result(self):
-        kind, payload = self.events[-1]
-        assert kind == "done", payload
-        return payload
+    def result(self) -> Finished:
+        assert isinstance(self.events[-1], Finished), self.events[-1]
+        return self.events[-1]
 
     @property
     def streamed(self):
-        return "".join(p for k, p in self.events if k == "text")
+        return "".join(e.text for e in self.events if isinstance(e, TextDelta))
 
 
-def job(lm, vectors, prompt, spec, n, sampler=None, stop=None):
+class Req:
+    """A request not yet submitted: `submit(engine)` queues it and keeps its handle."""
+
+    def __init__(self, request, collector):
+        self.request, self.collector, self.handle = request, collector, None
+
+    def submit(self, engine):
+        self.handle = engine.submit(self.request, self.collector)
+        return self.handle
+
+    def cancel(self):
+        self.handle.cancel()
+
+
+def job(lm, vectors, prompt, spec, n, sampling=None, stop=None):
     c = Collector()
-    j = Job(sl.encode(lm, [prompt], extra_tokens=n), resolve(spec, vectors, lm), n, sampler or Sampler(), c, stop or [])
-    return j, c
+    settings = SamplingSettings(n, stop=tuple(stop or ()), **(sampling or {}))
+    return Req(engine_request(sl.encode(lm, [prompt], extra_tokens=n), "r", settings, resolve(spec, vectors, lm)), c), c
 
 
 def solo(lm, vectors, prompt, spec, n, **kw):
@@ -74,7 +90,7 @@ CASES = [
 def test_mixed_rows_joining_and_leaving_match_solo(tiny_lm, vectors):
     """7 requests, max_batch 3, staggered arrivals: rows join a running batch and leave it at different
     steps, with unsteered / steered / several vectors / three policies / a layer subset / lengths 3-10."""
-    sched = Scheduler(tiny_lm, max_batch=3, window_s=0.0)
+    sched = BuiltinEngine(tiny_lm, max_batch=3, window_s=0.0)
     jobs = [job(tiny_lm, vectors, p, spec, n) for p, spec, n in CASES]
     made = [c for _, c in jobs]
     try:
@@ -83,15 +99,15 @@ def test_mixed_rows_joining_and_leaving_match_solo(tiny_lm, vectors):
         for i, (j, _) in enumerate(jobs):
             if i >= 3:
                 assert made[i - 2].started.wait(60) or made[i - 2].done.wait(0)
-            sched.submit(j)
+            j.submit(sched)
         for c in made:
             assert c.done.wait(60)
     finally:
         sched.close(1)
     for (p, spec, n), c in zip(CASES, made):
-        assert c.result["text"] == solo(tiny_lm, vectors, p, spec, n), (p, spec)
-        assert c.result["completion_tokens"] == n and c.result["finish_reason"] == "length"
-        assert c.streamed == c.result["text"]
+        assert c.result.text == solo(tiny_lm, vectors, p, spec, n), (p, spec)
+        assert c.result.completion_tokens == n and c.result.finish_reason == "length"
+        assert c.streamed == c.result.text
     # shared forward passes: far fewer calls than one per row per token
     assert sched.forward_calls < sum(n for _, _, n in CASES) / 2
 
@@ -102,21 +118,21 @@ def test_steering_changes_the_output(tiny_lm, vectors):
 
 def test_seeded_sampling_is_the_same_alone_and_batched(tiny_lm, vectors):
     def run(batched: bool):
-        sched = Scheduler(tiny_lm, max_batch=8, window_s=0.05)
+        sched = BuiltinEngine(tiny_lm, max_batch=8, window_s=0.05)
         try:
-            j, c = job(tiny_lm, vectors, PROMPTS[0], [{"vector": "a", "strength": 2}], 8, Sampler(1.0, 0.9, seed=7, top_k=50))
+            j, c = job(tiny_lm, vectors, PROMPTS[0], [{"vector": "a", "strength": 2}], 8, dict(temperature=1.0, top_p=0.9, seed=7, top_k=50))
             others = []
             if batched:
                 for p in PROMPTS[1:4]:
-                    o, oc = job(tiny_lm, vectors, p, [{"vector": "b", "strength": 1}], 6, Sampler(0.8, 1.0, seed=3))
+                    o, oc = job(tiny_lm, vectors, p, [{"vector": "b", "strength": 1}], 6, dict(temperature=0.8, top_p=1.0, seed=3))
                     others.append((o, oc))
             for o, _ in others[:2]:
-                sched.submit(o)
-            sched.submit(j)
+                o.submit(sched)
+            j.submit(sched)
             for o, _ in others[2:]:
-                sched.submit(o)
+                o.submit(sched)
             assert c.done.wait(60)
-            return c.result["text"]
+            return c.result.text
         finally:
             sched.close(2)
 
@@ -128,57 +144,75 @@ def test_seeded_sampling_is_the_same_alone_and_batched(tiny_lm, vectors):
 
 
 def test_cancel_frees_the_row_and_others_finish(tiny_lm, vectors):
-    sched = Scheduler(tiny_lm, max_batch=4, window_s=0.0)
+    sched = BuiltinEngine(tiny_lm, max_batch=4, window_s=0.0)
     try:
         long_job, long_c = job(tiny_lm, vectors, PROMPTS[0], [], 80)
         short_job, short_c = job(tiny_lm, vectors, PROMPTS[1], [{"vector": "a", "strength": 5}], 6)
-        sched.submit(long_job)
-        sched.submit(short_job)
+        long_job.submit(sched)
+        short_job.submit(sched)
         long_job.cancel()
         assert long_c.done.wait(30) and short_c.done.wait(30)
     finally:
         sched.close(1)  # before steerlab.generate runs the same model
-    assert long_c.result["finish_reason"] == "cancelled" and long_c.result["completion_tokens"] < 80
-    assert short_c.result["text"] == solo(tiny_lm, vectors, PROMPTS[1], [{"vector": "a", "strength": 5}], 6)
+    assert long_c.result.finish_reason == "cancelled" and long_c.result.completion_tokens < 80
+    assert short_c.result.text == solo(tiny_lm, vectors, PROMPTS[1], [{"vector": "a", "strength": 5}], 6)
 
 
 def test_queue_limit_and_shutdown(tiny_lm, vectors):
-    sched = Scheduler(tiny_lm, max_batch=1, max_queue=1, window_s=0.0)
+    sched = BuiltinEngine(tiny_lm, max_batch=1, max_queue=1, window_s=0.0)
     first, c1 = job(tiny_lm, vectors, PROMPTS[0], [], 40)
-    sched.submit(first)
+    first.submit(sched)
     while sched.active == 0:  # the first is running; the next one waits
         time.sleep(0.005)
     waiting, c2 = job(tiny_lm, vectors, PROMPTS[1], [], 3)
-    sched.submit(waiting)
+    waiting.submit(sched)
     with pytest.raises(QueueFull):
-        sched.submit(job(tiny_lm, vectors, PROMPTS[2], [], 3)[0])
+        job(tiny_lm, vectors, PROMPTS[2], [], 3)[0].submit(sched)
     sched.close(grace_s=30)  # graceful: both finish
-    assert c1.result["completion_tokens"] == 40 and c2.result["completion_tokens"] == 3
+    assert c1.result.completion_tokens == 40 and c2.result.completion_tokens == 3
     with pytest.raises(ShuttingDown):
-        sched.submit(job(tiny_lm, vectors, PROMPTS[2], [], 3)[0])
+        job(tiny_lm, vectors, PROMPTS[2], [], 3)[0].submit(sched)
+
+
+def test_admission_counts_the_queue_beyond_free_slots(tiny_lm, vectors):
+    """A burst of 40 with 32 free slots and max_queue 8 is taken whole (32 run, 8 wait); the 41st is refused.
+    The 1 s batching window keeps the whole burst waiting when it arrives."""
+    sched = BuiltinEngine(tiny_lm, max_batch=32, max_queue=8, window_s=1.0)
+    burst = [job(tiny_lm, vectors, PROMPTS[i % len(PROMPTS)], [], 2) for i in range(41)]
+    try:
+        for j, _ in burst[:40]:
+            j.submit(sched)
+        assert sched.queued == 40 and sched.active == 0
+        with pytest.raises(QueueFull):
+            burst[40][0].submit(sched)
+        for _, c in burst[:40]:
+            assert c.done.wait(60)
+    finally:
+        sched.close(1)
+    assert all(c.result.completion_tokens == 2 for _, c in burst[:40])
 
 
 def test_shutdown_without_grace_cancels_with_an_error(tiny_lm, vectors):
-    sched = Scheduler(tiny_lm, max_batch=1, window_s=0.0)
+    sched = BuiltinEngine(tiny_lm, max_batch=1, window_s=0.0)
     j, c = job(tiny_lm, vectors, PROMPTS[0], [], 80)
-    sched.submit(j)
+    j.submit(sched)
     sched.close(grace_s=0)
     assert c.done.wait(10)
-    assert c.events[-1][0] == "error" and c.events[-1][1]["status"] == 503
+    assert isinstance(c.events[-1], Failed) and c.events[-1].status == 503
 
 
 def test_stop_strings_cut_the_text(tiny_lm, vectors):
     full = solo(tiny_lm, vectors, PROMPTS[1], [{"vector": "a", "strength": 5}], 8)
     stop = full[3:5]
-    sched = Scheduler(tiny_lm, max_batch=2, window_s=0.0)
+    sched = BuiltinEngine(tiny_lm, max_batch=2, window_s=0.0)
     try:
         j, c = job(tiny_lm, vectors, PROMPTS[1], [{"vector": "a", "strength": 5}], 8, stop=[stop])
-        sched.submit(j)
+        j.submit(sched)
         assert c.done.wait(30)
     finally:
         sched.close(1)
-    assert c.result["text"] == full[:full.find(stop)] and c.result["finish_reason"] == "stop"
-    assert c.streamed == c.result["text"]
+    assert c.result.text == full[:full.find(stop)] and c.result.finish_reason == "stop"
+    assert c.streamed == c.result.text
 
 
 def test_text_tracker_streams_a_prefix_of_the_final_text(tokenizer):
@@ -220,20 +254,20 @@ def test_embedded_model_batched_rows_equal_solo(real_lm, vec_factory):
     vecs = {"x": vec_factory(real_lm, [10], seed=5, scale=0.2), "y": vec_factory(real_lm, [12], seed=6, scale=0.2)}
     cases = [(PROMPTS[0], [{"vector": "x", "strength": 6}], 10), (PROMPTS[1], [], 7),
              (PROMPTS[2], [{"vector": "y", "strength": -6, "positions": "all"}], 10)]
-    sched = Scheduler(real_lm, max_batch=4, window_s=0.05)
+    sched = BuiltinEngine(real_lm, max_batch=4, window_s=0.05)
     try:
         made = []
         for p, spec, n in cases:
             j, c = job(real_lm, vecs, p, spec, n)
-            sched.submit(j)
+            j.submit(sched)
             made.append(c)
         for c in made:
             assert c.done.wait(300)
     finally:
         sched.close(1)
     for (p, spec, n), c in zip(cases, made):
-        assert c.result["text"] == solo(real_lm, vecs, p, spec, n)
-    assert made[0].result["text"] != solo(real_lm, vecs, PROMPTS[0], [], 10)
+        assert c.result.text == solo(real_lm, vecs, p, spec, n)
+    assert made[0].result.text != solo(real_lm, vecs, PROMPTS[0], [], 10)
 
 
 def test_sliding_window_caches_run_in_cohorts_and_match_solo(tokenizer, vec_factory):
@@ -242,7 +276,7 @@ def test_sliding_window_caches_run_in_cohorts_and_match_solo(tokenizer, vec_fact
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from steerlab.layers import find_decoder_blocks
-    from steerlab.serve import kvcache
+    from steerlab.serve.engines.builtin import kvcache
 
     cfg = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
@@ -256,12 +290,12 @@ def test_sliding_window_caches_run_in_cohorts_and_match_solo(tokenizer, vec_fact
     vecs = {"a": vec_factory(lm, [1, 2], seed=1, scale=4.0)}
     cases = [(PROMPTS[0], [{"vector": "a", "strength": 5}], 9), (PROMPTS[1], [], 4),
              (PROMPTS[2], [{"vector": "a", "strength": -3, "positions": "all"}], 6), (PROMPTS[3], [], 5)]
-    sched = Scheduler(lm, max_batch=2, window_s=0.0)
+    sched = BuiltinEngine(lm, max_batch=2, window_s=0.0)
     try:
         made = []
         for p, spec, n in cases:
             j, c = job(lm, vecs, p, spec, n)
-            sched.submit(j)
+            j.submit(sched)
             made.append(c)
             time.sleep(0.01)
         for c in made:
@@ -269,4 +303,4 @@ def test_sliding_window_caches_run_in_cohorts_and_match_solo(tokenizer, vec_fact
     finally:
         sched.close(1)
     for (p, spec, n), c in zip(cases, made):
-        assert c.result["text"] == solo(lm, vecs, p, spec, n)
+        assert c.result.text == solo(lm, vecs, p, spec, n)

@@ -56,11 +56,12 @@ def check_server(lm, vectors: dict) -> tuple[bool, str]:
     import uvicorn
 
     from steerlab.serve import create_app
+    from steerlab.serve.engines.builtin import BuiltinEngine
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(lm, vectors, max_batch=8), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(BuiltinEngine(lm, max_batch=8), vectors), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

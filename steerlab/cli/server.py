@@ -26,6 +26,8 @@ def serve(
                                           "on every route but /health (default: $STEERLAB_API_KEY, else none)."),
     shutdown_grace_s: float = typer.Option(10.0, help="On SIGINT/SIGTERM, seconds running requests get to finish."),
     allow_other_model: bool = typer.Option(False, help="Serve vectors made for another model family."),
+    engine: str = typer.Option("builtin", help="What runs the model: builtin (continuous batching in this process, "
+                               "the default) or vllm (vLLM's engine; needs steerlab[vllm])."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
@@ -44,15 +46,24 @@ def serve(
             raise SteerlabError('the server needs FastAPI and uvicorn: pip install "steerlab[server]"') from None
         from ..serve import create_app, load_vectors
         from ..serve.app import run
+        from ..serve.engines import build_engine, engine_module
 
-        lm = load_model(model)
-        vectors = load_vectors(vector, lm, allow_other_model=allow_other_model)
-        api = create_app(lm, vectors, api_key=api_key or None, max_batch=max_batch, max_queue=max_queue,
-                         window_s=batch_window_ms / 1000, max_new_tokens_limit=max_new_tokens_limit,
+        engine_module(engine)  # before the load: an unknown engine or a missing vLLM is one line, at once
+        if engine == "builtin":
+            running = build_engine(engine, load_model(model), max_batch=max_batch, max_queue=max_queue,
+                                   window_s=batch_window_ms / 1000)
+        else:
+            running = build_engine(engine, model, max_batch=max_batch, max_queue=max_queue)
+        try:
+            vectors = load_vectors(vector, running.model, allow_other_model=allow_other_model)
+        except BaseException:
+            running.close(0)
+            raise
+        api = create_app(running, vectors, api_key=api_key or None, max_new_tokens_limit=max_new_tokens_limit,
                          max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
                          allow_other_model=allow_other_model, shutdown_grace_s=shutdown_grace_s)
-        say(f"serving {lm.model_id} with vectors: {', '.join(vectors) or 'none'} on http://{host}:{port}/v1"
-            + (" (API key required)" if api_key else ""))
+        say(f"serving {running.model.model_id} on the {engine} engine with vectors: {', '.join(vectors) or 'none'} "
+            f"on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
         run(api, host=host, port=port, shutdown_grace_s=shutdown_grace_s)
 
     run_command(body)

@@ -1,10 +1,13 @@
-"""`steerlab serve`: an OpenAI-compatible HTTP server with per-request steering and continuous batching.
+"""`steerlab serve`: an OpenAI-compatible HTTP server with per-request steering, over an engine seam.
 
-Modules, one job each: `app` (FastAPI routes), `openai_schema` (request/response models),
-`prompts` (messages → token rows, off the generation thread), `row_steering` (request steering →
-per-row terms), `scheduler` (continuous batching), `kvcache` (the batched cache rows join and leave),
-`sampling` (per-row token choice), `text` (incremental text, stop strings), `registry` (vectors at
-run time), `limits` (body size, API key), `metrics` (Prometheus text). Routes: API.md.
+Routes, limits, auth, the vector registry, metrics, the playground and the OpenAI schema are written
+once against `engines.base.Engine`; an engine turns engine-neutral requests (token ids, user/prompt
+boundaries, sampling settings, resolved steering terms) into typed events. Modules, one job each:
+`app` (FastAPI routes), `openai_schema` (request/response models), `prompts` (messages → token rows →
+engine requests, off the engine's thread), `resolve` (the `steering` field → `SteeringTerm`s), `text`
+(incremental text, stop strings), `registry` (vectors at run time), `limits` (body size, API key),
+`metrics` (Prometheus text); `engines.base` (the seam), `engines.builtin` (the default engine:
+continuous batching with per-row steering), `engines.vllm` (the `steerlab[vllm]` extra). Routes: API.md.
 """
 
 from .registry import load_vectors, parse_vector_spec

@@ -1,9 +1,10 @@
 """The FastAPI app: OpenAI-compatible routes, the vector registry, /metrics and /health (see API.md).
 
 Request handling never touches the model: a request is validated (schema, model name, steering,
-limits), tokenized on a worker thread and checked against the context, then queued for the
-scheduler's generation thread, whose events come back through an asyncio queue. A client that goes
-away (before or during a stream) cancels its row at the next decoding step.
+limits), tokenized on a worker thread and checked against the context, then submitted to the engine
+(`engines.base.Engine`: the built-in one or vLLM) as an engine-neutral request, whose typed events
+come back through an asyncio queue. A client that goes away (before or during a stream) cancels its
+request.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,14 +26,11 @@ from ..errors import PromptTooLongError, SteerlabError, VectorError
 from . import openai_schema as oa
 from .limits import BearerAuth, BodyLimit
 from .metrics import Metrics, route_label
-from .prompts import chat_prompt, completion_prompt, encode_one, max_token_chars, request_model
+from .engines.base import (ConditionsDecided, Engine, EngineEvent, Failed, Finished, FirstToken, QueueFull,
+                           RequestHandle, SamplingSettings, ShuttingDown, SteeringTerm, TextDelta)
+from .prompts import chat_prompt, completion_prompt, encode_one, engine_request, max_token_chars
 from .registry import Registry, describe
-from .sampling import Sampler, default_top_k
-from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
-from .row_steering import SteeringRequestError, resolve
-
-if TYPE_CHECKING:  # the type only: importing models would load transformers
-    from ..models import LoadedModel
+from .resolve import SteeringRequestError, resolve
 
 log = logging.getLogger("steerlab.serve")
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
@@ -87,48 +85,57 @@ class _JobStream(StreamingResponse):
 
 
 class _Pending:
-    """Events from the generation thread for one request, delivered on the event loop."""
+    """Events from the engine's thread for one request, delivered on the event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.first_at: Optional[float] = None
+        self.submitted = time.monotonic()
+        self.handle: Optional[RequestHandle] = None
+        self.conditions: Optional[ConditionsDecided] = None
 
-    def emit(self, kind: str, payload) -> None:
+    def emit(self, event: EngineEvent) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # the loop is gone (shutdown): nobody is waiting
             pass
 
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
 
-def with_conditions(steering: list[dict], result: dict) -> list[dict]:
-    """The steering echo with each conditional term's decision (`fired`, `condition_scores`)."""
-    out = [dict(t) for t in steering]
-    for c in result.get("conditions") or []:
-        out[c["index"]].update(fired=c["fired"], condition_scores=c["scores"])
-    return out
+    def note(self, event: EngineEvent) -> None:
+        """Keep what the response needs from an event that is not text (first token time, conditions)."""
+        if isinstance(event, FirstToken):
+            self.first_at = event.at
+        elif isinstance(event, ConditionsDecided):
+            self.conditions = event
 
 
-def create_app(lm: LoadedModel,
-               vectors=None, *, api_key: Optional[str] = None, max_batch: int = 32, max_queue: int = 256,
-               window_s: float = 0.01, max_new_tokens_limit: int = 512,
+def echo(terms: list[SteeringTerm], decided: Optional[ConditionsDecided]) -> list[dict]:
+    """The response's `steering` field: each term, with its condition's decision (`fired`,
+    `condition_scores`) once the engine has decided it."""
+    return [{**t.describe(), **(decided.echo(t, k) if decided is not None else {})} for k, t in enumerate(terms)]
+
+
+def create_app(engine: Engine, vectors=None, *, api_key: Optional[str] = None, max_new_tokens_limit: int = 512,
                default_max_tokens: int = oa.DEFAULT_MAX_TOKENS, max_body_bytes: int = 1 << 20,
-               max_upload_bytes: int = 32 << 20, allow_other_model: bool = False, shutdown_grace_s: float = 10.0,
-               max_prefill_tokens: int = 16384) -> FastAPI:
-    """A FastAPI app serving `lm` with the named `vectors` (more can be registered at run time)."""
+               max_upload_bytes: int = 32 << 20, allow_other_model: bool = False,
+               shutdown_grace_s: float = 10.0) -> FastAPI:
+    """A FastAPI app serving `engine`'s model with the named `vectors` (more can be registered at run time).
+    The app owns the engine from now on: it closes it on shutdown."""
+    lm = engine.model
     registry = Registry(lm, vectors, allow_other_model=allow_other_model)
     metrics = Metrics()
-    scheduler = Scheduler(lm, max_batch=max_batch, max_queue=max_queue, window_s=window_s,
-                          max_prefill_tokens=max_prefill_tokens, metrics=metrics)
+    engine.on_batch(metrics.observe_batch)
     tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steerlab-tokenize")
-    req_lm = request_model(lm)
-    tokenize_pool.submit(max_token_chars, req_lm.tokenizer)  # the early length bound, off the request path
+    tokenize_pool.submit(max_token_chars, lm.tokenizer)  # the early length bound, off the request path
     model_id = lm.model_id
     started = int(time.time())
-    top_k = default_top_k(lm.model)
     metrics.gauges.update({
-        "steerlab_queue_depth": lambda: scheduler.queued,
-        "steerlab_active_rows": lambda: scheduler.active,
+        "steerlab_queue_depth": lambda: engine.queued,
+        "steerlab_active_rows": lambda: engine.active,
         "steerlab_registered_vectors": lambda: len(registry),
         "steerlab_vector_bytes": registry.total_bytes,
     })
@@ -138,12 +145,12 @@ def create_app(lm: LoadedModel,
         try:
             yield
         finally:
-            await asyncio.to_thread(scheduler.close, shutdown_grace_s)
+            await asyncio.to_thread(engine.close, shutdown_grace_s)
             tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="steerlab", description="OpenAI-compatible generation with activation steering per request.",
                   lifespan=lifespan)
-    app.state.scheduler, app.state.registry, app.state.metrics = scheduler, registry, metrics
+    app.state.engine, app.state.registry, app.state.metrics = engine, registry, metrics
 
     # -- errors: always OpenAI-shaped JSON, never a stack trace ---------------------------------------
     @app.exception_handler(ApiError)
@@ -172,7 +179,7 @@ def create_app(lm: LoadedModel,
         return _error_response(500, f"internal error: {type(e).__name__}", "server_error")
 
     # -- the generation routes ---------------------------------------------------------------------
-    async def prepare(body, chat: bool) -> tuple[Job, _Pending, list[dict]]:
+    async def prepare(body, chat: bool) -> tuple[_Pending, list[SteeringTerm]]:
         bad = body.unsupported()
         if bad:
             raise ApiError(400, bad[1], param=bad[0])
@@ -190,10 +197,10 @@ def create_app(lm: LoadedModel,
 
         def build():
             if chat:
-                prompt = chat_prompt(req_lm, body.messages)
+                prompt = chat_prompt(lm, body.messages)
             else:
-                prompt = completion_prompt(req_lm, body.prompt_text())
-            return encode_one(req_lm, prompt, max_new)
+                prompt = completion_prompt(lm, body.prompt_text())
+            return encode_one(lm, prompt, max_new)
 
         loop = asyncio.get_running_loop()
         try:
@@ -207,11 +214,11 @@ def create_app(lm: LoadedModel,
             raise ApiError(400, f"the prompt could not be tokenized: {type(e).__name__}: {e}",
                            param="messages" if chat else "prompt")
         pending = _Pending(loop)
-        sampler = Sampler(body.temperature, body.top_p, body.seed, body.top_k if body.top_k is not None else top_k,
-                          lm.device)
-        job = Job(enc, terms, max_new, sampler, pending.emit, body.stop_list(), ignore_eos=body.ignore_eos)
+        sampling = SamplingSettings(max_new, body.temperature, body.top_p, body.top_k, body.seed,
+                                    tuple(body.stop_list()), body.ignore_eos)
+        request = engine_request(enc, oa.new_id("req"), sampling, terms)
         try:
-            scheduler.submit(job)
+            pending.handle = engine.submit(request, pending.emit)
         except QueueFull as e:
             metrics.observe_reject("queue_full")
             raise ApiError(429, f"the server is busy ({e}); retry shortly", code="queue_full", type_="rate_limit_error",
@@ -219,38 +226,38 @@ def create_app(lm: LoadedModel,
         except ShuttingDown as e:
             metrics.observe_reject("shutting_down")
             raise ApiError(503, str(e), code="shutting_down", headers={"Retry-After": "5"})
-        return job, pending, [t.describe() for t in terms]
+        return pending, terms
 
-    def finished(job: Job, pending: _Pending, result: dict) -> None:
-        ttft = pending.first_at - job.submitted if pending.first_at else None
-        metrics.observe_done(result, time.monotonic() - job.submitted, ttft, bool(job.terms))
+    def finished(pending: _Pending, result: Finished, steered: bool) -> None:
+        ttft = pending.first_at - pending.submitted if pending.first_at else None
+        metrics.observe_done(result.prompt_tokens, result.completion_tokens, time.monotonic() - pending.submitted,
+                             ttft, steered)
 
-    async def wait_result(request: Request, job: Job, pending: _Pending) -> Optional[dict]:
+    async def wait_result(request: Request, pending: _Pending, steered: bool) -> Optional[Finished]:
         next_check = time.monotonic() + DISCONNECT_POLL_S
         try:
             while True:
                 try:
-                    kind, payload = await asyncio.wait_for(pending.queue.get(), DISCONNECT_POLL_S)
+                    event = await asyncio.wait_for(pending.queue.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
-                    kind, payload = None, None
+                    event = None
                 if time.monotonic() >= next_check:  # on a clock, not only when no events come
                     next_check = time.monotonic() + DISCONNECT_POLL_S
                     if await request.is_disconnected():
-                        job.cancel()
+                        pending.cancel()
                         metrics.observe_cancel()
                         return None
-                if kind == "first":
-                    pending.first_at = payload
-                elif kind == "done":
-                    finished(job, pending, payload)
-                    return payload
-                elif kind == "error":
-                    raise ApiError(payload["status"], payload["message"])
+                pending.note(event)
+                if isinstance(event, Finished):
+                    finished(pending, event, steered)
+                    return event
+                if isinstance(event, Failed):
+                    raise ApiError(event.status, event.message)
         except asyncio.CancelledError:
-            job.cancel()
+            pending.cancel()
             raise
 
-    def sse(job: Job, pending: _Pending, chat: bool, rid: str, steering: list[dict], include_usage: bool):
+    def sse(pending: _Pending, chat: bool, rid: str, terms: list[SteeringTerm], include_usage: bool):
         created = int(time.time())
 
         def event(obj) -> str:
@@ -263,39 +270,42 @@ def create_app(lm: LoadedModel,
 
         state = {"done": False}
 
-        def close() -> None:  # runs however the response ends; a client that left cancels its row
+        def close() -> None:  # runs however the response ends; a client that left cancels its request
             if not state["done"]:
                 state["done"] = True
-                job.cancel()
+                pending.cancel()
                 metrics.observe_cancel()
 
         async def stream():
             try:
                 if chat:
                     first = oa.chat_chunk(rid, model_id, created, role="assistant", content="")
-                    first["steering"] = steering
+                    first["steering"] = echo(terms, None)
                     yield event(first)
                 while True:
-                    kind, payload = await pending.queue.get()
-                    if kind == "first":
-                        pending.first_at = payload
-                    elif kind == "text":
-                        yield event(piece(payload))
-                    elif kind == "done":
+                    ev = await pending.queue.get()
+                    pending.note(ev)
+                    if isinstance(ev, TextDelta):
+                        chunk = piece(ev.text)
+                        if ev.readout is not None:  # read-out (CAST issue): this delta's tokens' projections
+                            chunk["readout"] = ev.readout
+                        yield event(chunk)
+                    elif isinstance(ev, Finished):
                         state["done"] = True
-                        finished(job, pending, payload)
-                        last = piece(None if chat else "", payload["finish_reason"])
-                        if payload.get("conditions"):  # decided at prefill: the echo's fired/score
-                            last["steering"] = with_conditions(steering, payload)
+                        finished(pending, ev, bool(terms))
+                        last = piece(None if chat else "", ev.finish_reason)
+                        if pending.conditions is not None:  # decided at prefill: the echo's fired/score
+                            last["steering"] = echo(terms, pending.conditions)
+                        if ev.readout is not None:  # the whole prompt's and generation's projections
+                            last["readout"] = ev.readout
                         yield event(last)
                         if include_usage:
-                            yield event(piece(usage_=oa.usage(payload["prompt_tokens"], payload["completion_tokens"]),
-                                              empty=True))
+                            yield event(piece(usage_=oa.usage(ev.prompt_tokens, ev.completion_tokens), empty=True))
                         yield "data: [DONE]\n\n"
                         return
-                    elif kind == "error":
+                    elif isinstance(ev, Failed):
                         state["done"] = True
-                        yield event(oa.error_body(payload["message"], "server_error"))
+                        yield event(oa.error_body(ev.message, "server_error"))
                         yield "data: [DONE]\n\n"
                         return
             finally:
@@ -305,16 +315,19 @@ def create_app(lm: LoadedModel,
                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def complete(request: Request, body, chat: bool):
-        job, pending, steering = await prepare(body, chat)
+        pending, terms = await prepare(body, chat)
         rid = oa.new_id("chatcmpl" if chat else "cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return sse(job, pending, chat, rid, steering, include_usage)
-        result = await wait_result(request, job, pending)
+            return sse(pending, chat, rid, terms, include_usage)
+        result = await wait_result(request, pending, bool(terms))
         if result is None:
             return Response(status_code=499)
         build = oa.chat_completion if chat else oa.text_completion
-        return JSONResponse(build(rid, model_id, result, with_conditions(steering, result)))
+        out = build(rid, model_id, result, echo(terms, pending.conditions))
+        if result.readout is not None:  # read-out (CAST issue): the whole prompt's and generation's projections
+            out["readout"] = result.readout
+        return JSONResponse(out)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: oa.ChatCompletionRequest, request: Request):
@@ -339,9 +352,9 @@ def create_app(lm: LoadedModel,
 
     @app.get("/health")
     async def health():
-        return {"status": "shutting_down" if scheduler.closing else "ok", "model": model_id,
-                "n_layers": lm.n_layers, "hidden_size": lm.hidden_size, "active": scheduler.active,
-                "queued": scheduler.queued, "vectors": len(registry)}
+        return {"status": "shutting_down" if engine.closing else "ok", "model": model_id,
+                "n_layers": lm.n_layers, "hidden_size": lm.hidden_size, "active": engine.active,
+                "queued": engine.queued, "vectors": len(registry)}
 
     @app.get("/metrics")
     async def metrics_route():
@@ -415,7 +428,7 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, shutdown_gra
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.scheduler.begin_shutdown()
+            app.state.engine.begin_shutdown()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,

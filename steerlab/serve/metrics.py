@@ -63,10 +63,11 @@ class Metrics:
         with self._lock:
             self.batch.observe(rows)
 
-    def observe_done(self, result: dict, latency_s: float, ttft_s: float | None, steered: bool) -> None:
+    def observe_done(self, prompt_tokens: int, completion_tokens: int, latency_s: float, ttft_s: float | None,
+                     steered: bool) -> None:
         with self._lock:
-            self.prompt_tokens += result["prompt_tokens"]
-            self.completion_tokens += result["completion_tokens"]
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
             self.latency.observe(latency_s)
             if ttft_s is not None:
                 self.ttft.observe(ttft_s)

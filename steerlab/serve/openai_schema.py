@@ -162,21 +162,23 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def _reason(r: str) -> str:
-    return r if r in ("stop", "length") else "stop"
+    return r if r in ("stop", "length", "content_filter") else "stop"
 
 
-def chat_completion(rid: str, model: str, result: dict, steering: list[dict]) -> dict:
+def chat_completion(rid: str, model: str, result, steering: list[dict]) -> dict:
+    """`result`: the engine's `Finished` event."""
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
-                         "logprobs": None, "finish_reason": _reason(result["finish_reason"])}],
-            "usage": usage(result["prompt_tokens"], result["completion_tokens"]), "steering": steering}
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "logprobs": None, "finish_reason": _reason(result.finish_reason)}],
+            "usage": usage(result.prompt_tokens, result.completion_tokens), "steering": steering}
 
 
-def text_completion(rid: str, model: str, result: dict, steering: list[dict]) -> dict:
+def text_completion(rid: str, model: str, result, steering: list[dict]) -> dict:
+    """`result`: the engine's `Finished` event."""
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": result["text"], "logprobs": None,
-                         "finish_reason": _reason(result["finish_reason"])}],
-            "usage": usage(result["prompt_tokens"], result["completion_tokens"]), "steering": steering}
+            "choices": [{"index": 0, "text": result.text, "logprobs": None,
+                         "finish_reason": _reason(result.finish_reason)}],
+            "usage": usage(result.prompt_tokens, result.completion_tokens), "steering": steering}
 
 
 def chat_chunk(rid: str, model: str, created: int, *, content: Optional[str] = None, role: Optional[str] = None,

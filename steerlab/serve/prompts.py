@@ -1,4 +1,5 @@
-"""Request text → a one-row `EncodedBatch`, on a worker thread (never the generation thread).
+"""Request text → a one-row `EncodedBatch` → the seam's `EngineRequest`, on a worker thread (never the
+engine's). `lm` here is the engine's `ModelInfo` (a tokenizer of its own, no weights) or a `LoadedModel`.
 
 A chat request with one user message is formatted exactly as `steerlab.generate` formats a plain
 prompt (`format_prompt`), so its output can equal `steerlab.generate` for that prompt; a longer
@@ -10,13 +11,11 @@ A completion request is a raw prompt (no template). Length is checked against th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import copy
-import dataclasses
+from typing import TYPE_CHECKING, Sequence
 
 from ..encoding import EncodedBatch, Prompt, encode, format_prompt
 from ..errors import PromptTooLongError, SteerlabError
+from .engines.base import EngineRequest, SamplingSettings, SteeringTerm
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel
@@ -24,14 +23,6 @@ if TYPE_CHECKING:  # the type only: importing models would load transformers
 
 class PromptError(SteerlabError):
     """The messages cannot be made into a prompt for this model (answered with 400)."""
-
-
-def request_model(lm: LoadedModel):
-    """A view of `lm` with its own tokenizer copy: request threads never share the generation thread's."""
-    try:
-        return dataclasses.replace(lm, tokenizer=copy.deepcopy(lm.tokenizer))
-    except Exception:  # an object that is not the LoadedModel dataclass: share it
-        return lm
 
 
 def _check_text(text: str) -> str:
@@ -83,6 +74,18 @@ def max_token_chars(tokenizer) -> int:
         except Exception:  # a tokenizer without these methods: no early bound
             _MAX_TOKEN_CHARS[key] = 0
     return _MAX_TOKEN_CHARS[key]
+
+
+def engine_request(enc: EncodedBatch, request_id: str, sampling: SamplingSettings,
+                   steering: Sequence[SteeringTerm] = ()) -> EngineRequest:
+    """A one-row encoding (`encode_one`, `steerlab.encode`) as the seam's engine-neutral request: its token
+    ids and the boundaries the position policies need (`encoding.after_user_start`, computed here once)."""
+    if len(enc) != 1:
+        raise ValueError(f"an engine request is one prompt, got a batch of {len(enc)}")
+    n = int(enc.lengths[0])
+    ids = enc.input_ids[0, enc.input_ids.shape[1] - n:].tolist()
+    return EngineRequest(request_id, tuple(int(t) for t in ids), int(enc.user_start[0]), int(enc.after_user_start[0]),
+                         sampling, tuple(steering))
 
 
 def encode_one(lm: LoadedModel, prompt: Prompt, max_new_tokens: int) -> EncodedBatch:

@@ -69,9 +69,12 @@ class SteeringTerm:
         return h.hexdigest()[:16]
 
     def describe(self) -> dict:
-        """The echo of this term in a response's `steering` field."""
-        return {"vector": self.name, "strength": self.strength, "layers": list(self.layers),
-                "positions": self.positions}
+        """The echo of this term in a response's `steering` field (the condition as a request writes it)."""
+        out = {"vector": self.name, "strength": self.strength, "layers": list(self.layers),
+               "positions": self.positions}
+        if self.condition is not None:
+            out["condition"] = condition_spec(self.condition)
+        return out
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class SamplingSettings:
     max_new_tokens: int
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
-    top_k: int = 0  # 0 = off
+    top_k: Optional[int] = None  # None = the model's default (as `model.generate`); 0 = off
     seed: Optional[int] = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
@@ -139,8 +142,15 @@ class ConditionsDecided:
     """Sent once, after prefill, for a request with conditional terms: per term index, whether it fired,
     and per condition name its score."""
 
-    fired: tuple[bool, ...]
+    fired: tuple[Optional[bool], ...]  # one per steering term; None for a term without a condition
     scores: dict[str, float]
+
+    def echo(self, term: SteeringTerm, index: int) -> dict:
+        """What the `steering` echo adds for term `index`: `fired` and its own conditions' scores."""
+        if index >= len(self.fired) or self.fired[index] is None or term.condition is None:
+            return {}
+        names = condition_names(term.condition)
+        return {"fired": self.fired[index], "condition_scores": {n: self.scores[n] for n in names if n in self.scores}}
 
 
 @dataclass(frozen=True)
@@ -153,7 +163,8 @@ class TextDelta:
 @dataclass(frozen=True)
 class Finished:
     text: str
-    finish_reason: Literal["stop", "length", "content_filter"]
+    # "cancelled": the request was cancelled (its client went away); no route answers with it
+    finish_reason: Literal["stop", "length", "content_filter", "cancelled"]
     prompt_tokens: int
     completion_tokens: int
     readout: Optional[dict[str, dict[str, list[float]]]] = None  # whole prompt + generation
@@ -176,6 +187,29 @@ class ShuttingDown(Exception):
     """The engine is stopping (answered with 503 and Retry-After)."""
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the request side knows of the served model: no weights, only what prompts, vector checks
+    (`SteeringVector.check_compatible`), /v1/models and /health need. A `LoadedModel` has the same fields."""
+
+    model_id: str
+    family: str
+    n_layers: int
+    hidden_size: int
+    max_context: Optional[int]
+    tokenizer: object  # a transformers tokenizer, the request side's own copy
+    use_chat_template: bool
+
+    @classmethod
+    def of(cls, lm) -> "ModelInfo":
+        """From a `LoadedModel` (or anything with these fields), with its own copy of the tokenizer: request
+        threads tokenize while the engine's thread decodes, and a fast tokenizer is not safe to share."""
+        import copy
+
+        return cls(lm.model_id, lm.family, lm.n_layers, lm.hidden_size, lm.max_context, copy.deepcopy(lm.tokenizer),
+                   lm.use_chat_template)
+
+
 @runtime_checkable
 class RequestHandle(Protocol):
     def cancel(self) -> None:
@@ -188,6 +222,7 @@ class Engine(Protocol):
     engine's own thread (the caller hops them onto its event loop)."""
 
     name: str  # "builtin" or "vllm"
+    model: ModelInfo
 
     def submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None]) -> RequestHandle:
         """Queue `request`; raises QueueFull or ShuttingDown."""
@@ -211,6 +246,10 @@ class Engine(Protocol):
     def close(self, grace_s: float = 10.0) -> None:
         """Wait up to `grace_s` for running requests, then fail the rest (503) and release the model."""
 
+    def on_batch(self, observe: Callable[[int], None]) -> None:
+        """Call `observe(rows)` for each forward pass (the batch-size histogram of /metrics); an engine that
+        cannot see its batches never calls it."""
+
 
 def vector_digest(vector: SteeringVector) -> str:
     """sha256 of a vector's tensors (layer order fixed), for fingerprints and worker-side caches."""
@@ -224,6 +263,25 @@ def vector_digest(vector: SteeringVector) -> str:
     return h.hexdigest()
 
 
+def condition_spec(c: Condition):
+    """A condition tree as a request writes it: a name, {"and"|"or": [...]} or {"not": ...}."""
+    if isinstance(c, ConditionLeaf):
+        return c.name
+    if c.op == "not":
+        return {"not": condition_spec(c.children[0])}
+    return {c.op: [condition_spec(x) for x in c.children]}
+
+
+def condition_names(c: Condition) -> list[str]:
+    """The condition vectors' names in a tree, each once, in order."""
+    if isinstance(c, ConditionLeaf):
+        return [c.name]
+    out: list[str] = []
+    for x in c.children:
+        out += [n for n in condition_names(x) if n not in out]
+    return out
+
+
 def _condition_repr(c: Condition) -> str:
     if isinstance(c, ConditionLeaf):
         return f"{c.name}:{vector_digest(c.vector)[:16]}"
@@ -232,5 +290,5 @@ def _condition_repr(c: Condition) -> str:
 
 __all__ = ["Engine", "EngineRequest", "EngineEvent", "SteeringTerm", "ReadoutSpec", "SamplingSettings",
            "Condition", "ConditionLeaf", "ConditionNode", "FirstToken", "ConditionsDecided", "TextDelta",
-           "Finished", "Failed", "QueueFull", "ShuttingDown", "RequestHandle", "steering_positions",
-           "vector_digest"]
+           "Finished", "Failed", "QueueFull", "ShuttingDown", "RequestHandle", "ModelInfo", "steering_positions",
+           "vector_digest", "condition_spec", "condition_names", "PolicyName"]

@@ -1,20 +1,21 @@
-"""Per-request steering: resolve what a request asks for against the registered vectors, and turn the
-rows of a running batch into `steerlab.Steering` terms with one vector and strength per row.
+"""Per-request steering: what a request's `steering` field asks for, checked against the registered
+vectors and the model, becomes the seam's `SteeringTerm`s (the one shape a term has inside the server,
+whatever engine runs it); conditions become `ConditionLeaf` / `ConditionNode` trees.
 
-The batch terms go through `steerlab.steer.apply_steering`, so the position policies ("all",
-"after_user", "last_prompt") and ActAdd per-position vectors mean exactly what they mean in
-`steerlab.generate`; the scheduler only supplies the rows' token boundaries.
+Defaults a request omits come from the vector's metadata (`steerlab.Steering.from_vector`), so a
+term means what it means in `steerlab.generate`. Every mistake is a `SteeringRequestError` naming the
+field (400, or 404 for an unknown vector), never a failure inside an engine.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
-from ..errors import SteerlabError
+from ..errors import SteerlabError, VectorError
 from ..steering import POLICIES, Steering
 from ..vector import SteeringVector
+from .engines.base import Condition, ConditionLeaf, ConditionNode, SteeringTerm
 
 MAX_TERMS = 8  # steering objects per request
 MAX_ABS_STRENGTH = 1000.0  # |strength| above this is refused (vectors are un-normalised; typical values are 1-20)
@@ -29,39 +30,18 @@ class SteeringRequestError(SteerlabError):
         self.param = param
 
 
-@dataclass(frozen=True)
-class RowTerm:
-    """One resolved steering term of one request: the vector restricted to the chosen layers."""
-
-    name: str
-    vector: SteeringVector
-    strength: float
-    layers: tuple[int, ...]
-    positions: str
-    condition: object | None = None  # a steerlab.condition.Condition, decided at prefill from the prompt
-    condition_spec: object | None = None  # as the request wrote it (the echo)
-
-    def describe(self) -> dict:
-        out = {"vector": self.name, "strength": self.strength, "layers": list(self.layers),
-               "positions": self.positions}
-        if self.condition_spec is not None:
-            out["condition"] = self.condition_spec
-        return out
-
-
 MAX_CONDITION_LEAVES = 8
 MAX_CONDITION_DEPTH = 4
 
 
-def parse_condition(spec, vectors: dict[str, SteeringVector], lm, param: str):
+def parse_condition(spec, vectors: dict[str, SteeringVector], lm, param: str) -> Condition:
     """A request's condition (a registered condition vector's name, or {"and"|"or": [...]} / {"not": ...}
-    of them) → a steerlab.condition.Condition; SteeringRequestError naming what is wrong."""
-    from ..condition import AllOf, AnyOf, ConditionVector, Not
-    from ..errors import VectorError
+    of them) → a condition tree; SteeringRequestError naming what is wrong."""
+    from ..condition import rule_of
 
     leaves = [0]
 
-    def build(node, depth: int):
+    def build(node, depth: int) -> Condition:
         if depth > MAX_CONDITION_DEPTH:
             raise SteeringRequestError(f"condition nests deeper than {MAX_CONDITION_DEPTH} levels", param=param)
         if isinstance(node, str):
@@ -72,28 +52,28 @@ def parse_condition(spec, vectors: dict[str, SteeringVector], lm, param: str):
                 served = ", ".join(sorted(vectors)) or "none"
                 raise SteeringRequestError(f"no condition vector named '{node}' (served: {served})", 404, param)
             try:
-                leaf = ConditionVector(vectors[node], node)
-                leaf.vector.check_compatible(lm, allow_other_family=True)
+                rule_of(vectors[node])  # a condition vector, with a usable decision rule
+                vectors[node].check_compatible(lm, allow_other_family=True)
             except VectorError as e:
                 raise SteeringRequestError(f"'{node}': {e}", param=param) from None
-            return leaf
+            return ConditionLeaf(node, vectors[node])
         if isinstance(node, dict) and len(node) == 1:
             (op, arg), = node.items()
             if op == "not":
-                return Not(build(arg, depth + 1))
+                return ConditionNode("not", (build(arg, depth + 1),))
             if op in ("and", "or"):
                 if not isinstance(arg, list) or not arg:
                     raise SteeringRequestError(f"'{op}' takes a non-empty list of conditions", param=param)
-                children = [build(a, depth + 1) for a in arg]
-                return AllOf(children) if op == "and" else AnyOf(children)
+                return ConditionNode(op, tuple(build(a, depth + 1) for a in arg))
         raise SteeringRequestError('a condition is a vector name or {"and": [...]}, {"or": [...]}, {"not": ...}',
                                    param=param)
 
     return build(spec, 0)
 
 
-def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> list[RowTerm]:
-    """Request steering objects ({vector, strength?, layers?, positions?, condition?}) → checked RowTerms.
+def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> list[SteeringTerm]:
+    """Request steering objects ({vector, strength?, layers?, positions?, condition?}) → checked terms
+    (`lm`: the served model's `ModelInfo`, or a `LoadedModel`).
 
     What a request omits comes from the vector's metadata (`Steering.from_vector`)."""
     if len(specs) > MAX_TERMS:
@@ -142,26 +122,5 @@ def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> li
         spec_condition = spec.get("condition")
         condition = None if spec_condition is None else \
             parse_condition(spec_condition, vectors, lm, f"{param}.condition")
-        out.append(RowTerm(name, sub, strength, chosen, st.positions, condition, spec_condition))
-    return out
-
-
-def batch_terms(rows: Sequence[Sequence[RowTerm]]) -> list[Steering]:
-    """The steering of a whole batch: per (term index, policy), one Steering with a vector per row.
-
-    A row without a k-th term (or whose k-th term has another policy) gets None (no steering) in that
-    Steering; rows that are not steered at all add nothing. An all-unsteered batch gives []."""
-    keys: list[tuple[int, str]] = []
-    for terms in rows:
-        for k, t in enumerate(terms):
-            if (k, t.positions) not in keys:
-                keys.append((k, t.positions))
-    out = []
-    for k, policy in keys:
-        vecs, strengths = [], []
-        for terms in rows:
-            t = terms[k] if k < len(terms) and terms[k].positions == policy else None
-            vecs.append(t.vector if t is not None else None)
-            strengths.append(t.strength if t is not None else 0.0)
-        out.append(Steering(vecs, strengths, None, policy))
+        out.append(SteeringTerm(name, sub, strength, chosen, st.positions, condition))
     return out

@@ -1,4 +1,5 @@
-"""Continuous batching with per-row steering, on one generation thread that owns the model.
+"""The built-in engine: continuous batching with per-row steering, on one generation thread that owns
+the model (plain PyTorch and transformers; the default engine, no extra install).
 
 Each loop iteration (1) admits waiting requests, prefilling them together as one left-padded batch
 with their own steering, and splices their KV cache into the running batch; (2) runs one decoding
@@ -7,10 +8,10 @@ sampling settings and `max_tokens`; (3) drops the rows that finished (EOS, `max_
 string, or a client that went away). So requests join and leave between steps, and a long request
 never holds back short ones.
 
-Steering goes through `steerlab.steer.apply_steering` with the rows' own token boundaries (an
-`EncodedBatch` stacked from each request's encoding), and every forward call gets the 2-D attention
-mask and per-row position ids, so positions are those `steerlab.generate` uses for the prompt alone.
-Greedy rows therefore produce what they produce alone (tests/test_serve_scheduler.py).
+Steering goes through `steerlab.steering.apply_steering` with the rows' own token boundaries (an
+`EncodedBatch` stacked from each request's one-row encoding), and every forward call gets the 2-D
+attention mask and per-row position ids, so positions are those `steerlab.generate` uses for the
+prompt alone. Greedy rows therefore produce what they produce alone (tests/test_serve_scheduler.py).
 
 Steering hooks live on the shared model, which is why only this thread ever runs it.
 """
@@ -22,80 +23,60 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
-from ..activations import last_logits_only
-from ..encoding import EncodedBatch
-from ..steering import apply_steering
+from ....activations import last_logits_only
+from ....encoding import EncodedBatch
+from ....steering import apply_steering
+from ...text import TextTracker
+from ..base import (ConditionsDecided, EngineEvent, EngineRequest, Failed, Finished, FirstToken, ModelInfo,
+                    QueueFull, ShuttingDown, SteeringTerm, TextDelta)
 from . import kvcache
-from .sampling import Sampler, pick_tokens
-from .row_steering import RowTerm, batch_terms
-from .text import TextTracker
+from .rows import batch_terms, encoded_row, stack_rows, to_condition
+from .sampling import Sampler, default_top_k, pick_tokens
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
-    from ..models import LoadedModel
+    from ....models import LoadedModel
 
 log = logging.getLogger("steerlab.serve")
 
 
-class QueueFull(Exception):
-    """The waiting queue is at its limit (answered with 429 and Retry-After)."""
-
-
-class ShuttingDown(Exception):
-    """The server is stopping (answered with 503 and Retry-After)."""
-
-
 @dataclass
 class Job:
-    """One generation request as the scheduler runs it.
+    """One request as the engine runs it (also its `RequestHandle`): events go to `emit`, from the
+    generation thread."""
 
-    `emit(kind, payload)` is called from the generation thread: ("first", monotonic time) at the first
-    token, ("text", piece) while generating, then
-    once ("done", {"text", "finish_reason", "prompt_tokens", "completion_tokens"}) or
-    ("error", {"status": 500 or 503, "message": ...}).
-    """
-
-    enc: EncodedBatch  # the prompt alone: one row, no padding (from steerlab.encode)
-    terms: list[RowTerm]
-    max_new_tokens: int
+    request: EngineRequest
+    enc: EncodedBatch  # the prompt alone: one row, no padding
     sampler: Sampler
-    emit: Callable[[str, object], None]
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    emit: Callable[[EngineEvent], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
-    # per conditional term (by its index in the request): {"index", "fired", "scores"}, decided at prefill
-    conditions: list[dict] = field(default_factory=list)
+    # the terms this row runs with: conditional ones are decided at prefill, and dropped if they did not fire
+    terms: list[SteeringTerm] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.terms = list(self.request.steering)
 
     @property
     def prompt_tokens(self) -> int:
-        return int(self.enc.input_ids.shape[1])
+        return self.request.prompt_tokens
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.request.sampling.max_new_tokens
 
     def cancel(self) -> None:
         self.cancelled.set()
 
 
-def stack_rows(encs: list[EncodedBatch], pad_id: int) -> EncodedBatch:
-    """One left-padded EncodedBatch from single-row ones (every field: 2-D ones padded on the left)."""
-    width = max(int(e.input_ids.shape[1]) for e in encs)
-    values = {}
-    for f in fields(EncodedBatch):
-        parts = [getattr(e, f.name) for e in encs]
-        if isinstance(parts[0], torch.Tensor) and parts[0].dim() == 2:
-            fill = pad_id if f.name == "input_ids" else 0
-            parts = [torch.nn.functional.pad(p, (width - p.shape[1], 0), value=fill) for p in parts]
-        values[f.name] = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else parts[0]
-    return EncodedBatch(**values)
-
-
 class _Row:
     def __init__(self, job: Job, tokenizer, eos: set[int]):
         self.job = job
-        self.tracker = TextTracker(tokenizer, job.stop)
+        self.tracker = TextTracker(tokenizer, list(job.request.sampling.stop))
         self.eos = eos
         self.generated = 0
         self.last = -1
@@ -112,13 +93,13 @@ class _Row:
         self.last = token
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-            self.job.emit("first", self.first_token_at)
+            self.job.emit(FirstToken(self.first_token_at))
         if token in self.eos:
             self.finish("stop")
             return
         piece = self.tracker.add(token)
         if piece:
-            self.job.emit("text", piece)
+            self.job.emit(TextDelta(piece))
         if self.tracker.stopped:
             self.finish("stop")
         elif self.generated >= self.job.max_new_tokens:
@@ -130,10 +111,8 @@ class _Row:
         self.done = True
         rest = self.tracker.finish()
         if rest:
-            self.job.emit("text", rest)
-        self.job.emit("done", {"text": self.tracker.text, "finish_reason": reason,
-                               "prompt_tokens": self.job.prompt_tokens, "completion_tokens": self.generated,
-                               "conditions": self.job.conditions})
+            self.job.emit(TextDelta(rest))
+        self.job.emit(Finished(self.tracker.text, reason, self.job.prompt_tokens, self.generated))
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -143,31 +122,36 @@ def _eos_ids(lm: LoadedModel) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-class Scheduler:
-    """The generation thread: a bounded waiting queue in front of a continuously batched decoder.
+class BuiltinEngine:
+    """The built-in `Engine`: a bounded waiting queue in front of a continuously batched decoder.
 
     Args:
+        lm: the loaded model (this engine's thread is the only one that runs it).
         max_batch: most rows decoded together.
-        max_queue: most requests waiting to join; beyond it `submit` raises QueueFull.
+        max_queue: most requests waiting beyond the free batch slots; beyond it `submit` raises QueueFull
+            (a burst that fits the free slots is never refused, whatever this limit).
         window_s: when idle, how long the first request waits for others to prefill with it.
         max_prefill_tokens: most padded prompt tokens prefilled in one forward call.
-        metrics: a `Metrics` (optional).
     """
 
-    def __init__(self, lm, *, max_batch: int = 32, max_queue: int = 256, window_s: float = 0.01,
-                 max_prefill_tokens: int = 16384, metrics=None):
+    name = "builtin"
+
+    def __init__(self, lm: LoadedModel, *, max_batch: int = 32, max_queue: int = 256, window_s: float = 0.01,
+                 max_prefill_tokens: int = 16384):
         if max_batch < 1 or max_queue < 0:
             raise ValueError("max_batch must be >= 1 and max_queue >= 0")
         self.lm = lm
+        self.model = ModelInfo.of(lm)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.window_s = window_s
         self.max_prefill_tokens = max_prefill_tokens
-        self.metrics = metrics
         self.eos = _eos_ids(lm)
+        self.top_k = default_top_k(lm.model)
         self.pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         params = inspect.signature(lm.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._observe_batch: Optional[Callable[[int], None]] = None
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
@@ -177,21 +161,34 @@ class Scheduler:
         self._steer = None  # steering hooks for the current rows' decoding steps
         self._closing = False
         self._abort = False
-        self._admitting = False  # jobs taken from the queue, not yet rows
+        self._admitting = 0  # jobs taken from the queue, not yet rows
         self.forward_calls = 0
         self.steps = 0
         self._thread = threading.Thread(target=self._loop, name="steerlab-generate", daemon=True)
         self._thread.start()
 
     # -- the request side -------------------------------------------------------------------------
-    def submit(self, job: Job) -> None:
+    def submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None]) -> Job:
+        """Queue `request` (its events go to `emit`, from the generation thread); the Job is its handle."""
+        s = request.sampling
+        sampler = Sampler(s.temperature, s.top_p, s.seed, self.top_k if s.top_k is None else s.top_k, self.lm.device)
+        job = Job(request, encoded_row(request), sampler, emit)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
+            # the limit counts requests that must wait for a slot: those beyond the free ones
+            if len(self._waiting) >= self.max_queue + self._free_slots():
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
             self._waiting.append(job)
             self._cond.notify()
+        return job
+
+    def _free_slots(self) -> int:
+        """Batch slots a waiting request can take at the next admission (none while an unspliceable cache
+        runs: new rows then wait for the batch to empty)."""
+        if self._rows and self._splice_ok is False:
+            return 0
+        return max(0, self.max_batch - len(self._rows) - self._admitting)
 
     @property
     def queued(self) -> int:
@@ -202,8 +199,15 @@ class Scheduler:
         return len(self._rows)
 
     @property
+    def capacity(self) -> int:
+        return self.max_batch
+
+    @property
     def closing(self) -> bool:
         return self._closing
+
+    def on_batch(self, observe: Callable[[int], None]) -> None:
+        self._observe_batch = observe
 
     def begin_shutdown(self) -> None:
         """Refuse new requests (ShuttingDown); running and queued ones go on."""
@@ -248,13 +252,13 @@ class Scheduler:
         for r in self._rows:
             if not r.done:
                 r.done = True
-                r.job.emit("error", {"status": status, "message": message})
+                r.job.emit(Failed(status, message))
         self._rows, self._cache, self._mask = [], None, None
         if include_waiting:
             with self._cond:
                 waiting, self._waiting = list(self._waiting), deque()
             for j in waiting:
-                j.emit("error", {"status": status, "message": message})
+                j.emit(Failed(status, message))
 
     def _drop_steer(self) -> None:
         if self._steer is not None:
@@ -272,14 +276,13 @@ class Scheduler:
                 job = self._waiting[0]
                 if job.cancelled.is_set():
                     self._waiting.popleft()
-                    job.emit("done", {"text": "", "finish_reason": "cancelled", "prompt_tokens": job.prompt_tokens,
-                                      "completion_tokens": 0})
+                    job.emit(Finished("", "cancelled", job.prompt_tokens, 0))
                     continue
                 w = max(width, job.prompt_tokens)
                 if take and (len(take) + 1) * w > self.max_prefill_tokens:
                     break
                 take.append(self._waiting.popleft())
-                self._admitting = True
+                self._admitting += 1
                 width = w
         return take
 
@@ -289,15 +292,15 @@ class Scheduler:
         out = self.lm.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
                             position_ids=position_ids.to(dev), **kw)
         self.forward_calls += 1
-        if self.metrics is not None:
-            self.metrics.observe_batch(int(input_ids.shape[0]))
+        if self._observe_batch is not None:
+            self._observe_batch(int(input_ids.shape[0]))
         return out.logits[:, -1, :]
 
     def _admit(self) -> None:
         try:
             self._prefill(self._take())
         finally:
-            self._admitting = False
+            self._admitting = 0
 
     def _prefill(self, take: list[Job]) -> None:
         if not take:
@@ -311,14 +314,14 @@ class Scheduler:
         cache = kvcache.new_cache(self.lm.model)
         mask = batch.attention_mask
         pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        rows = [_Row(j, self.lm.tokenizer, set() if j.ignore_eos else self.eos) for j in take]
+        rows = [_Row(j, self.lm.tokenizer, set() if j.request.sampling.ignore_eos else self.eos) for j in take]
         handle = apply_steering(self.lm, terms, batch=batch) if terms else None
         try:
             logits = self._forward(batch.input_ids, mask, pos, cache)
         except Exception as e:
             for r in rows:
                 r.done = True
-                r.job.emit("error", {"status": 500, "message": f"generation failed: {type(e).__name__}: {e}"})
+                r.job.emit(Failed(500, f"generation failed: {type(e).__name__}: {e}"))
             raise
         finally:
             if handle is not None:
@@ -338,18 +341,19 @@ class Scheduler:
         """CAST: decide each conditional term from the request's own prompt, once, before its prefill (an
         unsteered pass that stops after the condition's layer); a term that does not fire is dropped, so the
         row runs exactly as without it."""
-        kept = []
-        for k, term in enumerate(job.terms):
+        kept, fired, scores = [], [], {}
+        for term in job.terms:
             if term.condition is None:
                 kept.append(term)
+                fired.append(None)
                 continue
-            decision = term.condition.decide(self.lm, job.enc)
-            fired = bool(decision.fired[0])
-            job.conditions.append({"index": k, "fired": fired,
-                                   "scores": {n: round(float(v[0]), 6) for n, v in decision.scores.items()}})
-            if fired:
+            decision = to_condition(term.condition).decide(self.lm, job.enc)
+            fired.append(bool(decision.fired[0]))
+            scores.update({n: round(float(v[0]), 6) for n, v in decision.scores.items()})
+            if fired[-1]:
                 kept.append(replace(term, condition=None))
         job.terms = kept
+        job.emit(ConditionsDecided(tuple(fired), scores))
 
     def _decode(self) -> None:
         for r in self._rows:

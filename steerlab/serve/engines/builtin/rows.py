@@ -1,0 +1,74 @@
+"""Engine requests → what `steerlab.steering` runs: one-row `EncodedBatch`es, stacked into a left-padded
+batch, and the batch's `steerlab.Steering` terms with one vector and strength per row.
+
+Positions are not computed here: the stacked batch carries each row's own boundaries, so the
+`steerlab.steering` hooks apply the position policies exactly as `steerlab.generate` does (the same
+policies `base.steering_positions` states for one absolute position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Sequence
+
+import torch
+
+from ....encoding import EncodedBatch
+from ....steering import Steering
+from ..base import Condition, ConditionLeaf, EngineRequest, SteeringTerm
+
+
+def encoded_row(request: EngineRequest) -> EncodedBatch:
+    """The request's prompt as a one-row EncodedBatch (no padding). `after_user` stands in for the user
+    text's end: `EncodedBatch.after_user_start` gives it back unchanged, since it is at most the last token."""
+    n = request.prompt_tokens
+    one = lambda v: torch.tensor([v], dtype=torch.long)  # noqa: E731
+    return EncodedBatch(torch.tensor([list(request.token_ids)], dtype=torch.long), torch.ones(1, n, dtype=torch.long),
+                        one(n), one(request.user_start), one(n), one(request.after_user))
+
+
+def stack_rows(encs: Sequence[EncodedBatch], pad_id: int) -> EncodedBatch:
+    """One left-padded EncodedBatch from single-row ones (every field: 2-D ones padded on the left)."""
+    width = max(int(e.input_ids.shape[1]) for e in encs)
+    values = {}
+    for f in fields(EncodedBatch):
+        parts = [getattr(e, f.name) for e in encs]
+        if isinstance(parts[0], torch.Tensor) and parts[0].dim() == 2:
+            fill = pad_id if f.name == "input_ids" else 0
+            parts = [torch.nn.functional.pad(p, (width - p.shape[1], 0), value=fill) for p in parts]
+        values[f.name] = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else parts[0]
+    return EncodedBatch(**values)
+
+
+def to_condition(c: Condition):
+    """A seam condition tree → the `steerlab.condition` expression that decides it on this model."""
+    from ....condition import AllOf, AnyOf, ConditionVector, Not
+
+    if isinstance(c, ConditionLeaf):
+        return ConditionVector(c.vector, c.name)
+    children = [to_condition(x) for x in c.children]
+    if c.op == "not":
+        return Not(children[0])
+    return AllOf(children) if c.op == "and" else AnyOf(children)
+
+
+def batch_terms(rows: Sequence[Sequence[SteeringTerm]]) -> list[Steering]:
+    """The steering of a whole batch: per (term index, policy), one Steering with a vector per row.
+
+    A row without a k-th term (or whose k-th term has another policy) gets None (no steering) in that
+    Steering; rows that are not steered at all add nothing. An all-unsteered batch gives []. Terms
+    must be unconditional by now (the engine decides conditions at prefill and drops what did not fire)."""
+    keys: list[tuple[int, str]] = []
+    for terms in rows:
+        for k, t in enumerate(terms):
+            if (k, t.positions) not in keys:
+                keys.append((k, t.positions))
+    out = []
+    for k, policy in keys:
+        vecs, strengths = [], []
+        for terms in rows:
+            t = terms[k] if k < len(terms) and terms[k].positions == policy else None
+            vecs.append(t.vector if t is not None else None)
+            strengths.append(t.strength if t is not None else 0.0)
+        out.append(Steering(vecs, strengths, None, policy))
+    return out
