@@ -71,6 +71,7 @@ class LoadedModel:
     use_chat_template: bool
     source: str = ""
     extra: dict = field(default_factory=dict)
+    checkpoint: str = ""  # what any loader reads (a converted GGUF's directory, a local directory, a hub id)
 
     @property
     def family(self) -> str:
@@ -280,21 +281,25 @@ class ModelShape:
     n_layers: int
     hidden_size: int
     family: str
+    max_context: int | None = None
 
 
-def _config_shape(cfg) -> ModelShape:
+def config_shape(cfg) -> ModelShape:
+    """The shape a transformers config describes (no weights)."""
     text = getattr(cfg, "text_config", None) or cfg
     n = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None) or getattr(text, "num_layers", None)
     h = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or getattr(text, "d_model", None)
     if not n or not h:
         raise ModelLoadError(f"cannot read the depth and hidden size from the config of a '{cfg.model_type}' model")
-    return ModelShape(int(n), int(h), str(getattr(cfg, "model_type", "unknown")))
+    ctx = next((v for v in (getattr(text, k, None) for k in ("max_position_embeddings", "n_positions",
+                                                            "max_sequence_length")) if isinstance(v, int) and v > 0), None)
+    return ModelShape(int(n), int(h), str(getattr(cfg, "model_type", "unknown")), ctx)
 
 
 def _gguf_shape(gguf: Path) -> ModelShape:
     cached = _gguf_cache_dir(gguf) / "config.json"
     if cached.is_file():
-        return _config_shape(AutoConfig.from_pretrained(str(cached.parent)))
+        return config_shape(AutoConfig.from_pretrained(str(cached.parent)))
     from gguf import GGUFReader
 
     try:
@@ -319,10 +324,69 @@ def model_shape(name_or_path: str | os.PathLike | None = None, *, trust_remote_c
         return _gguf_shape(path)
     if kind == "dir":
         try:
-            return _config_shape(AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code))
+            return config_shape(AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code))
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"could not read the config of '{source}': {str(e).splitlines()[0]}") from None
-    return _config_shape(_hub_config(source, trust_remote_code)[0])
+    return config_shape(_hub_config(source, trust_remote_code)[0])
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the weights of what `load_model(name_or_path)` loads live, resolved without loading them:
+    `location` is a directory or hub id that any loader (transformers, vLLM) reads (a GGUF file's converted
+    directory), `model_id` what vectors record, `config` its transformers config."""
+
+    location: str
+    model_id: str
+    source: str
+    config: object
+    local_only: bool = False
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike | None = None, *, model_id: str | None = None,
+                       trust_remote_code: bool = False) -> Checkpoint:
+    """The checkpoint `load_model(name_or_path)` reads (GGUF files are converted here, once)."""
+    kind, source, path = _resolve_source(name_or_path)
+    config = None
+    local_only = False
+    if kind == "embedded":
+        location = str(convert_gguf(path))
+        model_id = model_id or EMBEDDED_MODEL_ID
+    elif kind == "gguf":
+        location = str(convert_gguf(path))
+    elif kind == "dir":
+        location = str(path)
+    else:  # a hub id: from the local cache if it is there, else from the hub (one line when unreachable)
+        location = source
+        config, local_only = _hub_config(source, trust_remote_code)
+    if kind == "gguf" and str(name_or_path) in _known_models():  # a short name: record the hub id it stands for
+        model_id = model_id or _known_models()[str(name_or_path)].hub_id
+    if config is None:
+        try:
+            config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"could not load model '{source}': {str(e).splitlines()[0]}") from e
+    return Checkpoint(location, model_id or source, source, config, local_only)
+
+
+def load_tokenizer(ckpt: Checkpoint, chat_template: bool | None = None,
+                   trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, bool]:
+    """The checkpoint's tokenizer as steerlab uses it (left padding, a pad token) and whether prompts use its
+    chat template (default: yes if it has one)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.location, trust_remote_code=trust_remote_code,
+                                                  **({"local_files_only": True} if ckpt.local_only else {}))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load the tokenizer of '{ckpt.source}': {str(e).splitlines()[0]}") from e
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template is None:
+        chat_template = has_template
+    elif chat_template and not has_template:
+        raise ModelLoadError(f"model '{ckpt.source}' has no chat template; pass chat_template=False")
+    return tokenizer, chat_template
 
 
 def load_model(
@@ -374,38 +438,19 @@ def load_model(
         log.info(dtype_note)
     else:
         torch_dtype = _resolve_dtype(requested)
-    kind, source, path = _resolve_source(name_or_path)
-    config = None
-    local_only = False
-    if kind == "embedded":
-        checkpoint: str = str(convert_gguf(path))
-        model_id = model_id or EMBEDDED_MODEL_ID
-    elif kind == "gguf":
-        checkpoint = str(convert_gguf(path))
-    elif kind == "dir":
-        checkpoint = str(path)
-    else:  # a hub id: from the local cache if it is there, else from the hub (one line when unreachable)
-        checkpoint = source
-        config, local_only = _hub_config(source, trust_remote_code)
-    if kind == "gguf" and str(name_or_path) in _known_models():  # a short name: record the hub id it stands for
-        model_id = model_id or _known_models()[str(name_or_path)].hub_id
-    model_id = model_id or source
-
+    ckpt = resolve_checkpoint(name_or_path, model_id=model_id, trust_remote_code=trust_remote_code)
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-    if local_only:
+    if ckpt.local_only:
         kwargs["local_files_only"] = True
     if device_map is not None:
         kwargs["device_map"] = device_map
         if offload_dir is not None:
             kwargs["offload_folder"] = str(offload_dir)
     try:
-        if config is None:
-            config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, config=config, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code,
-                                                  **({"local_files_only": True} if local_only else {}))
+        model = AutoModelForCausalLM.from_pretrained(ckpt.location, config=ckpt.config, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"could not load model '{source}': {str(e).splitlines()[0]}") from e
+        raise ModelLoadError(f"could not load model '{ckpt.source}': {str(e).splitlines()[0]}") from e
+    tokenizer, chat_template = load_tokenizer(ckpt, chat_template, trust_remote_code)
     if device_map is None:
         try:
             model.to(device)
@@ -414,22 +459,14 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
 
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if chat_template is None:
-        chat_template = has_template
-    elif chat_template and not has_template:
-        raise ModelLoadError(f"model '{source}' has no chat template; pass chat_template=False")
-
     blocks = find_decoder_blocks(model, layers_path)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        model_id=model_id,
+        model_id=ckpt.model_id,
         blocks=blocks,
         use_chat_template=chat_template,
-        source=source,
+        source=ckpt.source,
         extra={"dtype_note": dtype_note} if dtype_note else {},
+        checkpoint=ckpt.location,
     )

@@ -28,6 +28,8 @@ def serve(
     allow_other_model: bool = typer.Option(False, help="Serve vectors made for another model family."),
     engine: str = typer.Option("builtin", help="What runs the model: builtin (continuous batching in this process, "
                                "the default) or vllm (vLLM's engine; needs steerlab[vllm])."),
+    eager: bool = typer.Option(True, "--eager/--compiled", help="vllm engine: run the model eagerly, or let vLLM "
+                               "compile it (and capture CUDA graphs on a GPU); the steering add works in both."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
@@ -53,7 +55,7 @@ def serve(
             running = build_engine(engine, load_model(model), max_batch=max_batch, max_queue=max_queue,
                                    window_s=batch_window_ms / 1000)
         else:
-            running = build_engine(engine, model, max_batch=max_batch, max_queue=max_queue)
+            running = build_engine(engine, model, max_batch=max_batch, max_queue=max_queue, enforce_eager=eager)
         try:
             vectors = load_vectors(vector, running.model, allow_other_model=allow_other_model)
         except BaseException:

@@ -194,6 +194,9 @@ def create_app(engine: Engine, vectors=None, *, api_key: Optional[str] = None, m
             terms = resolve(body.steering_list(), registry.snapshot(), lm)
         except SteeringRequestError as e:
             raise ApiError(e.status, str(e), param=e.param, code="vector_not_found" if e.status == 404 else None)
+        if any(t.condition is not None for t in terms) and "conditions" not in engine.features:
+            raise ApiError(400, f"conditional steering is not available on the {engine.name} engine: serve with "
+                                "--engine builtin", param="steering", code="unsupported_on_engine")
 
         def build():
             if chat:

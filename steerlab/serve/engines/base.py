@@ -223,6 +223,9 @@ class Engine(Protocol):
 
     name: str  # "builtin" or "vllm"
     model: ModelInfo
+    # what the engine runs beyond plain steering: "conditions" (CAST), "readout"; the server answers a
+    # request that needs a missing one with a 400 before submitting it
+    features: frozenset[str]
 
     def submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None]) -> RequestHandle:
         """Queue `request`; raises QueueFull or ShuttingDown."""
