@@ -64,21 +64,32 @@ class Readout:
         return float(sum(chosen) / len(chosen)) if chosen else float("nan")
 
 
+def unit_direction(direction: torch.Tensor) -> torch.Tensor:
+    """`direction` as a float32 unit vector (what every read-out projects on)."""
+    d = direction.float()
+    return d / d.norm()
+
+
+def project(h: torch.Tensor, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The read-out of hidden states `h` [..., hidden] on `unit` (`unit_direction`): (raw, cosine), each
+    [...]: raw = h · unit, cosine = raw / ||h||. The one definition, for `readout` and the server."""
+    h = h.float()
+    raw = h @ unit.to(h.device)
+    return raw, raw / h.norm(dim=-1).clamp_min(1e-12)
+
+
 class ReadoutHook:
     """Projections of block `layer`'s output on `direction`, per forward call ([rows, cols] each).
 
     Registered after any steering hook on the block, so it reads the steered stream."""
 
     def __init__(self, lm, direction: torch.Tensor, layer: int):
-        self.unit = (direction.float() / direction.float().norm()).to(lm.device)
+        self.unit = unit_direction(direction).to(lm.device)
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._handle = lm.blocks[layer].register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
-        h = block_hidden(output).float()
-        u = self.unit.to(h.device)
-        raw = h @ u
-        cos = raw / h.norm(dim=-1).clamp_min(1e-12)
+        raw, cos = project(block_hidden(output), self.unit)
         self.calls.append((raw.detach().cpu(), cos.detach().cpu()))
 
     def remove(self) -> None:
@@ -139,11 +150,15 @@ def readout(
     return out
 
 
+def default_layer(vector: SteeringVector) -> int:
+    """The layer a read-out uses when not told: the vector's selected layer, else its only one (of several,
+    the middle one)."""
+    chosen = vector.meta.selected_layers or vector.layers
+    return int(chosen[len(chosen) // 2] if len(chosen) > 1 else chosen[0])
+
+
 def _read_layer(lm: LoadedModel, vector: SteeringVector, layer: int | None) -> int:
-    if layer is None:
-        chosen = vector.meta.selected_layers or vector.layers
-        layer = chosen[len(chosen) // 2] if len(chosen) > 1 else chosen[0]
-    layer = lm.blocks.check_layer(layer)
+    layer = lm.blocks.check_layer(default_layer(vector) if layer is None else layer)
     if layer not in vector.directions:
         raise VectorError(f"the vector has no direction at layer {layer} (it has {list(vector.layers)})")
     return layer
@@ -218,4 +233,4 @@ def _readout_batch(lm: LoadedModel, chunk, indices, direction, layer, terms, max
     return results
 
 
-__all__ = ["readout", "Readout", "StopRule", "ReadoutHook"]
+__all__ = ["readout", "Readout", "StopRule", "ReadoutHook", "default_layer", "unit_direction", "project"]

@@ -30,7 +30,7 @@ from .engines.base import (ConditionsDecided, Engine, EngineEvent, Failed, Finis
                            RequestHandle, SamplingSettings, ShuttingDown, SteeringTerm, TextDelta)
 from .prompts import chat_prompt, completion_prompt, encode_one, engine_request, max_token_chars
 from .registry import Registry, describe
-from .resolve import SteeringRequestError, resolve
+from .resolve import SteeringRequestError, resolve, resolve_readout
 
 log = logging.getLogger("steerlab.serve")
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
@@ -191,12 +191,17 @@ def create_app(engine: Engine, vectors=None, *, api_key: Optional[str] = None, m
             raise ApiError(400, f"max_tokens is {max_new}, more than this server's limit of {max_new_tokens_limit}",
                            param="max_tokens")
         try:
-            terms = resolve(body.steering_list(), registry.snapshot(), lm)
+            served = registry.snapshot()
+            terms = resolve(body.steering_list(), served, lm)
+            readout = resolve_readout(body.readout, served, lm)
         except SteeringRequestError as e:
             raise ApiError(e.status, str(e), param=e.param, code="vector_not_found" if e.status == 404 else None)
         if any(t.condition is not None for t in terms) and "conditions" not in engine.features:
             raise ApiError(400, f"conditional steering is not available on the {engine.name} engine: serve with "
                                 "--engine builtin", param="steering", code="unsupported_on_engine")
+        if readout and "readout" not in engine.features:
+            raise ApiError(400, f"read-out is not available on the {engine.name} engine: serve with --engine builtin",
+                           param="readout", code="unsupported_on_engine")
 
         def build():
             if chat:
@@ -219,7 +224,7 @@ def create_app(engine: Engine, vectors=None, *, api_key: Optional[str] = None, m
         pending = _Pending(loop)
         sampling = SamplingSettings(max_new, body.temperature, body.top_p, body.top_k, body.seed,
                                     tuple(body.stop_list()), body.ignore_eos)
-        request = engine_request(enc, oa.new_id("req"), sampling, terms)
+        request = engine_request(enc, oa.new_id("req"), sampling, terms, readout)
         try:
             pending.handle = engine.submit(request, pending.emit)
         except QueueFull as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +67,9 @@ class _Common(BaseModel):
     logit_bias: Optional[dict] = None
     user: Optional[str] = None
     steering: Union[SteeringSpec, list[SteeringSpec], None] = None
+    # read-out (CAST issue): a vector name, {vector, layer?, stop_above?, stop_tokens?} or a list of them;
+    # checked by `resolve.resolve_readout`, which names the wrong field (a union here would not)
+    readout: Any = None
 
     def steering_list(self) -> list[dict]:
         s = self.steering

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..encoding import EncodedBatch, Prompt, encode, format_prompt
 from ..errors import PromptTooLongError, SteerlabError
-from .engines.base import EngineRequest, SamplingSettings, SteeringTerm
+from .engines.base import EngineRequest, ReadoutSpec, SamplingSettings, SteeringTerm
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel
@@ -77,7 +77,7 @@ def max_token_chars(tokenizer) -> int:
 
 
 def engine_request(enc: EncodedBatch, request_id: str, sampling: SamplingSettings,
-                   steering: Sequence[SteeringTerm] = ()) -> EngineRequest:
+                   steering: Sequence[SteeringTerm] = (), readout: Sequence[ReadoutSpec] = ()) -> EngineRequest:
     """A one-row encoding (`encode_one`, `steerlab.encode`) as the seam's engine-neutral request: its token
     ids and the boundaries the position policies need (`encoding.after_user_start`, computed here once)."""
     if len(enc) != 1:
@@ -85,7 +85,7 @@ def engine_request(enc: EncodedBatch, request_id: str, sampling: SamplingSetting
     n = int(enc.lengths[0])
     ids = enc.input_ids[0, enc.input_ids.shape[1] - n:].tolist()
     return EngineRequest(request_id, tuple(int(t) for t in ids), int(enc.user_start[0]), int(enc.after_user_start[0]),
-                         sampling, tuple(steering))
+                         sampling, tuple(steering), tuple(readout))
 
 
 def encode_one(lm: LoadedModel, prompt: Prompt, max_new_tokens: int) -> EncodedBatch:

@@ -1,6 +1,7 @@
 """Per-request steering: what a request's `steering` field asks for, checked against the registered
 vectors and the model, becomes the seam's `SteeringTerm`s (the one shape a term has inside the server,
-whatever engine runs it); conditions become `ConditionLeaf` / `ConditionNode` trees.
+whatever engine runs it); conditions become `ConditionLeaf` / `ConditionNode` trees; a `readout` field
+becomes `ReadoutSpec`s.
 
 Defaults a request omits come from the vector's metadata (`steerlab.Steering.from_vector`), so a
 term means what it means in `steerlab.generate`. Every mistake is a `SteeringRequestError` naming the
@@ -15,7 +16,7 @@ from typing import Sequence
 from ..errors import SteerlabError, VectorError
 from ..steering import POLICIES, Steering
 from ..vector import SteeringVector
-from .engines.base import Condition, ConditionLeaf, ConditionNode, SteeringTerm
+from .engines.base import Condition, ConditionLeaf, ConditionNode, ReadoutSpec, SteeringTerm
 
 MAX_TERMS = 8  # steering objects per request
 MAX_ABS_STRENGTH = 1000.0  # |strength| above this is refused (vectors are un-normalised; typical values are 1-20)
@@ -124,3 +125,95 @@ def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> li
             parse_condition(spec_condition, vectors, lm, f"{param}.condition")
         out.append(SteeringTerm(name, sub, strength, chosen, st.positions, condition))
     return out
+
+
+MAX_READOUTS = 8  # read-out vectors per request
+_READOUT_KEYS = ("vector", "layer", "stop_above", "stop_tokens")
+
+
+class ReadoutRequestError(SteeringRequestError):
+    """A `readout` field a client got wrong (400, or 404 for an unknown vector)."""
+
+    def __init__(self, message: str, status: int = 400, param: str = "readout"):
+        super().__init__(message, status, param)
+
+
+def resolve_readout(spec, vectors: dict[str, SteeringVector], lm) -> tuple[ReadoutSpec, ...]:
+    """A request's `readout` field → checked `ReadoutSpec`s (`lm`: the served model's `ModelInfo` or a
+    `LoadedModel`).
+
+    The field is a registered vector's name, an object {vector, layer?, stop_above?, stop_tokens?}, or a list
+    of those; the layer defaults to the one `steerlab.readout` reads (`monitoring.default_layer`)."""
+    from ..monitoring import default_layer
+
+    if spec is None:
+        return ()
+    items = spec if isinstance(spec, list) else [spec]
+    if len(items) > MAX_READOUTS:
+        raise ReadoutRequestError(f"at most {MAX_READOUTS} read-out vectors per request, got {len(items)}")
+    out: list[ReadoutSpec] = []
+    for i, item in enumerate(items):
+        param = f"readout[{i}]" if isinstance(spec, list) else "readout"
+        if isinstance(item, str):
+            item = {"vector": item}
+        if not isinstance(item, dict):
+            raise ReadoutRequestError('a read-out is a vector name or {"vector": NAME, "layer": L, "stop_above": X, '
+                                      f'"stop_tokens": K}}, got {type(item).__name__}', param=param)
+        unknown = sorted(set(item) - set(_READOUT_KEYS))
+        if unknown:
+            raise ReadoutRequestError(f"unknown read-out field(s) {unknown}: a read-out takes {', '.join(_READOUT_KEYS)}",
+                                      param=param)
+        name = item.get("vector")
+        if not isinstance(name, str) or not name:
+            raise ReadoutRequestError("'vector' must be a registered vector's name", param=f"{param}.vector")
+        if name not in vectors:
+            served = ", ".join(sorted(vectors)) or "none"
+            raise ReadoutRequestError(f"no vector named '{name}' (served: {served})", 404, f"{param}.vector")
+        if any(s.name == name for s in out):
+            raise ReadoutRequestError(f"vector '{name}' is read out twice (the response keys read-outs by name)",
+                                      param=f"{param}.vector")
+        vec = vectors[name]
+        try:
+            vec.check_compatible(lm, allow_other_family=True)
+        except VectorError as e:
+            raise ReadoutRequestError(f"'{name}': {e}", param=f"{param}.vector") from None
+        layer = _readout_layer(item.get("layer"), vec, name, lm, f"{param}.layer", default_layer)
+        direction = vec.directions[layer]
+        if direction.dim() != 1:
+            raise ReadoutRequestError(f"vector '{name}' has several directions per layer (ActAdd): read-out needs one",
+                                      param=f"{param}.vector")
+        norm = float(direction.float().norm())
+        if not math.isfinite(norm) or norm == 0.0:
+            raise ReadoutRequestError(f"vector '{name}' has no direction at layer {layer} (its norm is {norm})",
+                                      param=f"{param}.layer")
+        stop_above, stop_tokens = item.get("stop_above"), item.get("stop_tokens")
+        if stop_above is not None:
+            if isinstance(stop_above, bool) or not isinstance(stop_above, (int, float)) or not math.isfinite(stop_above):
+                raise ReadoutRequestError(f"'stop_above' must be a finite number, got {stop_above!r}",
+                                          param=f"{param}.stop_above")
+            stop_above = float(stop_above)
+        if stop_tokens is not None:
+            if stop_above is None:
+                raise ReadoutRequestError("'stop_tokens' needs 'stop_above' (the threshold it counts tokens above)",
+                                          param=f"{param}.stop_tokens")
+            if isinstance(stop_tokens, bool) or not isinstance(stop_tokens, int) or stop_tokens < 1:
+                raise ReadoutRequestError(f"'stop_tokens' must be an integer >= 1, got {stop_tokens!r}",
+                                          param=f"{param}.stop_tokens")
+        out.append(ReadoutSpec(name, vec, layer, stop_above, 1 if stop_tokens is None else stop_tokens))
+    return tuple(out)
+
+
+def _readout_layer(layer, vec: SteeringVector, name: str, lm, param: str, default_layer) -> int:
+    """The checked layer of a read-out: given (negative counts from the end, as `steerlab.readout`) or the default."""
+    if layer is None:
+        layer = default_layer(vec)
+    elif isinstance(layer, bool) or not isinstance(layer, int):
+        raise ReadoutRequestError(f"'layer' must be an integer, got {layer!r}", param=param)
+    n = lm.n_layers
+    if not -n <= layer < n:
+        raise ReadoutRequestError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})", param=param)
+    layer %= n
+    if layer not in vec.directions:
+        raise ReadoutRequestError(f"vector '{name}' has no direction at layer {layer} (it has {list(vec.layers)})",
+                                  param=param)
+    return layer

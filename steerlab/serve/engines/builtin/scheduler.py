@@ -13,6 +13,10 @@ Steering goes through `steerlab.steering.apply_steering` with the rows' own toke
 attention mask and per-row position ids, so positions are those `steerlab.generate` uses for the
 prompt alone. Greedy rows therefore produce what they produce alone (tests/test_serve_scheduler.py).
 
+Read-out rows (`EngineRequest.readout`) get their projections from hooks added only to the forward calls
+they are in (`readout.ReadoutTaps`); each of their text deltas carries the values of the tokens it
+covers, the first one the prompt's too.
+
 Steering hooks live on the shared model, which is why only this thread ever runs it.
 """
 
@@ -35,6 +39,7 @@ from ...text import TextTracker
 from ..base import (ConditionsDecided, EngineEvent, EngineRequest, Failed, Finished, FirstToken, ModelInfo,
                     QueueFull, ShuttingDown, SteeringTerm, TextDelta)
 from . import kvcache
+from .readout import ReadoutTaps, RowReadout
 from .rows import batch_terms, encoded_row, stack_rows, to_condition
 from .sampling import Sampler, default_top_k, pick_tokens
 
@@ -57,6 +62,7 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     # the terms this row runs with: conditional ones are decided at prefill, and dropped if they did not fire
     terms: list[SteeringTerm] = field(default_factory=list)
+    readout: Optional[RowReadout] = None  # the request's read-out state, when it asked for one
 
     def __post_init__(self):
         self.terms = list(self.request.steering)
@@ -74,6 +80,10 @@ class Job:
 
 
 class _Row:
+    """A running request. A read-out row streams each token's text with its projection, which is known one
+    step later (when the token is fed), so it holds its text until then, and runs one step past its last
+    token (`ending`) to read that token too."""
+
     def __init__(self, job: Job, tokenizer, eos: set[int]):
         self.job = job
         self.tracker = TextTracker(tokenizer, list(job.request.sampling.stop))
@@ -82,6 +92,9 @@ class _Row:
         self.last = -1
         self.done = False
         self.first_token_at: float | None = None
+        self.readout = job.readout
+        self.held = ""  # a read-out row's text not yet streamed (its last token's projection is still to come)
+        self.ending: str | None = None  # a read-out row's finish reason, once its last token's projection is read
 
     @property
     def next_position(self) -> int:
@@ -95,24 +108,48 @@ class _Row:
             self.first_token_at = time.monotonic()
             self.job.emit(FirstToken(self.first_token_at))
         if token in self.eos:
-            self.finish("stop")
+            self._end("stop")
             return
         piece = self.tracker.add(token)
         if piece:
-            self.job.emit(TextDelta(piece))
+            if self.readout is None:
+                self.job.emit(TextDelta(piece))
+            else:
+                self.held += piece
         if self.tracker.stopped:
-            self.finish("stop")
+            self._end("stop")
         elif self.generated >= self.job.max_new_tokens:
-            self.finish("length")
+            self._end("length")
+
+    def _end(self, reason: str) -> None:
+        if self.readout is None:
+            self.finish(reason)
+        else:
+            self.ending = reason
+
+    def read(self) -> None:
+        """A read-out row, after the step that fed its last token: stream that token's text with its values,
+        then end the row if it was ending or a stop rule holds. As in `steerlab.readout`, an end of sequence
+        or stop string decided on this token wins over the stop rule, while `length` gives way to it."""
+        tripped = self.ending in (None, "length") and self.readout.stop_tripped()
+        piece, self.held = self.held, ""
+        self.job.emit(TextDelta(piece, self.readout.unsent()))
+        if tripped:
+            self.finish("content_filter")
+        elif self.ending is not None:
+            self.finish(self.ending)
 
     def finish(self, reason: str) -> None:
         if self.done:
             return
         self.done = True
-        rest = self.tracker.finish()
-        if rest:
-            self.job.emit(TextDelta(rest))
-        self.job.emit(Finished(self.tracker.text, reason, self.job.prompt_tokens, self.generated))
+        rest = self.held + self.tracker.finish()
+        self.held = ""
+        values = self.readout.unsent() if self.readout is not None else None
+        if rest or values is not None:
+            self.job.emit(TextDelta(rest, values))
+        self.job.emit(Finished(self.tracker.text, reason, self.job.prompt_tokens, self.generated,
+                               self.readout.whole() if self.readout is not None else None))
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -173,7 +210,8 @@ class BuiltinEngine:
         """Queue `request` (its events go to `emit`, from the generation thread); the Job is its handle."""
         s = request.sampling
         sampler = Sampler(s.temperature, s.top_p, s.seed, self.top_k if s.top_k is None else s.top_k, self.lm.device)
-        job = Job(request, encoded_row(request), sampler, emit)
+        job = Job(request, encoded_row(request), sampler, emit,
+                  readout=RowReadout(request.readout, self.lm.device) if request.readout else None)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -287,11 +325,17 @@ class BuiltinEngine:
                 width = w
         return take
 
-    def _forward(self, input_ids, mask, position_ids, cache) -> torch.Tensor:
+    def _forward(self, input_ids, mask, position_ids, cache, read=()) -> torch.Tensor:
+        """One forward call; `read`: (batch row, first position, RowReadout) of the rows reading out."""
         dev = self.lm.device
         kw = {self._cache_kw: cache, "use_cache": True, **last_logits_only(self.lm.model, int(input_ids.shape[1]))}
-        out = self.lm.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
-                            position_ids=position_ids.to(dev), **kw)
+        taps = ReadoutTaps(self.lm, read) if read else None
+        try:
+            out = self.lm.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
+                                position_ids=position_ids.to(dev), **kw)
+        finally:
+            if taps is not None:
+                taps.remove()
         self.forward_calls += 1
         if self._observe_batch is not None:
             self._observe_batch(int(input_ids.shape[0]))
@@ -316,9 +360,11 @@ class BuiltinEngine:
         mask = batch.attention_mask
         pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
         rows = [_Row(j, self.lm.tokenizer, set() if j.request.sampling.ignore_eos else self.eos) for j in take]
+        width = int(batch.input_ids.shape[1])
+        read = [(i, width - j.prompt_tokens, j.readout) for i, j in enumerate(take) if j.readout is not None]
         handle = apply_steering(self.lm, terms, batch=batch) if terms else None
         try:
-            logits = self._forward(batch.input_ids, mask, pos, cache)
+            logits = self._forward(batch.input_ids, mask, pos, cache, read)
         except Exception as e:
             for r in rows:
                 r.done = True
@@ -372,11 +418,15 @@ class BuiltinEngine:
         ids = torch.tensor([[r.last] for r in self._rows], dtype=torch.long)
         mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=dev)], 1)
         pos = torch.tensor([[r.next_position] for r in self._rows], dtype=torch.long)
-        logits = self._forward(ids, mask, pos, self._cache)
+        read = [(i, 0, r.readout) for i, r in enumerate(self._rows) if r.readout is not None]
+        logits = self._forward(ids, mask, pos, self._cache, read)
         self._mask = mask
         self.steps += 1
         for r, tok in zip(self._rows, pick_tokens(logits, [r.job.sampler for r in self._rows])):
-            r.accept(tok)
+            if r.readout is not None:
+                r.read()  # the token fed in this step has its projection now
+            if not r.done:
+                r.accept(tok)
         self._drop_finished()
 
     def _drop_finished(self) -> None:
