@@ -16,7 +16,7 @@ const KEY_NAME = "steerlab.apiKey";
 const state = {
   model: null,          // served model id (from /health)
   vectors: [],          // VECTOR objects from /v1/vectors
-  chosen: new Map(),    // name -> {strength, layers:Set, positions}
+  chosen: new Map(),    // name -> {strength, layers:Set, positions, condition}  (condition: a vector name or "")
   focused: null,        // name whose details are shown
   mode: "compare",
   runs: [],             // AbortControllers of the streams in flight
@@ -118,9 +118,11 @@ async function loadVectors(focus) {
   if (state.focused && !vectorByName(state.focused)) state.focused = null;
   if (focus) state.focused = focus;
   if (!state.focused && state.vectors.length) state.focused = state.vectors[0].id;
+  for (const c of state.chosen.values()) if (c.condition && !vectorByName(c.condition)) c.condition = "";
   renderVectorList();
   renderControls();
   renderMeta();
+  renderReadoutChoices();
 }
 
 const vectorByName = (name) => state.vectors.find((v) => v.id === name);
@@ -131,7 +133,17 @@ function defaultsFor(v) {
     strength: typeof v.strength === "number" ? v.strength : DEFAULT_STRENGTH,
     layers: new Set(layers),
     positions: POLICIES.includes(v.positions) ? v.positions : "after_user",
+    condition: "",
   };
+}
+
+// Condition vectors (CAST, `steerlab condition train`): a steering term may be conditioned on one of them.
+const conditionVectors = () => state.vectors.filter((v) => v.method === "condition" && v.extra && v.extra.condition);
+
+// The layer the server reads a vector at when a read-out names only the vector (as sl.readout chooses it).
+function readoutLayer(v) {
+  const chosen = v.selected_layers && v.selected_layers.length ? v.selected_layers : v.layers;
+  return chosen[chosen.length > 1 ? Math.floor(chosen.length / 2) : 0];
 }
 
 function renderVectorList() {
@@ -207,6 +219,12 @@ function renderControls() {
     const pos = el("select", { class: "positions", "aria-label": name + " positions" },
       POLICIES.map((p) => el("option", { value: p, text: p, selected: p === c.positions, title: POLICY_HINT[p] })));
     pos.addEventListener("change", () => { c.positions = pos.value; });
+    const conds = conditionVectors().filter((x) => x.id !== name);
+    const cond = el("select", { class: "condition", "aria-label": name + " condition",
+      title: "steer only when this condition vector fires on the prompt (decided once, at prefill)" },
+      el("option", { value: "", text: conds.length ? "always" : "always (no condition vector served)", selected: !c.condition }),
+      conds.map((x) => el("option", { value: x.id, text: "if " + x.id, selected: x.id === c.condition })));
+    cond.addEventListener("change", () => { c.condition = cond.value; });
     return el("div", { class: "ctl", dataset: { vector: name } },
       el("div", { class: "ctl-head" },
         el("span", { class: "name", text: name }), el("span", { class: "badge", text: v.method || "?" }),
@@ -215,9 +233,18 @@ function renderControls() {
       el("div", { class: "strength" }, slider, num),
       el("div", { class: "scale" }, el("span", { text: -range }), el("span", { text: "0" }), el("span", { text: "+" + range })),
       el("div", { class: "field" }, el("span", { text: "layers" }), chips),
-      el("div", { class: "field" }, el("span", { text: "positions" }), pos));
+      el("div", { class: "field" }, el("span", { text: "positions" }), pos),
+      el("div", { class: "field" }, el("span", { text: "condition" }), cond));
   }));
   renderSweepChoices();
+}
+
+function renderReadoutChoices() {
+  const sel = $("#readout-vector");
+  const prev = sel.value;
+  const usable = state.vectors.filter((v) => !v.per_position);
+  sel.replaceChildren(el("option", { value: "", text: "none" }),
+    ...usable.map((v) => el("option", { value: v.id, text: `${v.id} @L${readoutLayer(v)}`, selected: v.id === prev })));
 }
 
 // ------------------------------------------------------------------ metadata panel
@@ -355,14 +382,17 @@ function steeringList(override) {
   for (const [name, c] of state.chosen) {
     const strength = override && override.name === name ? override.strength : c.strength;
     if (strength === 0) continue; // zero adds nothing: leave it out
-    out.push({ vector: name, strength, layers: [...c.layers].sort((a, b) => a - b), positions: c.positions });
+    const term = { vector: name, strength, layers: [...c.layers].sort((a, b) => a - b), positions: c.positions };
+    if (c.condition) term.condition = c.condition;
+    out.push(term);
   }
   return out;
 }
 
 function describe(steering) {
   if (!steering.length) return "no vector";
-  return steering.map((s) => `${s.vector} ${signed(s.strength)} @L${compactLayers(s.layers)} ${s.positions}`).join("  +  ");
+  return steering.map((s) => `${s.vector} ${signed(s.strength)} @L${compactLayers(s.layers)} ${s.positions}` +
+    (s.condition ? ` if ${s.condition}` : "")).join("  +  ");
 }
 
 function makeColumn(id, title, sub, cls) {
@@ -380,7 +410,7 @@ function setColState(col, s) {
   col.querySelector(".state").textContent = s;
 }
 
-function requestBody(steering) {
+function requestBody(steering, readout) {
   const body = {
     model: state.model || undefined,
     messages: [{ role: "user", content: $("#prompt").value }],
@@ -392,11 +422,70 @@ function requestBody(steering) {
   const seed = $("#seed").value;
   if (seed !== "") body.seed = +seed;
   if (steering.length) body.steering = steering;
+  if (readout) body.readout = [readout];
   return body;
 }
 
+// ------------------------------------------------------------------ conditions and read-out in a column
+
+// The steering echo of the last chunk says, per conditioned term, whether its condition fired and its score.
+function showConditions(col, echo) {
+  const lines = echo.filter((t) => t.condition !== undefined && t.fired !== undefined).map((t) => {
+    const scores = Object.entries(t.condition_scores || {}).map(([n, x]) => `${n} ${fmt(x)}`).join(", ");
+    const what = typeof t.condition === "string" ? t.condition : JSON.stringify(t.condition);
+    return el("div", { class: "cond " + (t.fired ? "fired" : "quiet"), dataset: { vector: t.vector, fired: t.fired } },
+      el("span", { class: "cond-flag", text: t.fired ? "fired" : "not fired" }),
+      el("span", { text: `${t.vector} if ${what}` + (scores ? ` · score ${scores}` : "") +
+        (t.fired ? "" : ` · ${t.vector} not applied`) }));
+  });
+  if (!lines.length) return;
+  col.dataset.fired = echo.some((t) => t.fired === true);
+  col.querySelector(".col-head").append(...lines);
+}
+
+// A strip under the answer: one cell per generated token, coloured by the read-out vector's raw projection
+// (green along the vector, red against it; one scale for every column of the run, so they compare).
+function readoutStrip(col, name) {
+  const v = vectorByName(name);
+  const strip = el("div", { class: "readout-strip", dataset: { vector: name } },
+    el("div", { class: "readout-head" },
+      el("span", { text: `read-out · ${name} @L${v ? readoutLayer(v) : "?"} · raw projection per token` }),
+      el("span", { class: "readout-scale" })),
+    el("div", { class: "readout-tokens" }));
+  col.insertBefore(strip, col.querySelector(".col-foot"));
+  return { strip, tokens: strip.querySelector(".readout-tokens"), prompt: null };
+}
+
+// A content chunk's read-out: its last value is the chunk's own token; the first chunk's also has the prompt's.
+function addReadout(ro, values, piece) {
+  if (!values) {
+    if (piece && ro.tokens.lastChild) ro.tokens.lastChild.textContent += piece;
+    return;
+  }
+  let raw = values.raw, cos = values.cosine;
+  if (ro.prompt === null) {
+    ro.prompt = raw.slice(0, -1);
+    raw = raw.slice(-1); cos = cos.slice(-1);
+  }
+  raw.forEach((x, i) => ro.tokens.append(el("span", {
+    class: "rtok", dataset: { raw: x, cos: cos[i] }, title: `raw ${fmt(x)} · cosine ${fmt(cos[i])}`,
+    text: i === raw.length - 1 ? piece : "" })));
+  ro.strip.dataset.prompt = ro.prompt.length;
+}
+
+function recolour() {
+  const cells = [...document.querySelectorAll("#columns .rtok")];
+  const top = Math.max(1e-6, ...cells.map((c) => Math.abs(+c.dataset.raw)));
+  for (const c of cells) {
+    const x = +c.dataset.raw, a = (0.1 + 0.65 * Math.abs(x) / top).toFixed(3);
+    c.style.backgroundColor = x >= 0 ? `rgba(15, 157, 118, ${a})` : `rgba(217, 72, 95, ${a})`;
+    c.classList.toggle("neg", x < 0);
+  }
+  for (const s of document.querySelectorAll("#columns .readout-scale")) s.textContent = `${fmt(-top, 2)} … 0 … +${fmt(top, 2)}`;
+}
+
 // Stream one chat completion into a column (OpenAI server-sent events).
-async function streamInto(col, steering) {
+async function streamInto(col, steering, readout) {
   const ctrl = new AbortController();
   state.runs.push(ctrl);
   const text = col.querySelector(".col-text"), foot = col.querySelector(".col-foot");
@@ -407,7 +496,8 @@ async function streamInto(col, steering) {
     col.insertBefore(el("div", { class: "msg error col-error", role: "alert", text: msg }), foot);
   };
   try {
-    const body = requestBody(steering);
+    const body = requestBody(steering, readout);
+    const ro = readout ? readoutStrip(col, readout) : null;
     const shown = Object.assign({}, body, { stream: undefined, stream_options: undefined });
     col.append(el("details", { class: "req" }, el("summary", { text: "request body (POST /v1/chat/completions)" }),
       el("pre", { class: "json", text: JSON.stringify(shown, null, 2) })));
@@ -439,7 +529,14 @@ async function streamInto(col, steering) {
           text.textContent += ch.delta.content;
           col.dataset.chunks = +(col.dataset.chunks || 0) + 1; // how many pieces arrived (streaming, not one blob)
         }
-        if (ch && ch.finish_reason) finish = ch.finish_reason;
+        if (ro && ch && !ch.finish_reason && (chunk.readout || (ch.delta && ch.delta.content))) {
+          addReadout(ro, chunk.readout && chunk.readout[readout], (ch.delta && ch.delta.content) || "");
+          if (chunk.readout) recolour();
+        }
+        if (ch && ch.finish_reason) {
+          finish = ch.finish_reason;
+          if (Array.isArray(chunk.steering)) showConditions(col, chunk.steering);
+        }
         if (chunk.usage) tokens = chunk.usage.completion_tokens;
       }
     }
@@ -448,7 +545,7 @@ async function streamInto(col, steering) {
       el("span", { text: `${tokens || "?"} tokens` }),
       el("span", { text: `first ${ttft === null ? "–" : (ttft / 1000).toFixed(2) + " s"}` }),
       el("span", { text: `${secs.toFixed(1)} s` + (tokens ? ` · ${(tokens / secs).toFixed(1)} tok/s` : "") }),
-      finish ? el("span", { text: finish === "length" ? "hit max tokens" : "finished" }) : null);
+      finish ? el("span", { text: { length: "hit max tokens", content_filter: "stopped by a read-out rule" }[finish] || "finished" }) : null);
     if (!text.textContent) text.append(el("span", { class: "hint", text: "(empty answer)" }));
     setColState(col, "done");
   } catch (e) {
@@ -474,6 +571,7 @@ function run(ev) {
   banner(null);
   const cols = $("#columns");
   const jobs = [];
+  const readout = $("#readout-vector").value || null;
   if (state.mode === "compare") {
     const steering = steeringList();
     jobs.push([makeColumn("col-unsteered", "Unsteered", "no vector", "unsteered"), []]);
@@ -497,7 +595,7 @@ function run(ev) {
   $("#run-btn").disabled = true;
   $("#stop-btn").disabled = false;
   // All at once: the server batches them into the same forward passes.
-  const runs = jobs.map(([col, steering]) => streamInto(col, steering));
+  const runs = jobs.map(([col, steering]) => streamInto(col, steering, readout));
   if (state.mode === "compare") Promise.all(runs).then(() => markDivergence(jobs[0][0], jobs[1][0]));
 }
 
