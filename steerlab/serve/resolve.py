@@ -14,6 +14,7 @@ import math
 from typing import Sequence
 
 from ..errors import SteerlabError, VectorError
+from ..monitoring import default_layer
 from ..steering import POLICIES, Steering
 from ..vector import SteeringVector
 from .engines.base import Condition, ConditionLeaf, ConditionNode, ReadoutSpec, SteeringTerm
@@ -144,8 +145,6 @@ def resolve_readout(spec, vectors: dict[str, SteeringVector], lm) -> tuple[Reado
 
     The field is a registered vector's name, an object {vector, layer?, stop_above?, stop_tokens?}, or a list
     of those; the layer defaults to the one `steerlab.readout` reads (`monitoring.default_layer`)."""
-    from ..monitoring import default_layer
-
     if spec is None:
         return ()
     items = spec if isinstance(spec, list) else [spec]
@@ -161,8 +160,8 @@ def resolve_readout(spec, vectors: dict[str, SteeringVector], lm) -> tuple[Reado
                                       f'"stop_tokens": K}}, got {type(item).__name__}', param=param)
         unknown = sorted(set(item) - set(_READOUT_KEYS))
         if unknown:
-            raise ReadoutRequestError(f"unknown read-out field(s) {unknown}: a read-out takes {', '.join(_READOUT_KEYS)}",
-                                      param=param)
+            raise ReadoutRequestError(f"unknown read-out field(s) {unknown}: a read-out takes "
+                                      f"{', '.join(_READOUT_KEYS)}", param=param)
         name = item.get("vector")
         if not isinstance(name, str) or not name:
             raise ReadoutRequestError("'vector' must be a registered vector's name", param=f"{param}.vector")
@@ -177,7 +176,7 @@ def resolve_readout(spec, vectors: dict[str, SteeringVector], lm) -> tuple[Reado
             vec.check_compatible(lm, allow_other_family=True)
         except VectorError as e:
             raise ReadoutRequestError(f"'{name}': {e}", param=f"{param}.vector") from None
-        layer = _readout_layer(item.get("layer"), vec, name, lm, f"{param}.layer", default_layer)
+        layer = _readout_layer(item.get("layer"), vec, name, lm, f"{param}.layer")
         direction = vec.directions[layer]
         if direction.dim() != 1:
             raise ReadoutRequestError(f"vector '{name}' has several directions per layer (ActAdd): read-out needs one",
@@ -188,7 +187,8 @@ def resolve_readout(spec, vectors: dict[str, SteeringVector], lm) -> tuple[Reado
                                       param=f"{param}.layer")
         stop_above, stop_tokens = item.get("stop_above"), item.get("stop_tokens")
         if stop_above is not None:
-            if isinstance(stop_above, bool) or not isinstance(stop_above, (int, float)) or not math.isfinite(stop_above):
+            number = isinstance(stop_above, (int, float)) and not isinstance(stop_above, bool)
+            if not number or not math.isfinite(stop_above):
                 raise ReadoutRequestError(f"'stop_above' must be a finite number, got {stop_above!r}",
                                           param=f"{param}.stop_above")
             stop_above = float(stop_above)
@@ -203,7 +203,7 @@ def resolve_readout(spec, vectors: dict[str, SteeringVector], lm) -> tuple[Reado
     return tuple(out)
 
 
-def _readout_layer(layer, vec: SteeringVector, name: str, lm, param: str, default_layer) -> int:
+def _readout_layer(layer, vec: SteeringVector, name: str, lm, param: str) -> int:
     """The checked layer of a read-out: given (negative counts from the end, as `steerlab.readout`) or the default."""
     if layer is None:
         layer = default_layer(vec)
