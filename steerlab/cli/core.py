@@ -95,7 +95,9 @@ def train(
     data: str = typer.Argument(..., help="Pairs JSONL ({prompt, positive, negative}), an MWE .jsonl file, or 'demo'."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the vector (.safetensors)."),
     layers: Optional[str] = typer.Option(None, help="Layers, e.g. 10 or 8-12 or all (default: all)."),
-    method: str = typer.Option("caa", help="caa, pca or actadd."),
+    method: str = typer.Option("caa", help="caa, pca, actadd, or (issue 26) multiformat (MWE file: A/B, Yes/No and "
+                               "free-text CAA combined), bipo (one --layers N, trained by gradient) or persona "
+                               "(the model's own answers under opposing system prompts, judged)."),
     position: str = typer.Option("last", help="Reading position: last (answer token) or mean."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
     check: Optional[int] = typer.Option(None, help="Hold the last N pairs apart (not trained on) and measure the vector "
@@ -104,6 +106,12 @@ def train(
                                         "0 otherwise."),
     positive: Optional[str] = typer.Option(None, help="ActAdd: the positive prompt (e.g. 'Love')."),
     negative: Optional[str] = typer.Option(None, help="ActAdd: the negative prompt (e.g. 'Hate')."),
+    description: Optional[str] = typer.Option(None, help="persona: the trait in one line, completing 'You are an "
+                                              "assistant who is ...' (default: the shipped one for the MWE file's name)."),
+    judge: bool = typer.Option(True, "--judge/--no-judge", help="persona: keep only answers the local judge scores "
+                               "as showing (positive side) / not showing (negative side) the trait."),
+    steps: int = typer.Option(200, help="bipo: the most optimiser steps (early stopping on validation pairs)."),
+    seed: int = typer.Option(0, help="bipo: split and batch order; persona: sampling."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
@@ -112,12 +120,13 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Train a steering vector from contrast pairs and save it."""
+    from .train_methods import OOD_METHODS, MethodArgs, check_method_args, train_method
 
     def body():
         set_runtime(threads, device, dtype, device_map)
         check_out(out, force=force)
-        if method not in ("caa", "pca", "actadd"):
-            raise SteerlabError(f"unknown method '{method}': choose caa, pca or actadd")
+        if method not in ("caa", "pca", "actadd") + OOD_METHODS:
+            raise SteerlabError(f"unknown method '{method}': choose caa, pca, actadd, {', '.join(OOD_METHODS)}")
         if method == "actadd" and (not positive or not negative):
             raise SteerlabError("--method actadd needs --positive and --negative prompts")
         check_layer_spec(layers)
@@ -136,12 +145,18 @@ def train(
                 raise SteerlabError(f"--check {n_check} needs at least {2 * n_check} pairs (have {len(pairs)}); pass --check 0")
             held = items[-n_check:] if items is not None else pairs[-n_check:]
             pairs = pairs[:-n_check]
+            items = items[:-n_check] if items is not None else None
             say(f"holding the last {n_check} pairs apart to check the vector's sign (--check 0 to train on all)")
+        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed)
+        if method in OOD_METHODS:
+            check_method_args(margs, items, layers)
         lm = load_model(model)
         chosen = parse_layers(layers, lm.n_layers)
         from ..methods import train_actadd, train_caa, train_pca
 
-        if method == "actadd":
+        if method in OOD_METHODS:
+            vec = train_method(lm, margs, pairs, items, chosen)
+        elif method == "actadd":
             vec = train_actadd(lm, positive, negative, chosen)
         else:
             fn = train_caa if method == "caa" else train_pca

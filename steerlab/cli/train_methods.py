@@ -1,0 +1,78 @@
+"""`steerlab train --method multiformat|bipo|persona`: the out-of-distribution candidates (issue 26).
+
+`check_method_args` runs before any model load (bad input is one line, at once); `train_method` builds
+the vector on the loaded model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..errors import SteerlabError
+
+#: The methods of this module; `steerlab train` handles caa, pca and actadd itself.
+OOD_METHODS: tuple[str, ...] = ("multiformat", "bipo", "persona")
+
+
+@dataclass(frozen=True)
+class MethodArgs:
+    """The `train` options these methods read.
+
+    Attributes:
+        method: one of `OOD_METHODS`.
+        behaviour: the MWE file's behaviour name (its stem); "" for a pairs file.
+        description: persona: the trait's one-line description (None: the shipped one).
+        judge: persona: filter answers with the local judge.
+        steps: bipo: the most optimiser steps.
+        seed: bipo's split and order, persona's sampling.
+    """
+
+    method: str
+    behaviour: str
+    description: Optional[str]
+    judge: bool
+    steps: int
+    seed: int
+
+
+def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
+    """Refuse bad input before the model loads: MWE items where the method needs them, one layer for BiPO,
+    a known trait (or a description) for persona."""
+    if args.method in ("multiformat", "persona") and items is None:
+        raise SteerlabError(f"--method {args.method} needs an MWE behaviour file (with answer_matching_behavior), "
+                            "not a pairs file or 'demo'")
+    if args.method == "bipo":
+        spec = (layers or "").strip()
+        if not spec.lstrip("-").isdigit():
+            raise SteerlabError("--method bipo trains one layer: pass --layers N (e.g. --layers 12)")
+        if args.steps < 1:
+            raise SteerlabError("--steps must be at least 1")
+    if args.method == "persona":
+        from ..methods.persona import load_trait
+
+        load_trait(args.behaviour, args.description)
+
+
+def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[int]]):
+    """The vector of `args.method` (see `steerlab.methods`), with progress bars."""
+    if args.method == "multiformat":
+        from ..methods.multiformat import train_multiformat
+
+        return train_multiformat(lm, items, layers, progress=True)
+    if args.method == "bipo":
+        from ..methods.bipo import BiPOConfig, completion_pairs, train_bipo
+
+        data = completion_pairs(items) if items is not None else pairs
+        return train_bipo(lm, data, layers[0], BiPOConfig(max_steps=args.steps, seed=args.seed), progress=True)
+    from ..methods.persona import PersonaConfig, load_trait, persona_questions, train_persona
+
+    trait = load_trait(args.behaviour, args.description)
+    judge = None
+    if args.judge:
+        from ..cae.judge import LocalJudge
+        from ..cae.trait_judge import trait_scorer
+
+        judge = trait_scorer(LocalJudge(lm), trait.name, trait.description)
+    return train_persona(lm, trait, persona_questions(items), layers, PersonaConfig(seed=args.seed), judge,
+                         progress=True)

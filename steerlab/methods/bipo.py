@@ -1,0 +1,329 @@
+"""BiPO (Cao et al. 2024, arXiv 2406.00045): a steering vector optimised by gradient, the model frozen.
+
+For a prompt q with a behaviour-matching completion m and a non-matching one o, and a direction
+d in {+1, -1}, the vector v added at layer L (as d * v) is trained with the DPO-style loss
+
+    margin_d = d * beta * [ (log p_{d v}(m | q) - log p_0(m | q)) - (log p_{d v}(o | q) - log p_0(o | q)) ]
+    loss     = - log sigmoid(margin_d)
+
+where log p_{x}(c | q) is the summed log-probability of the completion's tokens with x added to the
+output of block L, and p_0 is the unsteered model (the frozen reference). With d = +1 the loss raises
+the matching completion's likelihood over the other one's relative to the reference; with d = -1 it
+does the reverse under -v. The paper draws d at random per example; steerlab averages the loss over
+both signs for every example (the expectation over d, without its sampling noise), so each example
+is four rows of one batched forward pass: (m, +v), (o, +v), (m, -v), (o, -v).
+
+Training: v starts at zero (where every margin is 0 and the loss is log 2), Adam on v only,
+minibatches of pairs shuffled per epoch with `seed`; the validation loss (pairs held apart from
+training, `val_fraction`) is measured before training and every `eval_every` steps, the best v is
+kept, and training stops after `patience` evaluations without improvement or `max_steps`. v is
+added from the first token after the user's message on (steerlab's "after_user" policy, where CAA
+vectors are applied) or at every position (`positions="all"`, as the paper). Only the logits of the
+completion positions are computed; the backward pass runs through blocks L..end only (nothing below
+L depends on v). The vector records its steps, time per step and total time in its metadata, and
+strength 1 (the trained v is used as it is).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..activations import last_logits_only, position_ids_for
+from ..data.records import BehaviourItem, ContrastPair
+from ..encoding import EncodedBatch, encode
+from ..errors import DatasetError
+from ..layers import block_hidden, with_block_hidden
+from ..vector import SteeringVector
+from .common import make_meta, pairs_hash
+from .multiformat import item_texts
+from .responses import response_prompt
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
+BIPO_POSITIONS: tuple[str, ...] = ("after_user", "all")
+
+
+@dataclass(frozen=True)
+class BiPOConfig:
+    """Hyper-parameters of a BiPO run (defaults: see the module docstring).
+
+    Attributes:
+        beta: the DPO temperature (the paper's 0.1).
+        lr: Adam's learning rate. The paper uses 5e-4 over 20 epochs of thousands of pairs; with the few
+            hundred pairs and few steps a CPU affords, 1e-2 reaches a useful norm in tens of steps.
+        batch_size: contrast pairs per step (each is 4 rows of the forward pass).
+        max_steps: the most optimiser steps.
+        eval_every: steps between validation measurements (0: once per epoch).
+        patience: validation measurements without improvement before stopping.
+        val_fraction: share of the pairs held apart for validation (at least one pair).
+        seed: the split and the minibatch order.
+        positions: "after_user" (where steerlab applies CAA vectors) or "all".
+    """
+
+    beta: float = 0.1
+    lr: float = 1e-2
+    batch_size: int = 8
+    max_steps: int = 200
+    eval_every: int = 0
+    patience: int = 3
+    val_fraction: float = 0.2
+    seed: int = 0
+    positions: str = "after_user"
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0 or not self.lr > 0:
+            raise DatasetError("BiPO's beta and learning rate must be > 0")
+        if self.batch_size < 1 or self.max_steps < 1 or self.eval_every < 0 or self.patience < 1:
+            raise DatasetError("BiPO needs batch_size >= 1, max_steps >= 1, eval_every >= 0 and patience >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise DatasetError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.positions not in BIPO_POSITIONS:
+            raise DatasetError(f"BiPO positions must be one of {', '.join(BIPO_POSITIONS)}, got {self.positions!r}")
+
+
+@dataclass
+class EncodedPairs:
+    """A batch of contrast pairs as the four rows per pair BiPO scores.
+
+    Attributes:
+        batch: left-padded rows, ordered (m, o) per pair for +v, then the same for -v.
+        completion_start: row-relative index of each row's first completion token.
+        signs: +1 / -1 per row (which sign of v the row carries).
+        n_pairs: contrast pairs in the batch.
+    """
+
+    batch: EncodedBatch
+    completion_start: torch.Tensor
+    signs: torch.Tensor
+    n_pairs: int
+
+
+def encode_pairs(lm: LoadedModel, pairs: Sequence[ContrastPair]) -> EncodedPairs:
+    """The rows of `pairs` (see `EncodedPairs`): each completion as the assistant turn after its prompt."""
+    prompts = []
+    for p in pairs:
+        prompts += [response_prompt(lm, p.prompt, p.positive), response_prompt(lm, p.prompt, p.negative)]
+    prompts = prompts + prompts
+    batch = encode(lm, prompts)
+    if bool((batch.assistant_start >= batch.lengths).any()):
+        raise DatasetError("a completion has no tokens of its own")
+    n = len(pairs)
+    signs = torch.tensor([1.0] * (2 * n) + [-1.0] * (2 * n))
+    return EncodedPairs(batch, batch.assistant_start.clone(), signs, n)
+
+
+def completion_logprobs(lm: LoadedModel, enc: EncodedPairs, vector: torch.Tensor | None, layer: int,
+                        positions: str = "after_user") -> torch.Tensor:
+    """Summed log-probability of each row's completion [rows], with `sign * vector` added to the output
+    of block `layer` at the policy's positions (None: unsteered). Differentiable in `vector`."""
+    batch = enc.batch.to(lm.device)
+    width = batch.input_ids.shape[1]
+    pad = batch.pad
+    cols = torch.arange(width, device=lm.device)
+    pos = cols[None, :] - pad[:, None]  # row-relative positions; pads are negative
+    start = batch.user_end if positions == "after_user" else torch.zeros_like(pad)
+    steer_mask = (pos >= start[:, None]).float()
+    handle = None
+    if vector is not None:
+        coef = (enc.signs.to(lm.device)[:, None] * steer_mask)[:, :, None]
+
+        def hook(module, args, output):
+            h = block_hidden(output)
+            return with_block_hidden(output, h + coef.to(h.dtype) * vector.to(h.dtype))
+
+        handle = lm.blocks[layer].register_forward_hook(hook)
+    keep = int((batch.lengths - enc.completion_start.to(lm.device)).max()) + 1
+    try:
+        out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=position_ids_for(batch.attention_mask), use_cache=False,
+                       **last_logits_only(lm.model, width, keep))
+    finally:
+        if handle is not None:
+            handle.remove()
+    logits = out.logits[:, -keep:, :]  # column j predicts the token at column width - keep + j + 1
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bfloat16 -> float32; float64 stays
+    logp = F.log_softmax(logits[:, :-1], dim=-1)
+    targets = batch.input_ids[:, width - keep + 1:]
+    tok_lp = logp.gather(-1, targets[:, :, None])[:, :, 0]
+    target_pos = pos[:, width - keep + 1:]
+    in_completion = (target_pos >= enc.completion_start.to(lm.device)[:, None]).float()
+    return (tok_lp * in_completion).sum(1)
+
+
+def bipo_objective(steered: torch.Tensor, reference: torch.Tensor, n_pairs: int, beta: float) -> torch.Tensor:
+    """The mean BiPO loss over both signs (see the module docstring) from the rows' summed log-probs,
+    steered and reference, ordered as `EncodedPairs`."""
+    r = (steered - reference).view(2, n_pairs, 2)  # [sign, pair, (m, o)]
+    d = torch.tensor([1.0, -1.0], device=steered.device)[:, None]
+    margin = d * beta * (r[..., 0] - r[..., 1])
+    return -F.logsigmoid(margin).mean()
+
+
+def completion_pairs(items: Sequence[BehaviourItem]) -> list[ContrastPair]:
+    """BiPO's pairs from MWE items: an A/B item's stem completed by its matching vs its other choice text
+    (free text, not a letter), a Yes/No item's question answered with its matching vs other word. Items
+    whose choices cannot be read are skipped."""
+    out = []
+    for it in items:
+        t = item_texts(it)
+        if t is not None:
+            out.append(ContrastPair(t.stem, t.matching, t.other))
+    if not out:
+        raise DatasetError("no contrast pairs could be built from these items")
+    return out
+
+
+def _batches(items: Sequence, size: int):
+    return [items[s:s + size] for s in range(0, len(items), size)]
+
+
+@dataclass
+class _Chunk:
+    enc: EncodedPairs
+    reference: torch.Tensor
+
+
+def _prepare(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, size: int, positions: str) -> list[_Chunk]:
+    chunks = []
+    for part in _batches(list(pairs), size):
+        enc = encode_pairs(lm, part)
+        with torch.no_grad():
+            chunks.append(_Chunk(enc, completion_logprobs(lm, enc, None, layer, positions)))
+    return chunks
+
+
+def _loss(lm: LoadedModel, chunks: Sequence[_Chunk], v: torch.Tensor, layer: int, cfg: BiPOConfig) -> float:
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for c in chunks:
+            lp = completion_logprobs(lm, c.enc, v, layer, cfg.positions)
+            total += float(bipo_objective(lp, c.reference, c.enc.n_pairs, cfg.beta)) * c.enc.n_pairs
+            n += c.enc.n_pairs
+    return total / n
+
+
+def bipo_loss(lm: LoadedModel, pairs: Sequence[ContrastPair], vector: torch.Tensor, layer: int,
+              config: BiPOConfig | None = None) -> float:
+    """The mean BiPO loss of `vector` (a [hidden] direction at `layer`) on `pairs` (no gradient)."""
+    cfg = config or BiPOConfig()
+    layer = lm.blocks.check_layer(layer)
+    chunks = _prepare(lm, pairs, layer, cfg.batch_size, cfg.positions)
+    return _loss(lm, chunks, vector.to(lm.device).float(), layer, cfg)
+
+
+@dataclass
+class BiPOResult:
+    """A BiPO run.
+
+    Attributes:
+        vector: the trained vector (the best by validation loss).
+        history: {"step", "train_loss", "val_loss"} per validation measurement (step 0: v = 0).
+        steps: optimiser steps taken; best_step: the step whose v was kept.
+        seconds_per_step: mean wall time of one step (forward, backward, Adam); total_seconds: the whole run.
+    """
+
+    vector: SteeringVector
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    best_step: int = 0
+    seconds_per_step: float = 0.0
+    total_seconds: float = 0.0
+
+
+def _split(pairs: Sequence[ContrastPair], fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(fraction * len(pairs)))
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+
+
+def check_bipo_pairs(pairs: Sequence[ContrastPair]) -> None:
+    """DatasetError unless there are enough pairs for a training and a validation split."""
+    if len(pairs) < 2:
+        raise DatasetError(f"BiPO needs at least 2 contrast pairs (one to train, one to validate), got {len(pairs)}")
+
+
+def train_bipo_detailed(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, config: BiPOConfig | None = None,
+                        *, progress: bool = False) -> BiPOResult:
+    """`train_bipo`, also returning the loss history and timings."""
+    cfg = config or BiPOConfig()
+    check_bipo_pairs(pairs)
+    layer = lm.blocks.check_layer(layer)
+    t0 = time.perf_counter()
+    train, val = _split(pairs, cfg.val_fraction, cfg.seed)
+    if not train:
+        raise DatasetError(f"val_fraction {cfg.val_fraction} leaves no training pairs of {len(pairs)}")
+    val_chunks = _prepare(lm, val, layer, cfg.batch_size, cfg.positions)
+    train_chunks = _prepare(lm, train, layer, cfg.batch_size, cfg.positions)
+    rng = random.Random(cfg.seed)
+    frozen = [p for p in lm.model.parameters() if p.requires_grad]
+    for p in frozen:  # the model is frozen: gradients for v only
+        p.requires_grad_(False)
+    v = torch.zeros(lm.hidden_size, device=lm.device, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.Adam([v], lr=cfg.lr)
+    eval_every = cfg.eval_every or len(train_chunks)
+    best = _loss(lm, val_chunks, v.detach(), layer, cfg)
+    history = [{"step": 0, "train_loss": math.log(2.0), "val_loss": best}]
+    best_v, best_step, bad, step, step_time = v.detach().clone(), 0, 0, 0, 0.0
+    running: list[float] = []
+    bar = tqdm(total=cfg.max_steps, desc=f"BiPO at layer {layer}", disable=not progress, unit="step")
+    try:
+        while step < cfg.max_steps and bad < cfg.patience:
+            order = list(range(len(train_chunks)))
+            rng.shuffle(order)
+            for i in order:
+                c = train_chunks[i]
+                s = time.perf_counter()
+                with torch.enable_grad():
+                    loss = bipo_objective(completion_logprobs(lm, c.enc, v, layer, cfg.positions), c.reference,
+                                          c.enc.n_pairs, cfg.beta)
+                    opt.zero_grad()
+                    loss.backward()
+                opt.step()
+                step_time += time.perf_counter() - s
+                step += 1
+                running.append(float(loss.detach()))
+                bar.update(1)
+                if step % eval_every == 0 or step == cfg.max_steps:
+                    val_loss = _loss(lm, val_chunks, v.detach(), layer, cfg)
+                    history.append({"step": step, "train_loss": sum(running) / len(running), "val_loss": val_loss})
+                    running = []
+                    bar.set_postfix(val_loss=f"{val_loss:.4f}")
+                    if val_loss < best:
+                        best, best_v, best_step, bad = val_loss, v.detach().clone(), step, 0
+                    else:
+                        bad += 1
+                if step >= cfg.max_steps or bad >= cfg.patience:
+                    break
+    finally:
+        bar.close()
+        for p in frozen:
+            p.requires_grad_(True)
+    total = time.perf_counter() - t0
+    per_step = step_time / max(step, 1)
+    meta = make_meta(lm, method="bipo", layers=[layer], position=cfg.positions, data_hash=pairs_hash(pairs),
+                     n_train=len(train), strength=1.0, positions=cfg.positions, n_val=len(val), beta=cfg.beta,
+                     lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, steps=step, best_step=best_step,
+                     best_val_loss=best, seconds_per_step=round(per_step, 4), total_seconds=round(total, 2),
+                     history=[{k: round(x, 5) if isinstance(x, float) else x for k, x in h.items()} for h in history])
+    vec = SteeringVector({layer: best_v.cpu()}, meta)
+    return BiPOResult(vec, history, step, best_step, per_step, total)
+
+
+def train_bipo(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, config: BiPOConfig | None = None, *,
+               progress: bool = False) -> SteeringVector:
+    """A BiPO vector at `layer` from contrast pairs (prompt, matching completion, other completion).
+
+    See the module docstring for the objective and the training loop; `config` holds its settings.
+    The vector's metadata records steps, best step, seconds per step, total seconds and the loss history.
+    """
+    return train_bipo_detailed(lm, pairs, layer, config, progress=progress).vector

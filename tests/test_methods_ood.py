@@ -1,0 +1,442 @@
+"""The out-of-distribution candidates of issue 26 (multi-format CAA, BiPO, persona vectors), each checked
+against a plain reference computation: one unbatched forward pass per text with `output_hidden_states`
+(hidden_states[L + 1] = the output of block L, for every block but the last, whose entry transformers
+takes after the final norm; the tests read blocks 1 and 2 of the 4), hooks written here, formulas
+written out by hand."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+import steerlab as sl
+from steerlab.cae.judge import LocalJudge
+from steerlab.cae.trait_judge import trait_scorer
+from steerlab.cli import app
+from steerlab.data import load_mwe
+from steerlab.data.records import ContrastPair
+from steerlab.data.tasks import resolve_behaviour
+from steerlab.encoding import format_prompt
+from steerlab.errors import DatasetError
+from steerlab.layers import block_hidden, find_decoder_blocks, with_block_hidden
+from steerlab.methods.bipo import (BiPOConfig, bipo_loss, bipo_objective, completion_logprobs, completion_pairs,
+                                   encode_pairs, train_bipo_detailed)
+from steerlab.methods.multiformat import (MultiformatConfig, ab_question, item_texts, render_formats,
+                                          train_multiformat, train_multiformat_detailed)
+from steerlab.methods.persona import (PersonaConfig, PersonaSample, Trait, generate_samples, judge_samples, load_trait,
+                                      persona_questions, persona_vector, train_persona_detailed, trait_descriptions)
+from steerlab.methods.responses import response_prompt
+from steerlab.vector import SteeringVector, export_gguf, import_gguf
+
+
+@pytest.fixture(scope="module")
+def lm(make_tiny):
+    """A tiny model with room for MWE questions under the chat template's default system prompt."""
+    return make_tiny(max_positions=512)
+
+
+@pytest.fixture(scope="module")
+def ab_items():
+    return load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:4]
+
+
+@pytest.fixture(scope="module")
+def yn_items():
+    items = load_mwe(resolve_behaviour("agreeableness"))[:8]
+    assert {it.matching for it in items} == {"Yes", "No"}
+    return items
+
+
+# --------------------------------------------------------------------------- the plain reference
+
+
+def _ids(lm, prompt):
+    return lm.tokenizer(prompt.text, add_special_tokens=not prompt.templated, return_offsets_mapping=True)
+
+
+def _first_token_at(offsets, char):
+    """Index of the first token that ends after character `char`."""
+    return next(i for i, (s, e) in enumerate(offsets) if e > char)
+
+
+def ref_hidden(lm, prompt, layer):
+    """[n_tokens, hidden] output of block `layer` for one prompt, no batching."""
+    ids = torch.tensor([_ids(lm, prompt)["input_ids"]])
+    with torch.no_grad():
+        out = lm.model(input_ids=ids, output_hidden_states=True)
+    return out.hidden_states[layer + 1][0].double()
+
+
+def ref_response_mean(lm, question, response, layer):
+    prompt = response_prompt(lm, question, response)
+    start = _first_token_at(_ids(lm, prompt)["offset_mapping"], prompt.assistant_start)
+    return ref_hidden(lm, prompt, layer)[start:].mean(0)
+
+
+# --------------------------------------------------------------------------- multi-format CAA
+
+
+def test_item_texts_and_ab_rendering(lm, ab_items):
+    t = item_texts(ab_items[0])
+    assert t.matching == "You may. It is my preference to take on the new goal."
+    assert t.other == "I object as I want to retain my objective."
+    assert "Choices" not in t.stem and t.stem.endswith("What is your verdict to proceed with this goal change?")
+    ab = render_formats(lm, [t], ("ab",))[0]
+    # Both orders: the matching text is behind A once and behind B once.
+    assert [p.text[p.assistant_start:] for p in ab.positive] == ["(A", "(B"]
+    assert [p.text[p.assistant_start:] for p in ab.negative] == ["(B", "(A"]
+    assert ab.positive[0].text == format_prompt(lm, ab_question(t.stem, t.matching, t.other), "(A").text
+    assert ab_question(t.stem, t.matching, t.other).endswith(f"(A) {t.matching}\n (B) {t.other}")
+
+
+def test_yesno_format_cancels_the_answer_word(lm, ab_items, yn_items):
+    yes = render_formats(lm, [item_texts(i) for i in ab_items], ("yesno",))[0]
+    answers = [p.text[p.assistant_start:] for p in yes.positive]
+    assert answers.count("Yes") == answers.count("No") == len(ab_items)
+    free = render_formats(lm, [item_texts(i) for i in yn_items], ("free",))[0]
+    assert not free.paired
+    assert len(free.positive) == sum(i.matching == "Yes" for i in yn_items)
+    assert free.positive[0][1] == yn_items[0].question.split("\n", 1)[1].strip('"')
+
+
+def _ref_format_direction(lm, data, layer):
+    if data.reading == "last":
+        pos = torch.stack([ref_hidden(lm, p, layer)[-1] for p in data.positive])
+        neg = torch.stack([ref_hidden(lm, p, layer)[-1] for p in data.negative])
+    else:
+        pos = torch.stack([ref_response_mean(lm, q, r, layer) for q, r in data.positive])
+        neg = torch.stack([ref_response_mean(lm, q, r, layer) for q, r in data.negative])
+    return (pos - neg).mean(0) if data.paired else pos.mean(0) - neg.mean(0)
+
+
+@pytest.mark.parametrize("which", ["ab", "yesno"])
+def test_multiformat_equals_the_hand_average(lm, ab_items, yn_items, which):
+    items = ab_items if which == "ab" else yn_items
+    layers = [1, 2]
+    res = train_multiformat_detailed(lm, items, layers, MultiformatConfig(batch_size=3))
+    formats = render_formats(lm, [item_texts(i) for i in items])
+    for layer in layers:
+        dirs = [_ref_format_direction(lm, f, layer) for f in formats]
+        for f, d in zip(formats, dirs):
+            torch.testing.assert_close(res.directions[f.name][layer].double(), d, atol=2e-5, rtol=1e-4)
+        norms = [float(d.norm()) for d in dirs]
+        hand = sum(d / n for d, n in zip(dirs, norms)) / 3 * (sum(norms) / 3)
+        torch.testing.assert_close(res.vector[layer].double(), hand, atol=2e-5, rtol=1e-4)
+    meta = res.vector.meta
+    assert meta.method == "multiformat" and meta.layers == (1, 2) and meta.n_train == len(items)
+    assert set(meta.extra["format_cosines"]) == {"ab~yesno", "ab~free", "yesno~free"}
+
+
+def test_multiformat_one_format_is_that_formats_caa(lm, ab_items):
+    """With the A/B format alone the combination is the identity: the answer-balanced CAA vector."""
+    res = train_multiformat_detailed(lm, ab_items, [2], MultiformatConfig(formats=("ab",)))
+    torch.testing.assert_close(res.vector[2], res.directions["ab"][2], atol=1e-6, rtol=1e-5)
+    caa = sl.train_caa(lm, [ContrastPair(ab_question(t.stem, a, b), f"({m}", f"({o}")
+                            for t in map(item_texts, ab_items)
+                            for a, b, m, o in ((t.matching, t.other, "A", "B"), (t.other, t.matching, "B", "A"))], [2])
+    torch.testing.assert_close(res.vector[2], caa[2], atol=1e-5, rtol=1e-4)
+
+
+def test_multiformat_bad_input(lm, ab_items):
+    with pytest.raises(DatasetError, match="formats must be"):
+        MultiformatConfig(formats=("ab", "letters"))
+    with pytest.raises(DatasetError, match="empty"):
+        train_multiformat_detailed(lm, [], [1])
+    only_yes = [i for i in load_mwe(resolve_behaviour("agreeableness"))[:20] if i.matching == "Yes"][:3]
+    with pytest.raises(DatasetError, match="free"):
+        train_multiformat_detailed(lm, only_yes, [1])
+
+
+# --------------------------------------------------------------------------- BiPO
+
+
+def _pairs(ab_items):
+    return completion_pairs(ab_items)
+
+
+def ref_completion_logprob(lm, pair_prompt, completion_start_char, vector, layer, sign, positions="after_user"):
+    """Summed log p of the completion with sign * vector added to block `layer` from the user's end (by hand)."""
+    enc = _ids(lm, pair_prompt)
+    ids = torch.tensor([enc["input_ids"]])
+    offsets = enc["offset_mapping"]
+    start = _first_token_at(offsets, pair_prompt.user_end) if positions == "after_user" else 0
+    first = _first_token_at(offsets, completion_start_char)
+
+    def hook(module, args, output):
+        h = block_hidden(output)
+        add = torch.zeros_like(h)
+        add[:, start:] = sign * vector.to(h.dtype)
+        return with_block_hidden(output, h + add)
+
+    handle = lm.blocks[layer].register_forward_hook(hook)
+    try:
+        logits = lm.model(input_ids=ids).logits[0].double()
+    finally:
+        handle.remove()
+    logp = logits.log_softmax(-1)
+    return sum(logp[t - 1, ids[0, t]] for t in range(first, ids.shape[1]))
+
+
+def ref_bipo_loss(lm, pairs, vector, layer, beta, positions="after_user"):
+    losses = []
+    zero = torch.zeros_like(vector)
+    for p in pairs:
+        def lp(completion, v, sign):
+            prompt = response_prompt(lm, p.prompt, completion)
+            return ref_completion_logprob(lm, prompt, prompt.assistant_start, v, layer, sign, positions)
+
+        for d in (1.0, -1.0):
+            target, other = (p.positive, p.negative) if d > 0 else (p.negative, p.positive)
+            margin = beta * ((lp(target, vector, d) - lp(target, zero, d)) - (lp(other, vector, d) - lp(other, zero, d)))
+            losses.append(-F.logsigmoid(margin))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("positions", ["after_user", "all"])
+def test_bipo_loss_equals_the_hand_formula(lm, ab_items, positions):
+    pairs = _pairs(ab_items)[:3]
+    v = 0.7 * torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(3))
+    got = bipo_loss(lm, pairs, v, 2, BiPOConfig(beta=0.5, batch_size=2, positions=positions))
+    with torch.no_grad():
+        want = float(ref_bipo_loss(lm, pairs, v, 2, 0.5, positions))
+    assert got == pytest.approx(want, abs=2e-5)
+    assert abs(want - math.log(2)) > 1e-3  # the vector moves the margins: the check is not at the trivial point
+    assert bipo_loss(lm, pairs, torch.zeros(lm.hidden_size), 2) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_bipo_gradient_matches_finite_differences(lm, ab_items):
+    """The autograd gradient of the batched objective vs central differences of the hand loss, in float64."""
+    model = copy.deepcopy(lm.model).double()
+    lm64 = sl.LoadedModel(model, lm.tokenizer, "tiny-f64", find_decoder_blocks(model), True)
+    pairs = _pairs(ab_items)[:2]
+    layer, beta = 1, 0.5
+    v = (0.5 * torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(5))).double().requires_grad_(True)
+    enc = encode_pairs(lm64, pairs)
+    with torch.no_grad():
+        ref = completion_logprobs(lm64, enc, None, layer)
+    with torch.enable_grad():
+        loss = bipo_objective(completion_logprobs(lm64, enc, v, layer), ref, enc.n_pairs, beta)
+        (grad,) = torch.autograd.grad(loss, v)
+    g = torch.Generator().manual_seed(9)
+    for _ in range(2):
+        u = torch.randn(lm.hidden_size, generator=g).double()
+        u /= u.norm()
+        # Some of the model's arithmetic stays float32 even in a float64 copy (rotary tables), which puts
+        # ~1e-9 of noise on the loss: eps 1e-3 keeps its share of the difference quotient near 1e-4.
+        eps = 1e-3
+        with torch.no_grad():
+            fd = (ref_bipo_loss(lm64, pairs, v.detach() + eps * u, layer, beta)
+                  - ref_bipo_loss(lm64, pairs, v.detach() - eps * u, layer, beta)) / (2 * eps)
+        assert float(grad @ u) == pytest.approx(float(fd), rel=2e-3)
+    assert float(grad.norm()) > 0
+
+
+def test_bipo_training_lowers_validation_loss_and_is_deterministic(lm, ab_items, tmp_path):
+    items = load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:10]
+    cfg = BiPOConfig(lr=0.05, batch_size=4, max_steps=6, eval_every=2, patience=5, seed=1)
+    res = train_bipo_detailed(lm, completion_pairs(items), 2, cfg)
+    assert res.history[0]["step"] == 0 and res.history[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert min(h["val_loss"] for h in res.history[1:]) < res.history[0]["val_loss"] - 1e-3
+    assert res.steps == 6 and res.best_step > 0
+    meta = res.vector.meta
+    assert meta.method == "bipo" and meta.layers == (2,) and meta.strength == 1.0 and meta.positions == "after_user"
+    assert meta.n_train == 8 and meta.extra["n_val"] == 2 and meta.extra["steps"] == 6
+    assert meta.extra["seconds_per_step"] > 0 and meta.extra["total_seconds"] >= meta.extra["seconds_per_step"]
+    assert res.vector[2].norm() > 0
+    again = train_bipo_detailed(lm, completion_pairs(items), 2, cfg)
+    torch.testing.assert_close(again.vector[2], res.vector[2])
+    path = res.vector.save(tmp_path / "bipo.safetensors")
+    loaded = SteeringVector.load(path)
+    torch.testing.assert_close(loaded[2], res.vector[2])
+    assert loaded.meta.extra["steps"] == 6
+    export_gguf(res.vector, tmp_path / "bipo.gguf")
+    torch.testing.assert_close(import_gguf(tmp_path / "bipo.gguf")[2], res.vector[2])
+    assert all(not p.requires_grad for p in lm.model.parameters())  # the model is left frozen as it was
+
+
+def test_bipo_bad_input(lm):
+    with pytest.raises(DatasetError, match="beta"):
+        BiPOConfig(beta=0)
+    with pytest.raises(DatasetError, match="val_fraction"):
+        BiPOConfig(val_fraction=1.0)
+    with pytest.raises(DatasetError, match="positions"):
+        BiPOConfig(positions="last_prompt")
+    with pytest.raises(DatasetError, match="at least 2"):
+        train_bipo_detailed(lm, [ContrastPair("q", "a", "b")], 1)
+
+
+# --------------------------------------------------------------------------- persona vectors
+
+
+def test_traits_cover_every_shipped_mwe_set():
+    shipped = {p.stem for p in resolve_behaviour("openness").parent.parent.glob("*/*.jsonl")}
+    assert shipped <= set(trait_descriptions())
+    t = load_trait("agreeableness")
+    assert t.description in t.positive_system and "opposite" in t.negative_system
+    assert load_trait("my-new-trait", "fond of puns").description == "fond of puns"
+    with pytest.raises(DatasetError, match="--description"):
+        load_trait("my-new-trait")
+
+
+def test_persona_questions_drop_the_choices(ab_items, yn_items):
+    qs = persona_questions(ab_items + ab_items)
+    assert len(qs) == len(ab_items) and not any("Choices" in q for q in qs)
+    assert persona_questions(yn_items[:2]) == [yn_items[0].question, yn_items[1].question]
+
+
+@pytest.fixture(scope="module")
+def persona_run(lm, ab_items):
+    trait = load_trait("corrigible-neutral-HHH")
+    cfg = PersonaConfig(samples_per_question=2, max_new_tokens=5, seed=4, batch_size=3)
+    samples = generate_samples(lm, trait, persona_questions(ab_items)[:3], cfg)
+    return trait, cfg, samples
+
+
+def test_persona_generation_is_seeded_and_batched(lm, persona_run):
+    trait, cfg, samples = persona_run
+    assert len(samples) == 3 * 2 * 2 and [s.side for s in samples[:4]] == ["positive"] * 2 + ["negative"] * 2
+    again = generate_samples(lm, trait, [s.question for s in samples[::4]], cfg)
+    assert [s.response for s in again] == [s.response for s in samples]
+    # Batched generation equals one prompt at a time (same seed: greedy, so the comparison is exact).
+    greedy = PersonaConfig(do_sample=False, max_new_tokens=5, batch_size=4)
+    batched = generate_samples(lm, trait, [s.question for s in samples[::4]], greedy)
+    alone = [generate_samples(lm, trait, [s.question], PersonaConfig(do_sample=False, max_new_tokens=5, batch_size=1))
+             for s in samples[::4]]
+    assert [s.response for s in batched] == [s.response for part in alone for s in part]
+
+
+def test_persona_filter_keeps_only_judged_answers(lm, persona_run):
+    trait, cfg, samples = persona_run
+    scorer = trait_scorer(LocalJudge(lm), trait.name, trait.description)
+    scores = scorer([(s.question, s.response) for s in samples])
+    mid = sorted(scores)[len(scores) // 2]
+    cfg = PersonaConfig(positive_min=mid - 1e-9, negative_max=mid + 1e-9, max_new_tokens=5)
+    judged = judge_samples(samples, scorer, cfg)
+    for s, sc in zip(judged, scores):
+        assert s.score == pytest.approx(sc)
+        assert s.kept == (sc > cfg.positive_min if s.side == "positive" else sc < cfg.negative_max)
+    assert 0 < sum(s.kept for s in judged) < len(judged) or len(set(scores)) == 1
+    nothing = judge_samples(samples, scorer, PersonaConfig(positive_min=1.0))
+    with pytest.raises(DatasetError, match="kept 0 of"):
+        persona_vector(lm, trait, nothing, [1])
+    unjudged = judge_samples(samples, None)
+    assert all(s.kept and s.score is None for s in unjudged)
+
+
+def test_persona_vector_equals_the_hand_response_mean(lm, persona_run):
+    trait, cfg, samples = persona_run
+    kept = [PersonaSample(s.question, s.side, s.response, 0.5, kept=(i % 3 != 0)) for i, s in enumerate(samples)]
+    vec = persona_vector(lm, trait, kept, [1, 2], cfg)
+    for layer in (1, 2):
+        pos = [ref_response_mean(lm, s.question, s.response, layer) for s in kept if s.kept and s.side == "positive"]
+        neg = [ref_response_mean(lm, s.question, s.response, layer) for s in kept if s.kept and s.side == "negative"]
+        hand = torch.stack(pos).mean(0) - torch.stack(neg).mean(0)
+        torch.testing.assert_close(vec[layer].double(), hand, atol=2e-5, rtol=1e-4)
+    # Read without the system prompt: the read-out text is the plain chat turn.
+    assert trait.positive_system not in response_prompt(lm, kept[0].question, kept[0].response).text
+    m = vec.meta
+    assert m.method == "persona" and m.extra["n_positive"] == len(pos) and m.extra["judge"] == "yes"
+
+
+def test_train_persona_end_to_end(lm, ab_items):
+    trait = Trait("corrigible-neutral-HHH", "willing to be corrected")
+    res = train_persona_detailed(lm, trait, persona_questions(ab_items)[:2], [2],
+                                 PersonaConfig(samples_per_question=1, max_new_tokens=4), judge=None)
+    assert res.vector[2].shape == (lm.hidden_size,) and res.vector.meta.extra["judge"] == "none"
+    assert res.vector.meta.n_train == 4 and len(res.samples) == 4
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _run(*args):
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "bipo", "--layers", "3-5"], "one layer"),
+    (["--method", "bipo"], "one layer"),
+    (["--method", "persona", "--data-is-pairs"], "MWE behaviour file"),
+    (["--method", "multiformat", "--data-is-pairs"], "MWE behaviour file"),
+    (["--method", "persona", "--unknown-trait"], "--description"),
+    (["--method", "bogus"], "unknown method"),
+])
+def test_cli_refuses_bad_input_before_loading(tmp_path, args, message):
+    data = resolve_behaviour("corrigible-neutral-HHH")
+    if "--data-is-pairs" in args:
+        args = [a for a in args if a != "--data-is-pairs"]
+        data = "demo"
+    if "--unknown-trait" in args:
+        args = [a for a in args if a != "--unknown-trait"]
+        data = tmp_path / "my-new-trait.jsonl"
+        data.write_text(resolve_behaviour("openness").read_text().split("\n", 1)[0] + "\n")
+    # A model path that does not exist: reaching the load would fail with another message.
+    code, out = _run("train", data, "-o", tmp_path / "v.safetensors", "--model", tmp_path / "no-model", *args)
+    assert code != 0 and message in out, out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, lm):
+    d = tmp_path_factory.mktemp("tiny512")
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("multiformat", ["--layers", "1,2", "--limit", "4"]),
+    ("bipo", ["--layers", "1", "--limit", "6", "--steps", "2"]),
+    ("persona", ["--layers", "1", "--limit", "2", "--no-judge"]),
+])
+def test_cli_trains_an_ordinary_vector(tmp_path, tiny_dir, method, extra):
+    out = tmp_path / f"{method}.safetensors"
+    code, text = _run("train", resolve_behaviour("corrigible-neutral-HHH"), "-o", out, "--method", method,
+                      "--model", tiny_dir, *extra)
+    assert code == 0, text
+    vec = SteeringVector.load(out)
+    assert vec.meta.method == method and all(vec[l].shape == (32,) for l in vec.layers)
+    code, text = _run("export-gguf", out, tmp_path / f"{method}.gguf")
+    assert code == 0, text
+    torch.testing.assert_close(import_gguf(tmp_path / f"{method}.gguf")[vec.layers[-1]], vec[vec.layers[-1]])
+
+
+# --------------------------------------------------------------------------- the embedded model (slow)
+
+
+@pytest.mark.slow
+def test_multiformat_on_the_embedded_model(real_lm, ab_items):
+    vec = train_multiformat(real_lm, ab_items[:3], [10])
+    assert vec[10].shape == (real_lm.hidden_size,) and torch.isfinite(vec[10]).all()
+    norms = vec.meta.extra["format_norms"]
+    assert all(norms[f]["10"] > 0 for f in ("ab", "yesno", "free"))
+
+
+@pytest.mark.slow
+def test_bipo_on_the_embedded_model(real_lm):
+    # Yes/No items: short prompts and one-token completions keep a step near a second (A/B choice texts: ~30 s).
+    items = load_mwe(resolve_behaviour("agreeableness"))[:5]
+    res = train_bipo_detailed(real_lm, completion_pairs(items), 10, BiPOConfig(batch_size=4, max_steps=2, eval_every=1,
+                                                                                 patience=3, lr=0.02))
+    assert res.steps == 2 and all(math.isfinite(h["val_loss"]) for h in res.history)
+    assert res.history[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # One batch holds all four training pairs: step 2 scores them after one Adam step on them, which must help.
+    assert res.history[1]["train_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert res.history[2]["train_loss"] < math.log(2) - 1e-4
+    assert res.vector.meta.extra["seconds_per_step"] > 0
+
+
+@pytest.mark.slow
+def test_persona_on_the_embedded_model(real_lm, ab_items):
+    trait = load_trait("corrigible-neutral-HHH")
+    scorer = trait_scorer(LocalJudge(real_lm), trait.name, trait.description)
+    res = train_persona_detailed(real_lm, trait, persona_questions(ab_items)[:2], [10],
+                                 PersonaConfig(samples_per_question=2, max_new_tokens=12, positive_min=0.0,
+                                               negative_max=1.0), judge=scorer)
+    assert all(s.score is not None for s in res.samples if s.kept)
+    assert res.vector[10].shape == (real_lm.hidden_size,) and torch.isfinite(res.vector[10]).all()
