@@ -1,7 +1,8 @@
 """Serving under load: 32 concurrent streamed chat requests × 64 new tokens against `steerlab serve`,
-with 0 % / 50 % / 100 % of the rows steered by 1 / 4 / 8 distinct vectors, side by side.
+with 0 % / 50 % / 100 % of the rows steered by 1 / 8 / 32 distinct vectors, side by side, on each engine
+(`--engines builtin,vllm,vllm-compiled`: the built-in engine, vLLM eager, vLLM with its compiled model).
 
-The server runs in its own process (`steerlab serve`, embedded model); this process is
+The server runs in its own process (`steerlab serve --engine ...`, embedded model, float32); this process is
 only the load generator (asyncio + httpx, streaming, so time-to-first-token is measured where the
 client sees it). Every request sends `ignore_eos` so each row generates exactly `--new-tokens`
 tokens whatever its steering does to the text: configurations then do the same work and differ only
@@ -15,8 +16,11 @@ load drift spreads over all of them; the table shows medians over repeats. Then 
 registered vector: the server's RSS before and after registering `--memory-vectors` full-depth
 vectors, divided by their count, next to the vectors' own bytes.
 
-    python benchmarks/serving.py                    # the issue's sizes (~5-10 min on 2 loaded cores)
+    python benchmarks/serving.py                    # the built-in engine, the issue's sizes (~5-10 min)
+    python benchmarks/serving.py --engines builtin,vllm,vllm-compiled   # side by side (the vLLM venv)
     python benchmarks/serving.py --quick            # pipeline check (small)
+
+Server CPU time counts the server process and every process it started (vLLM's engine core and workers).
 """
 
 from __future__ import annotations
@@ -53,6 +57,27 @@ def free_port() -> int:
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and all its descendants (vLLM runs its engine core and workers as children)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += proc_cpu_s(p)
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            pass
+        todo += children.get(p, [])
+    return total
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -123,11 +148,91 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
 
 
+ENGINES = {"builtin": ["--engine", "builtin"], "vllm": ["--engine", "vllm", "--eager"],
+           "vllm-compiled": ["--engine", "vllm", "--compiled"]}
+
+
+def start_server(engine: str, args, port: int):
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TOKENIZERS_PARALLELISM": "false", "STEERLAB_API_KEY": "", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    cmd = [sys.executable, "-c", "from steerlab.cli import app; app()", "serve", "--port", str(port),
+           "--max-batch", str(max(32, args.requests)), "--max-new-tokens-limit", str(max(512, args.new_tokens)),
+           "--dtype", args.dtype, *ENGINES[engine]]
+    log(f"starting server: steerlab {' '.join(cmd[3:])}")
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_healthy(server, base: str, timeout_s: float = 600) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}")
+        try:
+            return httpx.get(base + "/health", timeout=2).json()
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"server did not start in {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+
+def bench_engine(engine: str, args, configs, max_vectors: int) -> tuple[dict, dict | None]:
+    """Every configuration on one engine's server: {config: [repeat results]}, and memory per vector (builtin)."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(engine, args, port)
+    memory = None
+    try:
+        health = wait_healthy(server, base)
+        model, n_layers, hidden = health["model"], health["n_layers"], health["hidden_size"]
+        family = "llama"
+        for k in range(max_vectors):
+            data = vector_file_bytes(model, family, hidden, n_layers, [10 + k % 4], seed=k)
+            httpx.post(f"{base}/v1/vectors?name=bench{k}", content=data, timeout=30).raise_for_status()
+        log(f"{engine}: warm-up burst")
+        asyncio.run(burst(base, model, args.requests, min(8, args.new_tokens), 1.0, max_vectors))
+        runs: dict = {c: [] for c in configs}
+        for rep in range(args.repeats):
+            for c in configs:
+                cpu0 = tree_cpu_s(server.pid)
+                res = asyncio.run(burst(base, model, args.requests, args.new_tokens, *c))
+                res["server_cpu_s"] = tree_cpu_s(server.pid) - cpu0
+                res["load_avg"] = os.getloadavg()[0]
+                runs[c].append(res)
+                log(f"{engine} repeat {rep + 1}/{args.repeats} steered {c[0]:.0%} × {c[1]} vectors: "
+                    f"{res['throughput']:.1f} tok/s, wall {res['wall_s']:.1f} s, server CPU {res['server_cpu_s']:.1f} s, "
+                    f"load {res['load_avg']:.1f}")
+        if engine == "builtin" and args.memory_vectors:  # memory per registered vector (full depth: every layer)
+            rss0 = proc_rss_mb(server.pid)
+            one = vector_file_bytes(model, family, hidden, n_layers, range(n_layers), seed=999)
+            for k in range(args.memory_vectors):
+                httpx.post(f"{base}/v1/vectors?name=mem{k}", content=one, timeout=30).raise_for_status()
+            rss1 = proc_rss_mb(server.pid)
+            for k in range(args.memory_vectors):
+                httpx.delete(f"{base}/v1/vectors/mem{k}", timeout=30)
+            memory = {"vectors": args.memory_vectors, "layers_each": n_layers, "hidden": hidden,
+                      "tensor_kib_each": n_layers * hidden * 4 / 1024, "rss_before_mb": rss0, "rss_after_mb": rss1,
+                      "rss_kib_per_vector": (rss1 - rss0) * 1024 / args.memory_vectors}
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return runs, memory
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engines", default="builtin", help="comma-separated: builtin, vllm (eager), vllm-compiled")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--vectors", default="1,8,32", help="distinct vectors among the steered rows")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                     help="torch threads in the server (default: $OMP_NUM_THREADS, else 1)")
     ap.add_argument("--memory-vectors", type=int, default=200)
@@ -135,98 +240,53 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.requests, args.new_tokens, args.repeats, args.memory_vectors = 8, 8, 1, 20
-    import httpx
-
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        raise SystemExit(f"unknown engine(s) {bad}: choose from {', '.join(ENGINES)}")
+    counts = [int(k) for k in args.vectors.split(",")]
     info = machine_info()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "TOKENIZERS_PARALLELISM": "false", "STEERLAB_API_KEY": ""}
-    cmd = [sys.executable, "-c", "from steerlab.cli import app; app()", "serve", "--port", str(port), "--max-batch", str(max(32, args.requests)),
-           "--max-new-tokens-limit", str(max(512, args.new_tokens))]
-    log(f"starting server: steerlab {' '.join(cmd[3:])}")
-    server = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}")
-            try:
-                health = httpx.get(base + "/health", timeout=2).json()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start in 300 s")
-                time.sleep(0.5)
-        model, n_layers, hidden = health["model"], health["n_layers"], health["hidden_size"]
-        family = "llama"
-        for k in range(8):
-            data = vector_file_bytes(model, family, hidden, n_layers, [10 + k % 4], seed=k)
-            r = httpx.post(f"{base}/v1/vectors?name=bench{k}", content=data, timeout=30)
-            r.raise_for_status()
-        configs = [(0.0, 0)] + [(f, k) for f in (0.5, 1.0) for k in (1, 4, 8)]
-        log("warm-up burst")
-        asyncio.run(burst(base, model, args.requests, min(8, args.new_tokens), 1.0, 8))
-        runs: dict = {c: [] for c in configs}
-        for rep in range(args.repeats):
-            for c in configs:
-                cpu0 = proc_cpu_s(server.pid)
-                res = asyncio.run(burst(base, model, args.requests, args.new_tokens, *c))
-                res["server_cpu_s"] = proc_cpu_s(server.pid) - cpu0
-                res["load_avg"] = os.getloadavg()[0]
-                runs[c].append(res)
-                log(f"repeat {rep + 1}/{args.repeats} steered {c[0]:.0%} × {c[1]} vectors: "
-                    f"{res['throughput']:.1f} tok/s, wall {res['wall_s']:.1f} s, server CPU {res['server_cpu_s']:.1f} s, "
-                    f"load {res['load_avg']:.1f}")
+    configs = [(0.0, 0)] + [(f, k) for f in (0.5, 1.0) for k in counts]
+    results = {e: bench_engine(e, args, configs, max(counts)) for e in engines}
+
+    rows, table = [], []
+    first = engines[0]
+    first_base = statistics.median(r["throughput"] for r in results[first][0][(0.0, 0)])
+    for engine in engines:
+        runs = results[engine][0]
         base_tp = statistics.median(r["throughput"] for r in runs[(0.0, 0)])
-        base_cpu = statistics.median(r["server_cpu_s"] for r in runs[(0.0, 0)])
         base_per_cpu = statistics.median(r["tokens"] / r["server_cpu_s"] for r in runs[(0.0, 0)])
-        rows, table = [], []
         for c in configs:
             rs = runs[c]
             lat = [x for r in rs for x in r["latency"]]
             ttft = [x for r in rs for x in r["ttft"]]
             tp = statistics.median(r["throughput"] for r in rs)
-            cpu = statistics.median(r["server_cpu_s"] for r in rs)
             per_cpu = statistics.median(r["tokens"] / r["server_cpu_s"] for r in rs)
-            row = {"steered": c[0], "vectors": c[1], "throughput_tok_s": tp, "vs_unsteered": tp / base_tp,
-                   "tokens_per_server_cpu_s": per_cpu,
-                   "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "ttft_p50_s": pct(ttft, 50),
-                   "ttft_p95_s": pct(ttft, 95), "server_cpu_s": cpu, "cpu_vs_unsteered": cpu / base_cpu,
+            row = {"engine": engine, "steered": c[0], "vectors": c[1], "throughput_tok_s": tp,
+                   "vs_unsteered": tp / base_tp, f"vs_{first}_unsteered": tp / first_base,
+                   "tokens_per_server_cpu_s": per_cpu, "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95),
+                   "ttft_p50_s": pct(ttft, 50), "ttft_p95_s": pct(ttft, 95),
+                   "server_cpu_s": statistics.median(r["server_cpu_s"] for r in rs),
                    "throughputs": [r["throughput"] for r in rs], "tokens": rs[0]["tokens"]}
             rows.append(row)
-            table.append([f"{c[0]:.0%}", c[1] or "-", tp, f"{tp / base_tp:.2f}x", per_cpu, f"{per_cpu / base_per_cpu:.2f}x",
-                          row["latency_p50_s"], row["latency_p95_s"], row["ttft_p50_s"], row["ttft_p95_s"]])
-        # memory per registered vector (full depth: every layer)
-        rss0 = proc_rss_mb(server.pid)
-        one = vector_file_bytes(model, family, hidden, n_layers, range(n_layers), seed=999)
-        for k in range(args.memory_vectors):
-            httpx.post(f"{base}/v1/vectors?name=mem{k}", content=one, timeout=30).raise_for_status()
-        rss1 = proc_rss_mb(server.pid)
-        per_vector_kib = (rss1 - rss0) * 1024 / args.memory_vectors
-        for k in range(args.memory_vectors):
-            httpx.delete(f"{base}/v1/vectors/mem{k}", timeout=30)
-        memory = {"vectors": args.memory_vectors, "layers_each": n_layers, "hidden": hidden,
-                  "tensor_kib_each": n_layers * hidden * 4 / 1024, "rss_before_mb": rss0, "rss_after_mb": rss1,
-                  "rss_kib_per_vector": per_vector_kib}
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            table.append([engine, f"{c[0]:.0%}", c[1] or "-", tp, f"{tp / base_tp:.2f}x", f"{tp / first_base:.2f}x",
+                          per_cpu, f"{per_cpu / base_per_cpu:.2f}x", row["latency_p50_s"], row["latency_p95_s"],
+                          row["ttft_p50_s"], row["ttft_p95_s"]])
+    memory = next((m for _, m in results.values() if m), None)
     notes = [machine_line(info),
-             f"{args.requests} concurrent streamed chat requests × {args.new_tokens} new tokens (ignore_eos), greedy; "
-             f"server torch threads {args.threads}; medians of {args.repeats} round-robin repeats; latency/TTFT "
-             f"percentiles pooled over repeats",
-             f"memory: {args.memory_vectors} registered vectors of {n_layers} layers × {hidden}: "
-             f"{memory['tensor_kib_each']:.1f} KiB of float32 each; server RSS +{per_vector_kib:.1f} KiB per vector "
-             f"({rss0:.0f} → {rss1:.0f} MiB)"]
-    print_table("steerlab serve: 32 concurrent requests, steered share × distinct vectors",
-                ["steered", "vectors", "tok/s (wall)", "vs 0%", "tok per server CPU-s", "vs 0%", "lat p50 s",
-                 "lat p95 s", "TTFT p50 s", "TTFT p95 s"], table, notes)
+             f"{args.requests} concurrent streamed chat requests × {args.new_tokens} new tokens (ignore_eos), greedy, "
+             f"{args.dtype}; server torch threads {args.threads}; medians of {args.repeats} round-robin repeats; "
+             "latency/TTFT percentiles pooled over repeats; server CPU = the server and its child processes"]
+    if memory:
+        notes.append(f"memory (builtin): {memory['vectors']} registered vectors of {memory['layers_each']} layers × "
+                     f"{memory['hidden']}: {memory['tensor_kib_each']:.1f} KiB of float32 each; server RSS "
+                     f"+{memory['rss_kib_per_vector']:.1f} KiB per vector ({memory['rss_before_mb']:.0f} → "
+                     f"{memory['rss_after_mb']:.0f} MiB)")
+    print_table(f"steerlab serve: {args.requests} concurrent requests, engine × steered share × distinct vectors",
+                ["engine", "steered", "vectors", "tok/s (wall)", "vs 0%", f"vs {first} 0%", "tok per server CPU-s",
+                 "vs 0%", "lat p50 s", "lat p95 s", "TTFT p50 s", "TTFT p95 s"], table, notes)
     path = write_json("serving", {"machine": info, "args": vars(args), "rows": rows, "memory": memory,
-                                  "runs": {f"{c[0]}-{c[1]}": runs[c] for c in configs}})
+                                  "runs": {f"{e}-{c[0]}-{c[1]}": results[e][0][c] for e in engines for c in configs}})
     log(f"wrote {path}")
 
 

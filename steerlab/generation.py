@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +15,16 @@ from .vector import SteeringVector
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from .models import LoadedModel
+
+
+class TextGenerator(Protocol):
+    """What produces the texts of a study (`generate` below, or the vLLM engine's
+    `steerlab.serve.engines.vllm.TextGenerator`): greedy texts of `prompts` under `steering` (per-row vectors and
+    strengths allowed), in order. Studies take one so `--engine vllm` needs no change in them."""
+
+    def __call__(self, lm: "LoadedModel", prompts: Sequence["str | Prompt"],
+                 steering: "Steering | Sequence[Steering] | None" = None, *, max_new_tokens: int = 64,
+                 batch_size: int = 16) -> list[str]: ...
 
 
 def generate(

@@ -190,6 +190,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         raise
 
 
+def converted_dir(gguf: Path) -> Path | None:
+    """The converted checkpoint directory of a GGUF file if it has been converted (None if not yet)."""
+    target = _gguf_cache_dir(gguf)
+    return target if (target / "model.safetensors").is_file() else None
+
+
 def convert_gguf(gguf: Path) -> Path:
     """The float checkpoint directory of a GGUF file, converted once and cached (under `cache_root()`)."""
     target = _gguf_cache_dir(gguf)

@@ -16,6 +16,7 @@ resolve as from the repository root), so nothing is written into the checkout:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -33,7 +34,10 @@ import pytest
 from steerlab.data import default_data_root
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
+README_ALL = (REPO / "README.md").read_text()
+# "Steering on vLLM" runs in the vLLM venv (tests/test_vllm_readme.py, CI's vLLM stage), not here
+VLLM_SECTION = re.search(r"^## Steering on vLLM\n.*?(?=^## )", README_ALL, re.S | re.M)
+README = README_ALL.replace(VLLM_SECTION.group(0), "") if VLLM_SECTION else README_ALL
 BLOCKS = re.findall(r"^```(python|bash)\n(.*?)^```", README, re.S | re.M)
 PY_BLOCKS = [code for lang, code in BLOCKS if lang == "python"]
 BASH_BLOCKS = [code for lang, code in BLOCKS if lang == "bash"]
@@ -108,24 +112,19 @@ def _check_pip_line(line: str) -> None:
             assert not missing, f"`{line}` installs {missing}, which the test extra lacks"
 
 
-def _serve(block: str, cwd: Path) -> None:
-    lines = [ln for ln in re.sub(r"\\\n\s*", " ", block).strip().splitlines() if ln.strip()]
+@contextlib.contextmanager
+def serving(cmd: str, cwd: Path, startup_s: float = 300):
+    """Run a README server line (on a free port instead of 8000) until /health answers; yield the port; stop it."""
     port = _free_port()
-    serve = [ln for ln in lines if ln.startswith("steerlab serve")]
-    assert len(serve) == 1
-    rest = [ln for ln in lines if not ln.startswith(("steerlab serve", "pip install"))]
-    for ln in lines:
-        if ln.startswith("pip install"):
-            _check_pip_line(ln)
-    cmd = serve[0].replace("--port 8000", f"--port {port}")
+    cmd = cmd.replace("--port 8000", f"--port {port}")
     if f"--port {port}" not in cmd:
         cmd += f" --port {port}"
     log = cwd / "serve.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen(shlex.split(cmd), cwd=cwd, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(["bash", "-c", cmd], cwd=cwd, env=_env(), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + startup_s
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"`{cmd}` exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
@@ -137,17 +136,33 @@ def _serve(block: str, cwd: Path) -> None:
                 pass
             assert time.monotonic() < deadline, f"server did not answer /health:\n{log.read_text()[-3000:]}"
             time.sleep(1)
-        for ln in rest:
-            r = _run(ln.replace("localhost:8000", f"localhost:{port}").replace("127.0.0.1:8000", f"127.0.0.1:{port}"),
-                     cwd, timeout=600)
-            assert r.returncode == 0 and r.stdout.strip(), f"`{ln}` failed:\n{r.stdout}\n{r.stderr}"
-            assert '"detail"' not in r.stdout, f"`{ln}` was refused: {r.stdout}"
+        yield port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already (the failure above says why)
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def with_port(text: str, port: int) -> str:
+    return text.replace("localhost:8000", f"localhost:{port}").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+
+
+def _serve(block: str, cwd: Path, startup_s: float = 300) -> None:
+    lines = [ln for ln in re.sub(r"\\\n\s*", " ", block).strip().splitlines() if ln.strip()]
+    serve = [ln for ln in lines if ln.startswith("steerlab serve")]
+    assert len(serve) == 1
+    rest = [ln for ln in lines if not ln.startswith(("steerlab serve", "pip install"))]
+    for ln in lines:
+        if ln.startswith("pip install"):
+            _check_pip_line(ln)
+    with serving(serve[0], cwd, startup_s) as port:
+        for ln in rest:
+            r = _run(with_port(ln, port), cwd, timeout=600)
+            assert r.returncode == 0 and r.stdout.strip(), f"`{ln}` failed:\n{r.stdout}\n{r.stderr}"
+            assert '"detail"' not in r.stdout, f"`{ln}` was refused: {r.stdout}"
 
 
 def test_bash_blocks_run_in_order(workdir):

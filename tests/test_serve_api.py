@@ -42,6 +42,12 @@ def make_app(engine_name: str, lm, vectors, *, max_batch: int = 32, max_queue: i
 def engine_name(request):
     return request.param
 
+
+@pytest.fixture(scope="module")
+def tiny_lm(engine_name, make_tiny):
+    """The served tiny model: vLLM's CPU attention needs heads of 32 or more dimensions, so its copy is wider."""
+    return make_tiny() if engine_name == "builtin" else make_tiny(hidden=128)
+
 KEY = "test-key"
 PROMPTS = ["How was your weekend?", "Tell me about the sea.", "What is a good breakfast?", "Hi there"]
 
@@ -273,10 +279,11 @@ def test_bad_requests_get_a_4xx_naming_the_problem(served, tiny_lm, fields, stat
     (b"{not json", 400), (b"[]", 400), (b"null", 400), (b'{"model": 1e999}', 400), (b"\xff\xfe", 400),
     (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "steering": {"vector": "a", "strength": NaN}}', 400),
     (b"x" * (65 << 10), 413),
-    (b'{"model": "tiny-llama-32", "messages": [{"role": "user", "content": "\\ud800 lone surrogate"}]}', 400),
-    (b'{"model": "tiny-llama-32", "messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', 400),
+    (b'{"model": "MODEL", "messages": [{"role": "user", "content": "\\ud800 lone surrogate"}]}', 400),
+    (b'{"model": "MODEL", "messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', 400),
 ])
-def test_malformed_bodies(served, content, status):
+def test_malformed_bodies(served, tiny_lm, content, status):
+    content = content.replace(b"MODEL", tiny_lm.model_id.encode())  # the served tiny model differs per engine
     r = served.http("POST", "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert "error" in r.json()

@@ -32,7 +32,7 @@ from ..data.mwe import MATCHING, NOT_MATCHING
 from ..data.ood import LENGTHS, load_ood_dir
 from ..encoding import encode, format_prompt
 from ..errors import DatasetError, SteerlabError
-from ..generation import generate
+from ..generation import TextGenerator, generate
 from ..vector import SteeringVector
 from .. import results
 from .stats import bootstrap_ci
@@ -134,7 +134,8 @@ class OODGeneration:
 def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
                  positions: str = "answer", max_new_tokens: int = 64, batch_size: int = 8,
                  out_path: str | Path | None = None, done: dict[tuple[str, str], OODGeneration] | None = None,
-                 on_batch: Callable[[int, int], None] | None = None) -> list[OODGeneration]:
+                 on_batch: Callable[[int, int], None] | None = None,
+                 generator: TextGenerator = generate) -> list[OODGeneration]:
     """Greedy responses to every case, unsteered and steered, in batches (each response kept).
 
     Args:
@@ -143,6 +144,7 @@ def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVect
             or any `steerlab.steer` policy.
         out_path: a JSONL file each batch's generations are appended to as soon as they exist.
         done: generations already on disk, by (key, condition); they are not regenerated.
+        generator: what generates (`steerlab.generate`; the vLLM engine's with `--engine vllm`).
     """
     done = dict(done or {})
     jobs = [(c, cond) for c in cases for cond in CONDITIONS if (c.key, cond) not in done]
@@ -152,7 +154,7 @@ def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVect
         strengths = [float(strength) if cond == "steered" else 0.0 for _, cond in chunk]
         terms = [type(t)(vecs, strengths, t.layers, t.positions)
                  for t in steering_terms(vector, layer, strength, "yesno", positions)]
-        texts = generate(lm, [c.prompt for c, _ in chunk], terms, max_new_tokens=max_new_tokens, batch_size=len(chunk))
+        texts = generator(lm, [c.prompt for c, _ in chunk], terms, max_new_tokens=max_new_tokens, batch_size=len(chunk))
         new = [OODGeneration(c.key, c.kind, c.length, c.id, cond, int(layer), float(strength) if cond == "steered" else 0.0,
                              c.prompt, text, c.criteria) for (c, cond), text in zip(chunk, texts)]
         if out_path is not None:
@@ -287,7 +289,7 @@ def evaluate_ood(lm: LoadedModel,
                  behaviour: str, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float,
                  judge: Judge, *, out_dir: str | Path | None = None, positions: str = "answer",
                  max_new_tokens: int = 64, batch_size: int = 8, n_boot: int = 2000, seed: int = 0,
-                 log: Callable[[str], None] = lambda s: None) -> OODResult:
+                 log: Callable[[str], None] = lambda s: None, generator: TextGenerator = generate) -> OODResult:
     """Generate (or reuse saved generations), judge, project and gap-score; write files as it goes.
 
     Files in `out_dir`: ood_generations.jsonl (appended per batch; reused on a rerun),
@@ -303,7 +305,7 @@ def evaluate_ood(lm: LoadedModel,
         log(f"reusing {len(done)} saved generations")
     gens = generate_ood(lm, cases, vector, layer, strength, positions=positions, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, out_path=gen_path, done=done,
-                        on_batch=lambda b, n: log(f"generated batch {b}/{n}"))
+                        on_batch=lambda b, n: log(f"generated batch {b}/{n}"), generator=generator)
     seconds["generate"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -16,8 +16,8 @@ import typer
 
 from ..errors import SteerlabError
 from .common import (check_layer_range, check_out, console, load_model, parse_floats, parse_ints, parse_layers,
-                     parse_list, peek_layers, read_vector, run_command, say, set_runtime)
-from .options import (BEHAVIOUR, DEVICE, DEVICE_MAP, DTYPE, LAYER, MULTI_TOKEN, N_TRAIN, OUT_DIR, POSITIONS, READING,
+                     parse_list, peek_layers, read_vector, run_command, say, set_runtime, text_generator)
+from .options import (BEHAVIOUR, DEVICE, DEVICE_MAP, DTYPE, GEN_ENGINE, LAYER, MULTI_TOKEN, N_TRAIN, OUT_DIR, POSITIONS, READING,
                       RELATIVE, SEED, STRENGTHS, THREADS, MODEL, VECTOR, Judge, Runtime, Split, grouped)
 
 cae_app = typer.Typer(help="Contrastive Activation Engineering: behaviour scores, sweeps, OOD, side effects.",
@@ -299,9 +299,12 @@ def ood(
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="Your own OOD prompts (JSON/JSONL of {prompt, "
                                                                          "criteria?, answer_matching_behavior?, ...})."),
     max_new_tokens: int = typer.Option(48, help="Tokens per response."),
+    batch_size: int = typer.Option(8, help="Responses generated together (with --engine vllm, vLLM batches these "
+                                   "further: give it 64 or more)."),
     judge: Judge = Judge(),
     n_train: int = N_TRAIN,
     seed: int = SEED,
+    engine: str = GEN_ENGINE,
     run: Runtime = Runtime(),
 ) -> None:
     """Steered vs unsteered responses to OOD prompts, judged and projected (ood_generations.jsonl, ood.json, ood.png).
@@ -309,6 +312,14 @@ def ood(
     Generations already in OUT/ood_generations.jsonl for the same layer and strength are reused."""
 
     def body():
+        generator = text_generator(engine)
+        try:
+            evaluate(generator)
+        finally:
+            if hasattr(generator, "close"):
+                generator.close()
+
+    def evaluate(generator):
         _begin(run, out, ["ood.json"])
         from ..cae.strengths import raw_strength
         from ..cae.ood import evaluate_ood, load_ood_cases, load_ood_file, plot_ood
@@ -319,7 +330,8 @@ def ood(
         prep = prepare(behaviour, n_train, 1, seed, [layer], vector, run.model)
         alpha = raw_strength(strength, prep.vec, layer, prep.norms[layer]) if relative else strength
         res = evaluate_ood(prep.lm, name, cases, prep.vec.select([layer]), layer, alpha, judge.make(prep.lm),
-                           out_dir=out, positions=positions, max_new_tokens=max_new_tokens, log=say)
+                           out_dir=out, positions=positions, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           log=say, generator=generator)
         plot_ood(res.to_json(), None, out / "ood.png")
         for m in res.measures:
             say(f"{m.measure:12s} {m.kind:10s} n={m.n:3d} unsteered {m.unsteered:+.3f} steered {m.steered:+.3f} "

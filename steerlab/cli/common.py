@@ -161,6 +161,21 @@ def set_runtime(threads: Optional[int], device: Optional[str] = None, dtype: Opt
         os.environ["STEERLAB_DEVICE_MAP"] = device_map
 
 
+def text_generator(engine: str):
+    """The studies' text generator for `--engine` (checked before any model loads): `steerlab.generate`, or the
+    vLLM engine's (started on first use; close it with `.close()`)."""
+    from ..serve.engines import engine_module
+
+    engine_module(engine)  # an unknown engine or a missing vLLM: one line, now
+    if engine == "builtin":
+        from ..generation import generate
+
+        return generate
+    from ..serve.engines.vllm import TextGenerator
+
+    return TextGenerator()
+
+
 def load_model(model: Optional[str]):
     """Load --model (None: the embedded model) under a status line."""
     from ..models import load_model as load

