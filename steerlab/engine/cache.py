@@ -125,22 +125,41 @@ def is_plain(cache: Cache | None, n_layers: int) -> bool:
     return all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
 
 
-def select_rows(cache: Cache, index: torch.Tensor) -> Cache:
-    """A new cache whose row r is row `index[r]` of `cache` (the input is left untouched).
+def _take(t: torch.Tensor, index: torch.Tensor, start: int) -> torch.Tensor:
+    """Rows `index` of a [rows, heads, length, head_dim] tensor, cached positions `start`.. only."""
+    t = t.index_select(0, index.to(t.device))
+    return t[..., start:, :].contiguous() if start else t
 
-    Plain and length-only layers are rebuilt directly (one copy of the selected keys/values);
-    any other cache type is deep-copied and narrowed with its own `batch_select_indices`.
+
+def select_rows(cache: Cache, index: torch.Tensor, *, start: int = 0, in_place: bool = False) -> Cache:
+    """A cache whose row r is row `index[r]` of `cache`, holding cached positions `start`.. only
+    (what the engine keeps for its scoring rows, and the server's engine for the rows still running).
+
+    By default a new cache, the input left untouched (the engine reuses its base cache for every
+    setting): plain and length-only layers are rebuilt directly (one copy of the selected keys/values),
+    any other cache type is deep-copied and narrowed with its own `batch_select_indices` (`start` 0 only).
+    With `in_place`, `cache`'s own layers are narrowed, whatever their type, and `cache` is returned: a
+    running batch that drops rows then frees the old keys/values layer by layer, so memory grows by one
+    layer's copy rather than a whole cache's.
     """
     layers = getattr(cache, "layers", None)
+    if in_place:
+        for layer in layers or []:
+            if isinstance(layer, LengthOnlyLayer):
+                layer.length = max(0, layer.length - start)
+            elif layer.is_initialized:
+                layer.keys, layer.values = _take(layer.keys, index, start), _take(layer.values, index, start)
+        return cache
     if layers is not None and all(type(l) in (DynamicLayer, PreallocLayer, LengthOnlyLayer) for l in layers):
         out = []
         for layer in layers:
             if isinstance(layer, LengthOnlyLayer):
-                out.append(LengthOnlyLayer(layer.length))
+                out.append(LengthOnlyLayer(max(0, layer.length - start)))
             else:
-                idx = index.to(layer.keys.device)
-                out.append(filled_layer(layer.keys.index_select(0, idx), layer.values.index_select(0, idx)))
+                out.append(filled_layer(_take(layer.keys, index, start), _take(layer.values, index, start)))
         return cache_of(out)
+    if start:
+        raise SteerlabError("internal error: cached positions can be cut only from a cache of plain layers")
     fresh = copy.deepcopy(cache)
     fresh.batch_select_indices(index)
     return fresh

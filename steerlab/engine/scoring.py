@@ -58,6 +58,7 @@ from ..activations import last_logits_only, position_ids_for
 from ..encoding import EncodedBatch, after_user_start, pad_left
 from ..errors import SteerlabError
 from ..layers import block_hidden
+from ..per_row import batch_steering
 from ..steering import Steering, apply_steering
 from ..vector import SteeringVector
 from .cache import BufferPool, is_plain, output_cache, prefix_cache, select_rows, skip_blocks, with_cache
@@ -76,12 +77,8 @@ if TYPE_CHECKING:  # the type only: importing models would load transformers
 class _Term:
     vector: SteeringVector  # restricted to the layers it steers
     strength: float
-    policy: str
+    positions: str  # the position policy
     positional: bool
-
-    @property
-    def kind(self) -> tuple[str, bool]:
-        return (self.policy, self.positional)
 
 
 @dataclass(frozen=True)
@@ -111,9 +108,9 @@ def _plan(lm: LoadedModel, index: int, setting: Setting) -> _Plan | None:
 def _first_steered(term: _Term, item: TokenizedItem) -> int:
     if term.positional:  # ActAdd directions start at the user's text whatever the policy
         return item.user_start
-    if term.policy == "all":
+    if term.positions == "all":
         return 0
-    if term.policy == "after_user":
+    if term.positions == "after_user":
         return after_user_start(item.user_end, item.n_prompt)
     return item.n_prompt - 1  # last_prompt
 
@@ -127,28 +124,11 @@ def _suffix_len(plan: _Plan, items: Sequence[TokenizedItem], width: int) -> int:
 def _row_terms(plans: Sequence[_Plan]) -> list[Steering]:
     """Per-row Steering terms for rows whose settings are `plans` (one plan per row).
 
-    Terms are put in slots by kind (policy, per-position); a row whose setting has fewer terms of a
-    kind gets None (no steering) in the extra slots.
+    Terms are put in slots by kind (policy, per-position; `steerlab.per_row.batch_steering`, the
+    regrouping the server's engine uses too); a row whose setting has fewer terms of a kind gets None
+    (no steering) in the extra slots.
     """
-    counts: dict[tuple[str, bool], int] = {}
-    for p in plans:
-        seen: dict[tuple[str, bool], int] = {}
-        for t in p.terms:
-            seen[t.kind] = seen.get(t.kind, 0) + 1
-        for k, n in seen.items():
-            counts[k] = max(counts.get(k, 0), n)
-    out = []
-    for kind, n in counts.items():
-        for slot in range(n):
-            vecs: list[SteeringVector | None] = []
-            strengths: list[float] = []
-            for p in plans:
-                mine = [t for t in p.terms if t.kind == kind]
-                t = mine[slot] if slot < len(mine) else None
-                vecs.append(None if t is None else t.vector)
-                strengths.append(0.0 if t is None else t.strength)
-            out.append(Steering(vecs, strengths, layers=None, positions=kind[0]))
-    return out
+    return batch_steering([p.terms for p in plans], lambda _k, term: term.positional)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,15 +62,12 @@ def merge(a, mask_a: torch.Tensor, b, mask_b: torch.Tensor):
 
 def select(cache, mask: torch.Tensor, keep: list[int], *, trim: bool = True):
     """Keep only rows `keep` (in that order), then (with `trim`, for spliceable caches only) cut columns
-    that are padding for all of them."""
+    that are padding for all of them. The cache is narrowed in place (`engine.cache.select_rows`, the one
+    row selection the scoring engine uses too), so the old rows are freed as it goes."""
+    from ....engine.cache import select_rows  # here: importing the engine package loads transformers
+
     idx = torch.tensor(keep, dtype=torch.long, device=mask.device)
     mask = mask.index_select(0, idx)
     real = mask.any(0)
     first = int(real.nonzero()[0]) if trim and bool(real.any()) else 0
-    for layer in _layers(cache):
-        if not layer.is_initialized:
-            continue
-        k = layer.keys.index_select(0, idx.to(layer.keys.device))
-        v = layer.values.index_select(0, idx.to(layer.values.device))
-        layer.keys, layer.values = k[..., first:, :].contiguous(), v[..., first:, :].contiguous()
-    return cache, mask[:, first:].contiguous()
+    return select_rows(cache, idx, start=first, in_place=True), mask[:, first:].contiguous()

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from ....encoding import EncodedBatch
+from ....per_row import batch_steering
 from ....steering import Steering
 from ..base import Condition, ConditionLeaf, EngineRequest, SteeringTerm
 
@@ -53,22 +54,10 @@ def to_condition(c: Condition):
 
 
 def batch_terms(rows: Sequence[Sequence[SteeringTerm]]) -> list[Steering]:
-    """The steering of a whole batch: per (term index, policy), one Steering with a vector per row.
+    """The steering of a whole batch: per (term index, policy), one Steering with a vector per row
+    (`steerlab.per_row.batch_steering`, the regrouping the scoring engine uses too).
 
     A row without a k-th term (or whose k-th term has another policy) gets None (no steering) in that
     Steering; rows that are not steered at all add nothing. An all-unsteered batch gives []. Terms
     must be unconditional by now (the engine decides conditions at prefill and drops what did not fire)."""
-    keys: list[tuple[int, str]] = []
-    for terms in rows:
-        for k, t in enumerate(terms):
-            if (k, t.positions) not in keys:
-                keys.append((k, t.positions))
-    out = []
-    for k, policy in keys:
-        vecs, strengths = [], []
-        for terms in rows:
-            t = terms[k] if k < len(terms) and terms[k].positions == policy else None
-            vecs.append(t.vector if t is not None else None)
-            strengths.append(t.strength if t is not None else 0.0)
-        out.append(Steering(vecs, strengths, None, policy))
-    return out
+    return batch_steering(rows, lambda k, _term: k)
