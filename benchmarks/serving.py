@@ -157,7 +157,7 @@ def start_server(engine: str, args, port: int):
            "TOKENIZERS_PARALLELISM": "false", "STEERLAB_API_KEY": "", "VLLM_CPU_KVCACHE_SPACE": "2"}
     cmd = [sys.executable, "-c", "from steerlab.cli import app; app()", "serve", "--port", str(port),
            "--max-batch", str(max(32, args.requests)), "--max-new-tokens-limit", str(max(512, args.new_tokens)),
-           "--dtype", args.dtype, *ENGINES[engine]]
+           "--dtype", args.dtype, *ENGINES[engine], *(["--model", args.model] if args.model else [])]
     log(f"starting server: steerlab {' '.join(cmd[3:])}")
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -188,7 +188,9 @@ def bench_engine(engine: str, args, configs, max_vectors: int) -> tuple[dict, di
     try:
         health = wait_healthy(server, base)
         model, n_layers, hidden = health["model"], health["n_layers"], health["hidden_size"]
-        family = "llama"
+        from steerlab.models import model_shape
+
+        family = model_shape(args.model).family  # vectors must name the served model's family
         for k in range(max_vectors):
             data = vector_file_bytes(model, family, hidden, n_layers, [10 + k % 4], seed=k)
             httpx.post(f"{base}/v1/vectors?name=bench{k}", content=data, timeout=30).raise_for_status()
@@ -233,6 +235,8 @@ def main() -> None:
     ap.add_argument("--vectors", default="1,8,32", help="distinct vectors among the steered rows")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--model", default=None, help="what `steerlab serve --model` takes (default: the embedded model; "
+                    "on a GPU: qwen2.5-coder-1.5b with --requests 256)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                     help="torch threads in the server (default: $OMP_NUM_THREADS, else 1)")
     ap.add_argument("--memory-vectors", type=int, default=200)

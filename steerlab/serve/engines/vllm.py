@@ -32,8 +32,8 @@ from typing import Callable, Optional, Sequence
 from ...errors import SteerlabError
 from ...vllm_plugin.spec import RequestSpec, TermSpec, KEY
 from ...vllm_plugin.store import ENV as VECTORS_ENV, VectorStore
-from .base import (EngineEvent, EngineRequest, Failed, Finished, FirstToken, ModelInfo, QueueFull, ShuttingDown,
-                   SteeringTerm, TextDelta, vector_digest)
+from .base import (EngineEvent, EngineRequest, Failed, Finished, FirstToken, ModelInfo, QueueFull, SamplingSettings,
+                   ShuttingDown, SteeringTerm, TextDelta, vector_digest)
 
 log = logging.getLogger("steerlab.serve")
 
