@@ -365,6 +365,7 @@ def _run(*args):
     (["--method", "persona", "--data-is-pairs"], "MWE behaviour file"),
     (["--method", "multiformat", "--data-is-pairs"], "MWE behaviour file"),
     (["--method", "persona", "--unknown-trait"], "--description"),
+    (["--method", "persona", "--positive-min", "1.5"], "scores in [0, 1]"),
     (["--method", "bogus"], "unknown method"),
 ])
 def test_cli_refuses_bad_input_before_loading(tmp_path, args, message):

@@ -97,7 +97,8 @@ def train(
     layers: Optional[str] = typer.Option(None, help="Layers, e.g. 10 or 8-12 or all (default: all)."),
     method: str = typer.Option("caa", help="caa, pca, actadd, or (issue 26) multiformat (MWE file: A/B, Yes/No and "
                                "free-text CAA combined), bipo (one --layers N, trained by gradient) or persona "
-                               "(the model's own answers under opposing system prompts, judged)."),
+                               "(the model's own answers to the file's first 40 questions under opposing system "
+                               "prompts, judged)."),
     position: str = typer.Option("last", help="Reading position: last (answer token) or mean."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
     check: Optional[int] = typer.Option(None, help="Hold the last N pairs apart (not trained on) and measure the vector "
@@ -110,6 +111,8 @@ def train(
                                               "assistant who is ...' (default: the shipped one for the MWE file's name)."),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="persona: keep only answers the local judge scores "
                                "as showing (positive side) / not showing (negative side) the trait."),
+    positive_min: float = typer.Option(0.5, help="persona: keep positive-side answers the judge scores above this."),
+    negative_max: float = typer.Option(0.5, help="persona: keep negative-side answers the judge scores below this."),
     steps: int = typer.Option(200, help="bipo: the most optimiser steps (early stopping on validation pairs)."),
     seed: int = typer.Option(0, help="bipo: split and batch order; persona: sampling."),
     model: Optional[str] = MODEL,
@@ -147,7 +150,7 @@ def train(
             pairs = pairs[:-n_check]
             items = items[:-n_check] if items is not None else None
             say(f"holding the last {n_check} pairs apart to check the vector's sign (--check 0 to train on all)")
-        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed)
+        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max)
         if method in OOD_METHODS:
             check_method_args(margs, items, layers)
         lm = load_model(model)

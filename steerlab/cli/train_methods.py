@@ -14,6 +14,10 @@ from ..errors import SteerlabError
 #: The methods of this module; `steerlab train` handles caa, pca and actadd itself.
 OOD_METHODS: tuple[str, ...] = ("multiformat", "bipo", "persona")
 
+#: Questions the persona method answers from the command line (the first of the file's, after --limit): the
+#: paper's 40 (20 to extract from, 20 to evaluate on) at most, so a 1,000-item file is not 4,000 generations.
+PERSONA_QUESTIONS = 40
+
 
 @dataclass(frozen=True)
 class MethodArgs:
@@ -26,6 +30,7 @@ class MethodArgs:
         judge: persona: filter answers with the local judge.
         steps: bipo: the most optimiser steps.
         seed: bipo's split and order, persona's sampling.
+        positive_min, negative_max: persona: the judge's keep thresholds.
     """
 
     method: str
@@ -34,6 +39,8 @@ class MethodArgs:
     judge: bool
     steps: int
     seed: int
+    positive_min: float = 0.5
+    negative_max: float = 0.5
 
 
 def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
@@ -49,9 +56,10 @@ def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
         if args.steps < 1:
             raise SteerlabError("--steps must be at least 1")
     if args.method == "persona":
-        from ..methods.persona import load_trait
+        from ..methods.persona import PersonaConfig, load_trait
 
         load_trait(args.behaviour, args.description)
+        PersonaConfig(positive_min=args.positive_min, negative_max=args.negative_max)
 
 
 def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[int]]):
@@ -74,5 +82,5 @@ def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[i
         from ..cae.trait_judge import trait_scorer
 
         judge = trait_scorer(LocalJudge(lm), trait.name, trait.description)
-    return train_persona(lm, trait, persona_questions(items), layers, PersonaConfig(seed=args.seed), judge,
-                         progress=True)
+    cfg = PersonaConfig(seed=args.seed, positive_min=args.positive_min, negative_max=args.negative_max)
+    return train_persona(lm, trait, persona_questions(items)[:PERSONA_QUESTIONS], layers, cfg, judge, progress=True)

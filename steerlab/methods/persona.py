@@ -222,8 +222,8 @@ def persona_vector(lm: LoadedModel, trait: Trait, samples: Sequence[PersonaSampl
         n_neg = len(samples) - n_pos
         raise DatasetError(
             f"{trait.name}: the judge kept {len(pos)} of {n_pos} positive and {len(neg)} of {n_neg} negative answers; "
-            f"a persona vector needs both (lower --positive-min / raise --negative-max, generate more answers, or "
-            f"train without the judge)")
+            f"a persona vector needs both (lower positive_min / raise negative_max: --positive-min / --negative-max, "
+            f"generate more answers, or train without the judge: --no-judge)")
     acts = response_means(lm, [(s.question, s.response) for s in pos + neg], layers, batch_size=cfg.batch_size,
                           progress=progress)
     n = len(pos)
