@@ -1,4 +1,5 @@
-"""Counters and histograms rendered in the Prometheus text format at GET /metrics (no dependency)."""
+"""Counters and histograms rendered in the Prometheus text format at GET /metrics (no dependency), and
+the middleware that counts requests."""
 
 from __future__ import annotations
 
@@ -104,3 +105,26 @@ class Metrics:
             for name, fn in self.gauges.items():
                 lines += [f"# TYPE {name} gauge", f"{name} {fn()}"]
         return "\n".join(lines) + "\n"
+
+
+class MetricsMiddleware:
+    """ASGI middleware counting every HTTP request by route and status (499: the client left before any
+    answer), whatever answered it: a route, an error handler or the middleware inside this one."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 0}
+
+        async def tracking_send(msg):
+            if msg["type"] == "http.response.start":
+                status["code"] = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            self.metrics.observe_request(route_label(scope.get("path", "")), status["code"] or 499)

@@ -1,9 +1,7 @@
-"""OpenAI request models (what the official client sends, plus `steering`) and response builders."""
+"""OpenAI request models: what the official client sends, plus `steering` and `readout` (responses: `responses`)."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -147,66 +145,3 @@ class CompletionRequest(_Common):
         if self.logprobs:
             return "logprobs", "logprobs are not supported"
         return super().unsupported()
-
-
-# -- responses ----------------------------------------------------------------------------------------
-def error_body(message: str, type_: str = "invalid_request_error", param: Optional[str] = None,
-               code: Optional[str] = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def _reason(r: str) -> str:
-    return r if r in ("stop", "length", "content_filter") else "stop"
-
-
-def chat_completion(rid: str, model: str, result, steering: list[dict]) -> dict:
-    """`result`: the engine's `Finished` event."""
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "logprobs": None, "finish_reason": _reason(result.finish_reason)}],
-            "usage": usage(result.prompt_tokens, result.completion_tokens), "steering": steering}
-
-
-def text_completion(rid: str, model: str, result, steering: list[dict]) -> dict:
-    """`result`: the engine's `Finished` event."""
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": result.text, "logprobs": None,
-                         "finish_reason": _reason(result.finish_reason)}],
-            "usage": usage(result.prompt_tokens, result.completion_tokens), "steering": steering}
-
-
-def chat_chunk(rid: str, model: str, created: int, *, content: Optional[str] = None, role: Optional[str] = None,
-               finish_reason: Optional[str] = None, usage_: Optional[dict] = None, empty: bool = False) -> dict:
-    body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-    if empty:  # the usage chunk: no choices
-        body["choices"] = []
-    else:
-        delta = {}
-        if role is not None:
-            delta["role"] = role
-        if content is not None:
-            delta["content"] = content
-        body["choices"] = [{"index": 0, "delta": delta, "logprobs": None,
-                            "finish_reason": _reason(finish_reason) if finish_reason else None}]
-    if usage_ is not None:
-        body["usage"] = usage_
-    return body
-
-
-def text_chunk(rid: str, model: str, created: int, *, text: str = "", finish_reason: Optional[str] = None,
-               usage_: Optional[dict] = None, empty: bool = False) -> dict:
-    body = {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [] if empty else [{"index": 0, "text": text, "logprobs": None,
-                                          "finish_reason": _reason(finish_reason) if finish_reason else None}]}
-    if usage_ is not None:
-        body["usage"] = usage_
-    return body

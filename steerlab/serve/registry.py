@@ -52,22 +52,6 @@ def vector_bytes(vec: SteeringVector) -> int:
     return sum(t.numel() * t.element_size() for t in vec.directions.values())
 
 
-def describe(name: str, vec: SteeringVector) -> dict:
-    m = vec.meta
-    extra = dict(m.extra)
-    return {
-        "id": name, "object": "vector", "method": m.method, "model_id": m.model_id, "family": m.family,
-        "layers": list(vec.layers), "norms": {str(l): round(n, 6) for l, n in vec.norms().items()},
-        "hidden_size": m.hidden_size, "per_position": vec.per_position,
-        "strength": m.strength, "positions": m.positions,
-        "selected_layers": list(m.selected_layers) if m.selected_layers is not None else None,
-        "position": m.position, "template": m.template,
-        "created": m.created, "n_train": m.n_train, "bytes": vector_bytes(vec),
-        "effect": extra.get("effect"), "selection_summary": extra.get("selection_summary"),
-        "extra": {k: v for k, v in extra.items() if k not in ("effect", "selection_summary")},
-    }
-
-
 class Registry:
     """Name → SteeringVector, safe to read and change from request threads."""
 
