@@ -7,6 +7,7 @@ written out by hand."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -441,3 +442,111 @@ def test_persona_on_the_embedded_model(real_lm, ab_items):
                                                negative_max=1.0), judge=scorer)
     assert all(s.score is not None for s in res.samples if s.kept)
     assert res.vector[10].shape == (real_lm.hidden_size,) and torch.isfinite(res.vector[10]).all()
+
+
+# --------------------------------------------------------------------------- the fair protocol (cae generalise)
+
+
+@pytest.fixture(scope="module")
+def generalise_run(lm, tmp_path_factory):
+    from steerlab.cae.generalise import GeneraliseConfig, run_generalise
+
+    cfg = GeneraliseConfig("corrigible-neutral-HHH", layers=(1, 2), n_train=6, n_val=4, n_test=4, seeds=(0, 1),
+                           ood_limit=2, max_new_tokens=4, corpus_tokens=128, window=64, bipo_steps=2,
+                           persona_questions=2, persona_samples=1, persona_tokens=4, persona_judge=False)
+    out = tmp_path_factory.mktemp("generalise")
+    summary = run_generalise(lm, cfg, out, LocalJudge(lm))
+    return cfg, out, summary
+
+
+def _mtimes(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_generalise_runs_every_cell_once(lm, generalise_run):
+    from steerlab.cae.generalise import run_generalise
+
+    cfg, out, summary = generalise_run
+    cells = [(r["method"], r["seed"]) for r in summary["rows"]]
+    assert cells == [("caa", 0), ("multiformat", 0), ("bipo", 0), ("bipo", 1), ("persona", 0), ("persona", 1)]
+    for method, seed in cells:
+        cell = out / method / f"seed{seed}"
+        for name in ("vector.safetensors", "selection.json", "in_distribution.json", "ood_plus/ood.json",
+                     "ood_minus/ood.json", "side_effects.json", "seconds.json"):
+            assert (cell / name).is_file(), (cell, name)
+        vec = SteeringVector.load(cell / "vector.safetensors")
+        assert vec.meta.method == method and vec.layers == (1, 2)
+        sel = json.loads((cell / "selection.json").read_text())
+        assert sel["layer"] == max(sel["rows"], key=lambda r: r["effect_plus"] - r["effect_minus"])["layer"]
+    row = summary["rows"][0]
+    assert set(row["ppl_ratio"]) == {"+0.5", "-0.5"} and "judge_auc" in row
+    judged = [k for k in row if k.startswith("ood_")]
+    assert sorted(judged) == ["ood_minus_choice-qa", "ood_minus_open-ended", "ood_plus_choice-qa", "ood_plus_open-ended"]
+    assert all(row[k] == "judge cannot tell" for k in judged) == (not row["judge_can_tell"])
+    split = json.loads((out / "config.json").read_text())["split"]
+    assert not set(split["train"]) & set(split["val"]) and not set(split["val"]) & set(split["test"])
+    assert not set(split["train"]) & set(split["test"]) and len(split["val"]) == 4
+    # A rerun finds every file and writes none; a deleted stage is redone alone.
+    before = _mtimes(out)
+    run_generalise(lm, cfg, out, LocalJudge(lm))
+    after = _mtimes(out)
+    assert {p: t for p, t in after.items() if p.name != "summary.json"} == \
+        {p: t for p, t in before.items() if p.name != "summary.json"}
+    (out / "bipo" / "seed1" / "side_effects.json").unlink()
+    run_generalise(lm, cfg, out, LocalJudge(lm))
+    changed = {p for p, t in _mtimes(out).items() if before.get(p) != t}
+    assert changed == {out / "bipo" / "seed1" / "side_effects.json", out / "bipo" / "seed1" / "seconds.json",
+                       out / "summary.json"}
+
+
+def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):
+    from dataclasses import replace
+
+    from steerlab.cae.generalise import run_generalise
+
+    cfg, out, _ = generalise_run
+    with pytest.raises(sl.SteerlabError, match="differs in relative"):
+        run_generalise(lm, replace(cfg, relative=1.0), out, LocalJudge(lm))
+
+
+def test_generalise_config_errors():
+    from steerlab.cae.generalise import GeneraliseConfig
+
+    with pytest.raises(sl.SteerlabError, match="methods must be"):
+        GeneraliseConfig("openness", methods=("caa", "repe"))
+    with pytest.raises(sl.SteerlabError, match="r must be > 0"):
+        GeneraliseConfig("openness", relative=0)
+
+
+def test_generalise_command_on_a_behaviour_it_has_never_seen(tmp_path, tiny_dir):
+    """An MWE file under a new name, a one-line description and OOD prompts of one's own are enough."""
+    data = tmp_path / "fond-of-rules.jsonl"
+    data.write_text(resolve_behaviour("corrigible-neutral-HHH").read_text())
+    ood = tmp_path / "ood.jsonl"
+    ood.write_text("\n".join(json.dumps({"prompt": p}) for p in ("Should rules ever be broken?", "Describe your ideal day.")))
+    out = tmp_path / "run"
+    args = ["cae", "generalise", data, "-o", out, "--layers", "1,2", "--methods", "caa,persona", "--seeds", "0",
+            "--n-train", "4", "--n-val", "4", "--n-test", "4", "--ood-file", ood, "--max-new-tokens", "3",
+            "--description", "fond of rules and procedures", "--no-persona-judge", "--model", tiny_dir]
+    code, text = _run(*args)
+    assert code == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == ["caa", "persona"]
+    assert all("ood_plus_custom" in r for r in summary["rows"])
+    vec = SteeringVector.load(out / "persona" / "seed0" / "vector.safetensors")
+    assert vec.meta.extra["description"] == "fond of rules and procedures"
+    code, text = _run(*args[:-2], "--relative", "1.0", "--model", tiny_dir)
+    assert code != 0 and "another configuration" in text
+
+
+@pytest.mark.slow
+def test_generalise_on_the_embedded_model(real_lm, tmp_path):
+    from steerlab.cae.generalise import GeneraliseConfig, run_generalise
+
+    cfg = GeneraliseConfig("corrigible-neutral-HHH", methods=("caa", "multiformat"), layers=(10,), n_train=6, n_val=4,
+                           n_test=4, ood_limit=1, max_new_tokens=6, corpus_tokens=256, window=128)
+    summary = run_generalise(real_lm, cfg, tmp_path, LocalJudge(real_lm))
+    assert [r["method"] for r in summary["rows"]] == ["caa", "multiformat"]
+    for r in summary["rows"]:
+        assert r["layer"] == 10 and math.isfinite(r["in_distribution_plus"]) and r["ppl_ratio"]["+0.5"] > 0
+        assert 0 <= r["judge_auc"] <= 1

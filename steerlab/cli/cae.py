@@ -503,5 +503,7 @@ def report(
 
 def register(app: typer.Typer) -> None:
     """Add `steerlab cae ...` and `steerlab report` to the root app."""
+    from . import generalise  # noqa: F401 - adds `cae generalise` (issue 26) to cae_app
+
     app.add_typer(cae_app, name="cae")
     app.command("report")(report)

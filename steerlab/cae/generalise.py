@@ -1,0 +1,296 @@
+"""The fair comparison of training methods out of distribution (issue 26 item 2), run resumably.
+
+For one behaviour, every method gets the same model, the same training items and the same choice
+rule; per method and seed one cell directory holds, each written once and skipped on a rerun:
+
+    vector.safetensors      the method's vector at the candidate layers, trained on the train items
+    selection.json          the layer chosen on the validation items (neither MWE test items nor OOD
+                            prompts): the largest effect(+r) - effect(-r) (`verdicts.sign_check`)
+    in_distribution.json    effect at +r and -r on the test items at that layer (bootstrap CI)
+    ood_plus/, ood_minus/   `ood.evaluate_ood` at +r and -r (judged, projections, log-prob gaps)
+    side_effects.json       perplexity ratio and KL on the corpus at +r and -r
+
+The split is the same for every method (`behaviour_data.load_behaviour` with `split_seed`); the method
+seed varies BiPO's order and persona's sampling (CAA and multi-format CAA do not sample: one seed).
+`judge_check.json` (once per run) scores the judge on the validation items' labelled texts; the summary
+says "judge cannot tell" where its AUC is below 0.8. Strengths are relative: alpha * |v_L| = r * mean
+|h_L| (`strengths.raw_strength`), so methods whose vectors differ in size are compared at equal push.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from .. import results
+from ..errors import SteerlabError
+from ..vector import SteeringVector
+from .behaviour_data import load_behaviour
+from .judge import Judge, check_judge
+from .ood import evaluate_ood, load_ood_cases, load_ood_file
+from .side_effects import corpus_windows, measure_side_effects
+from .strengths import raw_strength, residual_norms
+from .verdicts import sign_check
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
+GENERALISE_METHODS: tuple[str, ...] = ("caa", "multiformat", "bipo", "persona")
+#: Methods whose vector does not depend on a seed (run once whatever `seeds` says).
+DETERMINISTIC = ("caa", "multiformat")
+MIN_JUDGE_AUC = 0.8
+
+
+@dataclass(frozen=True)
+class GeneraliseConfig:
+    """One comparison.
+
+    Attributes:
+        behaviour: a CAE behaviour name or an MWE file.
+        methods: a subset of `GENERALISE_METHODS`.
+        layers: candidate layers (each method's vector has a direction at each; BiPO trains one per layer).
+        relative: the relative strength r (steered at +r and -r).
+        n_train, n_val, n_test: MWE items for training, for choosing the layer, for the in-distribution effect.
+        seeds: method seeds (BiPO, persona).
+        split_seed: the train/val/test split, shared by every method.
+        ood_kinds, ood_lengths, ood_limit: which OOD prompts (per kind and length, the first `ood_limit`).
+        ood_file: a user OOD file (`ood.load_ood_file`, kind "custom") instead of the shipped prompts, for a
+            behaviour the CAE data has none for.
+        max_new_tokens: OOD generation length.
+        corpus: the perplexity corpus; corpus_tokens, window: how much of it.
+        bipo_steps: BiPO's step budget per layer.
+        persona_questions, persona_samples, persona_tokens: persona's questions (from the train items), answers
+            per question and side, tokens per answer.
+        description: persona's trait description (None: the shipped one).
+        persona_judge: filter persona's answers with the run's judge.
+    """
+
+    behaviour: str
+    methods: tuple[str, ...] = GENERALISE_METHODS
+    layers: tuple[int, ...] = (10,)
+    relative: float = 0.5
+    n_train: int = 40
+    n_val: int = 20
+    n_test: int = 40
+    seeds: tuple[int, ...] = (0,)
+    split_seed: int = 0
+    ood_kinds: tuple[str, ...] = ("choice-qa", "open-ended")
+    ood_lengths: tuple[str, ...] = ("short",)
+    ood_limit: int | None = None
+    ood_file: str | None = None
+    max_new_tokens: int = 48
+    corpus: str | None = None
+    corpus_tokens: int = 1024
+    window: int = 128
+    bipo_steps: int = 50
+    persona_questions: int = 20
+    persona_samples: int = 2
+    persona_tokens: int = 48
+    description: str | None = None
+    persona_judge: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in GENERALISE_METHODS]
+        if bad or not self.methods:
+            raise SteerlabError(f"methods must be among {', '.join(GENERALISE_METHODS)}; got {', '.join(self.methods) or 'none'}")
+        if not self.layers or not self.seeds:
+            raise SteerlabError("give at least one candidate layer and one seed")
+        if not self.relative > 0:
+            raise SteerlabError("the relative strength r must be > 0 (the run steers at +r and -r)")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One behaviour's items cut three ways (the same for every method).
+
+    Attributes:
+        name: the behaviour; train, val, test: disjoint item lists.
+    """
+
+    name: str
+    train: list
+    val: list
+    test: list
+
+    def record(self) -> dict:
+        return {"behaviour": self.name, **{k: [it.index for it in getattr(self, k)] for k in ("train", "val", "test")}}
+
+
+def split_behaviour(cfg: GeneraliseConfig) -> Split:
+    """`cfg.behaviour` split into n_train / n_val / n_test items with `cfg.split_seed`."""
+    data = load_behaviour(cfg.behaviour, cfg.n_train, cfg.n_val + cfg.n_test, seed=cfg.split_seed)
+    return Split(data.name, data.train, data.test[:cfg.n_val], data.test[cfg.n_val:])
+
+
+def cell_seeds(method: str, seeds: Sequence[int]) -> list[int]:
+    """The seeds a method runs with: one for the deterministic methods."""
+    return [seeds[0]] if method in DETERMINISTIC else list(seeds)
+
+
+def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], seed: int, cfg: GeneraliseConfig,
+                 judge: Judge | None) -> SteeringVector:
+    """`method`'s vector from the train items at `layers` (BiPO: one run per layer, joined)."""
+    from ..methods import BiPOConfig, PersonaConfig, completion_pairs, load_trait, persona_questions, train_caa
+    from ..methods.bipo import train_bipo
+    from ..methods.multiformat import train_multiformat
+    from ..methods.persona import train_persona
+    from .trait_judge import trait_scorer
+
+    if method == "caa":
+        return train_caa(lm, [it.to_pair() for it in train], layers)
+    if method == "multiformat":
+        return train_multiformat(lm, train, layers)
+    if method == "bipo":
+        pairs = completion_pairs(train)
+        parts = [train_bipo(lm, pairs, l, BiPOConfig(max_steps=cfg.bipo_steps, seed=seed)) for l in layers]
+        meta = parts[0].meta
+        extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra[k] for k in
+                                                                 ("steps", "best_step", "seconds_per_step", "total_seconds")}
+                                            for p in parts})
+        from dataclasses import replace
+
+        return SteeringVector({p.layers[0]: p[p.layers[0]] for p in parts},
+                              replace(meta, layers=tuple(sorted(layers)), extra=extra))
+    name = Path(cfg.behaviour).stem
+    trait = load_trait(name, cfg.description)
+    scorer = trait_scorer(judge, trait.name, trait.description) if (judge is not None and cfg.persona_judge) else None
+    pc = PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens, seed=seed)
+    return train_persona(lm, trait, persona_questions(train)[:cfg.persona_questions], layers, pc, scorer)
+
+
+def _done(path: Path) -> bool:
+    return path.is_file()
+
+
+@dataclass
+class CellResult:
+    """What one (method, seed) cell measured (see the module docstring)."""
+
+    method: str
+    seed: int
+    layer: int
+    relative: float
+    in_distribution: dict = field(default_factory=dict)
+    ood: dict = field(default_factory=dict)
+    side_effects: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judge: Judge, cfg: GeneraliseConfig,
+             cell: Path, log: Callable[[str], None]) -> CellResult:
+    """One (method, seed) cell, each stage skipped when its file exists."""
+    cell.mkdir(parents=True, exist_ok=True)
+    seconds = json.loads((cell / "seconds.json").read_text()) if (cell / "seconds.json").is_file() else {}
+
+    def timed(stage: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        seconds[stage] = round(time.perf_counter() - t, 2)
+        results.write_json(cell / "seconds.json", seconds)
+        return out
+
+    vec_path = cell / "vector.safetensors"
+    if _done(vec_path):
+        vec = SteeringVector.load(vec_path)
+    else:
+        log(f"{method} seed {seed}: training")
+        vec = timed("train", lambda: train_vector(lm, method, data.train, cfg.layers, seed, cfg, judge))
+        vec.save(vec_path, force=True)
+    sel_path = cell / "selection.json"
+    if not _done(sel_path):
+        log(f"{method} seed {seed}: choosing the layer on {len(data.val)} validation items")
+        rows = timed("select", lambda: sign_check(lm, vec, data.val, list(cfg.layers), strength=cfg.relative))
+        best = max(rows, key=lambda r: r["effect_plus"] - r["effect_minus"])
+        results.write_json(sel_path, {"layer": best["layer"], "relative": cfg.relative, "rows": rows})
+    layer = int(json.loads(sel_path.read_text())["layer"])
+    ind_path = cell / "in_distribution.json"
+    if not _done(ind_path):
+        log(f"{method} seed {seed}: in-distribution effect at layer {layer}")
+        rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=cfg.relative))
+        results.write_json(ind_path, rows[0])
+    norm = residual_norms(lm, data.val, [layer])[layer]
+    ood = {}
+    for sign, name in ((1.0, "ood_plus"), (-1.0, "ood_minus")):
+        path = cell / name / "ood.json"
+        if not _done(path):
+            log(f"{method} seed {seed}: OOD at r={sign * cfg.relative:+g}")
+            alpha = raw_strength(sign * cfg.relative, vec, layer, norm)
+            timed(name, lambda: evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=cell / name,
+                                             max_new_tokens=cfg.max_new_tokens))
+        ood[name] = json.loads(path.read_text())
+    side_path = cell / "side_effects.json"
+    if not _done(side_path):
+        log(f"{method} seed {seed}: perplexity and KL")
+        alphas = [raw_strength(r, vec, layer, norm) for r in (cfg.relative, -cfg.relative)]
+        side = timed("side_effects", lambda: measure_side_effects(lm, vec, layer, alphas, windows,
+                                                                  relative=[cfg.relative, -cfg.relative]))
+        results.write_json(side_path, {"layer": layer, "rows": [asdict(r) for r in side.rows]})
+    return CellResult(method, seed, layer, cfg.relative, json.loads(ind_path.read_text()), ood,
+                      json.loads(side_path.read_text()), seconds)
+
+
+def _ood_effect(ood: dict, kind: str) -> dict | None:
+    for m in ood.get("measures", []):
+        if m["measure"] == "judge" and m["kind"] == kind:
+            return m
+    return None
+
+
+def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, judge: Judge, *,
+                   log: Callable[[str], None] = lambda s: None) -> dict:
+    """Every cell of the comparison (see the module docstring) and `summary.json`: one row per method and seed
+    with the in-distribution effect, the judged OOD effect per kind and sign, the perplexity ratio, the judge's
+    AUC and whether it can tell."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = split_behaviour(cfg)
+    val = data.val
+    config = json.loads(json.dumps({**asdict(cfg), "split": data.record()}))  # as JSON reads it back (tuples: lists)
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise SteerlabError(f"{out} holds a run with another configuration (differs in {', '.join(diff)}): "
+                                "resume with the same settings or use another directory")
+    else:
+        results.write_json(cfg_path, config)
+    if cfg.ood_file:
+        cases = load_ood_file(cfg.ood_file)[:cfg.ood_limit]
+    else:
+        cases = load_ood_cases(data.name, kinds=cfg.ood_kinds, lengths=cfg.ood_lengths, limit=cfg.ood_limit)
+    kinds = sorted({c.kind for c in cases})
+    from ..data import require_data_root
+
+    corpus = cfg.corpus or str(require_data_root() / "corpus" / "wikitext-2-test.txt")
+    windows = corpus_windows(lm, corpus, n_tokens=cfg.corpus_tokens, window=cfg.window)
+    jc_path = out / "judge_check.json"
+    if not _done(jc_path):
+        log("checking the judge on the validation items' labelled texts")
+        jc = check_judge(judge, val, data.name)
+        results.write_json(jc_path, {k: v for k, v in jc.to_json().items() if k != "scores"})
+    judge_auc = float(json.loads(jc_path.read_text())["auc"])
+    rows = []
+    for method in cfg.methods:
+        for seed in cell_seeds(method, cfg.seeds):
+            r = run_cell(lm, method, seed, data, cases, windows, judge, cfg, out / method / f"seed{seed}", log)
+            row = {"method": method, "seed": seed, "layer": r.layer, "relative": r.relative,
+                   "in_distribution_plus": r.in_distribution["effect_plus"],
+                   "in_distribution_plus_ci": [r.in_distribution["plus_low"], r.in_distribution["plus_high"]],
+                   "in_distribution_minus": r.in_distribution["effect_minus"],
+                   "judge_auc": judge_auc, "judge_can_tell": judge_auc >= MIN_JUDGE_AUC,
+                   "ppl_ratio": {f"{x['relative']:+g}": x["perplexity_ratio"] for x in r.side_effects["rows"] if x["relative"]},
+                   "seconds": r.seconds}
+            for name, res in r.ood.items():
+                for kind in kinds:
+                    m = _ood_effect(res, kind)
+                    if m is not None:
+                        row[f"{name}_{kind}"] = (m["effect"], m["effect_low"], m["effect_high"]) \
+                            if judge_auc >= MIN_JUDGE_AUC else "judge cannot tell"
+            rows.append(row)
+    summary = {"behaviour": data.name, "rows": rows, "judge_auc": judge_auc}
+    results.write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,83 @@
+"""`steerlab cae generalise BEHAVIOUR`: the fair comparison of training methods (`steerlab.cae.generalise`).
+
+Resumable: every stage of every (method, seed) cell is skipped when its file exists in --out, so a run
+cut short continues where it stopped (a directory made with other settings is refused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import SteerlabError
+from .cae import cae_app
+from .common import check_layer_range, check_layer_spec, load_model, parse_ints, parse_layers, parse_list, peek_layers, \
+    run_command, say, set_runtime
+from .options import BEHAVIOUR, OUT_DIR, Judge, Runtime, grouped
+
+
+@cae_app.command("generalise")
+@grouped
+def generalise(
+    behaviour: str = BEHAVIOUR,
+    out: Path = OUT_DIR,
+    methods: str = typer.Option("caa,multiformat,bipo,persona", help="Methods to compare (caa, multiformat, bipo, persona)."),
+    layers: str = typer.Option(..., help="Candidate layers, e.g. 8,10,12: each method's layer is chosen among them on "
+                               "the validation items."),
+    relative: float = typer.Option(0.5, help="Relative strength r: steered at +r and -r."),
+    n_train: int = typer.Option(40, help="Training items (the same for every method)."),
+    n_val: int = typer.Option(20, help="Validation items (choose the layer)."),
+    n_test: int = typer.Option(40, help="Test items (the in-distribution effect)."),
+    seeds: str = typer.Option("0,1,2", help="Method seeds (BiPO's order, persona's sampling; CAA and multiformat run once)."),
+    split_seed: int = typer.Option(0, help="The train/val/test split, shared by every method."),
+    ood_limit: Optional[int] = typer.Option(None, help="OOD prompts per kind (default: all short ones)."),
+    ood_file: Optional[Path] = typer.Option(None, help="OOD prompts of your own (JSON/JSONL of {prompt, criteria?}) for a "
+                                            "behaviour the CAE data has none for."),
+    max_new_tokens: int = typer.Option(48, help="OOD generation length."),
+    bipo_steps: int = typer.Option(50, help="BiPO's step budget per candidate layer."),
+    description: Optional[str] = typer.Option(None, help="persona: the trait in one line (default: the shipped one)."),
+    persona_judge: bool = typer.Option(True, "--persona-judge/--no-persona-judge",
+                                       help="Filter persona's answers with the judge."),
+    judge: Judge = Judge(),
+    run: Runtime = Runtime(),
+) -> None:
+    """Compare training methods in and out of distribution under one protocol (issue 26), resumably."""
+
+    def body():
+        from ..cae.generalise import GeneraliseConfig, run_generalise
+        from ..data.tasks import resolve_behaviour
+
+        set_runtime(run.threads, run.device, run.dtype, run.device_map)
+        check_layer_spec(layers)
+        path = resolve_behaviour(behaviour)
+        cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), relative, n_train, n_val, n_test,
+                               tuple(parse_ints(seeds, "seeds")), split_seed, ood_limit=ood_limit,
+                               ood_file=str(ood_file) if ood_file is not None else None,
+                               max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
+                               persona_judge=persona_judge)
+        if ood_file is not None:
+            from ..cae.ood import load_ood_file
+
+            load_ood_file(ood_file)  # a malformed file fails before the model load
+        if "persona" in cfg.methods:
+            from ..methods.persona import load_trait
+
+            load_trait(Path(path).stem, description)
+        n_layers = peek_layers(run.model)
+        chosen = parse_layers(layers, n_layers)
+        if not chosen:
+            raise SteerlabError("--layers names no layer")
+        check_layer_range(chosen, n_layers)
+        cfg = replace(cfg, layers=tuple(l % n_layers for l in chosen))
+        lm = load_model(run.model)
+        summary = run_generalise(lm, cfg, out, judge.make(lm), log=say)
+        for r in summary["rows"]:
+            say(f"{r['method']} seed {r['seed']}: layer {r['layer']}, in distribution {r['in_distribution_plus']:+.3f} "
+                f"(+r) / {r['in_distribution_minus']:+.3f} (-r), OOD open-ended +r {r.get('ood_plus_open-ended')}, "
+                f"ppl ratio {r['ppl_ratio']}")
+        say(f"wrote {Path(out) / 'summary.json'}")
+
+    run_command(body)
