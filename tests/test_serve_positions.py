@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.serve.engines.base import SamplingSettings, steering_positions
-from steerlab.serve.prompts import engine_request
+from steerlab.serve.engines.base import EngineRequest, SamplingSettings, steering_positions
 from steerlab.steering import POLICIES, _ForwardState, _policy_mask
 
 PROMPTS = ["How was your weekend?", "Hi", "Tell me about the sea, the waves and the boats on it.", "Why?"]
@@ -40,7 +39,7 @@ def test_steering_positions_agree_with_the_hooks_masks(tiny_lm, chat, step):
         assert bool((batch.after_user_start < batch.lengths - 1).all())
     checked = 0
     for r, prompt in enumerate(PROMPTS):
-        request = engine_request(sl.encode(lm, [prompt], extra_tokens=GENERATED), "r", SamplingSettings(GENERATED))
+        request = EngineRequest.of(sl.encode(lm, [prompt], extra_tokens=GENERATED), "r", SamplingSettings(GENERATED))
         assert request.prompt_tokens == int(batch.lengths[r])
         assert request.after_user == int(batch.after_user_start[r])
         for c in range(pos.shape[1]):

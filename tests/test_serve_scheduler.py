@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.serve.engines.base import (Failed, Finished, QueueFull, SamplingSettings, ShuttingDown, TextDelta)
+from steerlab.serve.engines.base import (EngineRequest, Failed, Finished, QueueFull, SamplingSettings, ShuttingDown, TextDelta)
 from steerlab.serve.engines.builtin import BuiltinEngine
 from steerlab.serve.engines.builtin.rows import batch_terms
-from steerlab.serve.prompts import engine_request
 from steerlab.serve.resolve import SteeringRequestError, resolve
 from steerlab.serve.text import TextTracker
 
@@ -67,7 +66,7 @@ class Req:
 def job(lm, vectors, prompt, spec, n, sampling=None, stop=None):
     c = Collector()
     settings = SamplingSettings(n, stop=tuple(stop or ()), **(sampling or {}))
-    return Req(engine_request(sl.encode(lm, [prompt], extra_tokens=n), "r", settings, resolve(spec, vectors, lm)), c), c
+    return Req(EngineRequest.of(sl.encode(lm, [prompt], extra_tokens=n), "r", settings, resolve(spec, vectors, lm)), c), c
 
 
 def solo(lm, vectors, prompt, spec, n, **kw):

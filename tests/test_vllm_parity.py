@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 from steerlab.encoding import format_prompt  # noqa: E402
 from steerlab.serve.engines import build_engine  # noqa: E402
-from steerlab.serve.engines.base import Failed, Finished, SamplingSettings, SteeringTerm  # noqa: E402
-from steerlab.serve.prompts import encode_one, engine_request  # noqa: E402
+from steerlab.serve.engines.base import EngineRequest, Failed, Finished, SamplingSettings, SteeringTerm  # noqa: E402
+from steerlab.serve.prompts import encode_one  # noqa: E402
 
 from conftest import make_vector  # noqa: E402
 
@@ -66,7 +66,7 @@ def requests_for(info, terms, tag):
     out = []
     for i, p in enumerate(PROMPTS):
         enc = encode_one(info, format_prompt(info, p), TOKENS)
-        out.append(engine_request(enc, f"{tag}-{i}", SamplingSettings(TOKENS), terms))
+        out.append(EngineRequest.of(enc, f"{tag}-{i}", SamplingSettings(TOKENS), terms))
     return out
 
 
@@ -170,3 +170,18 @@ def test_study_generation_on_vllm_equals_steerlab_generate(engines, lm):
     same = sum(a.response == b.response for a, b in zip(ours, ref))
     assert same >= len(ref) - 1, [(a.response, b.response) for a, b in zip(ours, ref) if a.response != b.response]
     assert any(a.response != b.response for a, b in zip(ref[::2], ref[1::2]))  # steering changed something
+
+
+def test_compiled_mode_steers_the_same(engines, settings, reference, lm):
+    """vLLM's compiled model (no `enforce_eager`): the plugin's add is traced into the graph with its
+    persistent buffers as inputs, so steering changes between steps without recompiling."""
+    compiled = build_engine("vllm", lm, max_batch=32, max_model_len=1024, enforce_eager=False)
+    try:
+        names = ["unsteered", "+8", "two vectors", "last_prompt"]
+        reqs = [r for name in names for r in requests_for(compiled.model, settings[name], f"{name}")[:4]]
+        got = {rid: e.text for rid, e in run_all(compiled, reqs).items()}
+        for name in names:
+            same = sum(got[f"{name}-{i}"] == reference[f"{name}-{i}"] for i in range(4))
+            assert same == 4, (name, same)
+    finally:
+        compiled.close(5)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..encoding import EncodedBatch, Prompt, encode, format_prompt
 from ..errors import PromptTooLongError, SteerlabError
-from .engines.base import EngineRequest, ReadoutSpec, SamplingSettings, SteeringTerm
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel
@@ -74,18 +73,6 @@ def max_token_chars(tokenizer) -> int:
         except Exception:  # a tokenizer without these methods: no early bound
             _MAX_TOKEN_CHARS[key] = 0
     return _MAX_TOKEN_CHARS[key]
-
-
-def engine_request(enc: EncodedBatch, request_id: str, sampling: SamplingSettings,
-                   steering: Sequence[SteeringTerm] = (), readout: Sequence[ReadoutSpec] = ()) -> EngineRequest:
-    """A one-row encoding (`encode_one`, `steerlab.encode`) as the seam's engine-neutral request: its token
-    ids and the boundaries the position policies need (`encoding.after_user_start`, computed here once)."""
-    if len(enc) != 1:
-        raise ValueError(f"an engine request is one prompt, got a batch of {len(enc)}")
-    n = int(enc.lengths[0])
-    ids = enc.input_ids[0, enc.input_ids.shape[1] - n:].tolist()
-    return EngineRequest(request_id, tuple(int(t) for t in ids), int(enc.user_start[0]), int(enc.after_user_start[0]),
-                         sampling, tuple(steering), tuple(readout))
 
 
 def encode_one(lm: LoadedModel, prompt: Prompt, max_new_tokens: int) -> EncodedBatch:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from ...vector import SteeringVector
+
+if TYPE_CHECKING:  # the type only: the seam imports no tokenizer or model code
+    from ...encoding import EncodedBatch
 
 PolicyName = Literal["all", "after_user", "last_prompt"]
 
@@ -116,6 +119,18 @@ class EngineRequest:
     @property
     def prompt_tokens(self) -> int:
         return len(self.token_ids)
+
+    @classmethod
+    def of(cls, enc: "EncodedBatch", request_id: str, sampling: SamplingSettings,
+           steering: Sequence[SteeringTerm] = (), readout: Sequence[ReadoutSpec] = ()) -> "EngineRequest":
+        """A one-row encoding (`steerlab.encode`, the server's `prompts.encode_one`) as an engine request: its
+        token ids and the boundaries the position policies need (`encoding.after_user_start`, computed once)."""
+        if len(enc) != 1:
+            raise ValueError(f"an engine request is one prompt, got a batch of {len(enc)}")
+        n = int(enc.lengths[0])
+        ids = enc.input_ids[0, enc.input_ids.shape[1] - n:].tolist()
+        return cls(request_id, tuple(int(t) for t in ids), int(enc.user_start[0]), int(enc.after_user_start[0]),
+                   sampling, tuple(steering), tuple(readout))
 
 
 def steering_positions(policy: str, position: int, *, prompt_tokens: int, after_user: int) -> bool:

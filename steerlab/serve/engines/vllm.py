@@ -309,9 +309,8 @@ class TextGenerator:
         return self._engine
 
     def __call__(self, lm, prompts, steering=None, *, max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
-        from ...encoding import format_prompt
+        from ...encoding import encode, format_prompt
         from ...steering import Steering
-        from ..prompts import encode_one, engine_request
 
         if len(prompts) == 0:
             raise SteerlabError("no prompts to generate from")
@@ -322,8 +321,9 @@ class TextGenerator:
         for i, p in enumerate(prompts):
             prompt = format_prompt(lm, p) if isinstance(p, str) else p
             self._count += 1
-            requests.append(engine_request(encode_one(engine.model, prompt, max_new_tokens), f"gen-{self._count}",
-                                           SamplingSettings(max_new_tokens), row_terms(terms, i)))
+            enc = encode(engine.model, [prompt], extra_tokens=max_new_tokens)
+            requests.append(EngineRequest.of(enc, f"gen-{self._count}", SamplingSettings(max_new_tokens),
+                                             row_terms(terms, i)))
         return [f.text for f in engine.run(requests)]
 
     def close(self) -> None:

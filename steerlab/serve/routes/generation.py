@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse, Response
 
 from ...errors import PromptTooLongError, SteerlabError
 from ..api_errors import ApiError
-from ..engines.base import QueueFull, SamplingSettings, ShuttingDown, SteeringTerm
+from ..engines.base import EngineRequest, QueueFull, SamplingSettings, ShuttingDown, SteeringTerm
 from ..openai_schema import ChatCompletionRequest, CompletionRequest
-from ..prompts import chat_prompt, completion_prompt, encode_one, engine_request
+from ..prompts import chat_prompt, completion_prompt, encode_one
 from ..resolve import SteeringRequestError, resolve, resolve_readout
 from ..responses import (AssistantMessage, ChatChoice, ChatCompletion, TextChoice, TextCompletion, Usage,
                          finish_reason, new_id)
@@ -86,7 +86,7 @@ async def _submit(server: ServerState, body: CompletionBody, chat: bool) -> tupl
     pending = Pending(asyncio.get_running_loop())
     sampling = SamplingSettings(max_new, body.temperature, body.top_p, body.top_k, body.seed,
                                 tuple(body.stop_list()), body.ignore_eos)
-    request = engine_request(enc, new_id("req"), sampling, terms, readout)
+    request = EngineRequest.of(enc, new_id("req"), sampling, terms, readout)
     try:
         pending.handle = server.engine.submit(request, pending.emit)
     except QueueFull as e:
