@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -150,8 +150,6 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
         extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra[k] for k in
                                                                  ("steps", "best_step", "seconds_per_step", "total_seconds")}
                                             for p in parts})
-        from dataclasses import replace
-
         return SteeringVector({p.layers[0]: p[p.layers[0]] for p in parts},
                               replace(meta, layers=tuple(sorted(layers)), extra=extra))
     name = Path(cfg.behaviour).stem
@@ -211,20 +209,26 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         log(f"{method} seed {seed}: in-distribution effect at layer {layer}")
         rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=cfg.relative))
         results.write_json(ind_path, rows[0])
-    norm = residual_norms(lm, data.val, [layer])[layer]
+    norms: dict[int, float] = {}
+
+    def norm() -> float:  # only a stage still to run needs it
+        if not norms:
+            norms.update(residual_norms(lm, data.val, [layer]))
+        return norms[layer]
+
     ood = {}
     for sign, name in ((1.0, "ood_plus"), (-1.0, "ood_minus")):
         path = cell / name / "ood.json"
         if not _done(path):
             log(f"{method} seed {seed}: OOD at r={sign * cfg.relative:+g}")
-            alpha = raw_strength(sign * cfg.relative, vec, layer, norm)
+            alpha = raw_strength(sign * cfg.relative, vec, layer, norm())
             timed(name, lambda: evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=cell / name,
                                              max_new_tokens=cfg.max_new_tokens))
         ood[name] = json.loads(path.read_text())
     side_path = cell / "side_effects.json"
     if not _done(side_path):
         log(f"{method} seed {seed}: perplexity and KL")
-        alphas = [raw_strength(r, vec, layer, norm) for r in (cfg.relative, -cfg.relative)]
+        alphas = [raw_strength(r, vec, layer, norm()) for r in (cfg.relative, -cfg.relative)]
         side = timed("side_effects", lambda: measure_side_effects(lm, vec, layer, alphas, windows,
                                                                   relative=[cfg.relative, -cfg.relative]))
         results.write_json(side_path, {"layer": layer, "rows": [asdict(r) for r in side.rows]})

@@ -74,10 +74,15 @@ def generalise(
         cfg = replace(cfg, layers=tuple(l % n_layers for l in chosen))
         lm = load_model(run.model)
         summary = run_generalise(lm, cfg, out, judge.make(lm), log=say)
+        def effect(v) -> str:
+            return v if isinstance(v, str) or v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
         for r in summary["rows"]:
+            ood = ", ".join(f"{k[4:]} {effect(v)}" for k, v in r.items() if k.startswith("ood_"))
+            ppl = ", ".join(f"r={k}: {v:.2f}" for k, v in r["ppl_ratio"].items())
             say(f"{r['method']} seed {r['seed']}: layer {r['layer']}, in distribution {r['in_distribution_plus']:+.3f} "
-                f"(+r) / {r['in_distribution_minus']:+.3f} (-r), OOD open-ended +r {r.get('ood_plus_open-ended')}, "
-                f"ppl ratio {r['ppl_ratio']}")
+                f"(+r) / {r['in_distribution_minus']:+.3f} (-r); OOD (judged, judge AUC {r['judge_auc']:.2f}): {ood}; "
+                f"perplexity ratio {ppl}")
         say(f"wrote {Path(out) / 'summary.json'}")
 
     run_command(body)
