@@ -220,16 +220,53 @@ def main(argv=None) -> int:
             k = sum(r["refusal"] for r in sel)
             table[f"{name}/{kind}"] = {"n": len(sel), "refused": k, "refusal": k / len(sel),
                                        "wilson95": wilson(k, len(sel))}
+    # paired bootstrap over test prompts (2000 resamples, seed 0) for the change in refusal rate vs unsteered
+    import random
+
+    rng = random.Random(0)
+    effects = {}
+    for kind in ("harmful", "harmless"):
+        base = [r["refusal"] for r in rows if r["setting"] == "unsteered" and r["kind"] == kind]
+        for name in ("always", "conditional"):
+            other = [r["refusal"] for r in rows if r["setting"] == name and r["kind"] == kind]
+            diff = [int(o) - int(b) for o, b in zip(other, base)]
+            boots = sorted(sum(diff[rng.randrange(len(diff))] for _ in diff) / len(diff) for _ in range(2000))
+            effects[f"{name}-unsteered/{kind}"] = {"points": 100 * sum(diff) / len(diff),
+                                                   "ci95_points": [100 * boots[49], 100 * boots[1949]]}
+    # condition F1 on the test pairs with a bootstrap interval over pairs (from the stored scores)
+    rule = cond_test["rule"]
+    n_ct = cond_test["n_pairs"]
+    fire = [(sc > rule["threshold"]) if rule["comparator"] == ">" else (sc < rule["threshold"])
+            for sc in cond_test["scores"]]
+    fh, fs = fire[:n_ct], fire[n_ct:]
+    f1s = []
+    for _ in range(2000):
+        idx = [rng.randrange(n_ct) for _ in range(n_ct)]
+        tp = sum(fh[i] for i in idx); fp = sum(fs[i] for i in idx)
+        f1s.append(2 * tp / (2 * tp + fp + (n_ct - tp)))
+    f1s.sort()
+    f1_ci = [f1s[49], f1s[1949]]
     judged_rows = [r for r in rows if "judge" in r]
     agree = (sum((r["judge"] >= 0.5) == r["refusal"] for r in judged_rows) / len(judged_rows)
              if judged_rows else None)
+    # how well the judge's score separates the rule's refusals from the rest, whatever its threshold or sign
+    pos = [r["judge"] for r in judged_rows if r["refusal"]]
+    neg = [r["judge"] for r in judged_rows if not r["refusal"]]
+    judge_auc = (sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+                 if pos and neg else None)
     summary = {"model": lm.model_id, "dtype": str(lm.dtype), "machine": machine(), "condition_test": {
         k: cond_test[k] for k in ("f1", "precision", "recall", "harmful_fired", "harmless_fired", "n_pairs")},
-        "condition_rule": cond_test["rule"], "refusal_choice": choice, "refusal_rates": table,
-        "judge_agreement_with_rule": agree, "timings": timings, "wall_s": time.time() - t0, "args": vars(args)}
+        "condition_f1_ci95": f1_ci, "condition_rule": cond_test["rule"], "refusal_choice": choice,
+        "refusal_rates": table, "refusal_change_vs_unsteered": effects,
+        "judge_agreement_with_rule": agree, "judge_auc_vs_rule": judge_auc,
+        "judge_mean_on_rule_refusals": sum(pos) / len(pos) if pos else None,
+        "judge_mean_on_rule_non_refusals": sum(neg) / len(neg) if neg else None, "timings": timings,
+        "wall_s_this_invocation": time.time() - t0, "args": vars(args)}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(json.dumps({k: summary[k] for k in ("condition_test", "refusal_choice", "refusal_rates",
-                                              "judge_agreement_with_rule")}, indent=1))
+    print(json.dumps({k: summary[k] for k in ("condition_test", "condition_f1_ci95", "refusal_choice",
+                                              "refusal_rates", "refusal_change_vs_unsteered",
+                                              "judge_agreement_with_rule", "judge_auc_vs_rule")},
+                     indent=1, default=str))
     return 0
 
 
