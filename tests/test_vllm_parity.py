@@ -9,8 +9,6 @@ steerlab's own steered forward pass.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
@@ -21,7 +19,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 from steerlab.encoding import format_prompt  # noqa: E402
 from steerlab.serve.engines import build_engine  # noqa: E402
-from steerlab.serve.engines.base import EngineRequest, Failed, Finished, SamplingSettings, SteeringTerm  # noqa: E402
+from steerlab.serve.engines.base import EngineRequest, SamplingSettings, SteeringTerm, run_requests  # noqa: E402
 from steerlab.serve.prompts import encode_one  # noqa: E402
 
 from conftest import make_vector  # noqa: E402
@@ -70,25 +68,9 @@ def requests_for(info, terms, tag):
     return out
 
 
-def run_all(engine, requests, timeout=900):
-    """Submit every request at once (one batch as far as the engine's slots go); their Finished events."""
-    done, lock, finished = threading.Event(), threading.Lock(), {}
-
-    def emitter(rid):
-        def emit(ev):
-            if isinstance(ev, (Finished, Failed)):
-                with lock:
-                    finished[rid] = ev
-                    if len(finished) == len(requests):
-                        done.set()
-        return emit
-
-    for r in requests:
-        engine.submit(r, emitter(r.request_id))
-    assert done.wait(timeout), f"{len(requests) - len(finished)} requests did not finish"
-    bad = [e for e in finished.values() if isinstance(e, Failed)]
-    assert not bad, bad[0]
-    return {rid: e for rid, e in finished.items()}
+def run_all(engine, requests):
+    """Every request submitted at once (one batch as far as the engine's slots go); results by request id."""
+    return {r.request_id: f for r, f in zip(requests, run_requests(engine, requests, timeout_s=900))}
 
 
 @pytest.fixture(scope="module")

@@ -269,6 +269,36 @@ class Engine(Protocol):
         cannot see its batches never calls it."""
 
 
+def run_requests(engine: Engine, requests: Sequence[EngineRequest], timeout_s: float = 3600.0) -> list[Finished]:
+    """Submit `requests` to `engine` at once (it batches them as its slots allow) and wait for their results, in
+    order: batch work (studies, parity checks), not the server. A request that fails raises RuntimeError with
+    the engine's message; one that does not finish in `timeout_s` raises TimeoutError."""
+    import threading
+
+    done, lock = threading.Event(), threading.Lock()
+    results: dict[str, EngineEvent] = {}
+
+    def emitter(rid: str) -> Callable[[EngineEvent], None]:
+        def emit(event: EngineEvent) -> None:
+            if isinstance(event, (Finished, Failed)):
+                with lock:
+                    results[rid] = event
+                    if len(results) == len(requests):
+                        done.set()
+        return emit
+
+    if not requests:
+        return []
+    for r in requests:
+        engine.submit(r, emitter(r.request_id))
+    if not done.wait(timeout_s):
+        raise TimeoutError(f"{len(requests) - len(results)} of {len(requests)} requests did not finish in {timeout_s:.0f} s")
+    failed = [e for e in results.values() if isinstance(e, Failed)]
+    if failed:
+        raise RuntimeError(failed[0].message)
+    return [results[r.request_id] for r in requests]
+
+
 def vector_digest(vector: SteeringVector) -> str:
     """sha256 of a vector's tensors (layer order fixed), for fingerprints and worker-side caches."""
     h = hashlib.sha256()
@@ -308,5 +338,5 @@ def _condition_repr(c: Condition) -> str:
 
 __all__ = ["Engine", "EngineRequest", "EngineEvent", "SteeringTerm", "ReadoutSpec", "SamplingSettings",
            "Condition", "ConditionLeaf", "ConditionNode", "FirstToken", "ConditionsDecided", "TextDelta",
-           "Finished", "Failed", "QueueFull", "ShuttingDown", "RequestHandle", "ModelInfo", "steering_positions",
+           "Finished", "Failed", "QueueFull", "ShuttingDown", "RequestHandle", "ModelInfo", "steering_positions", "run_requests",
            "vector_digest", "condition_spec", "condition_names", "PolicyName"]

@@ -33,7 +33,7 @@ from ...errors import SteerlabError
 from ...vllm_plugin.spec import RequestSpec, TermSpec, KEY
 from ...vllm_plugin.store import ENV as VECTORS_ENV, VectorStore
 from .base import (EngineEvent, EngineRequest, Failed, Finished, FirstToken, ModelInfo, QueueFull, SamplingSettings,
-                   ShuttingDown, SteeringTerm, TextDelta, vector_digest)
+                   ShuttingDown, SteeringTerm, TextDelta, run_requests, vector_digest)
 
 log = logging.getLogger("steerlab.serve")
 
@@ -116,9 +116,6 @@ class VllmEngine:
         self._observer.observers.append(observe)
 
     def submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None]) -> _Handle:
-        return self._submit(request, emit)
-
-    def _submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None], queue_limit: bool = True) -> _Handle:
         unsupported = [t.name for t in request.steering if t.condition is not None]
         if unsupported or request.readout:
             raise SteerlabError("the vllm engine does not run conditional steering or read-out: serve with "
@@ -128,7 +125,7 @@ class VllmEngine:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
             waiting = len(self._jobs) - self._max_batch
-            if queue_limit and waiting >= self._max_queue:
+            if waiting >= self._max_queue:
                 raise QueueFull(f"{waiting} requests are waiting, the limit is {self._max_queue}")
             future = asyncio.run_coroutine_threadsafe(self._run(request, params, emit), self._loop)
             self._jobs[request.request_id] = future
@@ -173,33 +170,6 @@ class VllmEngine:
                 shutil.rmtree(self._saved_model, ignore_errors=True)
             if self._observer.observers:
                 self._observer.observers.clear()
-
-    def run(self, requests: Sequence[EngineRequest], timeout_s: float = 3600.0) -> list[Finished]:
-        """Run `requests` together (as many at once as vLLM schedules) and return their results in order; a
-        failed request raises SteerlabError. For batch work (studies), not the server."""
-        import threading as _threading
-
-        done, lock = _threading.Event(), _threading.Lock()
-        results: dict[str, object] = {}
-
-        def emitter(rid):
-            def emit(ev):
-                if isinstance(ev, (Finished, Failed)):
-                    with lock:
-                        results[rid] = ev
-                        if len(results) == len(requests):
-                            done.set()
-            return emit
-
-        for r in requests:
-            self._submit(r, emitter(r.request_id), queue_limit=False)
-        if not done.wait(timeout_s):
-            raise SteerlabError(f"vLLM did not finish {len(requests) - len(results)} of {len(requests)} requests "
-                                f"in {timeout_s:.0f} s")
-        failed = [e for e in results.values() if isinstance(e, Failed)]
-        if failed:
-            raise SteerlabError(failed[0].message)
-        return [results[r.request_id] for r in requests]
 
     def next_token_logprobs(self, requests: Sequence[EngineRequest], token_ids: Sequence[Sequence[int]],
                             timeout_s: float = 600.0) -> list[dict[int, float]]:
@@ -291,7 +261,8 @@ class TextGenerator:
     checkpoint of the `LoadedModel` it is given, and is reused; `close()` stops it."""
 
     def __init__(self, engine: Optional[VllmEngine] = None, **engine_options):
-        self._options = engine_options
+        # a study submits all its prompts at once: no waiting-queue limit (the server's guard against bursts)
+        self._options = {"max_queue": 1 << 30, **engine_options}
         self._engine: Optional[VllmEngine] = engine  # one given is used for any model and not closed here
         self._owned = engine is None
         self._model_key: Optional[str] = None
@@ -324,7 +295,10 @@ class TextGenerator:
             enc = encode(engine.model, [prompt], extra_tokens=max_new_tokens)
             requests.append(EngineRequest.of(enc, f"gen-{self._count}", SamplingSettings(max_new_tokens),
                                              row_terms(terms, i)))
-        return [f.text for f in engine.run(requests)]
+        try:
+            return [f.text for f in run_requests(engine, requests)]
+        except (RuntimeError, TimeoutError) as e:
+            raise SteerlabError(f"vLLM generation failed: {e}") from None
 
     def close(self) -> None:
         if self._engine is not None and self._owned:
