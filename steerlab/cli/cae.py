@@ -503,7 +503,8 @@ def report(
 
 def register(app: typer.Typer) -> None:
     """Add `steerlab cae ...` and `steerlab report` to the root app."""
-    from . import generalise  # noqa: F401 - adds `cae generalise` (issue 26) to cae_app
+    from .generalise import generalise  # its own module (one command); registered here, so no import circle
 
+    cae_app.command("generalise")(generalise)
     app.add_typer(cae_app, name="cae")
     app.command("report")(report)

@@ -13,13 +13,11 @@ from typing import Optional
 import typer
 
 from ..errors import SteerlabError
-from .cae import cae_app
 from .common import check_layer_range, check_layer_spec, load_model, parse_ints, parse_layers, parse_list, peek_layers, \
     run_command, say, set_runtime
 from .options import BEHAVIOUR, OUT_DIR, Judge, Runtime, grouped
 
 
-@cae_app.command("generalise")
 @grouped
 def generalise(
     behaviour: str = BEHAVIOUR,
