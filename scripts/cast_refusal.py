@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 / auto (default: $STEERLAB_DTYPE, else float32)")
     ap.add_argument("--no-judge", action="store_true", help="skip the local judge's agreement pass")
+    ap.add_argument("--condition-only", action="store_true",
+                    help="stop after the condition's test F1 (e.g. to score more test pairs with a copied condition)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,10 @@ def main(argv=None) -> int:
         test_path.write_text(json.dumps(out, indent=1, default=float))
         save_timing("condition_test_s", time.time() - t)
     cond_test = json.loads(test_path.read_text())
+    if args.condition_only:
+        print(json.dumps({k: cond_test[k] for k in ("f1", "precision", "recall", "harmful_fired", "harmless_fired",
+                                                    "n_pairs")}))
+        return 0
 
     ref_path, choice_path = args.out / "refusal.safetensors", args.out / "refusal_choice.json"
     if not stage(choice_path, "refusal vector and its layer/strength on validation prompts"):
