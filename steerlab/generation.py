@@ -19,12 +19,13 @@ if TYPE_CHECKING:  # the type only: importing models would load transformers
 
 class TextGenerator(Protocol):
     """What produces the texts of a study (`generate` below, or the vLLM engine's
-    `steerlab.serve.engines.vllm.TextGenerator`): greedy texts of `prompts` under `steering` (per-row vectors and
-    strengths allowed), in order. Studies take one so `--engine vllm` needs no change in them."""
+    `steerlab.serve.engines.vllm.TextGenerator`): texts of `prompts` under `steering` (per-row vectors and
+    strengths allowed), in order; greedy unless `do_sample` (greedy texts are the same whichever generates them). Studies take one so `--engine vllm` needs no change in them."""
 
     def __call__(self, lm: "LoadedModel", prompts: Sequence["str | Prompt"],
                  steering: "Steering | Sequence[Steering] | None" = None, *, max_new_tokens: int = 64,
-                 batch_size: int = 16) -> list[str]: ...
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 batch_size: int = 16, progress: bool = False) -> list[str]: ...
 
 
 def generate(

@@ -167,3 +167,18 @@ def test_compiled_mode_steers_the_same(engines, settings, reference, lm):
             assert same == 4, (name, same)
     finally:
         compiled.close(5)
+
+
+def test_persona_answers_on_vllm_equal_steerlab_generate(engines, lm):
+    """`steerlab train --method persona --engine vllm`: greedy answers under both system prompts equal
+    `steerlab.generate`'s (sampled ones are vLLM's own draws)."""
+    from steerlab.methods.persona import PersonaConfig, generate_samples, load_trait
+    from steerlab.serve.engines.vllm import TextGenerator
+
+    _, vllm = engines
+    trait = load_trait("agreeableness")
+    cfg = PersonaConfig(do_sample=False, max_new_tokens=24)
+    questions = PROMPTS[:4]
+    ours = generate_samples(lm, trait, questions, cfg, generator=TextGenerator(vllm))
+    ref = generate_samples(lm, trait, questions, cfg)
+    assert [s.response for s in ours] == [s.response for s in ref]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from .. import results
 from ..errors import SteerlabError
+from ..generation import TextGenerator, generate
 from ..vector import SteeringVector
 from .behaviour_data import load_behaviour
 from .judge import Judge, check_judge
@@ -131,7 +132,7 @@ def cell_seeds(method: str, seeds: Sequence[int]) -> list[int]:
 
 
 def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], seed: int, cfg: GeneraliseConfig,
-                 judge: Judge | None) -> SteeringVector:
+                 judge: Judge | None, generator: TextGenerator = generate) -> SteeringVector:
     """`method`'s vector from the train items at `layers` (BiPO: one run per layer, joined)."""
     from ..methods import BiPOConfig, PersonaConfig, completion_pairs, load_trait, persona_questions, train_caa
     from ..methods.bipo import train_bipo
@@ -156,7 +157,8 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
     trait = load_trait(name, cfg.description)
     scorer = trait_scorer(judge, trait.name, trait.description) if (judge is not None and cfg.persona_judge) else None
     pc = PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens, seed=seed)
-    return train_persona(lm, trait, persona_questions(train)[:cfg.persona_questions], layers, pc, scorer)
+    return train_persona(lm, trait, persona_questions(train)[:cfg.persona_questions], layers, pc, scorer,
+                         generator=generator)
 
 
 def _done(path: Path) -> bool:
@@ -178,7 +180,7 @@ class CellResult:
 
 
 def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judge: Judge, cfg: GeneraliseConfig,
-             cell: Path, log: Callable[[str], None]) -> CellResult:
+             cell: Path, log: Callable[[str], None], generator: TextGenerator = generate) -> CellResult:
     """One (method, seed) cell, each stage skipped when its file exists."""
     cell.mkdir(parents=True, exist_ok=True)
     seconds = json.loads((cell / "seconds.json").read_text()) if (cell / "seconds.json").is_file() else {}
@@ -195,7 +197,7 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         vec = SteeringVector.load(vec_path)
     else:
         log(f"{method} seed {seed}: training")
-        vec = timed("train", lambda: train_vector(lm, method, data.train, cfg.layers, seed, cfg, judge))
+        vec = timed("train", lambda: train_vector(lm, method, data.train, cfg.layers, seed, cfg, judge, generator))
         vec.save(vec_path, force=True)
     sel_path = cell / "selection.json"
     if not _done(sel_path):
@@ -223,7 +225,7 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
             log(f"{method} seed {seed}: OOD at r={sign * cfg.relative:+g}")
             alpha = raw_strength(sign * cfg.relative, vec, layer, norm())
             timed(name, lambda: evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=cell / name,
-                                             max_new_tokens=cfg.max_new_tokens))
+                                             max_new_tokens=cfg.max_new_tokens, generator=generator))
         ood[name] = json.loads(path.read_text())
     side_path = cell / "side_effects.json"
     if not _done(side_path):
@@ -244,10 +246,11 @@ def _ood_effect(ood: dict, kind: str) -> dict | None:
 
 
 def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, judge: Judge, *,
-                   log: Callable[[str], None] = lambda s: None) -> dict:
+                   log: Callable[[str], None] = lambda s: None, generator: TextGenerator = generate) -> dict:
     """Every cell of the comparison (see the module docstring) and `summary.json`: one row per method and seed
     with the in-distribution effect, the judged OOD effect per kind and sign, the perplexity ratio, the judge's
-    AUC and whether it can tell."""
+    AUC and whether it can tell. `generator` makes the persona answers and the OOD responses (`steerlab.generate`;
+    the vLLM engine's with `--engine vllm`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = split_behaviour(cfg)
@@ -280,7 +283,8 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     rows = []
     for method in cfg.methods:
         for seed in cell_seeds(method, cfg.seeds):
-            r = run_cell(lm, method, seed, data, cases, windows, judge, cfg, out / method / f"seed{seed}", log)
+            r = run_cell(lm, method, seed, data, cases, windows, judge, cfg, out / method / f"seed{seed}", log,
+                         generator)
             row = {"method": method, "seed": seed, "layer": r.layer, "relative": r.relative,
                    "in_distribution_plus": r.in_distribution["effect_plus"],
                    "in_distribution_plus_ci": [r.in_distribution["plus_low"], r.in_distribution["plus_high"]],

@@ -115,6 +115,8 @@ def train(
     negative_max: float = typer.Option(0.5, help="persona: keep negative-side answers the judge scores below this."),
     steps: int = typer.Option(200, help="bipo: the most optimiser steps (early stopping on validation pairs)."),
     seed: int = typer.Option(0, help="bipo: split and batch order; persona: sampling."),
+    engine: str = typer.Option("builtin", "--engine", help="persona: what generates the answers: builtin "
+                               "(transformers, in this process) or vllm (the steerlab[vllm] extra)."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
     device: str = DEVICE,
@@ -130,6 +132,8 @@ def train(
         check_out(out, force=force)
         if method not in ("caa", "pca", "actadd") + OOD_METHODS:
             raise SteerlabError(f"unknown method '{method}': choose caa, pca, actadd, {', '.join(OOD_METHODS)}")
+        if engine != "builtin" and method != "persona":
+            raise SteerlabError(f"--engine {engine} is for --method persona (the only method that generates text)")
         if method == "actadd" and (not positive or not negative):
             raise SteerlabError("--method actadd needs --positive and --negative prompts")
         check_layer_spec(layers)
@@ -150,7 +154,7 @@ def train(
             pairs = pairs[:-n_check]
             items = items[:-n_check] if items is not None else None
             say(f"holding the last {n_check} pairs apart to check the vector's sign (--check 0 to train on all)")
-        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max)
+        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max, engine)
         if method in OOD_METHODS:
             check_method_args(margs, items, layers)
         lm = load_model(model)

@@ -14,8 +14,8 @@ import typer
 
 from ..errors import SteerlabError
 from .common import check_layer_range, check_layer_spec, load_model, parse_ints, parse_layers, parse_list, peek_layers, \
-    run_command, say, set_runtime
-from .options import BEHAVIOUR, OUT_DIR, Judge, Runtime, grouped
+    run_command, say, set_runtime, text_generator
+from .options import BEHAVIOUR, GEN_ENGINE, OUT_DIR, Judge, Runtime, grouped
 
 
 @grouped
@@ -40,11 +40,20 @@ def generalise(
     persona_judge: bool = typer.Option(True, "--persona-judge/--no-persona-judge",
                                        help="Filter persona's answers with the judge."),
     judge: Judge = Judge(),
+    engine: str = GEN_ENGINE,
     run: Runtime = Runtime(),
 ) -> None:
     """Compare training methods in and out of distribution under one protocol (issue 26), resumably."""
 
     def body():
+        generator = text_generator(engine)  # an unknown engine or a missing vLLM: one line, before any load
+        try:
+            compare(generator)
+        finally:
+            if hasattr(generator, "close"):
+                generator.close()
+
+    def compare(generator):
         from ..cae.generalise import GeneraliseConfig, run_generalise
         from ..data.tasks import resolve_behaviour
 
@@ -71,7 +80,7 @@ def generalise(
         check_layer_range(chosen, n_layers)
         cfg = replace(cfg, layers=tuple(l % n_layers for l in chosen))
         lm = load_model(run.model)
-        summary = run_generalise(lm, cfg, out, judge.make(lm), log=say)
+        summary = run_generalise(lm, cfg, out, judge.make(lm), log=say, generator=generator)
         def effect(v) -> str:
             return v if isinstance(v, str) or v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
 

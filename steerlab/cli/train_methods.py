@@ -31,6 +31,7 @@ class MethodArgs:
         steps: bipo: the most optimiser steps.
         seed: bipo's split and order, persona's sampling.
         positive_min, negative_max: persona: the judge's keep thresholds.
+        engine: persona: what generates the answers ("builtin" or "vllm").
     """
 
     method: str
@@ -41,6 +42,7 @@ class MethodArgs:
     seed: int
     positive_min: float = 0.5
     negative_max: float = 0.5
+    engine: str = "builtin"
 
 
 def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
@@ -56,7 +58,10 @@ def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
         if args.steps < 1:
             raise SteerlabError("--steps must be at least 1")
     if args.method == "persona":
+        from ..serve.engines import engine_module
         from ..methods.persona import PersonaConfig, load_trait
+
+        engine_module(args.engine)  # an unknown engine or a missing vLLM: one line, before the load
 
         load_trait(args.behaviour, args.description)
         PersonaConfig(positive_min=args.positive_min, negative_max=args.negative_max)
@@ -83,4 +88,12 @@ def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[i
 
         judge = trait_scorer(LocalJudge(lm), trait.name, trait.description)
     cfg = PersonaConfig(seed=args.seed, positive_min=args.positive_min, negative_max=args.negative_max)
-    return train_persona(lm, trait, persona_questions(items)[:PERSONA_QUESTIONS], layers, cfg, judge, progress=True)
+    from .common import text_generator
+
+    generator = text_generator(args.engine)
+    try:
+        return train_persona(lm, trait, persona_questions(items)[:PERSONA_QUESTIONS], layers, cfg, judge,
+                             progress=True, generator=generator)
+    finally:
+        if hasattr(generator, "close"):
+            generator.close()

@@ -35,6 +35,7 @@ from .multiformat import item_texts
 from .responses import response_means
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..generation import TextGenerator
     from ..models import LoadedModel
 
 #: (question, response) pairs -> one trait score in [0, 1] per pair.
@@ -170,10 +171,12 @@ def system_prompt(lm: LoadedModel, system: str, question: str) -> Prompt:
 
 
 def generate_samples(lm: LoadedModel, trait: Trait, questions: Sequence[str], config: PersonaConfig | None = None, *,
-                     progress: bool = False) -> list[PersonaSample]:
-    """Answers to every question under both system prompts (not judged yet), in batched generation."""
+                     progress: bool = False, generator: "TextGenerator | None" = None) -> list[PersonaSample]:
+    """Answers to every question under both system prompts (not judged yet), in batched generation (by
+    `generator`: `steerlab.generate` unless given, e.g. the vLLM engine's)."""
     from ..generation import generate
 
+    generate = generator or generate
     cfg = config or PersonaConfig()
     questions = [q for q in questions if isinstance(q, str) and q.strip()]
     if not questions:
@@ -249,17 +252,18 @@ class PersonaResult:
 
 def train_persona_detailed(lm: LoadedModel, trait: Trait, questions: Sequence[str], layers: Sequence[int] | None = None,
                            config: PersonaConfig | None = None, judge: TraitScorer | None = None, *,
-                           progress: bool = False) -> PersonaResult:
+                           progress: bool = False, generator: "TextGenerator | None" = None) -> PersonaResult:
     """`train_persona`, also returning the generated answers."""
     cfg = config or PersonaConfig()
-    samples = judge_samples(generate_samples(lm, trait, questions, cfg, progress=progress), judge, cfg)
+    samples = judge_samples(generate_samples(lm, trait, questions, cfg, progress=progress, generator=generator),
+                            judge, cfg)
     vec = persona_vector(lm, trait, samples, layers, cfg, judged=judge is not None, progress=progress)
     return PersonaResult(vec, samples)
 
 
 def train_persona(lm: LoadedModel, trait: Trait, questions: Sequence[str], layers: Sequence[int] | None = None,
                   config: PersonaConfig | None = None, judge: TraitScorer | None = None, *,
-                  progress: bool = False) -> SteeringVector:
+                  progress: bool = False, generator: "TextGenerator | None" = None) -> SteeringVector:
     """A persona vector for `trait` from the model's answers to `questions` (see the module docstring).
 
     Args:
@@ -268,5 +272,7 @@ def train_persona(lm: LoadedModel, trait: Trait, questions: Sequence[str], layer
         layers: layers to build directions for (default: every layer).
         config: generation, filter and batch settings.
         judge: (question, response) pairs -> trait scores in [0, 1]; None keeps every non-empty answer.
+        generator: what generates the answers (`steerlab.generate`; the vLLM engine's with `--engine vllm`).
     """
-    return train_persona_detailed(lm, trait, questions, layers, config, judge, progress=progress).vector
+    return train_persona_detailed(lm, trait, questions, layers, config, judge, progress=progress,
+                                  generator=generator).vector

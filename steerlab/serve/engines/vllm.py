@@ -256,7 +256,8 @@ class VllmEngine:
 
 class TextGenerator:
     """`steerlab.generate`'s signature on the vLLM engine (a `steerlab.generation.TextGenerator`), for studies
-    that generate many texts (`--engine vllm`): greedy, each prompt formatted as `steerlab.generate` formats it,
+    that generate many texts (`--engine vllm`): greedy texts equal `steerlab.generate`'s (sampled ones are vLLM's
+    draws, seeded per row), each prompt formatted as `steerlab.generate` formats it,
     per-row vectors and strengths as `steerlab.Steering` allows. The engine starts on the first call, on the
     checkpoint of the `LoadedModel` it is given, and is reused; `close()` stops it."""
 
@@ -279,7 +280,9 @@ class TextGenerator:
             self._model_key = key
         return self._engine
 
-    def __call__(self, lm, prompts, steering=None, *, max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
+    def __call__(self, lm, prompts, steering=None, *, max_new_tokens: int = 64, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None, batch_size: int = 16,
+                 progress: bool = False) -> list[str]:
         from ...encoding import encode, format_prompt
         from ...steering import Steering
 
@@ -293,8 +296,10 @@ class TextGenerator:
             prompt = format_prompt(lm, p) if isinstance(p, str) else p
             self._count += 1
             enc = encode(engine.model, [prompt], extra_tokens=max_new_tokens)
-            requests.append(EngineRequest.of(enc, f"gen-{self._count}", SamplingSettings(max_new_tokens),
-                                             row_terms(terms, i)))
+            # sampled rows get seed + row (distinct draws, repeatable); vLLM's sampler, so not transformers' draws
+            sampling = SamplingSettings(max_new_tokens, temperature if do_sample else 0.0, top_p if do_sample else 1.0,
+                                        seed=None if seed is None or not do_sample else seed + i)
+            requests.append(EngineRequest.of(enc, f"gen-{self._count}", sampling, row_terms(terms, i)))
         try:
             return [f.text for f in run_requests(engine, requests)]
         except (RuntimeError, TimeoutError) as e:
