@@ -408,7 +408,7 @@ def slowed(lm, seconds=0.01):
         h.remove()
 
 
-def test_burst_with_disconnects_and_garbage_then_healthy(served, tiny_lm, vectors):
+def test_burst_with_disconnects_and_garbage_then_healthy(served, engine_name, tiny_lm, vectors):
     plan = [(PROMPTS[i % 4], s, 4 + 3 * (i % 4), i % 3 == 0) for i, s in enumerate(
         [None, {"vector": "a", "strength": 5}, {"vector": "b", "strength": -4}, {"vector": "a", "strength": 2},
          {"vector": "pas"}, None, [{"vector": "a", "strength": 1}, {"vector": "b", "strength": 1}], {"vector": "b", "strength": 3},
@@ -461,7 +461,12 @@ def test_burst_with_disconnects_and_garbage_then_healthy(served, tiny_lm, vector
     assert [results[i] for i in range(len(plan))] == expected
     # a client that left never got its row run to the end: only the good requests' tokens were delivered
     # (one that left before its body was read never became a job at all)
-    assert served.app.state.metrics.completion_tokens - tokens_before == sum(n for _, _, n, _ in plan)
+    delivered = served.app.state.metrics.completion_tokens - tokens_before
+    if engine_name == "builtin":
+        assert delivered == sum(n for _, _, n, _ in plan)
+    else:  # vLLM runs the model in its own process, which `slowed` cannot slow: a leaver's 60 tokens may all be
+        # generated before its client is seen to go, so they may count (never more than that)
+        assert sum(n for _, _, n, _ in plan) <= delivered <= sum(n for _, _, n, _ in plan) + 2 * 60
     assert served.app.state.metrics.cancelled - before >= 2  # the two that left mid-stream
     h = httpx.get(served.url + "/health").json()
     assert (h["status"], h["active"], h["queued"]) == ("ok", 0, 0)

@@ -10,19 +10,22 @@ own, so unsteered requests still share KV with each other, and never with steere
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 from .spec import RequestSpec, SpecError, of_extra_args, salt
-from .store import VectorStore
+from .store import ENV, VectorStore
 
-_store: Optional[VectorStore] = None
+_stores: dict[Optional[str], VectorStore] = {}
 
 
 def store() -> VectorStore:
-    global _store
-    if _store is None:
-        _store = VectorStore()
-    return _store
+    """The vector directory's store, as `$STEERLAB_VLLM_VECTORS` names it now (a process that starts a second
+    engine points the variable elsewhere: checks must read where that engine's workers read)."""
+    key = os.environ.get(ENV)
+    if key not in _stores:
+        _stores[key] = VectorStore(key)
+    return _stores[key]
 
 
 def check(spec: RequestSpec) -> list[str]:
