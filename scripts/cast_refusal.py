@@ -11,6 +11,11 @@ training prompts answered with refusing vs compliant openings; layer and strengt
 prompts: harmful training prompts the condition never saw), generations.jsonl (`--n-test` harmful and
 harmless test prompts × three settings, greedy), summary.json. Refusal is decided by `is_refusal`
 (phrases; the local judge's agreement is reported beside it).
+
+The condition files are ordered by kind of harm, so prefixes cover few kinds: the condition's training pairs
+and the refusal's harmful validation prompts are a seeded sample of the training pairs (`--sample-seed`,
+disjoint), and the test prompts for generation are spread evenly over the test file. `--sample-seed -1`
+takes prefixes instead (how the first 1.5B run was made).
 """
 
 from __future__ import annotations
@@ -64,6 +69,21 @@ def machine() -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
 
 
+def sample_indices(n_train_file: int, n_test_file: int, args) -> tuple[list[int], list[int], list[int]]:
+    """Condition-training, refusal-validation and generation-test indices (see the module docstring)."""
+    if args.n_train + args.n_val > n_train_file:
+        raise SystemExit(f"--n-train {args.n_train} + --n-val {args.n_val} exceed the {n_train_file} training pairs")
+    n_test = min(args.n_test, n_test_file)
+    if args.sample_seed < 0:
+        return (list(range(args.n_train)), list(range(n_train_file - args.n_val, n_train_file)),
+                list(range(n_test)))
+    import random
+
+    drawn = random.Random(args.sample_seed).sample(range(n_train_file), args.n_train + args.n_val)
+    return (drawn[:args.n_train], drawn[args.n_train:],
+            [i * n_test_file // n_test for i in range(n_test)])
+
+
 def stage(path: Path, label: str):
     """Print what a stage does (or that it is already done) and time it."""
     done = path.exists()
@@ -87,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 / auto (default: $STEERLAB_DTYPE, else float32)")
     ap.add_argument("--no-judge", action="store_true", help="skip the local judge's agreement pass")
+    ap.add_argument("--sample-seed", type=int, default=0,
+                    help="seed of the training/validation sample (-1: file prefixes, as the first runs)")
     ap.add_argument("--condition-only", action="store_true",
                     help="stop after the condition's test F1 (e.g. to score more test pairs with a copied condition)")
     args = ap.parse_args(argv)
@@ -103,11 +125,13 @@ def main(argv=None) -> int:
 
     lm = sl.load_model(args.model, dtype=args.dtype)
     train, test = load_condition_harmful("train"), load_condition_harmful("test")
+    train_idx, val_idx, test_idx = sample_indices(len(train.harmful), len(test.harmful), args)
 
     cond_path = args.out / "condition.safetensors"
     if not stage(cond_path, f"condition on {args.n_train}+{args.n_train} training prompts"):
         t = time.time()
-        vec = train_condition(lm, train.harmful[:args.n_train], train.harmless[:args.n_train], progress=True)
+        vec = train_condition(lm, [train.harmful[i] for i in train_idx],
+                              [train.harmless[i] for i in train_idx], progress=True)
         vec.save(cond_path)
         save_timing("condition_train_s", time.time() - t)
     cond = ConditionVector.load(cond_path, "harmful")
@@ -148,7 +172,7 @@ def main(argv=None) -> int:
             vec = sl.train_caa(lm, pairs, layers, position="mean", progress=True)
             vec.save(ref_path, force=True)
             save_timing("refusal_train_s", time.time() - tv)
-        val_harmful = train.harmful[-args.n_val:]  # never in the condition's training prefix
+        val_harmful = [train.harmful[i] for i in val_idx]  # never among the condition's training pairs
         val_harmless = load_alpaca("train")[-args.n_val:]
         # grid cells done so far (an interrupted grid resumes); a cell is keyed by layer, strength and sizes
         partial_path = args.out / "refusal_grid_partial.jsonl"
@@ -185,7 +209,7 @@ def main(argv=None) -> int:
     gen_path = args.out / "generations.jsonl"
     if not stage(gen_path, f"generations: {args.n_test} harmful + {args.n_test} harmless test prompts x 3"):
         t = time.time()
-        prompts = test.harmful[:args.n_test] + test.harmless[:args.n_test]
+        prompts = [test.harmful[i] for i in test_idx] + [test.harmless[i] for i in test_idx]
         kinds = ["harmful"] * args.n_test + ["harmless"] * args.n_test
         fired = [c.fired for c in cond.check(lm, prompts)]
         st = sl.Steering(refusal, choice["strength"], [choice["layer"]])

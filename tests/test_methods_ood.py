@@ -329,6 +329,38 @@ def test_persona_filter_keeps_only_judged_answers(lm, persona_run):
     assert all(s.kept and s.score is None for s in unjudged)
 
 
+def test_persona_median_rule_cuts_at_the_median_of_the_judged_scores(lm, persona_run):
+    """A judge whose scale is shifted (every score above 0.5) keeps nothing negative under the paper's absolute
+    rule; the median rule cuts both sides at the median score, whatever the scale."""
+    from steerlab.methods.persona import keep_cuts, side_auc
+
+    trait, _, samples = persona_run
+    shifted = {s.response: 0.6 + 0.3 * i / len(samples) for i, s in enumerate(samples)}
+
+    def scorer(pairs):
+        return [shifted[r] for _, r in pairs]
+
+    absolute = judge_samples(samples, scorer, PersonaConfig())
+    assert not any(s.kept for s in absolute if s.side == "negative")
+    median_cfg = PersonaConfig(keep="median")
+    judged = judge_samples(samples, scorer, median_cfg)
+    scores = sorted(shifted[s.response] for s in samples if s.response.strip())
+    n = len(scores)
+    median = scores[n // 2] if n % 2 else (scores[n // 2 - 1] + scores[n // 2]) / 2
+    assert keep_cuts(scores, median_cfg) == (median, median)
+    for s in judged:
+        if s.score is not None:
+            assert s.kept == (s.score > median if s.side == "positive" else s.score < median)
+    # The side AUC by hand: positive answers come first per question here, so they score lower on this judge.
+    pos = [s.score for s in judged if s.side == "positive"]
+    neg = [s.score for s in judged if s.side == "negative"]
+    auc = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+    assert side_auc(judged) == pytest.approx(auc)
+    assert side_auc(judge_samples(samples, None)) is None
+    with pytest.raises(DatasetError, match="keep must be one of"):
+        PersonaConfig(keep="mean")
+
+
 def test_persona_vector_equals_the_hand_response_mean(lm, persona_run):
     trait, cfg, samples = persona_run
     kept = [PersonaSample(s.question, s.side, s.response, 0.5, kept=(i % 3 != 0)) for i, s in enumerate(samples)]
@@ -509,6 +541,26 @@ def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):
         run_generalise(lm, replace(cfg, relative=1.0), out, LocalJudge(lm))
 
 
+def test_generalise_grows_by_method_and_summarises_every_finished_cell(lm, generalise_run, tmp_path):
+    """A run started with some methods takes more later (other settings equal) and its summary lists every
+    finished cell, including those an earlier invocation ran."""
+    import shutil
+    from dataclasses import replace
+
+    from steerlab.cae.generalise import run_generalise
+
+    cfg, out, _ = generalise_run
+    grown = tmp_path / "grown"
+    shutil.copytree(out, grown)
+    shutil.rmtree(grown / "persona")
+    summary = run_generalise(lm, replace(cfg, methods=("caa",), seeds=(0,)), grown, LocalJudge(lm))
+    assert [(r["method"], r["seed"]) for r in summary["rows"]] == \
+        [("caa", 0), ("multiformat", 0), ("bipo", 0), ("bipo", 1)]
+    summary = run_generalise(lm, replace(cfg, methods=("persona",), seeds=(1,)), grown, LocalJudge(lm))
+    assert ("persona", 1) in [(r["method"], r["seed"]) for r in summary["rows"]]
+    assert not (grown / "persona" / "seed0").exists()
+
+
 def test_generalise_config_errors():
     from steerlab.cae.generalise import GeneraliseConfig
 
@@ -516,6 +568,10 @@ def test_generalise_config_errors():
         GeneraliseConfig("openness", methods=("caa", "repe"))
     with pytest.raises(sl.SteerlabError, match="r must be > 0"):
         GeneraliseConfig("openness", relative=0)
+    with pytest.raises(sl.SteerlabError, match="persona_keep must be one of"):
+        GeneraliseConfig("openness", persona_keep="top")
+    with pytest.raises(sl.SteerlabError, match="bipo_steps and bipo_batch"):
+        GeneraliseConfig("openness", bipo_batch=0)
 
 
 def test_generalise_command_on_a_behaviour_it_has_never_seen(tmp_path, tiny_dir):

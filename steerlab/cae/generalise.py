@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from .. import results
 from ..errors import SteerlabError
 from ..generation import TextGenerator, generate
+from ..methods.persona import KEEP_RULES
 from ..vector import SteeringVector
 from .behaviour_data import load_behaviour
 from .judge import Judge, check_judge
@@ -43,6 +44,8 @@ GENERALISE_METHODS: tuple[str, ...] = ("caa", "multiformat", "bipo", "persona")
 #: Methods whose vector does not depend on a seed (run once whatever `seeds` says).
 DETERMINISTIC = ("caa", "multiformat")
 MIN_JUDGE_AUC = 0.8
+#: Settings that only say which cells an invocation runs: a resumed directory may differ in them.
+CELL_CHOICE = ("methods", "seeds")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class GeneraliseConfig:
             per question and side, tokens per answer.
         description: persona's trait description (None: the shipped one).
         persona_judge: filter persona's answers with the run's judge.
+        persona_keep: persona's keep rule ("median": cuts at the median judged score, robust to a local judge's
+            shifted scale; "absolute": the paper's 0.5 cuts).
+        bipo_batch: contrast pairs per BiPO step.
     """
 
     behaviour: str
@@ -92,6 +98,8 @@ class GeneraliseConfig:
     persona_tokens: int = 48
     description: str | None = None
     persona_judge: bool = True
+    persona_keep: str = "median"
+    bipo_batch: int = 8
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in GENERALISE_METHODS]
@@ -101,6 +109,10 @@ class GeneraliseConfig:
             raise SteerlabError("give at least one candidate layer and one seed")
         if not self.relative > 0:
             raise SteerlabError("the relative strength r must be > 0 (the run steers at +r and -r)")
+        if self.persona_keep not in KEEP_RULES:
+            raise SteerlabError(f"persona_keep must be one of {', '.join(KEEP_RULES)}, not {self.persona_keep!r}")
+        if self.bipo_steps < 1 or self.bipo_batch < 1:
+            raise SteerlabError("bipo_steps and bipo_batch must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,7 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
         return train_multiformat(lm, train, layers)
     if method == "bipo":
         pairs = completion_pairs(train)
-        parts = [train_bipo(lm, pairs, l, BiPOConfig(max_steps=cfg.bipo_steps, seed=seed)) for l in layers]
+        parts = [train_bipo(lm, pairs, l, BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch, seed=seed)) for l in layers]
         meta = parts[0].meta
         extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra[k] for k in
                                                                  ("steps", "best_step", "seconds_per_step", "total_seconds")}
@@ -156,7 +168,8 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
     name = Path(cfg.behaviour).stem
     trait = load_trait(name, cfg.description)
     scorer = trait_scorer(judge, trait.name, trait.description) if (judge is not None and cfg.persona_judge) else None
-    pc = PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens, seed=seed)
+    pc = PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens, seed=seed,
+                       keep=cfg.persona_keep)
     return train_persona(lm, trait, persona_questions(train)[:cfg.persona_questions], layers, pc, scorer,
                          generator=generator)
 
@@ -238,6 +251,18 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
                       json.loads(side_path.read_text()), seconds)
 
 
+def summary_cells(cfg: GeneraliseConfig, out: Path) -> list[tuple[str, int]]:
+    """The cells this invocation runs, and the finished cells earlier invocations left in `out` (a method or seed
+    run on its own joins the summary), in method order."""
+    cells = {(m, s) for m in cfg.methods for s in cell_seeds(m, cfg.seeds)}
+    for m in GENERALISE_METHODS:
+        for side in (out / m).glob("seed*/side_effects.json"):
+            seed = side.parent.name[len("seed"):]
+            if seed.isdigit():
+                cells.add((m, int(seed)))
+    return sorted(cells, key=lambda c: (GENERALISE_METHODS.index(c[0]), c[1]))
+
+
 def _ood_effect(ood: dict, kind: str) -> dict | None:
     for m in ood.get("measures", []):
         if m["measure"] == "judge" and m["kind"] == kind:
@@ -259,8 +284,9 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text())
-        if old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        # which cells to run may grow between invocations (a method or seed added later); everything else must match
+        diff = sorted(k for k in set(old) | set(config) if k not in CELL_CHOICE and old.get(k) != config.get(k))
+        if diff:
             raise SteerlabError(f"{out} holds a run with another configuration (differs in {', '.join(diff)}): "
                                 "resume with the same settings or use another directory")
     else:
@@ -281,24 +307,23 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
         results.write_json(jc_path, {k: v for k, v in jc.to_json().items() if k != "scores"})
     judge_auc = float(json.loads(jc_path.read_text())["auc"])
     rows = []
-    for method in cfg.methods:
-        for seed in cell_seeds(method, cfg.seeds):
-            r = run_cell(lm, method, seed, data, cases, windows, judge, cfg, out / method / f"seed{seed}", log,
-                         generator)
-            row = {"method": method, "seed": seed, "layer": r.layer, "relative": r.relative,
-                   "in_distribution_plus": r.in_distribution["effect_plus"],
-                   "in_distribution_plus_ci": [r.in_distribution["plus_low"], r.in_distribution["plus_high"]],
-                   "in_distribution_minus": r.in_distribution["effect_minus"],
-                   "judge_auc": judge_auc, "judge_can_tell": judge_auc >= MIN_JUDGE_AUC,
-                   "ppl_ratio": {f"{x['relative']:+g}": x["perplexity_ratio"] for x in r.side_effects["rows"] if x["relative"]},
-                   "seconds": r.seconds}
-            for name, res in r.ood.items():
-                for kind in kinds:
-                    m = _ood_effect(res, kind)
-                    if m is not None:
-                        row[f"{name}_{kind}"] = (m["effect"], m["effect_low"], m["effect_high"]) \
-                            if judge_auc >= MIN_JUDGE_AUC else "judge cannot tell"
-            rows.append(row)
+    for method, seed in summary_cells(cfg, out):
+        r = run_cell(lm, method, seed, data, cases, windows, judge, cfg, out / method / f"seed{seed}", log,
+                     generator)
+        row = {"method": method, "seed": seed, "layer": r.layer, "relative": r.relative,
+               "in_distribution_plus": r.in_distribution["effect_plus"],
+               "in_distribution_plus_ci": [r.in_distribution["plus_low"], r.in_distribution["plus_high"]],
+               "in_distribution_minus": r.in_distribution["effect_minus"],
+               "judge_auc": judge_auc, "judge_can_tell": judge_auc >= MIN_JUDGE_AUC,
+               "ppl_ratio": {f"{x['relative']:+g}": x["perplexity_ratio"] for x in r.side_effects["rows"] if x["relative"]},
+               "seconds": r.seconds}
+        for name, res in r.ood.items():
+            for kind in kinds:
+                m = _ood_effect(res, kind)
+                if m is not None:
+                    row[f"{name}_{kind}"] = (m["effect"], m["effect_low"], m["effect_high"]) \
+                        if judge_auc >= MIN_JUDGE_AUC else "judge cannot tell"
+        rows.append(row)
     summary = {"behaviour": data.name, "rows": rows, "judge_auc": judge_auc}
     results.write_json(out / "summary.json", summary)
     return summary

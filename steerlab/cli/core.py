@@ -111,6 +111,9 @@ def train(
                                               "assistant who is ...' (default: the shipped one for the MWE file's name)."),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="persona: keep only answers the local judge scores "
                                "as showing (positive side) / not showing (negative side) the trait."),
+    keep: str = typer.Option("absolute", "--persona-keep", help="persona: absolute (keep answers beyond "
+                             "--positive-min / --negative-max, the paper's rule) or median (cut both sides at the "
+                             "median judged score, for a judge whose scale is shifted)."),
     positive_min: float = typer.Option(0.5, help="persona: keep positive-side answers the judge scores above this."),
     negative_max: float = typer.Option(0.5, help="persona: keep negative-side answers the judge scores below this."),
     steps: int = typer.Option(200, help="bipo: the most optimiser steps (early stopping on validation pairs)."),
@@ -154,7 +157,8 @@ def train(
             pairs = pairs[:-n_check]
             items = items[:-n_check] if items is not None else None
             say(f"holding the last {n_check} pairs apart to check the vector's sign (--check 0 to train on all)")
-        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max, engine)
+        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max, engine,
+                           keep)
         if method in OOD_METHODS:
             check_method_args(margs, items, layers)
         lm = load_model(model)

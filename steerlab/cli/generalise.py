@@ -36,9 +36,12 @@ def generalise(
                                             "behaviour the CAE data has none for."),
     max_new_tokens: int = typer.Option(48, help="OOD generation length."),
     bipo_steps: int = typer.Option(50, help="BiPO's step budget per candidate layer."),
+    bipo_batch: int = typer.Option(8, help="BiPO: contrast pairs per step (4 forward rows each)."),
     description: Optional[str] = typer.Option(None, help="persona: the trait in one line (default: the shipped one)."),
     persona_judge: bool = typer.Option(True, "--persona-judge/--no-persona-judge",
                                        help="Filter persona's answers with the judge."),
+    persona_keep: str = typer.Option("median", help="persona's keep rule: median (cut at the median judged score, "
+                                     "whatever the judge's scale) or absolute (the paper's 0.5)."),
     judge: Judge = Judge(),
     engine: str = GEN_ENGINE,
     run: Runtime = Runtime(),
@@ -64,7 +67,7 @@ def generalise(
                                tuple(parse_ints(seeds, "seeds")), split_seed, ood_limit=ood_limit,
                                ood_file=str(ood_file) if ood_file is not None else None,
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
-                               persona_judge=persona_judge)
+                               persona_judge=persona_judge, persona_keep=persona_keep, bipo_batch=bipo_batch)
         if ood_file is not None:
             from ..cae.ood import load_ood_file
 

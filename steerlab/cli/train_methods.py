@@ -32,6 +32,7 @@ class MethodArgs:
         seed: bipo's split and order, persona's sampling.
         positive_min, negative_max: persona: the judge's keep thresholds.
         engine: persona: what generates the answers ("builtin" or "vllm").
+        keep: persona: the keep rule ("absolute" or "median", `PersonaConfig.keep`).
     """
 
     method: str
@@ -43,6 +44,7 @@ class MethodArgs:
     positive_min: float = 0.5
     negative_max: float = 0.5
     engine: str = "builtin"
+    keep: str = "absolute"
 
 
 def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
@@ -64,7 +66,7 @@ def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
         engine_module(args.engine)  # an unknown engine or a missing vLLM: one line, before the load
 
         load_trait(args.behaviour, args.description)
-        PersonaConfig(positive_min=args.positive_min, negative_max=args.negative_max)
+        PersonaConfig(positive_min=args.positive_min, negative_max=args.negative_max, keep=args.keep)
 
 
 def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[int]]):
@@ -87,7 +89,7 @@ def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[i
         from ..cae.trait_judge import trait_scorer
 
         judge = trait_scorer(LocalJudge(lm), trait.name, trait.description)
-    cfg = PersonaConfig(seed=args.seed, positive_min=args.positive_min, negative_max=args.negative_max)
+    cfg = PersonaConfig(seed=args.seed, positive_min=args.positive_min, negative_max=args.negative_max, keep=args.keep)
     from .common import text_generator
 
     generator = text_generator(args.engine)

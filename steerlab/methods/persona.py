@@ -6,7 +6,9 @@ behaviour), each question is answered by the model itself under a positive syste
 trait) and a negative one (show its opposite), `samples_per_question` sampled answers per side, in
 batched generation. A judge scores every answer for the trait; positive-side answers scoring above
 `positive_min` and negative-side answers scoring below `negative_max` are kept (the paper's >50 / <50
-of 100). The vector is, per layer, the mean over kept positive answers minus the mean over kept
+of 100; `keep="absolute"`). Small local judges score on shifted scales (one scores nearly everything low,
+another nearly everything high), so `keep="median"` puts the cut at the median of all the judged scores
+instead: positive answers the judge scores above it and negative ones below it, whatever the judge's scale. The vector is, per layer, the mean over kept positive answers minus the mean over kept
 negative answers of each answer's activations averaged over its response tokens, read with the
 question as the only user turn: no system prompt at read-out time, so the vector holds what the
 answers express, not the instruction that produced them (`methods.responses`).
@@ -99,6 +101,9 @@ def persona_questions(items: Sequence[BehaviourItem]) -> list[str]:
     return list(out)
 
 
+KEEP_RULES = ("absolute", "median")
+
+
 @dataclass(frozen=True)
 class PersonaConfig:
     """Generation, filtering and reading settings of the persona method.
@@ -108,7 +113,9 @@ class PersonaConfig:
         max_new_tokens: tokens per answer.
         do_sample, temperature, top_p: sampling (greedy gives one answer per question and side).
         seed: the sampling seed.
-        positive_min, negative_max: keep positive answers scoring above / negative ones below these.
+        keep: "absolute" (keep positive answers scoring above `positive_min`, negative ones below
+            `negative_max`) or "median" (both cuts at the median of all the judged scores).
+        positive_min, negative_max: the absolute cuts.
         batch_size: prompts per generation and read-out batch.
     """
 
@@ -118,6 +125,7 @@ class PersonaConfig:
     temperature: float = 1.0
     top_p: float = 0.95
     seed: int = 0
+    keep: str = "absolute"
     positive_min: float = 0.5
     negative_max: float = 0.5
     batch_size: int = 16
@@ -127,6 +135,8 @@ class PersonaConfig:
             raise DatasetError("samples_per_question, max_new_tokens and batch_size must be at least 1")
         if not (0 <= self.negative_max <= 1 and 0 <= self.positive_min <= 1):
             raise DatasetError("positive_min and negative_max are scores in [0, 1]")
+        if self.keep not in KEEP_RULES:
+            raise DatasetError(f"keep must be one of {', '.join(KEEP_RULES)}, not {self.keep!r}")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise DatasetError("sampling needs temperature > 0 and 0 < top_p <= 1")
 
@@ -191,6 +201,26 @@ def generate_samples(lm: LoadedModel, trait: Trait, questions: Sequence[str], co
     return [PersonaSample(q, side, t.strip()) for (q, side), t in zip(rows, texts)]
 
 
+def keep_cuts(scores: Sequence[float], config: PersonaConfig) -> tuple[float, float]:
+    """(keep positive answers above, keep negative answers below) under `config.keep`."""
+    if config.keep == "absolute" or not scores:
+        return config.positive_min, config.negative_max
+    ordered = sorted(scores)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return median, median
+
+
+def side_auc(samples: Sequence[PersonaSample]) -> float | None:
+    """How well the judge's scores separate the positive side's answers from the negative side's (ROC AUC; 0.5:
+    not at all; None: not judged). Recorded with the vector: a filter is only as good as this."""
+    pos = [s.score for s in samples if s.score is not None and s.side == "positive"]
+    neg = [s.score for s in samples if s.score is not None and s.side == "negative"]
+    if not pos or not neg:
+        return None
+    return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+
+
 def judge_samples(samples: Sequence[PersonaSample], judge: TraitScorer | None,
                   config: PersonaConfig | None = None) -> list[PersonaSample]:
     """The samples with scores and the keep decision (see the module docstring); empty answers are never kept."""
@@ -200,13 +230,14 @@ def judge_samples(samples: Sequence[PersonaSample], judge: TraitScorer | None,
     if len(scores) != len(live):
         raise DatasetError(f"the judge returned {len(scores)} scores for {len(live)} answers")
     by_id = {id(s): sc for s, sc in zip(live, scores)}
+    pos_min, neg_max = keep_cuts([sc for sc in scores if sc is not None], cfg)
     out = []
     for s in samples:
         if id(s) not in by_id:
             out.append(replace(s, score=None, kept=False))
             continue
         sc = by_id[id(s)]
-        keep = sc is None or (sc > cfg.positive_min if s.side == "positive" else sc < cfg.negative_max)
+        keep = sc is None or (sc > pos_min if s.side == "positive" else sc < neg_max)
         out.append(replace(s, score=sc, kept=keep))
     return out
 
@@ -230,12 +261,14 @@ def persona_vector(lm: LoadedModel, trait: Trait, samples: Sequence[PersonaSampl
     acts = response_means(lm, [(s.question, s.response) for s in pos + neg], layers, batch_size=cfg.batch_size,
                           progress=progress)
     n = len(pos)
+    cuts = keep_cuts([x.score for x in samples if x.score is not None], cfg)
     directions = {l: (a[:n].double().mean(0) - a[n:].double().mean(0)).float() for l, a in acts.items()}
     meta = make_meta(lm, method="persona", layers=layers, position="response-mean",
                      data_hash=hash_texts(x for s in pos + neg for x in (s.side, s.question, s.response)),
                      n_train=len(pos) + len(neg), trait=trait.name, description=trait.description,
                      positive_system=trait.positive_system, negative_system=trait.negative_system,
-                     judge="yes" if judged else "none", positive_min=cfg.positive_min, negative_max=cfg.negative_max,
+                     judge="yes" if judged else "none", keep=cfg.keep, positive_min=cuts[0], negative_max=cuts[1],
+                     judge_side_auc=side_auc(samples),
                      n_positive=len(pos), n_negative=len(neg), n_generated=len(samples),
                      questions=len({s.question for s in samples}), samples_per_question=cfg.samples_per_question,
                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, do_sample=cfg.do_sample)
