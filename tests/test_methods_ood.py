@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -559,6 +560,42 @@ def test_generalise_grows_by_method_and_summarises_every_finished_cell(lm, gener
     summary = run_generalise(lm, replace(cfg, methods=("persona",), seeds=(1,)), grown, LocalJudge(lm))
     assert ("persona", 1) in [(r["method"], r["seed"]) for r in summary["rows"]]
     assert not (grown / "persona" / "seed0").exists()
+
+
+def test_generalise_generates_and_judges_the_unsteered_responses_once(lm, tmp_path):
+    """Every cell's OOD stages start from the run's one set of unsteered responses, and each distinct response is
+    judged once per run directory (also across invocations)."""
+    from steerlab.cae.generalise import JUDGE_SCORES, UNSTEERED, GeneraliseConfig, run_generalise
+    from steerlab.cae.judge_cache import CachedJudge, request_key
+
+    seen = []
+
+    class Counting:
+        name = "local"
+
+        def __init__(self):
+            self.inner = LocalJudge(lm)
+
+        def score(self, requests):
+            seen.extend(request_key(self.name, r) for r in requests)
+            return self.inner.score(requests)
+
+    cfg = GeneraliseConfig("corrigible-neutral-HHH", methods=("caa", "multiformat"), layers=(1,), n_train=4, n_val=4,
+                           n_test=4, ood_limit=2, max_new_tokens=4, corpus_tokens=128, window=64)
+    run_generalise(lm, cfg, tmp_path, Counting())
+    shared = [json.loads(x) for x in (tmp_path / UNSTEERED).read_text().splitlines()]
+    assert len(shared) == 4 and all(r["condition"] == "unsteered" for r in shared)
+    for cell in ("caa/seed0", "multiformat/seed0"):
+        for sign in ("ood_plus", "ood_minus"):
+            rows = json.loads((tmp_path / cell / sign / "ood_scores.json").read_text())
+            assert sorted((r["key"], r["response"]) for r in rows if r["condition"] == "unsteered") == \
+                sorted((r["key"], r["response"]) for r in shared)
+    assert len(seen) == len(set(seen))
+    n = len(seen)
+    run_generalise(lm, replace(cfg, methods=("caa",), relative=0.5), tmp_path, Counting())
+    assert len(seen) == n  # nothing new to judge on a rerun
+    cache = CachedJudge(Counting(), tmp_path / JUDGE_SCORES)
+    assert len(cache.scores) == n
 
 
 def test_generalise_config_errors():

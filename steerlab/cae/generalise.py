@@ -32,6 +32,7 @@ from ..methods.persona import KEEP_RULES
 from ..vector import SteeringVector
 from .behaviour_data import load_behaviour
 from .judge import Judge, check_judge
+from .judge_cache import CachedJudge
 from .ood import evaluate_ood, load_ood_cases, load_ood_file
 from .side_effects import corpus_windows, measure_side_effects
 from .strengths import raw_strength, residual_norms
@@ -46,6 +47,10 @@ DETERMINISTIC = ("caa", "multiformat")
 MIN_JUDGE_AUC = 0.8
 #: Settings that only say which cells an invocation runs: a resumed directory may differ in them.
 CELL_CHOICE = ("methods", "seeds")
+#: The run directory's unsteered OOD responses, shared by every cell (`share_unsteered`).
+UNSTEERED = "unsteered_ood_generations.jsonl"
+#: The run directory's judge scores, shared by every cell (`judge_cache.CachedJudge`).
+JUDGE_SCORES = "judge_scores.jsonl"
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,18 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
                          generator=generator)
 
 
+def share_unsteered(source: Path, target: Path) -> None:
+    """Copy the unsteered OOD generations of `source` into `target` when `target` does not exist yet: the run
+    directory keeps one set (`UNSTEERED`) that every cell's OOD stage starts from, so the unsteered responses are
+    generated once per behaviour, not twice per cell (`evaluate_ood` reuses them; the judge cache their scores)."""
+    if target.is_file() or not source.is_file():
+        return
+    rows = [r for r in results.read_jsonl(source) if r.get("condition") == "unsteered"]
+    if rows:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        results.append_jsonl(target, rows)
+
+
 def _done(path: Path) -> bool:
     return path.is_file()
 
@@ -236,10 +253,12 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         path = cell / name / "ood.json"
         if not _done(path):
             log(f"{method} seed {seed}: OOD at r={sign * cfg.relative:+g}")
+            share_unsteered(cell.parent.parent / UNSTEERED, cell / name / "ood_generations.jsonl")
             alpha = raw_strength(sign * cfg.relative, vec, layer, norm())
             timed(name, lambda: evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=cell / name,
                                              max_new_tokens=cfg.max_new_tokens, generator=generator))
         ood[name] = json.loads(path.read_text())
+        share_unsteered(cell / name / "ood_generations.jsonl", cell.parent.parent / UNSTEERED)
     side_path = cell / "side_effects.json"
     if not _done(side_path):
         log(f"{method} seed {seed}: perplexity and KL")
@@ -300,6 +319,7 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
 
     corpus = cfg.corpus or str(require_data_root() / "corpus" / "wikitext-2-test.txt")
     windows = corpus_windows(lm, corpus, n_tokens=cfg.corpus_tokens, window=cfg.window)
+    judge = CachedJudge(judge, out / JUDGE_SCORES)
     jc_path = out / "judge_check.json"
     if not _done(jc_path):
         log("checking the judge on the validation items' labelled texts")

@@ -300,7 +300,9 @@ def evaluate_ood(lm: LoadedModel,
     seconds = {}
     t = time.perf_counter()
     done = read_generations(gen_path) if gen_path is not None and gen_path.is_file() else {}
-    done = {k: g for k, g in done.items() if g.layer == int(layer) and (g.condition == "unsteered" or abs(g.strength - strength) < 1e-9)}
+    # an unsteered response does not depend on the layer or strength, so it is reused whatever they were
+    done = {k: g for k, g in done.items()
+            if g.condition == "unsteered" or (g.layer == int(layer) and abs(g.strength - strength) < 1e-9)}
     if done:
         log(f"reusing {len(done)} saved generations")
     gens = generate_ood(lm, cases, vector, layer, strength, positions=positions, max_new_tokens=max_new_tokens,
