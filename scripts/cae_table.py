@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from steerlab.cae import summarize_run  # noqa: E402
+from steerlab.cae.text_measures import distinct_ngrams  # noqa: E402
 from steerlab.data import CAE_BEHAVIOURS  # noqa: E402
 
 START, END = "<!-- cae-tables:start -->", "<!-- cae-tables:end -->"
@@ -193,13 +194,6 @@ def answer_profile(runs: Path) -> str:
     return "\n".join(lines)
 
 
-def distinct_ngrams(text: str, n: int = 3) -> float:
-    """Distinct word n-grams / all word n-grams of a text (1 = no repetition; looping text is low)."""
-    w = text.split()
-    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / max(1, len(grams))
-
-
 def repetition(run_dir: Path) -> dict | None:
     """Mean distinct-3-gram ratio of the OOD responses and how many fall below 0.6, per condition."""
     path = run_dir / "ood_generations.jsonl"
@@ -208,7 +202,7 @@ def repetition(run_dir: Path) -> dict | None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = {}
     for cond in ("unsteered", "steered"):
-        d = [distinct_ngrams(r["response"]) for r in rows if r["condition"] == cond]
+        d = [distinct_ngrams(r["response"], 3) for r in rows if r["condition"] == cond]
         out[cond] = (sum(d) / max(1, len(d)), sum(x < 0.6 for x in d), len(d))
     return out
 

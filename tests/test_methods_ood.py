@@ -598,6 +598,58 @@ def test_generalise_generates_and_judges_the_unsteered_responses_once(lm, tmp_pa
     assert len(cache.scores) == n
 
 
+def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_run, tmp_path):
+    import numpy as np
+
+    from steerlab.cae.generalise_report import CellReport, collect, goal_counts, markdown_table, plot
+
+    cfg, out, summary = generalise_run
+    reports = collect([out], model="tiny")
+    assert [(c.method, c.seed) for c in reports] == [(r["method"], r["seed"]) for r in summary["rows"]]
+    c = next(c for c in reports if c.method == "bipo" and c.seed == 1)
+    assert c.behaviour == "corrigible-neutral-HHH"
+    assert "--methods bipo --seeds 1" in c.command and "--model tiny" in c.command and "--bipo-steps 2" in c.command
+    cell = out / "bipo" / "seed1"
+    plus = json.loads((cell / "ood_plus" / "ood_scores.json").read_text())
+    minus = json.loads((cell / "ood_minus" / "ood_scores.json").read_text())
+
+    def distinct2(t):
+        w = t.split()
+        g = [tuple(w[i:i + 2]) for i in range(len(w) - 1)]
+        return len(set(g)) / max(1, len(g))
+
+    steered_plus = [distinct2(r["response"]) for r in plus if r["condition"] == "steered"]
+    assert c.distinct2["+r"] == pytest.approx(sum(steered_plus) / len(steered_plus))
+    rows = [r for r in plus if r["kind"] == "open-ended"] + \
+        [r for r in minus if r["kind"] == "open-ended" and r["condition"] == "steered"]
+    rows = [r for r in rows if r["projection"] is not None]  # an empty response has none
+    x = np.array([r["projection"] for r in rows]); y = np.array([r["judge"] for r in rows])
+    assert c.monitor_n == len(rows)
+    if c.monitor_r is not None:
+        assert c.monitor_r[0] == pytest.approx(float(np.corrcoef(x, y)[0, 1]))
+        assert c.monitor_r[1] <= c.monitor_r[0] <= c.monitor_r[2]
+    # The correlation by hand on records of known values (three responses per prompt, resampled by prompt).
+    from steerlab.cae.generalise_report import monitor_correlation
+
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=30)
+    ys = 0.5 * xs + rng.normal(scale=0.5, size=30)
+    recs = [{"key": f"p{i // 3}", "kind": "open-ended", "projection": float(a), "judge": float(b)}
+            for i, (a, b) in enumerate(zip(xs, ys))]
+    (r, lo, hi), n = monitor_correlation(recs + [{"key": "q", "kind": "choice-qa", "projection": 9.0, "judge": 0.0}])
+    assert n == 30 and r == pytest.approx(float(np.corrcoef(xs, ys)[0, 1])) and lo < r < hi and r > 0.5
+    table = markdown_table(reports)
+    assert len(table.splitlines()) == len(reports) + 2
+    assert plot(reports, tmp_path / "fig.png").stat().st_size > 0
+    # The goal: right-signed at both signs with intervals clear of 0, perplexity <= 1.5, a judge that can tell.
+    good = CellReport("b", "caa", 0, 1, 0.5, 0.9, (0.1, 0.0, 0.2), (-0.1, -0.2, 0.0),
+                      {"open-ended +r": (0.1, 0.01, 0.2), "open-ended -r": (-0.1, -0.2, -0.01)}, 1.2, 1.4)
+    assert good.meets_goal
+    assert not replace(good, ppl_minus=1.6).meets_goal and not replace(good, judge_auc=0.7).meets_goal
+    assert not replace(good, ood={**good.ood, "open-ended -r": (-0.1, -0.2, 0.01)}).meets_goal
+    assert goal_counts([good, replace(good, behaviour="c", ppl_plus=2.0)]) == {"caa": (1, 2)}
+
+
 def test_generalise_config_errors():
     from steerlab.cae.generalise import GeneraliseConfig
 

@@ -1,0 +1,50 @@
+"""The generalisation table (issue 26) from finished `steerlab cae generalise` runs.
+
+    python scripts/generalise_table.py docs/results/generalisation_files/1.5b/*/ \
+        --figure docs/results/generalisation_files/1.5b/open_ended.png --json docs/results/generalisation_files/1.5b/table.json
+
+Prints one markdown row per cell (`steerlab.cae.generalise_report.markdown_table`), how many behaviours each
+method brings over the issue's bar, and the rerun command and machine of every cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from steerlab.cae.generalise_report import collect, goal_counts, markdown_table, plot, to_json
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, help="run directories (one per behaviour)")
+    ap.add_argument("--figure", type=Path, help="write the open-ended effect figure here (PNG)")
+    ap.add_argument("--json", type=Path, help="write every cell's report here")
+    ap.add_argument("--model", help="the --model of the rerun commands (default: the vectors' model id)")
+    args = ap.parse_args(argv)
+    reports = collect(args.runs, args.model)
+    if not reports:
+        print("no finished cells (no summary.json) in the given directories", file=sys.stderr)
+        return 1
+    print(markdown_table(reports))
+    print()
+    for method, (met, seen) in goal_counts(reports).items():
+        print(f"- {method}: meets the goal for {met} of {seen} behaviours measured")
+    print()
+    for c in reports:
+        m = c.machine
+        print(f"- {c.behaviour} {c.method} seed {c.seed}: `{c.command}` "
+              f"({m.get('cpu_model', '?')}, {'avx512_bf16' if 'avx512_bf16' in m.get('cpu_flags', []) else 'no bf16'}, "
+              f"{m.get('dtype', '?')}, {sum(c.seconds.values()) / 60:.0f} min)")
+    if args.figure:
+        print(f"\nwrote {plot(reports, args.figure)}")
+    if args.json:
+        args.json.write_text(json.dumps(to_json(reports), indent=1, default=float))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

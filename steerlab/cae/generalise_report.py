@@ -1,0 +1,262 @@
+"""What finished generalisation runs say, per cell and across behaviours (read from their files, no model).
+
+Beside the numbers `run_generalise` puts in `summary.json`, each cell's saved OOD responses give
+- *distinct-2*: the mean distinct word-bigram ratio of the responses, unsteered, at +r and at -r (steering that
+  loops or stutters shows here before it shows in a judge's score);
+- *the monitoring correlation* (issue 26 item 4): Pearson r between a response's projection on the cell's vector
+  (its response-token mean at the chosen layer, read unsteered) and the judge's trait score, over the open-ended
+  responses of the cell (unsteered once, +r and -r), with a 95 % interval that resamples prompts (a prompt keeps
+  its three responses, which are not independent).
+
+`meets_goal` is the issue's bar for one cell: the open-ended effect's 95 % interval above 0 at +r and below 0 at
+-r, with the perplexity ratio at most 1.5 at both signs, and a judge that can tell (AUC >= 0.8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import results
+from .text_measures import mean_distinct
+
+Interval = tuple[float, float, float]
+SIGNS = {"ood_plus": "+r", "ood_minus": "-r"}
+MAX_PPL_RATIO = 1.5
+MIN_JUDGE_AUC = 0.8
+
+
+@dataclass
+class CellReport:
+    """One (behaviour, method, seed) cell of a generalisation run.
+
+    Attributes:
+        behaviour, method, seed, layer, relative: what was run.
+        judge_auc: the judge's AUC on the behaviour's labelled validation texts.
+        in_plus, in_minus: the in-distribution effect at +r / -r (effect, low, high).
+        ood: "open-ended +r" etc. -> (effect, low, high) of the judged OOD effect.
+        ppl_plus, ppl_minus: perplexity ratio on the corpus at +r / -r.
+        distinct2: "unsteered" / "+r" / "-r" -> mean distinct-2 of the OOD responses.
+        monitor_r: (r, low, high) of projection vs judge on the open-ended responses; monitor_n responses.
+        seconds: stage -> seconds; machine: the machine block of the OOD stage.
+        command: the command that reruns (or resumes) this cell.
+    """
+
+    behaviour: str
+    method: str
+    seed: int
+    layer: int
+    relative: float
+    judge_auc: float
+    in_plus: Interval
+    in_minus: Interval
+    ood: dict[str, Interval] = field(default_factory=dict)
+    ppl_plus: float = float("nan")
+    ppl_minus: float = float("nan")
+    distinct2: dict[str, float | None] = field(default_factory=dict)
+    monitor_r: Interval | None = None
+    monitor_n: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    command: str = ""
+
+    @property
+    def judge_can_tell(self) -> bool:
+        return self.judge_auc >= MIN_JUDGE_AUC
+
+    @property
+    def meets_goal(self) -> bool:
+        plus, minus = self.ood.get("open-ended +r"), self.ood.get("open-ended -r")
+        return (self.judge_can_tell and plus is not None and minus is not None and plus[1] > 0 and minus[2] < 0
+                and self.ppl_plus <= MAX_PPL_RATIO and self.ppl_minus <= MAX_PPL_RATIO)
+
+
+def response_records(cell: Path) -> list[dict]:
+    """The cell's scored OOD responses, each with a "sign" ("unsteered", "+r", "-r"); the unsteered responses,
+    judged in both stages, once."""
+    out, seen = [], set()
+    for stage, sign in SIGNS.items():
+        path = cell / stage / "ood_scores.json"
+        if not path.is_file():
+            continue
+        for r in results.read_json(path):
+            tag = "unsteered" if r["condition"] == "unsteered" else sign
+            if tag == "unsteered":
+                if r["key"] in seen:
+                    continue
+                seen.add(r["key"])
+            out.append({**r, "sign": tag})
+    return out
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r (nan when either side is constant)."""
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def monitor_correlation(records: Sequence[dict], kind: str = "open-ended", *, n_boot: int = 2000,
+                        seed: int = 0) -> tuple[Interval | None, int]:
+    """Pearson r of projection vs judge score over `kind`'s responses, with a 95 % prompt-resampling interval."""
+    rows = [r for r in records if r["kind"] == kind and r.get("projection") is not None]
+    if len(rows) < 3:
+        return None, len(rows)
+    x = np.array([r["projection"] for r in rows], float)
+    y = np.array([r["judge"] for r in rows], float)
+    prompts = sorted({r["key"] for r in rows})
+    members = [np.flatnonzero([r["key"] == p for r in rows]) for p in prompts]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(prompts), len(prompts))])
+        r = pearson(x[idx], y[idx])
+        if np.isfinite(r):
+            boots.append(r)
+    r = pearson(x, y)
+    if not boots or not np.isfinite(r):
+        return None, len(rows)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return (r, float(lo), float(hi)), len(rows)
+
+
+def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
+    """The `steerlab cae generalise` line that reruns (resumes) one cell of `run_dir` (settings from its config)."""
+    cfg = results.read_json(run_dir / "config.json")
+    parts = [f"steerlab cae generalise {Path(cfg['behaviour']).stem} -o {run_dir}",
+             f"--layers {','.join(str(l) for l in cfg['layers'])} --methods {method} --seeds {seed}"]
+    defaults = {"relative": 0.5, "n_train": 40, "n_val": 20, "n_test": 40, "split_seed": 0, "ood_limit": None,
+                "max_new_tokens": 48, "bipo_steps": 50, "bipo_batch": 8, "persona_keep": "median"}
+    for key, default in defaults.items():
+        if key in cfg and cfg[key] != default:
+            parts.append(f"--{key.replace('_', '-')} {cfg[key]}")
+    if method == "persona" and not cfg.get("persona_judge", True):
+        parts.append("--no-persona-judge")
+    parts.append(f"--model {model} --threads 1")
+    return " ".join(parts)
+
+
+def _interval(v) -> Interval | None:
+    return None if v is None or isinstance(v, str) else (float(v[0]), float(v[1]), float(v[2]))
+
+
+def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: str | None = None) -> CellReport:
+    """One summary row of `run_dir` with what its cell's files add (see the module docstring); `model` for the rerun
+    command (None: the cell's vector's model id)."""
+    cell = run_dir / row["method"] / f"seed{row['seed']}"
+    ind = results.read_json(cell / "in_distribution.json")
+    ood = {}
+    for stage, sign in SIGNS.items():
+        for kind in ("open-ended", "choice-qa", "custom"):
+            v = _interval(row.get(f"{stage}_{kind}"))
+            if v is not None:
+                ood[f"{kind} {sign}"] = v
+    recs = response_records(cell)
+    distinct = {s: mean_distinct([r["response"] for r in recs if r["sign"] == s]) for s in ("unsteered", "+r", "-r")}
+    monitor, n = monitor_correlation(recs)
+    plus_ood = cell / "ood_plus" / "ood.json"
+    machine = results.read_json(plus_ood).get("machine", {}) if plus_ood.is_file() else {}
+    if model is None and (cell / "vector.safetensors").is_file():
+        from ..vector import SteeringVector
+
+        model = SteeringVector.load(cell / "vector.safetensors").meta.model_id
+    ppl = row["ppl_ratio"]
+    rel = row["relative"]
+    command = rerun_command(Path(run_dir), row["method"], int(row["seed"]), model or "MODEL")
+    if machine.get("dtype") == "bfloat16":
+        command = "STEERLAB_DTYPE=bfloat16 " + command
+    return CellReport(behaviour or Path(run_dir).name, row["method"], int(row["seed"]), int(row["layer"]), float(rel),
+                      float(row["judge_auc"]), (ind["effect_plus"], ind["plus_low"], ind["plus_high"]),
+                      (ind["effect_minus"], ind["minus_low"], ind["minus_high"]), ood,
+                      float(ppl.get(f"{rel:+g}", float("nan"))), float(ppl.get(f"{-rel:+g}", float("nan"))),
+                      distinct, monitor, n, dict(row.get("seconds", {})), machine,
+                      command)
+
+
+def collect(run_dirs: Sequence[str | Path], model: str | None = None) -> list[CellReport]:
+    """Every summarised cell of every run directory (a directory without summary.json is skipped)."""
+    out = []
+    for d in map(Path, run_dirs):
+        path = d / "summary.json"
+        if path.is_file():
+            summary = results.read_json(path)
+            out += [cell_report(d, row, model, summary.get("behaviour")) for row in summary["rows"]]
+    return out
+
+
+def _fmt(v: Interval | None) -> str:
+    return "–" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
+
+def markdown_table(reports: Sequence[CellReport]) -> str:
+    """One row per cell: OOD open-ended and choice-qa effects at +r and -r, in-distribution effects, perplexity
+    ratios, distinct-2, the monitoring correlation, the judge's AUC and minutes; "judge cannot tell" where the
+    judge's AUC is below 0.8; the goal column marks cells that meet the issue's bar."""
+    head = ("| behaviour | method | seed | layer | OOD open-ended +r | OOD open-ended −r | choice-qa +r | choice-qa −r | "
+            "in-dist +r | in-dist −r | ppl +r / −r | distinct-2 unst. / +r / −r | monitor r | judge AUC | goal | min |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in reports:
+        def ood(key: str) -> str:
+            return _fmt(c.ood.get(key)) if c.judge_can_tell else "judge cannot tell"
+
+        d = " / ".join("–" if c.distinct2.get(s) is None else f"{c.distinct2[s]:.2f}" for s in ("unsteered", "+r", "-r"))
+        lines.append(f"| {c.behaviour} | {c.method} | {c.seed} | {c.layer} | {ood('open-ended +r')} | "
+                     f"{ood('open-ended -r')} | {ood('choice-qa +r')} | {ood('choice-qa -r')} | {_fmt(c.in_plus)} | "
+                     f"{_fmt(c.in_minus)} | {c.ppl_plus:.2f} / {c.ppl_minus:.2f} | {d} | {_fmt(c.monitor_r)} | "
+                     f"{c.judge_auc:.2f} | {'yes' if c.meets_goal else 'no'} | {sum(c.seconds.values()) / 60:.0f} |")
+    return "\n".join(lines)
+
+
+def goal_counts(reports: Sequence[CellReport]) -> dict[str, tuple[int, int]]:
+    """Per method: (behaviours where some seed meets the goal, behaviours measured)."""
+    out: dict[str, tuple[set, set]] = {}
+    for c in reports:
+        met, seen = out.setdefault(c.method, (set(), set()))
+        seen.add(c.behaviour)
+        if c.meets_goal:
+            met.add(c.behaviour)
+    return {m: (len(met), len(seen)) for m, (met, seen) in out.items()}
+
+
+def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
+    """The open-ended OOD effect at +r and -r per behaviour and method (95 % intervals), one panel per sign."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    behaviours = sorted({c.behaviour for c in reports})
+    methods = [m for m in ("caa", "multiformat", "bipo", "persona") if any(c.method == m for c in reports)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, max(2.5, 0.6 + 0.3 * len(behaviours) * len(methods))), dpi=110,
+                             sharey=True)
+    colours = dict(zip(("caa", "multiformat", "bipo", "persona"), ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    for ax, sign in zip(axes, ("+r", "-r")):
+        for bi, b in enumerate(behaviours):
+            for mi, m in enumerate(methods):
+                cells = [c for c in reports if c.behaviour == b and c.method == m and c.judge_can_tell
+                         and f"open-ended {sign}" in c.ood]
+                for si, c in enumerate(cells):
+                    e, lo, hi = c.ood[f"open-ended {sign}"]
+                    y = bi + (mi - (len(methods) - 1) / 2) * 0.18 + si * 0.04
+                    ax.errorbar(e, y, xerr=[[e - lo], [hi - e]], fmt="o", ms=3, color=colours[m], capsize=2,
+                                label=m if (bi, si) == (0, 0) else None)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"OOD open-ended judged effect at {sign}", fontsize=9)
+        ax.set_xlabel("steered − unsteered judge score", fontsize=8)
+    axes[0].set_yticks(range(len(behaviours)), behaviours, fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def to_json(reports: Sequence[CellReport]) -> list[dict]:
+    """The reports as JSON rows (for the results directory)."""
+    return [dict(asdict(c), judge_can_tell=c.judge_can_tell, meets_goal=c.meets_goal) for c in reports]
