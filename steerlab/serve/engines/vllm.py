@@ -200,7 +200,7 @@ class VllmEngine:
         name = self._names.get(digest)
         if name is None:
             name = f"{_safe(term.name)}-{digest[:16]}"
-            if not any((self._store.directory / f"{name}{s}").is_file() for s in (".safetensors",)):
+            if not (self._store.directory / f"{name}.safetensors").is_file():
                 self._store.put(term.vector, name)
             self._names[digest] = name
         return name
@@ -335,12 +335,11 @@ def _safe(name: str) -> str:
 
 
 def _resolve_dtype_name(dtype: Optional[str]) -> str:
-    requested = dtype or os.environ.get("STEERLAB_DTYPE") or "float32"
-    if requested == "auto":
-        from ...hardware import choose_dtype, detect
+    from ...hardware import choose_dtype, detect
 
-        return choose_dtype("auto", "cpu" if not _has_cuda() else "cuda", detect()).name
-    return requested
+    requested = dtype or os.environ.get("STEERLAB_DTYPE") or "float32"
+    # one rule with load_model: "auto" picks by hardware, a named dtype is checked and taken as asked
+    return choose_dtype(requested, "cuda" if _has_cuda() else "cpu", detect()).name
 
 
 def _has_cuda() -> bool:
