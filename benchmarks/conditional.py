@@ -7,6 +7,10 @@ Rows of one batch, greedy, the same number of new tokens (EOS ignored by timing 
                          inside the steered pass
   read-out               the vector's projection read at every token (prompt and generation), unsteered
   no read-out            the same generation without the read-out hook
+  served: ...            the same rows as requests to the built-in server engine (its continuous-batching
+                         scheduler, `run_requests`), plainly steered vs half conditioned; the engine decides a
+                         conditional term per request at prefill (a one-row partial pass) and drops it if it
+                         does not fire
 Each setting runs `--rounds` times interleaved (so machine load drifts over all alike); the table gives
 the median time per generated token and the ratio to its baseline. Goals (issue 25): half conditioned
 ≤ 1.05× plainly steered; read-out ≤ 1.05× no read-out.
@@ -62,12 +66,29 @@ def main() -> None:
         finally:
             hook.remove()
 
+    from steerlab.serve.engines.base import ConditionLeaf, EngineRequest, SamplingSettings, SteeringTerm, run_requests
+    from steerlab.serve.engines.builtin import build_engine
+
+    engine = build_engine(lm, max_batch=args.batch_size)
+    sampling = SamplingSettings(args.new_tokens, ignore_eos=True)
+    encoded = [sl.encode(lm, [p]) for p in prompts]
+
+    def served(at: int, conditioned: bool):
+        term = SteeringTerm("v", vec.select([at]), 2.0, (at,), "after_user",
+                            ConditionLeaf("harmful", cond.vector) if conditioned else None)
+        return lambda: run_requests(engine, [EngineRequest.of(e, f"r{i}", sampling, (term,))
+                                             for i, e in enumerate(encoded)])
+
     settings = {
         "plainly steered (low layer)": lambda: gen(sl.Steering(vec, 2.0, [layer])),
         "half conditioned, separate pass": lambda: gen(sl.Steering(vec, 2.0, [layer], condition=cond)),
         "plainly steered (top layer)": lambda: gen(sl.Steering(vec, 2.0, [above])),
         "half conditioned, in-pass": lambda: gen(sl.Steering(vec, 2.0, [above], condition=cond)),
-        "no read-out": lambda: gen(None), "read-out (every token)": watched}
+        "no read-out": lambda: gen(None), "read-out (every token)": watched,
+        "served: plainly steered (low)": served(layer, False),
+        "served: half conditioned (low)": served(layer, True),
+        "served: plainly steered (top)": served(above, False),
+        "served: half conditioned (top)": served(above, True)}
     times: dict[str, list[float]] = {k: [] for k in settings}
     for name, fn in settings.items():  # warm-up
         fn()
@@ -76,12 +97,17 @@ def main() -> None:
             t = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t) / (args.new_tokens * len(prompts)))
+    engine.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     base = {"plainly steered (low layer)": "plainly steered (low layer)",
             "half conditioned, separate pass": "plainly steered (low layer)",
             "plainly steered (top layer)": "plainly steered (top layer)",
             "half conditioned, in-pass": "plainly steered (top layer)",
-            "no read-out": "no read-out", "read-out (every token)": "no read-out"}
+            "no read-out": "no read-out", "read-out (every token)": "no read-out",
+            "served: plainly steered (low)": "served: plainly steered (low)",
+            "served: half conditioned (low)": "served: plainly steered (low)",
+            "served: plainly steered (top)": "served: plainly steered (top)",
+            "served: half conditioned (top)": "served: plainly steered (top)"}
     info = machine_info()
     print(f"{lm.model_id}, {lm.dtype}, batch {len(prompts)} ({fired} fire the condition), {args.new_tokens} new "
           f"tokens, {args.rounds} rounds; condition at layer {cond.rule.layer}, vector at layer {layer} (below it: "

@@ -35,10 +35,9 @@ class RowAddend(Protocol):
 T = TypeVar("T", bound=RowAddend)
 
 
-def batch_steering(rows: Sequence[Sequence[T]], slot_key: Callable[[int, T], Hashable]) -> list[Steering]:
-    """The `Steering` terms of a batch whose row i runs `rows[i]` (see the module docs for the slots);
-    `slot_key(k, term)` is called with each term's index k in its row. Rows without terms add nothing,
-    and a batch with none at all gives []."""
+def batch_slots(rows: Sequence[Sequence[T]], slot_key: Callable[[int, T], Hashable]) -> list[list[Optional[T]]]:
+    """The slots of a batch whose row i runs `rows[i]` (see the module docs): per slot, the term each row puts in it
+    (None for a row that puts none)."""
     depth: dict[tuple, int] = {}  # key → the most terms one row has under it (insertion order = first seen)
     placed: list[dict[tuple, T]] = []  # per row: (key, n) → its n-th term under that key
     for terms in rows:
@@ -52,10 +51,19 @@ def batch_steering(rows: Sequence[Sequence[T]], slot_key: Callable[[int, T], Has
         for key, n in seen.items():
             depth[key] = max(depth.get(key, 0), n)
         placed.append(mine)
-    out = []
-    for key, n_slots in depth.items():
-        for n in range(n_slots):
-            picked: list[Optional[T]] = [mine.get((key, n)) for mine in placed]
-            out.append(Steering([None if t is None else t.vector for t in picked],
-                                [0.0 if t is None else t.strength for t in picked], layers=None, positions=key[0]))
-    return out
+    return [[mine.get((key, n)) for mine in placed] for key, n_slots in depth.items() for n in range(n_slots)]
+
+
+def slot_steering(picked: Sequence[Optional[T]], **options) -> Steering:
+    """One slot as a `Steering` (a row without a term in it: None / 0.0); `options` go to `Steering` (e.g. a
+    condition)."""
+    positions = next(t.positions for t in picked if t is not None)
+    return Steering([None if t is None else t.vector for t in picked],
+                    [0.0 if t is None else t.strength for t in picked], layers=None, positions=positions, **options)
+
+
+def batch_steering(rows: Sequence[Sequence[T]], slot_key: Callable[[int, T], Hashable]) -> list[Steering]:
+    """The `Steering` terms of a batch whose row i runs `rows[i]` (see the module docs for the slots);
+    `slot_key(k, term)` is called with each term's index k in its row. Rows without terms add nothing,
+    and a batch with none at all gives []."""
+    return [slot_steering(picked) for picked in batch_slots(rows, slot_key)]

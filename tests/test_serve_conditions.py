@@ -32,9 +32,10 @@ def setup(real_lm, vec_factory):
     loud = next(c.prompt for c in checks[:8] if c.fired)
     quiet = next(c.prompt for c in checks[8:] if not c.fired)
     vec = vec_factory(real_lm, [10], seed=5, scale=2.0)
-    served = Served(make_app("builtin", real_lm, {"v": vec, "harmful": cond}, api_key=KEY, max_new_tokens_limit=32,
-                               max_batch=8))
-    yield served, vec, leaf, loud, quiet
+    top = vec_factory(real_lm, [28], seed=6, scale=2.0)
+    served = Served(make_app("builtin", real_lm, {"v": vec, "top": top, "harmful": cond}, api_key=KEY,
+                             max_new_tokens_limit=32, max_batch=8))
+    yield served, {"v": vec, "top": top}, leaf, loud, quiet
     served.stop()
 
 
@@ -50,11 +51,15 @@ def ask(served, lm, prompt, steering, **kw):
                                                    **kw)
 
 
-def test_condition_decides_per_request_in_one_batch(setup, real_lm):
-    served, vec, leaf, loud, quiet = setup
+@pytest.mark.parametrize("name", ["v", "top"])
+def test_condition_decides_per_request_in_one_batch(setup, real_lm, name):
+    """"v" steers layer 10, below the condition's layers (decided by a separate batched pass); "top" steers layer 28,
+    above them (decided inside the steered prefill)."""
+    served, vectors, leaf, loud, quiet = setup
+    vec = vectors[name]
     expected = {loud: solo(real_lm, loud, vec), quiet: solo(real_lm, quiet)}
     assert solo(real_lm, loud) != expected[loud]
-    spec = {"vector": "v", "strength": 4, "condition": "harmful"}
+    spec = {"vector": name, "strength": 4, "condition": "harmful"}
     got: dict = {}
     threads = [threading.Thread(target=lambda p=p: got.__setitem__(p, ask(served, real_lm, p, spec)))
                for p in (loud, quiet, loud, quiet)]
@@ -71,7 +76,8 @@ def test_condition_decides_per_request_in_one_batch(setup, real_lm):
 
 
 def test_trees_and_streaming(setup, real_lm):
-    served, vec, leaf, loud, quiet = setup
+    served, vectors, leaf, loud, quiet = setup
+    vec = vectors["v"]
     r = ask(served, real_lm, quiet, {"vector": "v", "strength": 4, "condition": {"not": "harmful"}})
     assert r.model_extra["steering"][0]["fired"] is True
     assert r.choices[0].message.content == solo(real_lm, quiet, vec)

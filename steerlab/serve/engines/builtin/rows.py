@@ -9,12 +9,12 @@ policies `base.steering_positions` states for one absolute position).
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from ....encoding import EncodedBatch
-from ....per_row import batch_steering
+from ....per_row import batch_slots, batch_steering, slot_steering
 from ....steering import Steering
 from ..base import Condition, ConditionLeaf, EngineRequest, SteeringTerm
 
@@ -61,3 +61,25 @@ def batch_terms(rows: Sequence[Sequence[SteeringTerm]]) -> list[Steering]:
     Steering; rows that are not steered at all add nothing. An all-unsteered batch gives []. Terms
     must be unconditional by now (the engine decides conditions at prefill and drops what did not fire)."""
     return batch_steering(rows, lambda k, _term: k)
+
+
+def condition_key(c: Condition) -> tuple:
+    """What makes two requests' conditions the same one (the same registered vectors in the same tree), so their
+    rows share a slot and the condition is scored once per prefill."""
+    if isinstance(c, ConditionLeaf):
+        return ("leaf", c.name, id(c.vector))
+    return (c.op, tuple(condition_key(x) for x in c.children))
+
+
+def prefill_terms(rows: Sequence[Sequence[SteeringTerm]]) -> list[tuple[Steering, list[Optional[SteeringTerm]]]]:
+    """The steering of a prefill whose rows' terms may carry conditions, with each slot's terms per row: a
+    conditional term gets a slot of its own per condition, and that slot's `Steering` carries the condition, so
+    `apply_steering` decides it for every row of the batch at once (inside the steered pass when that is exact,
+    else in one batched deciding pass) and gates the rows where it does not fire."""
+    slots = batch_slots(rows, lambda k, t: (k, condition_key(t.condition)) if t.condition is not None else k)
+    out = []
+    for picked in slots:
+        first = next(t for t in picked if t is not None)
+        condition = None if first.condition is None else to_condition(first.condition)
+        out.append((slot_steering(picked, condition=condition), picked))
+    return out

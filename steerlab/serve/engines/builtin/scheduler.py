@@ -40,7 +40,7 @@ from ..base import (ConditionsDecided, EngineEvent, EngineRequest, Failed, Finis
                     QueueFull, ShuttingDown, SteeringTerm, TextDelta)
 from . import kvcache
 from .readout import ReadoutTaps, RowReadout
-from .rows import batch_terms, encoded_row, stack_rows, to_condition
+from .rows import batch_terms, encoded_row, prefill_terms, stack_rows
 from .sampling import Sampler, default_top_k, pick_tokens
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
@@ -351,11 +351,10 @@ class BuiltinEngine:
         if not take:
             return
         self._drop_steer()
-        for job in take:
-            if any(t.condition is not None for t in job.terms):
-                self._decide_conditions(job)
         batch = stack_rows([j.enc for j in take], self.pad_id)
-        terms = batch_terms([j.terms for j in take])
+        conditional = any(t.condition is not None for j in take for t in j.terms)
+        slots = prefill_terms([j.terms for j in take]) if conditional else []
+        terms = [st for st, _ in slots] if conditional else batch_terms([j.terms for j in take])
         cache = kvcache.new_cache(self.lm.model)
         mask = batch.attention_mask
         pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
@@ -373,6 +372,8 @@ class BuiltinEngine:
         finally:
             if handle is not None:
                 handle.remove()
+        if conditional:
+            self._settle_conditions(take, slots, handle.decisions)
         if self._splice_ok is None:
             self._splice_ok = kvcache.can_splice(cache)
         if self._cache is None:
@@ -384,23 +385,36 @@ class BuiltinEngine:
             r.accept(tok)
         self._drop_finished()
 
-    def _decide_conditions(self, job: Job) -> None:
-        """CAST: decide each conditional term from the request's own prompt, once, before its prefill (an
-        unsteered pass that stops after the condition's layer); a term that does not fire is dropped, so the
-        row runs exactly as without it."""
-        kept, fired, scores = [], [], {}
-        for term in job.terms:
-            if term.condition is None:
-                kept.append(term)
-                fired.append(None)
+    def _settle_conditions(self, take: list[Job], slots, decisions) -> None:
+        """CAST: what the prefill decided for each conditional term, from the request's own prompt, once (by
+        `apply_steering`: inside the steered pass when every steered layer lies above the condition's layers,
+        else one batched unsteered pass that stops after them; rows where it did not fire got exact zeros). A
+        term that did not fire is dropped and one that fired loses its condition, so decoding runs each row
+        exactly as if it had been sent that way."""
+        outcome: dict[int, tuple[bool, dict[str, float]]] = {}  # id(term) → fired, its leaves' scores
+        for (_, picked), decision in zip(slots, decisions):
+            if decision is None:
                 continue
-            decision = to_condition(term.condition).decide(self.lm, job.enc)
-            fired.append(bool(decision.fired[0]))
-            scores.update({n: round(float(v[0]), 6) for n, v in decision.scores.items()})
-            if fired[-1]:
-                kept.append(replace(term, condition=None))
-        job.terms = kept
-        job.emit(ConditionsDecided(tuple(fired), scores))
+            for i, term in enumerate(picked):
+                if term is not None:
+                    scores = {n: round(float(v[i]), 6) for n, v in decision.scores.items()}
+                    outcome[id(term)] = (bool(decision.fired[i]), scores)
+        for job in take:
+            if not any(t.condition is not None for t in job.terms):
+                continue
+            kept, fired, scores = [], [], {}
+            for term in job.terms:
+                if term.condition is None:
+                    kept.append(term)
+                    fired.append(None)
+                    continue
+                ok, leaf_scores = outcome[id(term)]
+                fired.append(ok)
+                scores.update(leaf_scores)
+                if ok:
+                    kept.append(replace(term, condition=None))
+            job.terms = kept
+            job.emit(ConditionsDecided(tuple(fired), scores))
 
     def _decode(self) -> None:
         for r in self._rows:
