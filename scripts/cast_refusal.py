@@ -84,6 +84,28 @@ def sample_indices(n_train_file: int, n_test_file: int, args) -> tuple[list[int]
             [i * n_test_file // n_test for i in range(n_test)])
 
 
+def compare_first_token(args, lm, cond, refusal, choice, rows, save_timing) -> dict:
+    """The conditional setting again with `decide="first_token"`: refusal rates, time, and how many texts differ
+    from the exact mode's (stage file generations_first_token.jsonl)."""
+    exact = [r for r in rows if r["setting"] == "conditional"]
+    path = args.out / "generations_first_token.jsonl"
+    if not stage(path, "conditional generations, decide=first_token"):
+        st = sl.Steering(refusal, choice["strength"], [choice["layer"]], condition=cond, decide="first_token")
+        t = time.time()
+        outs = sl.generate(lm, [r["prompt"] for r in exact], st, max_new_tokens=args.max_new_tokens, progress=True)
+        save_timing("generate_first_token_s", time.time() - t)
+        path.write_text("".join(json.dumps({**r, "setting": "first_token", "text": o, "refusal": is_refusal(o)}) + "\n"
+                                for r, o in zip(exact, outs)))
+    new = [json.loads(line) for line in path.read_text().splitlines()]
+    out = {"layer": choice["layer"], "condition_layer": cond.rule.layer, "differs_from_exact": sum(
+        a["text"] != b["text"] for a, b in zip(exact, new)), "n": len(new)}
+    for kind in ("harmful", "harmless"):
+        sel = [r for r in new if r["kind"] == kind]
+        out[f"refusal_{kind}"] = sum(r["refusal"] for r in sel) / len(sel)
+        out[f"exact_refusal_{kind}"] = sum(r["refusal"] for r in exact if r["kind"] == kind) / len(sel)
+    return out
+
+
 def stage(path: Path, label: str):
     """Print what a stage does (or that it is already done) and time it."""
     done = path.exists()
@@ -109,6 +131,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-judge", action="store_true", help="skip the local judge's agreement pass")
     ap.add_argument("--sample-seed", type=int, default=0,
                     help="seed of the training/validation sample (-1: file prefixes, as the first runs)")
+    ap.add_argument("--first-token", action="store_true",
+                    help="also generate conditionally with decide='first_token' (no deciding pass; layers below the "
+                         "condition's steered from the first generated token) and compare with the exact mode")
     ap.add_argument("--condition-only", action="store_true",
                     help="stop after the condition's test F1 (e.g. to score more test pairs with a copied condition)")
     args = ap.parse_args(argv)
@@ -242,6 +267,7 @@ def main(argv=None) -> int:
             (args.out / f"generations_{name}.jsonl").unlink(missing_ok=True)
         save_timing("generations_s", time.time() - t)
     rows = [json.loads(line) for line in gen_path.read_text().splitlines()]
+    first_token = compare_first_token(args, lm, cond, refusal, choice, rows, save_timing) if args.first_token else None
 
     table = {}
     for name in ("unsteered", "always", "conditional"):
@@ -291,7 +317,7 @@ def main(argv=None) -> int:
         "judge_agreement_with_rule": agree, "judge_auc_vs_rule": judge_auc,
         "judge_mean_on_rule_refusals": sum(pos) / len(pos) if pos else None,
         "judge_mean_on_rule_non_refusals": sum(neg) / len(neg) if neg else None, "timings": timings,
-        "wall_s_this_invocation": time.time() - t0, "args": vars(args)}
+        "wall_s_this_invocation": time.time() - t0, "args": vars(args), "first_token": first_token}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({k: summary[k] for k in ("condition_test", "condition_f1_ci95", "refusal_choice",
                                               "refusal_rates", "refusal_change_vs_unsteered",

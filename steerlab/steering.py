@@ -48,6 +48,9 @@ DEFAULT_STRENGTH = 4.0
 DEFAULT_POSITIONS: PositionPolicy = "after_user"
 
 
+DECIDE_MODES = ("exact", "first_token")
+
+
 @dataclass(frozen=True)
 class Steering:
     """One steering term: `h_L <- h_L + strength * vector[L]` at the policy's positions.
@@ -63,6 +66,12 @@ class Steering:
         condition: a `steerlab.condition.Condition` (a condition vector, or `&` / `|` / `~` of them): the
             term applies only to the batch rows whose own prompt fires it, decided once per row before
             the steered pass (`apply_steering`); other rows get exactly the unsteered computation.
+        decide: how a condition is decided when a steered layer lies at or below the condition's layer:
+            "exact" (a separate unsteered pass to the condition's layer first, so a firing row is steered at
+            every position its policy names) or "first_token" (decided inside the steered prefill, no extra
+            pass; those lower layers are then steered from the first generated token on, prompt positions
+            below the condition's layer stay unsteered). When every steered layer lies above the condition's,
+            both are the same exact in-pass decision.
     """
 
     vector: SteeringVector | Sequence[SteeringVector | None]
@@ -70,6 +79,7 @@ class Steering:
     layers: Sequence[int] | None = None
     positions: PositionPolicy = DEFAULT_POSITIONS
     condition: object | None = None
+    decide: str = "exact"
 
     @classmethod
     def from_vector(cls, vector: SteeringVector, strength: float | None = None, layers: Sequence[int] | None = None,
@@ -91,6 +101,8 @@ class Steering:
         (and of `rows` when given); every vector fits `lm`. Raises a SteerlabError naming the problem."""
         if self.positions not in POLICIES:
             raise SteerlabError(f"unknown position policy '{self.positions}': choose one of {', '.join(POLICIES)}")
+        if self.decide not in DECIDE_MODES:
+            raise SteerlabError(f"unknown decide mode '{self.decide}': choose one of {', '.join(DECIDE_MODES)}")
         vectors = _row_values(self, "vector", rows)
         strengths = _row_values(self, "strength", rows)
         if vectors is not None and strengths is not None and len(vectors) != len(strengths):
@@ -140,9 +152,10 @@ class _Gate:
     [rows] gates the term. Used only when every steered layer lies above every condition layer, where it
     gives what the separate deciding pass gives, without that pass."""
 
-    def __init__(self, condition, batch: EncodedBatch):
+    def __init__(self, condition, batch: EncodedBatch, early_ok: bool = False):
         self.condition = condition
         self.batch = batch
+        self.early_ok = early_ok  # a layer reached before the decision adds nothing (decide="first_token")
         self.leaves = condition.leaves()
         self.scores: dict[str, torch.Tensor] = {}
         self.fired: torch.Tensor | None = None
@@ -371,6 +384,8 @@ def _layer_hook(terms: list[_Term], state: _ForwardState):
                 piece = mask[..., None].to(h.dtype) * delta[:, 0][:, None, :]
             if t.gate is not None:
                 if t.gate.fired is None:
+                    if t.gate.early_ok:  # decide="first_token": below the condition's layer, not steered yet
+                        continue
                     raise SteerlabError("a conditional term was reached before its condition was decided")
                 piece = piece * t.gate.fired.to(h.device, h.dtype)[:, None, None]  # exact zeros where not fired
             add = piece if add is None else add + piece
@@ -447,13 +462,14 @@ def _in_pass_gates(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBat
         return None
     deepest = max(leaf.rule.layer for t in conditional for leaf in t.condition.leaves())
     steered = [l for t in terms if isinstance(t, Steering) for l in _steered_layers(lm, t)]
-    if not steered or min(steered) <= deepest:
+    first_token = all(t.decide == "first_token" for t in conditional)
+    if not steered or (min(steered) <= deepest and not first_token):
         return None
     for t in conditional:
         for leaf in t.condition.leaves():
             leaf.vector.check_compatible(lm, allow_other_family=True)
-    return [_Gate(t.condition, batch) if isinstance(t, Steering) and t.condition is not None else None
-            for t in terms]
+    return [_Gate(t.condition, batch, early_ok=first_token) if isinstance(t, Steering) and t.condition is not None
+            else None for t in terms]
 
 
 def resolve_conditions(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBatch | None):

@@ -230,3 +230,51 @@ def test_in_pass_decision_equals_the_separate_pass(real_lm, harmful):
     gen_inline = sl.generate(real_lm, prompts, term, max_new_tokens=8)
     gen_separate = sl.generate(real_lm, prompts, resolved, max_new_tokens=8)
     assert gen_inline == gen_separate
+
+
+@pytest.mark.slow
+def test_first_token_mode_decides_in_pass_and_steers_lower_layers_from_the_first_generated_token(real_lm, harmful):
+    """decide="first_token" with a steered layer below the condition's: no separate pass; in the prefill a firing
+    row is steered only at layers above the condition's (the lower one is not decided yet), every generated token
+    at all its layers; a non-firing row is exactly unsteered. Checked against a hand-written greedy loop."""
+    cond, test = harmful
+    top = real_lm.n_layers - 1
+    assert 2 < cond.rule.layer < top
+    vec = random_vector(real_lm, [2, top], 11, scale=2.0)
+    term = sl.Steering(vec, 3.0, positions="all", condition=cond, decide="first_token")
+    prompts = [test.harmful[0], test.harmless[0]]  # one fires, one not (checked in the test above too)
+    fired = [c.fired for c in cond.check(real_lm, prompts)]
+    assert fired == [True, False]
+    batch = sl.encode(real_lm, prompts)
+    inputs = batch.to(real_lm.device)
+    with torch.no_grad():
+        plain = real_lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
+        handle = apply_steering(real_lm, term, batch=batch)
+        try:
+            first = real_lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
+        finally:
+            handle.remove()
+        with sl.steer(real_lm, [sl.Steering(vec.select([top]), 3.0, positions="all")], batch=batch):
+            top_only = real_lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
+    assert handle.decisions[0].fired.tolist() == fired
+    assert torch.allclose(first[0], top_only[0], atol=1e-5) and torch.equal(first[1], plain[1])
+    # generation: the hand loop (one prompt, no padding): prefill steered at the top layer only, then every
+    # generated token steered at both layers
+    one = sl.encode(real_lm, prompts[:1])
+    ids = one.input_ids.to(real_lm.device)
+    with torch.no_grad():
+        with sl.steer(real_lm, [sl.Steering(vec.select([top]), 3.0, positions="all")], batch=one):
+            out = real_lm.model(input_ids=ids, use_cache=True)
+        cache, tokens = out.past_key_values, [int(out.logits[0, -1].argmax())]
+        with sl.steer(real_lm, [sl.Steering(vec, 3.0, positions="all")]):
+            for _ in range(7):
+                out = real_lm.model(input_ids=torch.tensor([[tokens[-1]]], device=real_lm.device),
+                                    past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                tokens.append(int(out.logits[0, -1].argmax()))
+    hand = real_lm.tokenizer.decode(tokens, skip_special_tokens=True)
+    got = sl.generate(real_lm, prompts, term, max_new_tokens=8)
+    assert got[0].strip() == hand.strip()
+    assert got[1] == sl.generate(real_lm, prompts[1:], None, max_new_tokens=8)[0]
+    with pytest.raises(sl.SteerlabError, match="unknown decide mode"):
+        sl.generate(real_lm, prompts, sl.Steering(vec, 3.0, condition=cond, decide="later"), max_new_tokens=2)
