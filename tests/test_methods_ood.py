@@ -532,6 +532,31 @@ def test_generalise_runs_every_cell_once(lm, generalise_run):
                        out / "summary.json"}
 
 
+def test_generalise_bipo_keeps_each_finished_layer(lm, generalise_run, tmp_path):
+    """BiPO trains one run per candidate layer; each is saved as it finishes, so a cell interrupted between layers
+    (here: its vector and later stages deleted) trains nothing again for the layers it has."""
+    import shutil
+
+    from steerlab.cae.generalise import run_generalise
+
+    cfg, out, _ = generalise_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    cell = again / "bipo" / "seed0"
+    parts = sorted(cell.glob("bipo_layer*.safetensors"))
+    assert [p.name for p in parts] == ["bipo_layer1.safetensors", "bipo_layer2.safetensors"]
+    before = SteeringVector.load(cell / "vector.safetensors")
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+    for name in ("vector.safetensors", "selection.json", "in_distribution.json", "side_effects.json"):
+        (cell / name).unlink()
+    shutil.rmtree(cell / "ood_plus")
+    shutil.rmtree(cell / "ood_minus")
+    run_generalise(lm, replace(cfg, methods=("bipo",), seeds=(0,)), again, LocalJudge(lm))
+    assert {p: p.stat().st_mtime_ns for p in parts} == stamps
+    after = SteeringVector.load(cell / "vector.safetensors")
+    assert all(torch.equal(before[l], after[l]) for l in (1, 2))
+
+
 def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):
     from dataclasses import replace
 

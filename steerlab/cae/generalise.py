@@ -149,8 +149,9 @@ def cell_seeds(method: str, seeds: Sequence[int]) -> list[int]:
 
 
 def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], seed: int, cfg: GeneraliseConfig,
-                 judge: Judge | None, generator: TextGenerator = generate) -> SteeringVector:
-    """`method`'s vector from the train items at `layers` (BiPO: one run per layer, joined)."""
+                 judge: Judge | None, generator: TextGenerator = generate, parts: Path | None = None) -> SteeringVector:
+    """`method`'s vector from the train items at `layers` (BiPO: one run per layer, joined; with `parts`, each
+    layer's run is saved there as it finishes and reused, so an interrupted cell keeps its finished layers)."""
     from ..methods import BiPOConfig, PersonaConfig, completion_pairs, load_trait, persona_questions, train_caa
     from ..methods.bipo import train_bipo
     from ..methods.multiformat import train_multiformat
@@ -163,12 +164,21 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
         return train_multiformat(lm, train, layers)
     if method == "bipo":
         pairs = completion_pairs(train)
-        parts = [train_bipo(lm, pairs, l, BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch, seed=seed)) for l in layers]
-        meta = parts[0].meta
+        trained = []
+        for l in layers:
+            path = parts / f"bipo_layer{l}.safetensors" if parts is not None else None
+            if path is not None and path.is_file():
+                trained.append(SteeringVector.load(path))
+                continue
+            trained.append(train_bipo(lm, pairs, l, BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch,
+                                                            seed=seed)))
+            if path is not None:
+                trained[-1].save(path, force=True)
+        meta = trained[0].meta
         extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra[k] for k in
                                                                  ("steps", "best_step", "seconds_per_step", "total_seconds")}
-                                            for p in parts})
-        return SteeringVector({p.layers[0]: p[p.layers[0]] for p in parts},
+                                            for p in trained})
+        return SteeringVector({p.layers[0]: p[p.layers[0]] for p in trained},
                               replace(meta, layers=tuple(sorted(layers)), extra=extra))
     name = Path(cfg.behaviour).stem
     trait = load_trait(name, cfg.description)
@@ -227,7 +237,8 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         vec = SteeringVector.load(vec_path)
     else:
         log(f"{method} seed {seed}: training")
-        vec = timed("train", lambda: train_vector(lm, method, data.train, cfg.layers, seed, cfg, judge, generator))
+        vec = timed("train", lambda: train_vector(lm, method, data.train, cfg.layers, seed, cfg, judge, generator,
+                                                  parts=cell))
         vec.save(vec_path, force=True)
     sel_path = cell / "selection.json"
     if not _done(sel_path):
