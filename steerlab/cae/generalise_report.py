@@ -14,7 +14,7 @@ Beside the numbers `run_generalise` puts in `summary.json`, each cell's saved OO
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -128,9 +128,12 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
     cfg = results.read_json(run_dir / "config.json")
     parts = [f"steerlab cae generalise {Path(cfg['behaviour']).stem} -o {run_dir}",
              f"--layers {','.join(str(l) for l in cfg['layers'])} --methods {method} --seeds {seed}"]
-    defaults = {"relative": 0.5, "n_train": 40, "n_val": 20, "n_test": 40, "split_seed": 0, "ood_limit": None,
-                "max_new_tokens": 48, "bipo_steps": 50, "bipo_batch": 8, "persona_keep": "median"}
-    for key, default in defaults.items():
+    from .generalise import GeneraliseConfig
+
+    defaults = {f.name: f.default for f in fields(GeneraliseConfig)}
+    for key in ("relative", "n_train", "n_val", "n_test", "split_seed", "ood_limit", "max_new_tokens", "bipo_steps",
+                "bipo_batch", "persona_keep"):
+        default = defaults[key]
         if key in cfg and cfg[key] != default:
             parts.append(f"--{key.replace('_', '-')} {cfg[key]}")
     if method == "persona" and not cfg.get("persona_judge", True):

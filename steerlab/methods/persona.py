@@ -136,7 +136,8 @@ class PersonaConfig:
         if not (0 <= self.negative_max <= 1 and 0 <= self.positive_min <= 1):
             raise DatasetError("positive_min and negative_max are scores in [0, 1]")
         if self.keep not in KEEP_RULES:
-            raise DatasetError(f"keep must be one of {', '.join(KEEP_RULES)}, not {self.keep!r}")
+            raise DatasetError(f"persona keep must be one of {', '.join(KEEP_RULES)} (--persona-keep), "
+                               f"not {self.keep!r}")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise DatasetError("sampling needs temperature > 0 and 0 < top_p <= 1")
 
