@@ -67,11 +67,12 @@ class Steering:
             term applies only to the batch rows whose own prompt fires it, decided once per row before
             the steered pass (`apply_steering`); other rows get exactly the unsteered computation.
         decide: how a condition is decided when a steered layer lies at or below the condition's layer:
-            "exact" (a separate unsteered pass to the condition's layer first, so a firing row is steered at
-            every position its policy names) or "first_token" (decided inside the steered prefill, no extra
-            pass; those lower layers are then steered from the first generated token on, prompt positions
-            below the condition's layer stay unsteered). When every steered layer lies above the condition's,
-            both are the same exact in-pass decision.
+            "exact" (the prefill, on reaching the first steered layer, runs the blocks from there to the
+            condition's layer ahead once, unsteered, to decide; so a firing row is steered at every position its
+            policy names, at the cost of those blocks) or "first_token" (decided on the way up, no extra work;
+            those lower layers are then steered from the first generated token on, prompt positions below the
+            condition's layer stay unsteered). When every steered layer lies above the condition's, both are
+            the same exact decision on the way up.
     """
 
     vector: SteeringVector | Sequence[SteeringVector | None]
@@ -147,15 +148,22 @@ class _Term:
 
 
 class _Gate:
-    """A condition decided inside the steered pass itself: hooks at the condition's layers score the prefill
-    call's own hidden states (read as `capture_batch` reads them) and, once every leaf is scored, `fired`
-    [rows] gates the term. Used only when every steered layer lies above every condition layer, where it
-    gives what the separate deciding pass gives, without that pass."""
+    """A condition decided inside the steered call itself: the prefill's own hidden states at the condition's
+    layers (read as `capture_batch` reads them) are scored and, once every leaf is scored, `fired` [rows]
+    gates the term.
 
-    def __init__(self, condition, batch: EncodedBatch, early_ok: bool = False):
+    When every steered layer lies above every condition layer the steered pass reads them on its way up.
+    Otherwise (decide="exact") the prefill looks ahead: on reaching the first steered layer, still unsteered,
+    it runs the blocks from there to the condition's deepest layer once more, without hooks or KV cache, to
+    decide, and then goes on steering the firing rows at every position. Either way the condition reads the
+    unsteered stream, as the separate deciding pass (`resolve_conditions`) does, and the extra work is only
+    the blocks between the first steered layer and the condition's, not a prefill up to the condition."""
+
+    def __init__(self, condition, batch: EncodedBatch, early_ok: bool = False, lookahead_from: int | None = None):
         self.condition = condition
         self.batch = batch
         self.early_ok = early_ok  # a layer reached before the decision adds nothing (decide="first_token")
+        self.lookahead_from = lookahead_from  # the first steered layer, where a look-ahead decides (else None)
         self.leaves = condition.leaves()
         self.scores: dict[str, torch.Tensor] = {}
         self.fired: torch.Tensor | None = None
@@ -422,8 +430,14 @@ def apply_steering(
     state = _ForwardState(batch)
     handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(a, k), with_kwargs=True, prepend=True)]
     try:
-        for layer in sorted({l for g in (gates or []) if g is not None for l in g.layers}):
-            handles.append(lm.blocks[layer].register_forward_hook(_decider_hook(layer, gates, state)))
+        in_pass = [g for g in (gates or []) if g is not None and g.lookahead_from is None]
+        for layer in sorted({l for g in in_pass for l in g.layers}):
+            handles.append(lm.blocks[layer].register_forward_hook(_decider_hook(layer, in_pass, state)))
+        ahead = [g for g in (gates or []) if g is not None and g.lookahead_from is not None]
+        if ahead:
+            first = min(g.lookahead_from for g in ahead)
+            handles.append(lm.blocks[first].register_forward_pre_hook(_lookahead_hook(lm, first, ahead, state),
+                                                                      with_kwargs=True))
         for layer, layer_terms in by_layer.items():
             # prepend: run before hooks registered earlier (e.g. transformers' output_hidden_states
             # capture, installed once and kept), so every observer sees the steered stream.
@@ -446,6 +460,34 @@ def _decider_hook(layer: int, gates: Sequence[_Gate | None], state: _ForwardStat
     return hook
 
 
+def _lookahead_hook(lm: LoadedModel, first: int, gates: Sequence[_Gate], state: _ForwardState):
+    """Pre-hook of the first steered block: on the prefill call, run blocks first..(deepest condition layer)
+    ahead on this call's unsteered input to decide the gates, then let the call go on (now steered).
+
+    The blocks are called through `forward`, so no hook sees the look-ahead (no steering, no read-out, no
+    capture), and without the KV cache, so the cache holds each block's keys and values once, from the real
+    pass. A prefill starts at column 0, which is what makes attention without the cache the same."""
+    last = max(l for g in gates for l in g.layers)
+
+    def hook(module, args, kwargs):
+        if state.cols is None or int(state.cols[0]) != 0 or all(g.fired is not None for g in gates):
+            return None
+        h = args[0] if args else kwargs["hidden_states"]
+        rest = args[1:]
+        cache = _find_cache(list(kwargs.values()) + list(rest))
+        kw = {k: (None if v is cache and cache is not None else v) for k, v in kwargs.items() if k != "hidden_states"}
+        if cache is not None and any(v is cache for v in rest):
+            raise SteerlabError("conditional steering's look-ahead needs the KV cache passed to blocks by keyword")
+        with torch.no_grad():
+            for layer in range(first, last + 1):
+                h = block_hidden(lm.blocks[layer].forward(h, *rest, **kw))
+                for g in gates:
+                    if g.fired is None and layer in g.layers:
+                        g.observe(layer, h)
+        return None
+    return hook
+
+
 def _steered_layers(lm: LoadedModel, term: Steering) -> set[int]:
     if term.layers is not None:
         return {lm.blocks.check_layer(l) for l in term.layers}
@@ -454,22 +496,23 @@ def _steered_layers(lm: LoadedModel, term: Steering) -> set[int]:
 
 
 def _in_pass_gates(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBatch | None) -> list | None:
-    """Gates deciding the conditional terms inside the steered pass, when that gives exactly what the separate
-    deciding pass gives: every steered layer (of every term) lies above every condition layer, so the
-    condition reads the unsteered stream either way. None: decide with the separate pass."""
+    """Gates deciding the conditional terms inside the steered call, each reading the unsteered stream as the
+    separate deciding pass would: on the way up when every steered layer (of every term) lies above every
+    condition layer, else by a look-ahead from the first steered layer (decide="exact"), or on the way up
+    with the layers below the condition's steered from the first generated token (decide="first_token").
+    None: decide with the separate pass (no encoded batch, or a condition that is not a Condition tree)."""
     conditional = [t for t in terms if isinstance(t, Steering) and t.condition is not None]
     if not conditional or batch is None or not all(hasattr(t.condition, "leaves") for t in conditional):
         return None
     deepest = max(leaf.rule.layer for t in conditional for leaf in t.condition.leaves())
     steered = [l for t in terms if isinstance(t, Steering) for l in _steered_layers(lm, t)]
     first_token = all(t.decide == "first_token" for t in conditional)
-    if not steered or (min(steered) <= deepest and not first_token):
-        return None
+    lookahead = min(steered) if steered and min(steered) <= deepest and not first_token else None
     for t in conditional:
         for leaf in t.condition.leaves():
             leaf.vector.check_compatible(lm, allow_other_family=True)
-    return [_Gate(t.condition, batch, early_ok=first_token) if isinstance(t, Steering) and t.condition is not None
-            else None for t in terms]
+    return [_Gate(t.condition, batch, early_ok=first_token, lookahead_from=lookahead)
+            if isinstance(t, Steering) and t.condition is not None else None for t in terms]
 
 
 def resolve_conditions(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBatch | None):
@@ -477,11 +520,12 @@ def resolve_conditions(lm: LoadedModel, terms: Sequence[Steering], batch: Encode
     prompt does not fire the condition; and each conditional term's decision (None for the others).
 
     The decision is one unsteered forward pass over the batch's prompts that stops after the deepest
-    layer the condition reads, made before any steering hook is installed. So every position of a firing
-    row can be steered, including prompt positions below the condition's layer (deciding inside the
-    steered pass would leave those unsteered), at the cost of that partial pass (docs/results/cast.md).
-    Call it once per prompt batch (a prefill), not per decoding step: a KV-cached caller resolves first and
-    keeps the resolved terms."""
+    layer the condition reads, made before any steering hook is installed. `apply_steering` decides inside
+    the steered call instead wherever it has the encoded batch (the same decisions, and only the blocks from
+    the first steered layer up to the condition's run twice, not all blocks up to it: docs/results/cast.md);
+    this stays for callers without one and as the reference the tests compare against. Call it once per
+    prompt batch (a prefill), not per decoding step: a KV-cached caller resolves first and keeps the
+    resolved terms."""
     decisions: list = []
     out: list[Steering] = []
     for term in terms:

@@ -200,30 +200,40 @@ def test_condition_for_another_model_is_refused(real_lm, tmp_path):
 
 
 @pytest.mark.slow
-def test_in_pass_decision_equals_the_separate_pass(real_lm, harmful):
-    """Every steered layer above the condition's: the condition is decided inside the steered pass (no extra
-    pass) and the outputs are those of the separate deciding pass."""
+@pytest.mark.parametrize("where", ["above", "below"])
+def test_in_pass_decision_equals_the_separate_pass(real_lm, harmful, where):
+    """The condition is decided inside the steered call and the outputs are those of the separate deciding pass:
+    on the way up when every steered layer lies above the condition's ("above"), else by the look-ahead from the
+    first steered layer ("below": the blocks up to the condition's layer run once more, unseen by hooks and
+    without the KV cache, so a block hook fires once per call and generation with the cache is unchanged)."""
     from steerlab.steering import _Gate, resolve_conditions
 
     cond, test = harmful
-    layer = real_lm.n_layers - 1
-    assert layer > cond.rule.layer
+    layers = [real_lm.n_layers - 1] if where == "above" else [4, real_lm.n_layers - 1]
+    assert layers[0] > cond.rule.layer if where == "above" else layers[0] < cond.rule.layer
     prompts = [test.harmful[5], test.harmless[5], test.harmful[6], test.harmless[6]]
-    vec = random_vector(real_lm, [layer], 9, scale=3.0)
+    vec = random_vector(real_lm, layers, 9, scale=3.0)
     term = sl.Steering(vec, 4.0, positions="all", condition=cond)
     batch = sl.encode(real_lm, prompts)
     inputs = batch.to(real_lm.device)
+    calls = []
+    seen = real_lm.blocks[cond.rule.layer].register_forward_hook(lambda m, a, o: calls.append(1))
     with torch.no_grad():
         handle = apply_steering(real_lm, term, batch=batch)
         try:
             inline = real_lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
         finally:
             handle.remove()
+            seen.remove()
+    assert len(calls) == 1
+    assert (handle.decisions[0].lookahead_from == 4) == (where == "below")
+    with torch.no_grad():
         resolved, decisions = resolve_conditions(real_lm, [term], batch)
         with sl.steer(real_lm, resolved, batch=batch):
             separate = real_lm.model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).logits
     assert isinstance(handle.decisions[0], _Gate)
     assert handle.decisions[0].fired.tolist() == decisions[0].fired.tolist()
+    assert set(decisions[0].fired.tolist()) == {True, False}
     assert torch.allclose(handle.decisions[0].scores["harmful"], decisions[0].scores["harmful"], atol=1e-5)
     assert torch.equal(inline, separate)
     # generation with a KV cache: the decision made at prefill holds for every later step

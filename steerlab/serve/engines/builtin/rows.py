@@ -74,8 +74,9 @@ def condition_key(c: Condition) -> tuple:
 def prefill_terms(rows: Sequence[Sequence[SteeringTerm]]) -> list[tuple[Steering, list[Optional[SteeringTerm]]]]:
     """The steering of a prefill whose rows' terms may carry conditions, with each slot's terms per row: a
     conditional term gets a slot of its own per condition, and that slot's `Steering` carries the condition, so
-    `apply_steering` decides it for every row of the batch at once (inside the steered pass when that is exact,
-    else in one batched deciding pass) and gates the rows where it does not fire."""
+    `apply_steering` decides it for every row of the batch at once, inside the prefill (on the way up when every
+    steered layer lies above the condition's, else by a look-ahead from the first steered layer) and gates the
+    rows where it does not fire."""
     slots = batch_slots(rows, lambda k, t: (k, condition_key(t.condition)) if t.condition is not None else k)
     out = []
     for picked in slots:

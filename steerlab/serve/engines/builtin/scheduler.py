@@ -387,8 +387,8 @@ class BuiltinEngine:
 
     def _settle_conditions(self, take: list[Job], slots, decisions) -> None:
         """CAST: what the prefill decided for each conditional term, from the request's own prompt, once (by
-        `apply_steering`: inside the steered pass when every steered layer lies above the condition's layers,
-        else one batched unsteered pass that stops after them; rows where it did not fire got exact zeros). A
+        `apply_steering`, inside the prefill: on the way up when every steered layer lies above the condition's
+        layers, else by a look-ahead from the first steered layer; rows where it did not fire got exact zeros). A
         term that did not fire is dropped and one that fired loses its condition, so decoding runs each row
         exactly as if it had been sent that way."""
         outcome: dict[int, tuple[bool, dict[str, float]]] = {}  # id(term) → fired, its leaves' scores
