@@ -49,6 +49,7 @@ BASELINE = {"plainly steered (low layer)": "plainly steered (low layer)",
             "no read-out": "no read-out", "read-out (every token)": "no read-out",
             "served: plainly steered (low)": "served: plainly steered (low)",
             "served: half conditioned (low)": "served: plainly steered (low)",
+            "served: half conditioned (low, first_token)": "served: plainly steered (low)",
             "served: plainly steered (top)": "served: plainly steered (top)",
             "served: half conditioned (top)": "served: plainly steered (top)"}
 
@@ -101,9 +102,9 @@ def main() -> None:
     sampling = SamplingSettings(args.new_tokens, ignore_eos=True)
     encoded = [sl.encode(lm, [p]) for p in prompts]
 
-    def served(at: int, conditioned: bool):
+    def served(at: int, conditioned: bool, decide: str = "exact"):
         term = SteeringTerm("v", vec.select([at]), 2.0, (at,), "after_user",
-                            ConditionLeaf("harmful", cond.vector) if conditioned else None)
+                            ConditionLeaf("harmful", cond.vector) if conditioned else None, decide)
         return lambda: run_requests(engine, [EngineRequest.of(e, f"r{i}", sampling, (term,))
                                              for i, e in enumerate(encoded)])
 
@@ -123,6 +124,7 @@ def main() -> None:
         "no read-out": lambda: gen(None), "read-out (every token)": watched,
         "served: plainly steered (low)": served(layer, False),
         "served: half conditioned (low)": served(layer, True),
+        "served: half conditioned (low, first_token)": served(layer, True, "first_token"),
         "served: plainly steered (top)": served(above, False),
         "served: half conditioned (top)": served(above, True)}
     settings = {k: v for k, v in settings.items() if k in picked}
@@ -141,9 +143,9 @@ def main() -> None:
           f"tokens, {args.rounds} rounds; condition at layer {cond.rule.layer}, vector at layer {layer} (below it: "
           f"look-ahead over layers {layer}-{cond.rule.layer}) or {above} (above it: decided on the way up)")
     print(f"machine: {info}")
-    print(f"{'setting':34s} {'ms / token (median)':>20s} {'vs baseline':>12s}")
+    print(f"{'setting':44s} {'ms / token (median)':>20s} {'vs baseline':>12s}")
     for k, v in med.items():
-        print(f"{k:34s} {1000 * v:20.3f} {v / med[BASELINE[k]]:11.3f}x")
+        print(f"{k:44s} {1000 * v:20.3f} {v / med[BASELINE[k]]:11.3f}x")
     write_json("conditional", {"machine": info, "model": lm.model_id, "dtype": str(lm.dtype), "batch": len(prompts),
                                "fired": fired, "new_tokens": args.new_tokens, "seconds_per_token": times,
                                "median": med})

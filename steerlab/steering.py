@@ -504,14 +504,16 @@ def _in_pass_gates(lm: LoadedModel, terms: Sequence[Steering], batch: EncodedBat
     conditional = [t for t in terms if isinstance(t, Steering) and t.condition is not None]
     if not conditional or batch is None or not all(hasattr(t.condition, "leaves") for t in conditional):
         return None
-    deepest = max(leaf.rule.layer for t in conditional for leaf in t.condition.leaves())
+    # per term, so a batch of requests with different modes gives each row what it would get alone
+    exact = [t for t in conditional if t.decide != "first_token"]
     steered = [l for t in terms if isinstance(t, Steering) for l in _steered_layers(lm, t)]
-    first_token = all(t.decide == "first_token" for t in conditional)
-    lookahead = min(steered) if steered and min(steered) <= deepest and not first_token else None
+    deepest = max((leaf.rule.layer for t in exact for leaf in t.condition.leaves()), default=-1)
+    lookahead = min(steered) if steered and min(steered) <= deepest else None
     for t in conditional:
         for leaf in t.condition.leaves():
             leaf.vector.check_compatible(lm, allow_other_family=True)
-    return [_Gate(t.condition, batch, early_ok=first_token, lookahead_from=lookahead)
+    return [_Gate(t.condition, batch, early_ok=t.decide == "first_token",
+                  lookahead_from=None if t.decide == "first_token" else lookahead)
             if isinstance(t, Steering) and t.condition is not None else None for t in terms]
 
 

@@ -186,6 +186,9 @@ def test_cli_condition_train_check_generate(real_lm, tmp_path):
     assert res.exit_code == 1 and "not a condition vector" in res.output
     res = runner.invoke(app, ["generate", "hi", "--condition", str(out)])
     assert res.exit_code == 1 and "--condition needs --vector" in res.output
+    res = runner.invoke(app, ["generate", "hi", "--vector", str(tmp_path / "v.safetensors"), "--condition", str(out),
+                              "--decide", "later"])
+    assert res.exit_code == 1 and "unknown --decide 'later'" in res.output
 
 
 @pytest.mark.slow

@@ -53,8 +53,8 @@ def ask(served, lm, prompt, steering, **kw):
 
 @pytest.mark.parametrize("name", ["v", "top"])
 def test_condition_decides_per_request_in_one_batch(setup, real_lm, name):
-    """"v" steers layer 10, below the condition's layers (decided by a separate batched pass); "top" steers layer 28,
-    above them (decided inside the steered prefill)."""
+    """"v" steers layer 10, below the condition's layers (decided by the prefill's look-ahead); "top" steers layer 28,
+    above them (decided on the steered prefill's way up)."""
     served, vectors, leaf, loud, quiet = setup
     vec = vectors[name]
     expected = {loud: solo(real_lm, loud, vec), quiet: solo(real_lm, quiet)}
@@ -91,6 +91,48 @@ def test_trees_and_streaming(setup, real_lm):
     assert text == solo(real_lm, loud, vec)
     last = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1]
     assert last.model_extra["steering"][0]["fired"] is True
+
+
+def test_decide_modes_share_a_batch(setup, real_lm):
+    """"decide": "first_token" and "exact" requests for the same vector below the condition's layer, admitted
+    together: each gets what `sl.generate` gives it alone in its mode (first_token: the prompt positions below the
+    condition's layer unsteered), and the echo names the mode."""
+    served, vectors, leaf, loud, quiet = setup
+    vec = vectors["v"]
+    want = {}
+    for mode in ("exact", "first_token"):
+        term = sl.Steering(vec, 4.0, condition=leaf, decide=mode)
+        for p in (loud, quiet):
+            want[p, mode] = sl.generate(real_lm, [p], term, max_new_tokens=N)[0]
+    assert want[loud, "exact"] != want[loud, "first_token"]  # the modes differ on a firing prompt
+    assert want[quiet, "exact"] == want[quiet, "first_token"] == solo(real_lm, quiet)
+    for s in _SERVERS:
+        s.idle()
+    got: dict = {}
+    jobs = [(p, m) for p in (loud, quiet) for m in ("exact", "first_token")]
+    threads = [threading.Thread(target=lambda p=p, m=m: got.__setitem__(
+        (p, m), ask(served, real_lm, p, {"vector": "v", "strength": 4, "condition": "harmful", "decide": m})))
+        for p, m in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for (p, m), r in got.items():
+        assert r.choices[0].message.content == want[p, m], (p == loud, m)
+        echo = r.model_extra["steering"][0]
+        assert echo["decide"] == m and echo["fired"] is (p == loud)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"condition": "harmful", "decide": "later"}, "unknown decide mode 'later'"),
+    ({"decide": "first_token"}, "give a 'condition' too"),
+])
+def test_bad_decide_is_400(setup, real_lm, extra, words):
+    r = setup[0].http("POST", "/v1/chat/completions", json={
+        "model": real_lm.model_id, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}],
+        "steering": {"vector": "v", "strength": 1, **extra}})
+    assert r.status_code == 400, r.text
+    assert words in json.loads(r.text)["error"]["message"]
 
 
 @pytest.mark.parametrize("condition, status, words", [

@@ -207,6 +207,9 @@ def generate(
     compare: bool = typer.Option(False, "--compare", help="Print unsteered and steered outputs side by side."),
     condition: Optional[Path] = typer.Option(None, "--condition", "-c", help="Condition vector file: steer only "
                                              "the prompts that fire it (`steerlab condition train`)."),
+    decide: str = typer.Option("exact", "--decide", help="With --condition and a steered layer at or below the "
+                               "condition's: exact (a look-ahead in the prefill, every position steered) or "
+                               "first_token (no extra work; those layers steered from the first generated token)."),
     allow_other_model: bool = typer.Option(False, help="Use a vector made for another model family."),
     model: Optional[str] = MODEL,
     threads: Optional[int] = THREADS,
@@ -224,6 +227,12 @@ def generate(
             raise SteerlabError("--layers needs --vector")
         if condition is not None and vector is None:
             raise SteerlabError("--condition needs --vector (the condition decides where that vector is applied)")
+        from ..steering import DECIDE_MODES
+
+        if decide not in DECIDE_MODES:
+            raise SteerlabError(f"unknown --decide '{decide}': choose one of {', '.join(DECIDE_MODES)}")
+        if decide != "exact" and condition is None:
+            raise SteerlabError("--decide says how a condition is decided: give --condition too")
         check_layer_spec(layers)
         raw = read_vector(vector)  # a truncated or NaN file fails before the model load
         cond = None
@@ -245,7 +254,7 @@ def generate(
         checks = None
         if cond is not None:
             cond.vector.check_compatible(lm, allow_other_family=allow_other_model)
-            steering = replace(steering, condition=cond)
+            steering = replace(steering, condition=cond, decide=decide)
             checks = cond.check(lm, prompt)
         steered = steered_generate(lm, prompt, steering, max_new_tokens=max_new_tokens, progress=True)
         if compare:

@@ -20,6 +20,8 @@ class SteeringSpec(BaseModel):
     positions: Optional[str] = Field(None, max_length=32)
     # CAST: a registered condition vector's name, or {"and": [...]}, {"or": [...]}, {"not": ...} of them
     condition: Union[str, dict, None] = None
+    # how the condition is decided when a steered layer lies at or below the condition's ("exact" or "first_token")
+    decide: Optional[str] = Field(None, max_length=16)
 
 
 class TextPart(BaseModel):

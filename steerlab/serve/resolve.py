@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import SteerlabError, VectorError
 from ..monitoring import default_layer
-from ..steering import POLICIES, Steering
+from ..steering import DECIDE_MODES, POLICIES, Steering
 from ..vector import SteeringVector
 from .engines.base import Condition, ConditionLeaf, ConditionNode, ReadoutSpec, SteeringTerm
 
@@ -74,7 +74,7 @@ def parse_condition(spec, vectors: dict[str, SteeringVector], lm, param: str) ->
 
 
 def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> list[SteeringTerm]:
-    """Request steering objects ({vector, strength?, layers?, positions?, condition?}) → checked terms
+    """Request steering objects ({vector, strength?, layers?, positions?, condition?, decide?}) → checked terms
     (`lm`: the served model's `ModelInfo`, or a `LoadedModel`).
 
     What a request omits comes from the vector's metadata (`Steering.from_vector`)."""
@@ -124,7 +124,14 @@ def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> li
         spec_condition = spec.get("condition")
         condition = None if spec_condition is None else \
             parse_condition(spec_condition, vectors, lm, f"{param}.condition")
-        out.append(SteeringTerm(name, sub, strength, chosen, st.positions, condition))
+        decide = spec.get("decide")
+        if decide is not None and decide not in DECIDE_MODES:
+            raise SteeringRequestError(f"unknown decide mode '{decide}': choose one of {', '.join(DECIDE_MODES)}",
+                                       param=f"{param}.decide")
+        if decide is not None and condition is None:
+            raise SteeringRequestError("'decide' says how a condition is decided: give a 'condition' too, or drop it",
+                                       param=f"{param}.decide")
+        out.append(SteeringTerm(name, sub, strength, chosen, st.positions, condition, decide or "exact"))
     return out
 
 

@@ -51,7 +51,8 @@ Condition = Union[ConditionLeaf, ConditionNode]
 class SteeringTerm:
     """One resolved steering term of one request (the one shape a term has inside the server):
     `h_L <- h_L + strength * vector[L]` for each L in `layers`, at the positions of `positions`,
-    only when `condition` (if any) fires for this request's prompt."""
+    only when `condition` (if any) fires for this request's prompt, decided as `decide` says
+    (`steerlab.steering.DECIDE_MODES`: "exact", or "first_token" for layers below the condition's)."""
 
     name: str
     vector: SteeringVector  # restricted to `layers`
@@ -59,6 +60,7 @@ class SteeringTerm:
     layers: tuple[int, ...]
     positions: PolicyName
     condition: Optional[Condition] = None
+    decide: str = "exact"
 
     @property
     def fingerprint(self) -> str:
@@ -69,6 +71,7 @@ class SteeringTerm:
         h.update(repr((self.strength, self.layers, self.positions)).encode())
         if self.condition is not None:
             h.update(_condition_repr(self.condition).encode())
+            h.update(self.decide.encode())
         return h.hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -77,6 +80,7 @@ class SteeringTerm:
                "positions": self.positions}
         if self.condition is not None:
             out["condition"] = condition_spec(self.condition)
+            out["decide"] = self.decide
         return out
 
 

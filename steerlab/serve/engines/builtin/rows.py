@@ -77,10 +77,10 @@ def prefill_terms(rows: Sequence[Sequence[SteeringTerm]]) -> list[tuple[Steering
     `apply_steering` decides it for every row of the batch at once, inside the prefill (on the way up when every
     steered layer lies above the condition's, else by a look-ahead from the first steered layer) and gates the
     rows where it does not fire."""
-    slots = batch_slots(rows, lambda k, t: (k, condition_key(t.condition)) if t.condition is not None else k)
+    slots = batch_slots(rows, lambda k, t: (k, condition_key(t.condition), t.decide) if t.condition is not None else k)
     out = []
     for picked in slots:
         first = next(t for t in picked if t is not None)
         condition = None if first.condition is None else to_condition(first.condition)
-        out.append((slot_steering(picked, condition=condition), picked))
+        out.append((slot_steering(picked, condition=condition, decide=first.decide), picked))
     return out
