@@ -675,6 +675,87 @@ def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_ru
     assert goal_counts([good, replace(good, behaviour="c", ppl_plus=2.0)]) == {"caa": (1, 2)}
 
 
+@pytest.fixture(scope="module")
+def more_items():
+    return load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:12]
+
+
+def test_sign_check_over_several_strengths_equals_one_call_per_strength(lm, more_items):
+    from steerlab.cae.verdicts import sign_check
+
+    ab_items = more_items
+
+    vec = sl.train_caa(lm, [it.to_pair() for it in ab_items[:6]], [1, 2])
+    both = sign_check(lm, vec, ab_items[6:12], [1, 2], strength=[0.25, 2.0], n_boot=50)
+    assert [(r["layer"], r["relative"]) for r in both] == [(1, 0.25), (1, 2.0), (2, 0.25), (2, 2.0)]
+    for s in (0.25, 2.0):
+        alone = sign_check(lm, vec, ab_items[6:12], [1, 2], strength=s, n_boot=50)
+        for a in alone:
+            b = next(r for r in both if r["layer"] == a["layer"] and r["relative"] == s)
+            assert b["effect_plus"] == pytest.approx(a["effect_plus"], abs=1e-5)
+            assert b["effect_minus"] == pytest.approx(a["effect_minus"], abs=1e-5)
+    with pytest.raises(sl.SteerlabError, match="positive strengths"):
+        sign_check(lm, vec, ab_items[6:12], [1], strength=[0.5, -0.5])
+
+
+def test_choose_setting_takes_the_best_validation_effect_within_the_perplexity_cap(lm, more_items, monkeypatch):
+    """The rule by hand over every candidate: the largest effect(+r) - effect(-r) among those whose validation
+    perplexity ratio is within the cap at both signs; none within it: the lowest ratio."""
+    import steerlab.cae.generalise as gen
+    from steerlab.cae.side_effects import corpus_windows, measure_side_effects
+    from steerlab.cae.strengths import raw_strength, residual_norms
+
+    vec = sl.train_caa(lm, [it.to_pair() for it in more_items[:6]], [1, 2])
+    val = more_items[6:12]
+    from steerlab.data import require_data_root
+
+    corpus = str(require_data_root() / "corpus" / "wikitext-2-test.txt")
+    windows = corpus_windows(lm, corpus, n_tokens=128, window=64, start_token=128)
+    norms = residual_norms(lm, val, [1, 2])
+    rows = gen.sign_check(lm, vec, val, [1, 2], strength=[0.5, 4.0])
+    ppl = {}
+    for r in rows:
+        side = measure_side_effects(lm, vec, r["layer"], [raw_strength(x, vec, r["layer"], norms[r["layer"]])
+                                                          for x in (r["relative"], -r["relative"])], windows)
+        ppl[(r["layer"], r["relative"])] = max(x.perplexity_ratio for x in side.rows[1:])
+    gap = {(r["layer"], r["relative"]): r["effect_plus"] - r["effect_minus"] for r in rows}
+    lowest, highest = min(ppl.values()), max(ppl.values())
+    assert highest > lowest  # the strengths differ in cost, so the cap can decide
+    for cap in (highest + 1.0, (lowest + highest) / 2, lowest - 1e-3):
+        monkeypatch.setattr(gen, "MAX_PPL_RATIO", cap)
+        within = [k for k in gap if ppl[k] <= cap]
+        want = max(within, key=gap.get) if within else min(ppl, key=ppl.get)
+        got = gen.choose_setting(lm, vec, val, [1, 2], [0.5, 4.0], windows)
+        assert (got["layer"], got["relative"]) == want, cap
+        assert got["within_ppl"] == bool(within)
+        measured = [r for r in got["rows"] if "val_ppl_ratio" in r]
+        for r in measured:
+            assert r["val_ppl_ratio"] == pytest.approx(ppl[(r["layer"], r["relative"])], rel=1e-6)
+    one = gen.choose_setting(lm, vec, val, [1, 2], [0.5], None)
+    assert (one["layer"], one["relative"]) == max(((r["layer"], r["relative"]) for r in rows if r["relative"] == 0.5),
+                                                  key=gap.get)
+
+
+def test_generalise_chooses_the_strength_and_steers_every_stage_at_it(lm, tmp_path):
+    from steerlab.cae.generalise import GeneraliseConfig, run_generalise
+    from steerlab.cae.generalise_report import collect
+
+    cfg = GeneraliseConfig("corrigible-neutral-HHH", methods=("caa",), layers=(1, 2), relative=(0.25, 0.5), n_train=4,
+                           n_val=4, n_test=4, ood_limit=1, max_new_tokens=3, corpus_tokens=128, window=64)
+    summary = run_generalise(lm, cfg, tmp_path, LocalJudge(lm))
+    cell = tmp_path / "caa" / "seed0"
+    sel = json.loads((cell / "selection.json").read_text())
+    rel = sel["relative"]
+    assert rel in (0.25, 0.5) and len(sel["rows"]) == 4 and sel["val_corpus"]["start_token"] == 128
+    assert json.loads((cell / "in_distribution.json").read_text())["relative"] == rel
+    assert sorted(x["relative"] for x in json.loads((cell / "side_effects.json").read_text())["rows"]
+                  if x["relative"]) == [-rel, rel]
+    row = summary["rows"][0]
+    assert row["relative"] == rel and set(row["ppl_ratio"]) == {f"{rel:+g}", f"{-rel:+g}"}
+    assert json.loads((tmp_path / "config.json").read_text())["relative"] == [0.25, 0.5]
+    assert "--relative 0.25,0.5" in collect([tmp_path], model="tiny")[0].command
+
+
 def test_generalise_config_errors():
     from steerlab.cae.generalise import GeneraliseConfig
 
@@ -682,6 +763,10 @@ def test_generalise_config_errors():
         GeneraliseConfig("openness", methods=("caa", "repe"))
     with pytest.raises(sl.SteerlabError, match="r must be > 0"):
         GeneraliseConfig("openness", relative=0)
+    with pytest.raises(sl.SteerlabError, match="r must be > 0"):
+        GeneraliseConfig("openness", relative=(0.5, -0.5))
+    with pytest.raises(sl.SteerlabError, match="r must be > 0"):
+        GeneraliseConfig("openness", relative=())
     with pytest.raises(sl.SteerlabError, match="persona_keep must be one of"):
         GeneraliseConfig("openness", persona_keep="top")
     with pytest.raises(sl.SteerlabError, match="bipo_steps and bipo_batch"):
@@ -707,6 +792,8 @@ def test_generalise_command_on_a_behaviour_it_has_never_seen(tmp_path, tiny_dir)
     assert vec.meta.extra["description"] == "fond of rules and procedures"
     code, text = _run(*args[:-2], "--relative", "1.0", "--model", tiny_dir)
     assert code != 0 and "another configuration" in text
+    code, text = _run(*args[:-2], "--relative", "0.5,strong", "--model", tmp_path / "no-model")
+    assert code != 0 and "cannot read --relative" in text
 
 
 @pytest.mark.slow

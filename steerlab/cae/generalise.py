@@ -4,8 +4,11 @@ For one behaviour, every method gets the same model, the same training items and
 rule; per method and seed one cell directory holds, each written once and skipped on a rerun:
 
     vector.safetensors      the method's vector at the candidate layers, trained on the train items
-    selection.json          the layer chosen on the validation items (neither MWE test items nor OOD
-                            prompts): the largest effect(+r) - effect(-r) (`verdicts.sign_check`)
+    selection.json          the layer (and, given several candidate strengths, the strength) chosen on the
+                            validation items (neither MWE test items nor OOD prompts): the largest
+                            effect(+r) - effect(-r) (`verdicts.sign_check`); among several strengths, the
+                            largest whose perplexity ratio on a validation slice of the corpus (the tokens
+                            after the measured ones) stays within MAX_PPL_RATIO at both signs (`choose_setting`)
     in_distribution.json    effect at +r and -r on the test items at that layer (bootstrap CI)
     ood_plus/, ood_minus/   `ood.evaluate_ood` at +r and -r (judged, projections, log-prob gaps)
     side_effects.json       perplexity ratio and KL on the corpus at +r and -r
@@ -31,10 +34,11 @@ from ..generation import TextGenerator, generate
 from ..methods.persona import KEEP_RULES
 from ..vector import SteeringVector
 from .behaviour_data import load_behaviour
+from .generalise_report import MAX_PPL_RATIO
 from .judge import Judge, check_judge
 from .judge_cache import CachedJudge
 from .ood import evaluate_ood, load_ood_cases, load_ood_file
-from .side_effects import corpus_windows, measure_side_effects
+from .side_effects import CorpusWindows, corpus_windows, measure_side_effects
 from .strengths import raw_strength, residual_norms
 from .verdicts import sign_check
 
@@ -61,7 +65,8 @@ class GeneraliseConfig:
         behaviour: a CAE behaviour name or an MWE file.
         methods: a subset of `GENERALISE_METHODS`.
         layers: candidate layers (each method's vector has a direction at each; BiPO trains one per layer).
-        relative: the relative strength r (steered at +r and -r).
+        relative: the relative strength r (steered at +r and -r), or several candidates: each cell chooses one
+            with its layer on validation data (`choose_setting`).
         n_train, n_val, n_test: MWE items for training, for choosing the layer, for the in-distribution effect.
         seeds: method seeds (BiPO, persona).
         split_seed: the train/val/test split, shared by every method.
@@ -83,7 +88,7 @@ class GeneraliseConfig:
     behaviour: str
     methods: tuple[str, ...] = GENERALISE_METHODS
     layers: tuple[int, ...] = (10,)
-    relative: float = 0.5
+    relative: float | tuple[float, ...] = 0.5
     n_train: int = 40
     n_val: int = 20
     n_test: int = 40
@@ -112,12 +117,24 @@ class GeneraliseConfig:
             raise SteerlabError(f"methods must be among {', '.join(GENERALISE_METHODS)}; got {', '.join(self.methods) or 'none'}")
         if not self.layers or not self.seeds:
             raise SteerlabError("give at least one candidate layer and one seed")
-        if not self.relative > 0:
+        if not self.strengths or not all(r > 0 for r in self.strengths):
             raise SteerlabError("the relative strength r must be > 0 (the run steers at +r and -r)")
         if self.persona_keep not in KEEP_RULES:
             raise SteerlabError(f"persona_keep must be one of {', '.join(KEEP_RULES)}, not {self.persona_keep!r}")
         if self.bipo_steps < 1 or self.bipo_batch < 1:
             raise SteerlabError("bipo_steps and bipo_batch must be at least 1")
+
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        """The candidate relative strengths (one: no choice to make)."""
+        r = self.relative
+        return (float(r),) if isinstance(r, (int, float)) else tuple(float(x) for x in r)
+
+    def record(self) -> dict:
+        """The settings as config.json holds them (one strength as a number, as runs before the choice wrote)."""
+        out = json.loads(json.dumps(asdict(self)))  # as JSON reads it back (tuples: lists)
+        out["relative"] = self.strengths[0] if len(self.strengths) == 1 else list(self.strengths)
+        return out
 
 
 @dataclass(frozen=True)
@@ -219,9 +236,45 @@ class CellResult:
     seconds: dict = field(default_factory=dict)
 
 
+def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[int], strengths: Sequence[float],
+                   val_windows: CorpusWindows | None, *, log: Callable[[str], None] = lambda s: None) -> dict:
+    """The layer and strength a cell steers at, chosen on validation data only (selection.json's content).
+
+    Every (layer, r) is scored on the validation items at +r and -r (one engine call); the largest
+    effect(+r) - effect(-r) wins. With several strengths the winner must also keep the perplexity ratio on
+    `val_windows` (a corpus slice the reported perplexity does not use) within MAX_PPL_RATIO at both signs:
+    candidates are checked from the best down and the first that passes is taken (none: the one with the lowest
+    perplexity ratio), so a strength is only given up for the cost the goal counts.
+    """
+    rows = sign_check(lm, vec, val, list(layers), strength=list(strengths))
+    order = sorted(rows, key=lambda r: r["effect_plus"] - r["effect_minus"], reverse=True)
+    if len(strengths) == 1:
+        return {"layer": order[0]["layer"], "relative": order[0]["relative"], "rows": rows}
+    if val_windows is None:
+        raise SteerlabError("choosing among several strengths needs validation corpus windows")
+    norms = residual_norms(lm, val, list(layers))
+    checked = []
+    for row in order:
+        r, layer = row["relative"], row["layer"]
+        log(f"  validation perplexity at layer {layer}, r=±{r:g}")
+        side = measure_side_effects(lm, vec, layer, [raw_strength(x, vec, layer, norms[layer]) for x in (r, -r)],
+                                    val_windows, relative=[r, -r])
+        row["val_ppl_ratio"] = max(x.perplexity_ratio for x in side.rows if x.relative)
+        checked.append(row)
+        if row["val_ppl_ratio"] <= MAX_PPL_RATIO:
+            break
+    best = next((x for x in checked if x["val_ppl_ratio"] <= MAX_PPL_RATIO),
+                min(checked, key=lambda x: x["val_ppl_ratio"]))
+    return {"layer": best["layer"], "relative": best["relative"], "rows": rows, "max_ppl_ratio": MAX_PPL_RATIO,
+            "within_ppl": best["val_ppl_ratio"] <= MAX_PPL_RATIO, "val_corpus": {
+                "start_token": val_windows.start_token, "n_tokens": val_windows.n_predicted}}
+
+
 def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judge: Judge, cfg: GeneraliseConfig,
-             cell: Path, log: Callable[[str], None], generator: TextGenerator = generate) -> CellResult:
-    """One (method, seed) cell, each stage skipped when its file exists."""
+             cell: Path, log: Callable[[str], None], generator: TextGenerator = generate,
+             val_windows: CorpusWindows | None = None) -> CellResult:
+    """One (method, seed) cell, each stage skipped when its file exists (`val_windows`: the corpus slice that
+    `choose_setting` checks the perplexity on, needed with several candidate strengths)."""
     cell.mkdir(parents=True, exist_ok=True)
     seconds = json.loads((cell / "seconds.json").read_text()) if (cell / "seconds.json").is_file() else {}
 
@@ -242,15 +295,17 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         vec.save(vec_path, force=True)
     sel_path = cell / "selection.json"
     if not _done(sel_path):
-        log(f"{method} seed {seed}: choosing the layer on {len(data.val)} validation items")
-        rows = timed("select", lambda: sign_check(lm, vec, data.val, list(cfg.layers), strength=cfg.relative))
-        best = max(rows, key=lambda r: r["effect_plus"] - r["effect_minus"])
-        results.write_json(sel_path, {"layer": best["layer"], "relative": cfg.relative, "rows": rows})
-    layer = int(json.loads(sel_path.read_text())["layer"])
+        what = "the layer" if len(cfg.strengths) == 1 else "the layer and strength"
+        log(f"{method} seed {seed}: choosing {what} on {len(data.val)} validation items")
+        choice = timed("select", lambda: choose_setting(lm, vec, data.val, cfg.layers, cfg.strengths, val_windows,
+                                                        log=log))
+        results.write_json(sel_path, choice)
+    selection = json.loads(sel_path.read_text())
+    layer, rel = int(selection["layer"]), float(selection["relative"])
     ind_path = cell / "in_distribution.json"
     if not _done(ind_path):
-        log(f"{method} seed {seed}: in-distribution effect at layer {layer}")
-        rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=cfg.relative))
+        log(f"{method} seed {seed}: in-distribution effect at layer {layer}, r={rel:g}")
+        rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=rel))
         results.write_json(ind_path, rows[0])
     norms: dict[int, float] = {}
 
@@ -263,9 +318,9 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
     for sign, name in ((1.0, "ood_plus"), (-1.0, "ood_minus")):
         path = cell / name / "ood.json"
         if not _done(path):
-            log(f"{method} seed {seed}: OOD at r={sign * cfg.relative:+g}")
+            log(f"{method} seed {seed}: OOD at r={sign * rel:+g}")
             share_unsteered(cell.parent.parent / UNSTEERED, cell / name / "ood_generations.jsonl")
-            alpha = raw_strength(sign * cfg.relative, vec, layer, norm())
+            alpha = raw_strength(sign * rel, vec, layer, norm())
             timed(name, lambda: evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=cell / name,
                                              max_new_tokens=cfg.max_new_tokens, generator=generator))
         ood[name] = json.loads(path.read_text())
@@ -273,11 +328,11 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
     side_path = cell / "side_effects.json"
     if not _done(side_path):
         log(f"{method} seed {seed}: perplexity and KL")
-        alphas = [raw_strength(r, vec, layer, norm()) for r in (cfg.relative, -cfg.relative)]
+        alphas = [raw_strength(r, vec, layer, norm()) for r in (rel, -rel)]
         side = timed("side_effects", lambda: measure_side_effects(lm, vec, layer, alphas, windows,
-                                                                  relative=[cfg.relative, -cfg.relative]))
+                                                                  relative=[rel, -rel]))
         results.write_json(side_path, {"layer": layer, "rows": [asdict(r) for r in side.rows]})
-    return CellResult(method, seed, layer, cfg.relative, json.loads(ind_path.read_text()), ood,
+    return CellResult(method, seed, layer, rel, json.loads(ind_path.read_text()), ood,
                       json.loads(side_path.read_text()), seconds)
 
 
@@ -310,7 +365,7 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     data = split_behaviour(cfg)
     val = data.val
-    config = json.loads(json.dumps({**asdict(cfg), "split": data.record()}))  # as JSON reads it back (tuples: lists)
+    config = {**cfg.record(), "split": data.record()}
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text())
@@ -330,6 +385,8 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
 
     corpus = cfg.corpus or str(require_data_root() / "corpus" / "wikitext-2-test.txt")
     windows = corpus_windows(lm, corpus, n_tokens=cfg.corpus_tokens, window=cfg.window)
+    val_windows = corpus_windows(lm, corpus, n_tokens=cfg.corpus_tokens, window=cfg.window,
+                                 start_token=cfg.corpus_tokens) if len(cfg.strengths) > 1 else None
     judge = CachedJudge(judge, out / JUDGE_SCORES)
     jc_path = out / "judge_check.json"
     if not _done(jc_path):
@@ -340,7 +397,7 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     rows = []
     for method, seed in summary_cells(cfg, out):
         r = run_cell(lm, method, seed, data, cases, windows, judge, cfg, out / method / f"seed{seed}", log,
-                     generator)
+                     generator, val_windows)
         row = {"method": method, "seed": seed, "layer": r.layer, "relative": r.relative,
                "in_distribution_plus": r.in_distribution["effect_plus"],
                "in_distribution_plus_ci": [r.in_distribution["plus_low"], r.in_distribution["plus_high"]],

@@ -134,8 +134,10 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
     for key in ("relative", "n_train", "n_val", "n_test", "split_seed", "ood_limit", "max_new_tokens", "bipo_steps",
                 "bipo_batch", "persona_keep"):
         default = defaults[key]
-        if key in cfg and cfg[key] != default:
-            parts.append(f"--{key.replace('_', '-')} {cfg[key]}")
+        value = cfg.get(key, default)
+        if value != default:
+            value = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+            parts.append(f"--{key.replace('_', '-')} {value}")
     if method == "persona" and not cfg.get("persona_judge", True):
         parts.append("--no-persona-judge")
     parts.append(f"--model {model} --threads 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from ..data.records import BehaviourItem
+from ..errors import SteerlabError
 from ..vector import SteeringVector
 from .scoring import score_behaviour
 from .strengths import behaviour_setting, raw_strength, residual_norms
@@ -28,31 +29,37 @@ def sign_verdict(plus_low: float, plus_high: float, minus_effect: float, minus_l
 
 def sign_check(lm: LoadedModel,
                vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
-               strength: float = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
-    """Does +strength move held-apart items the way the vector was trained? One row per layer.
+               strength: float | Sequence[float] = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
+    """Does +strength move held-apart items the way the vector was trained? One row per layer and strength.
 
     Each layer is steered alone at relative strengths +strength and -strength (alpha * ||v_L|| =
-    r * mean ||h_L|| at the answer-predicting token of `items`), all in one engine call. Row fields:
-    layer, effect_plus/low/high, effect_minus/low/high, and verdict: "as trained" (+r raises the
-    behaviour score, interval above 0, and -r lowers it), "reversed" (+r lowers it, interval below 0,
-    and -r raises it), "sign-blind" (both raise or both lower it, both intervals excluding 0) or
-    "unclear".
+    r * mean ||h_L|| at the answer-predicting token of `items`), every setting in one engine call; `strength`
+    may list several (rows layer-major). Row fields: layer, relative (the positive r), effect_plus/low/high,
+    effect_minus/low/high, and verdict: "as trained" (+r raises the behaviour score, interval above 0, and -r
+    lowers it), "reversed" (+r lowers it, interval below 0, and -r raises it), "sign-blind" (both raise or both
+    lower it, both intervals excluding 0) or "unclear".
     """
     layers = list(vector.layers if layers is None else layers)
+    strengths = [float(strength)] if isinstance(strength, (int, float)) else [float(s) for s in strength]
+    if not strengths or any(not s > 0 for s in strengths):
+        raise SteerlabError(f"sign_check needs positive strengths, got {strengths}")
     norms = residual_norms(lm, items[:64], layers)
     settings, meta = [], []
     for l in layers:
-        for r in (strength, -strength):
-            settings.append(behaviour_setting(vector, l, raw_strength(r, vector, l, norms[l]), items[0].kind, positions,
-                                              label=f"L{l} r={r:+g}"))
-            meta.append({"layer": l, "relative": r})
+        for s in strengths:
+            for r in (s, -s):
+                settings.append(behaviour_setting(vector, l, raw_strength(r, vector, l, norms[l]), items[0].kind,
+                                                  positions, label=f"L{l} r={r:+g}"))
+                meta.append({"layer": l, "relative": r})
     res = score_behaviour(lm, items, settings, meta, n_boot=n_boot)
     rows = []
     for l in layers:
-        plus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] > 0)
-        minus = next(s for s in res.scores if s.meta.get("layer") == l and s.meta["relative"] < 0)
-        verdict = sign_verdict(plus.effect_low, plus.effect_high, minus.effect, minus.effect_low, minus.effect_high)
-        rows.append({"layer": l, "effect_plus": plus.effect, "plus_low": plus.effect_low, "plus_high": plus.effect_high,
-                     "effect_minus": minus.effect, "minus_low": minus.effect_low, "minus_high": minus.effect_high,
-                     "verdict": verdict, "unsteered": res.unsteered().score, "n_items": len(items)})
+        for s in strengths:
+            plus = next(x for x in res.scores if x.meta.get("layer") == l and x.meta["relative"] == s)
+            minus = next(x for x in res.scores if x.meta.get("layer") == l and x.meta["relative"] == -s)
+            verdict = sign_verdict(plus.effect_low, plus.effect_high, minus.effect, minus.effect_low, minus.effect_high)
+            rows.append({"layer": l, "relative": s, "effect_plus": plus.effect, "plus_low": plus.effect_low,
+                         "plus_high": plus.effect_high, "effect_minus": minus.effect, "minus_low": minus.effect_low,
+                         "minus_high": minus.effect_high, "verdict": verdict, "unsteered": res.unsteered().score,
+                         "n_items": len(items)})
     return rows

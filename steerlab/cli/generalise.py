@@ -13,8 +13,8 @@ from typing import Optional
 import typer
 
 from ..errors import SteerlabError
-from .common import check_layer_range, check_layer_spec, load_model, parse_ints, parse_layers, parse_list, peek_layers, \
-    run_command, say, set_runtime, text_generator
+from .common import check_layer_range, check_layer_spec, load_model, parse_floats, parse_ints, parse_layers, \
+    parse_list, peek_layers, run_command, say, set_runtime, text_generator
 from .options import BEHAVIOUR, GEN_ENGINE, OUT_DIR, Judge, Runtime, grouped
 
 
@@ -25,7 +25,9 @@ def generalise(
     methods: str = typer.Option("caa,multiformat,bipo,persona", help="Methods to compare (caa, multiformat, bipo, persona)."),
     layers: str = typer.Option(..., help="Candidate layers, e.g. 8,10,12: each method's layer is chosen among them on "
                                "the validation items."),
-    relative: float = typer.Option(0.5, help="Relative strength r: steered at +r and -r."),
+    relative: str = typer.Option("0.5", help="Relative strength r: steered at +r and -r. Several (0.25,0.5): each cell "
+                                 "chooses one with its layer on validation, the strongest whose perplexity ratio on a "
+                                 "validation slice of the corpus stays within 1.5."),
     n_train: int = typer.Option(40, help="Training items (the same for every method)."),
     n_val: int = typer.Option(20, help="Validation items (choose the layer)."),
     n_test: int = typer.Option(40, help="Test items (the in-distribution effect)."),
@@ -63,7 +65,9 @@ def generalise(
         set_runtime(run.threads, run.device, run.dtype, run.device_map)
         check_layer_spec(layers)
         path = resolve_behaviour(behaviour)
-        cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), relative, n_train, n_val, n_test,
+        strengths = parse_floats(relative, "--relative")
+        cfg = GeneraliseConfig(str(path), parse_list(methods), (0,),
+                               strengths[0] if len(strengths) == 1 else tuple(strengths), n_train, n_val, n_test,
                                tuple(parse_ints(seeds, "seeds")), split_seed, ood_limit=ood_limit,
                                ood_file=str(ood_file) if ood_file is not None else None,
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
