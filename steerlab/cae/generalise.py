@@ -34,7 +34,7 @@ from ..generation import TextGenerator, generate
 from ..methods.persona import KEEP_RULES
 from ..vector import SteeringVector
 from .behaviour_data import load_behaviour
-from .generalise_report import MAX_PPL_RATIO
+from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
 from .judge import Judge, check_judge
 from .judge_cache import CachedJudge
 from .ood import evaluate_ood, load_ood_cases, load_ood_file
@@ -48,7 +48,6 @@ if TYPE_CHECKING:  # the type only: importing models would load transformers
 GENERALISE_METHODS: tuple[str, ...] = ("caa", "multiformat", "bipo", "persona")
 #: Methods whose vector does not depend on a seed (run once whatever `seeds` says).
 DETERMINISTIC = ("caa", "multiformat")
-MIN_JUDGE_AUC = 0.8
 #: Settings that only say which cells an invocation runs: a resumed directory may differ in them.
 CELL_CHOICE = ("methods", "seeds")
 #: The run directory's unsteered OOD responses, shared by every cell (`share_unsteered`).

@@ -21,12 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from .. import results
+from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
 from .text_measures import mean_distinct
 
 Interval = tuple[float, float, float]
 SIGNS = {"ood_plus": "+r", "ood_minus": "-r"}
-MAX_PPL_RATIO = 1.5
-MIN_JUDGE_AUC = 0.8
 
 
 @dataclass
