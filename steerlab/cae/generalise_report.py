@@ -196,19 +196,19 @@ def _fmt(v: Interval | None) -> str:
 
 
 def markdown_table(reports: Sequence[CellReport]) -> str:
-    """One row per cell: its layer and strength r, OOD open-ended and choice-qa effects at +r and -r, in-distribution effects, perplexity
-    ratios, distinct-2, the monitoring correlation, the judge's AUC and minutes; "judge cannot tell" where the
-    judge's AUC is below 0.8; the goal column marks cells that meet the issue's bar."""
-    head = ("| behaviour | method | seed | layer | r | OOD open-ended +r | OOD open-ended −r | choice-qa +r | choice-qa −r | "
-            "in-dist +r | in-dist −r | ppl +r / −r | distinct-2 unst. / +r / −r | monitor r | judge AUC | goal | min |")
+    """One row per cell: its layer and strength r, OOD open-ended and choice-qa effects at +r and -r,
+    in-distribution effects, perplexity ratios, distinct-2, the monitoring correlation, the judge's AUC and minutes;
+    "judge cannot tell" where the judge's AUC is below 0.8; the goal column marks cells that meet the issue's bar."""
+    head = ("| behaviour | method | seed | layer | r | OOD open-ended +r | OOD open-ended −r | choice-qa +r | "
+            "choice-qa −r | in-dist +r | in-dist −r | ppl +r / −r | distinct-2 unst. / +r / −r | monitor r | judge AUC | goal | min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in reports:
         def ood(key: str) -> str:
             return _fmt(c.ood.get(key)) if c.judge_can_tell else "judge cannot tell"
 
         d = " / ".join("–" if c.distinct2.get(s) is None else f"{c.distinct2[s]:.2f}" for s in ("unsteered", "+r", "-r"))
-        lines.append(f"| {c.behaviour} | {c.method} | {c.seed} | {c.layer} | {c.relative:g} | {ood('open-ended +r')} | "
-                     f"{ood('open-ended -r')} | {ood('choice-qa +r')} | {ood('choice-qa -r')} | {_fmt(c.in_plus)} | "
+        lines.append(f"| {c.behaviour} | {c.method} | {c.seed} | {c.layer} | {c.relative:g} | "
+                     f"{ood('open-ended +r')} | {ood('open-ended -r')} | {ood('choice-qa +r')} | {ood('choice-qa -r')} | {_fmt(c.in_plus)} | "
                      f"{_fmt(c.in_minus)} | {c.ppl_plus:.2f} / {c.ppl_minus:.2f} | {d} | {_fmt(c.monitor_r)} | "
                      f"{c.judge_auc:.2f} | {'yes' if c.meets_goal else 'no'} | {sum(c.seconds.values()) / 60:.0f} |")
     return "\n".join(lines)

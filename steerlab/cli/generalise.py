@@ -65,9 +65,8 @@ def generalise(
         set_runtime(run.threads, run.device, run.dtype, run.device_map)
         check_layer_spec(layers)
         path = resolve_behaviour(behaviour)
-        strengths = parse_floats(relative, "--relative")
-        cfg = GeneraliseConfig(str(path), parse_list(methods), (0,),
-                               strengths[0] if len(strengths) == 1 else tuple(strengths), n_train, n_val, n_test,
+        cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), tuple(parse_floats(relative, "--relative")),
+                               n_train, n_val, n_test,
                                tuple(parse_ints(seeds, "seeds")), split_seed, ood_limit=ood_limit,
                                ood_file=str(ood_file) if ood_file is not None else None,
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
