@@ -741,7 +741,8 @@ def test_generalise_chooses_the_strength_and_steers_every_stage_at_it(lm, tmp_pa
     from steerlab.cae.generalise_report import collect
 
     cfg = GeneraliseConfig("corrigible-neutral-HHH", methods=("caa",), layers=(1, 2), relative=(0.25, 0.5), n_train=4,
-                           n_val=4, n_test=4, ood_limit=1, max_new_tokens=3, corpus_tokens=128, window=64)
+                           n_val=4, n_test=4, ood_lengths=("short", "medium"), ood_limit=1, max_new_tokens=3,
+                           corpus_tokens=128, window=64)
     summary = run_generalise(lm, cfg, tmp_path, LocalJudge(lm))
     cell = tmp_path / "caa" / "seed0"
     sel = json.loads((cell / "selection.json").read_text())
@@ -753,7 +754,10 @@ def test_generalise_chooses_the_strength_and_steers_every_stage_at_it(lm, tmp_pa
     row = summary["rows"][0]
     assert row["relative"] == rel and set(row["ppl_ratio"]) == {f"{rel:+g}", f"{-rel:+g}"}
     assert json.loads((tmp_path / "config.json").read_text())["relative"] == [0.25, 0.5]
-    assert "--relative 0.25,0.5" in collect([tmp_path], model="tiny")[0].command
+    command = collect([tmp_path], model="tiny")[0].command
+    assert "--relative 0.25,0.5" in command and "--ood-lengths short,medium" in command
+    ood = json.loads((cell / "ood_plus" / "ood.json").read_text())
+    assert ood["config"]["lengths"] == ["medium", "short"] and ood["config"]["n_cases"] == 4
 
 
 def test_generalise_config_errors():
@@ -767,6 +771,8 @@ def test_generalise_config_errors():
         GeneraliseConfig("openness", relative=(0.5, -0.5))
     with pytest.raises(sl.SteerlabError, match="r must be > 0"):
         GeneraliseConfig("openness", relative=())
+    with pytest.raises(sl.SteerlabError, match="OOD lengths must be among short, medium, long; got tiny"):
+        GeneraliseConfig("corrigible-neutral-HHH", ood_lengths=("short", "tiny"))
     with pytest.raises(sl.SteerlabError, match="persona_keep must be one of"):
         GeneraliseConfig("openness", persona_keep="top")
     with pytest.raises(sl.SteerlabError, match="bipo_steps and bipo_batch"):
@@ -794,6 +800,8 @@ def test_generalise_command_on_a_behaviour_it_has_never_seen(tmp_path, tiny_dir)
     assert code != 0 and "another configuration" in text
     code, text = _run(*args[:-2], "--relative", "0.5,strong", "--model", tmp_path / "no-model")
     assert code != 0 and "cannot read --relative" in text
+    code, text = _run(*args[:-2], "--ood-lengths", "short,huge", "--model", tmp_path / "no-model")
+    assert code != 0 and "OOD lengths must be among" in text and "Traceback" not in text
 
 
 @pytest.mark.slow

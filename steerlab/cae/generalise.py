@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .. import results
+from ..data.ood import LENGTHS
 from ..errors import SteerlabError
 from ..generation import TextGenerator, generate
 from ..methods.persona import KEEP_RULES
@@ -118,6 +119,9 @@ class GeneraliseConfig:
             raise SteerlabError("give at least one candidate layer and one seed")
         if not self.strengths or not all(r > 0 for r in self.strengths):
             raise SteerlabError("the relative strength r must be > 0 (the run steers at +r and -r)")
+        bad = [n for n in self.ood_lengths if n not in LENGTHS]
+        if bad or not self.ood_lengths:
+            raise SteerlabError(f"OOD lengths must be among {', '.join(LENGTHS)}; got {', '.join(bad) or 'none'}")
         if self.persona_keep not in KEEP_RULES:
             raise SteerlabError(f"persona_keep must be one of {', '.join(KEEP_RULES)}, not {self.persona_keep!r}")
         if self.bipo_steps < 1 or self.bipo_batch < 1:

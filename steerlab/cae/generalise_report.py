@@ -130,12 +130,14 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
     from .generalise import GeneraliseConfig
 
     defaults = {f.name: f.default for f in fields(GeneraliseConfig)}
-    for key in ("relative", "n_train", "n_val", "n_test", "split_seed", "ood_limit", "max_new_tokens", "bipo_steps",
-                "bipo_batch", "persona_keep"):
+    for key in ("relative", "n_train", "n_val", "n_test", "split_seed", "ood_lengths", "ood_limit", "max_new_tokens",
+                "bipo_steps", "bipo_batch", "persona_keep"):
         default = defaults[key]
+        default = list(default) if isinstance(default, tuple) else default  # config.json holds lists
         value = cfg.get(key, default)
         if value != default:
-            value = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+                if isinstance(value, list) else value
             parts.append(f"--{key.replace('_', '-')} {value}")
     if method == "persona" and not cfg.get("persona_judge", True):
         parts.append("--no-persona-judge")

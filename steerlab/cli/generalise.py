@@ -33,7 +33,9 @@ def generalise(
     n_test: int = typer.Option(40, help="Test items (the in-distribution effect)."),
     seeds: str = typer.Option("0,1,2", help="Method seeds (BiPO's order, persona's sampling; CAA and multiformat run once)."),
     split_seed: int = typer.Option(0, help="The train/val/test split, shared by every method."),
-    ood_limit: Optional[int] = typer.Option(None, help="OOD prompts per kind (default: all short ones)."),
+    ood_lengths: str = typer.Option("short", help="OOD prompt lengths (short, medium, long): 10 prompts per kind and "
+                                    "length."),
+    ood_limit: Optional[int] = typer.Option(None, help="OOD prompts per kind and length (default: all)."),
     ood_file: Optional[Path] = typer.Option(None, help="OOD prompts of your own (JSON/JSONL of {prompt, criteria?}) for a "
                                             "behaviour the CAE data has none for."),
     max_new_tokens: int = typer.Option(48, help="OOD generation length."),
@@ -67,7 +69,8 @@ def generalise(
         path = resolve_behaviour(behaviour)
         cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), tuple(parse_floats(relative, "--relative")),
                                n_train, n_val, n_test,
-                               tuple(parse_ints(seeds, "seeds")), split_seed, ood_limit=ood_limit,
+                               tuple(parse_ints(seeds, "seeds")), split_seed,
+                               ood_lengths=tuple(parse_list(ood_lengths)), ood_limit=ood_limit,
                                ood_file=str(ood_file) if ood_file is not None else None,
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
                                persona_judge=persona_judge, persona_keep=persona_keep, bipo_batch=bipo_batch)
