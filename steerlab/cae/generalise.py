@@ -8,7 +8,9 @@ rule; per method and seed one cell directory holds, each written once and skippe
                             validation items (neither MWE test items nor OOD prompts): the largest
                             effect(+r) - effect(-r) (`verdicts.sign_check`); among several strengths, the
                             largest whose perplexity ratio on a validation slice of the corpus (the tokens
-                            after the measured ones) stays within MAX_PPL_RATIO at both signs (`choose_setting`)
+                            after the measured ones) stays within MAX_PPL_RATIO at both signs (`choose_setting`);
+                            or, with select_on="open-ended", on judged open answers to the validation items' stems
+                            (`open_selection.choose_on_open_answers`)
     in_distribution.json    effect at +r and -r on the test items at that layer (bootstrap CI)
     ood_plus/, ood_minus/   `ood.evaluate_ood` at +r and -r (judged, projections, log-prob gaps)
     side_effects.json       perplexity ratio and KL on the corpus at +r and -r
@@ -38,6 +40,7 @@ from .behaviour_data import load_behaviour
 from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
 from .judge import Judge, check_judge
 from .judge_cache import CachedJudge
+from .open_selection import choose_on_open_answers
 from .ood import evaluate_ood, load_ood_cases, load_ood_file
 from .side_effects import CorpusWindows, corpus_windows, measure_side_effects
 from .strengths import raw_strength, residual_norms
@@ -53,6 +56,9 @@ DETERMINISTIC = ("caa", "multiformat")
 CELL_CHOICE = ("methods", "seeds")
 #: The run directory's unsteered OOD responses, shared by every cell (`share_unsteered`).
 UNSTEERED = "unsteered_ood_generations.jsonl"
+#: How a cell chooses its layer and strength: on the validation items' A/B letters (`choose_setting`) or on judged
+#: open answers to their stems (`open_selection.choose_on_open_answers`).
+SELECT_RULES: tuple[str, ...] = ("mwe", "open-ended")
 #: The run directory's judge scores, shared by every cell (`judge_cache.CachedJudge`).
 JUDGE_SCORES = "judge_scores.jsonl"
 
@@ -83,6 +89,10 @@ class GeneraliseConfig:
         persona_keep: persona's keep rule ("median": cuts at the median judged score, robust to a local judge's
             shifted scale; "absolute": the paper's 0.5 cuts).
         bipo_batch: contrast pairs per BiPO step.
+        select_on: how each cell chooses its layer and strength (`SELECT_RULES`): "mwe", the validation items'
+            letter answers (`choose_setting`); "open-ended", judged open answers to the first `open_questions` of
+            their stems (`open_selection.choose_on_open_answers`).
+        open_questions: validation questions answered per candidate with select_on="open-ended".
     """
 
     behaviour: str
@@ -110,6 +120,8 @@ class GeneraliseConfig:
     persona_judge: bool = True
     persona_keep: str = "median"
     bipo_batch: int = 8
+    select_on: str = "mwe"
+    open_questions: int = 10
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in GENERALISE_METHODS]
@@ -124,6 +136,10 @@ class GeneraliseConfig:
             raise SteerlabError(f"OOD lengths must be among {', '.join(LENGTHS)}; got {', '.join(bad) or 'none'}")
         if self.persona_keep not in KEEP_RULES:
             raise SteerlabError(f"persona_keep must be one of {', '.join(KEEP_RULES)}, not {self.persona_keep!r}")
+        if self.select_on not in SELECT_RULES:
+            raise SteerlabError(f"select_on must be one of {', '.join(SELECT_RULES)}, not {self.select_on!r}")
+        if self.open_questions < 2:
+            raise SteerlabError("open_questions must be at least 2 (the choice compares answers over questions)")
         if self.bipo_steps < 1 or self.bipo_batch < 1:
             raise SteerlabError("bipo_steps and bipo_batch must be at least 1")
 
@@ -299,9 +315,18 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
     sel_path = cell / "selection.json"
     if not _done(sel_path):
         what = "the layer" if len(cfg.strengths) == 1 else "the layer and strength"
-        log(f"{method} seed {seed}: choosing {what} on {len(data.val)} validation items")
-        choice = timed("select", lambda: choose_setting(lm, vec, data.val, cfg.layers, cfg.strengths, val_windows,
-                                                        log=log))
+        if cfg.select_on == "open-ended":
+            from ..methods import persona_questions
+
+            questions = persona_questions(data.val)[:cfg.open_questions]
+            log(f"{method} seed {seed}: choosing {what} on judged answers to {len(questions)} validation questions")
+            choice = timed("select", lambda: choose_on_open_answers(
+                lm, vec, data.val, questions, cfg.layers, cfg.strengths, val_windows, judge, data.name,
+                max_new_tokens=cfg.max_new_tokens, generator=generator, log=log))
+        else:
+            log(f"{method} seed {seed}: choosing {what} on {len(data.val)} validation items")
+            choice = timed("select", lambda: choose_setting(lm, vec, data.val, cfg.layers, cfg.strengths,
+                                                            val_windows, log=log))
         results.write_json(sel_path, choice)
     selection = json.loads(sel_path.read_text())
     layer, rel = int(selection["layer"]), float(selection["relative"])
@@ -371,7 +396,8 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     config = {**cfg.record(), "split": data.record()}
     cfg_path = out / "config.json"
     if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
+        # a setting added after the run was made is read as its default, so older run directories resume
+        old = {**GeneraliseConfig(cfg.behaviour).record(), **json.loads(cfg_path.read_text())}
         # which cells to run may grow between invocations (a method or seed added later); everything else must match
         diff = sorted(k for k in set(old) | set(config) if k not in CELL_CHOICE and old.get(k) != config.get(k))
         if diff:
@@ -389,7 +415,8 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     corpus = cfg.corpus or str(require_data_root() / "corpus" / "wikitext-2-test.txt")
     windows = corpus_windows(lm, corpus, n_tokens=cfg.corpus_tokens, window=cfg.window)
     val_windows = corpus_windows(lm, corpus, n_tokens=cfg.corpus_tokens, window=cfg.window,
-                                 start_token=cfg.corpus_tokens) if len(cfg.strengths) > 1 else None
+                                 start_token=cfg.corpus_tokens) \
+        if len(cfg.strengths) > 1 or cfg.select_on == "open-ended" else None
     judge = CachedJudge(judge, out / JUDGE_SCORES)
     jc_path = out / "judge_check.json"
     if not _done(jc_path):

@@ -28,6 +28,10 @@ def generalise(
     relative: str = typer.Option("0.5", help="Relative strength r: steered at +r and -r. Several (0.25,0.5): each cell "
                                  "chooses one with its layer on validation, the strongest whose perplexity ratio on a "
                                  "validation slice of the corpus stays within 1.5."),
+    select_on: str = typer.Option("mwe", help="How each cell chooses its layer and strength on validation data: mwe "
+                                  "(the validation items' A/B answers) or open-ended (judged open answers to their "
+                                  "questions, at the strongest r per layer within perplexity x1.5)."),
+    open_questions: int = typer.Option(10, help="--select-on open-ended: validation questions answered per candidate."),
     n_train: int = typer.Option(40, help="Training items (the same for every method)."),
     n_val: int = typer.Option(20, help="Validation items (choose the layer)."),
     n_test: int = typer.Option(40, help="Test items (the in-distribution effect)."),
@@ -73,7 +77,8 @@ def generalise(
                                ood_lengths=tuple(parse_list(ood_lengths)), ood_limit=ood_limit,
                                ood_file=str(ood_file) if ood_file is not None else None,
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
-                               persona_judge=persona_judge, persona_keep=persona_keep, bipo_batch=bipo_batch)
+                               persona_judge=persona_judge, persona_keep=persona_keep, bipo_batch=bipo_batch,
+                               select_on=select_on, open_questions=open_questions)
         if ood_file is not None:
             from ..cae.ood import load_ood_file
 
