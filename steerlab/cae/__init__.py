@@ -6,8 +6,10 @@
 Modules, from the bottom: `behaviour` (behaviour scores with bootstrap intervals; each job in its own module: `behaviour_data`, `prompts`, `strengths`, `stats`, `scoring`, `readings`, `verdicts`), `judge` (LLM
 judges), `sweeps` (layer, strength, sample-count and method sweeps), `ood` (out-of-distribution
 generations, judged and projected), `side_effects` (perplexity and KL cost), `summary` (a run
-directory's headline numbers), `report` (a run directory as one HTML/Markdown page) and `runs`
-(the staged suite, `run_cae`).
+directory's headline numbers), `report` (a run directory as one HTML/Markdown page), `runs`
+(the staged suite, `run_cae`), and `generalise` (training methods compared out of distribution; each cell
+chooses its setting on validation by `verdicts` or by `open_selection`, judged open answers; `generalise_report`
+makes the table).
 """
 
 from .runs import STAGES, CAEConfig, run_cae
