@@ -169,3 +169,37 @@ def test_judge_check_on_labelled_texts():
 
     res = jg.check_judge(Keyword(), items, "openness")
     assert res.auc == 1.0 and res.n_matching == 2 and res.n_not_matching == 2 and res.mean_not_matching == 0.0
+
+
+@pytest.fixture(scope="module")
+def judge_dir(make_tiny, tmp_path_factory):
+    lm = make_tiny(max_positions=256)
+    d = tmp_path_factory.mktemp("judge-model")
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return lm, d
+
+
+def test_a_local_judge_on_another_model_scores_as_that_model(judge_dir):
+    lm, d = judge_dir
+    reqs = [REQ, jg.JudgeRequest("Pick a film.", "Something new, please.", "openness")]
+    other = jg.make_judge("local", None, model=str(d))
+    assert other.name == f"local:{d}" and other.lm is not lm
+    assert other.score(reqs) == pytest.approx(jg.LocalJudge(lm).score(reqs), abs=1e-5)
+
+
+def test_judge_check_with_a_judge_model_does_not_load_the_studied_model(judge_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app
+
+    _, d = judge_dir
+    out = tmp_path / "jc"
+    args = ["cae", "judge-check", "openness", "--n", "4", "-o", str(out), "--judge-model", str(d)]
+    result = CliRunner().invoke(app, [*args, "--model", str(tmp_path / "not-a-model")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "judge_check.json").read_text())["judge"] == f"local:{d}"
+    result = CliRunner().invoke(app, ["cae", "generalise", "openness", "-o", str(tmp_path / "g"), "--layers", "1",
+                                      "--judge-model", str(tmp_path / "no-judge"), "--model", str(d)])
+    assert result.exit_code != 0 and "no-judge" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "g").exists()

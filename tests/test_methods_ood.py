@@ -760,6 +760,19 @@ def test_generalise_chooses_the_strength_and_steers_every_stage_at_it(lm, tmp_pa
     assert ood["config"]["lengths"] == ["medium", "short"] and ood["config"]["n_cases"] == 4
 
 
+def test_generalise_keeps_one_judge_per_run_directory(lm, tmp_path):
+    from steerlab.cae.generalise import GeneraliseConfig, run_generalise
+    from steerlab.cae.generalise_report import collect
+
+    cfg = GeneraliseConfig("corrigible-neutral-HHH", methods=("caa",), layers=(1,), n_train=4, n_val=4, n_test=4,
+                           ood_limit=1, max_new_tokens=3, corpus_tokens=128, window=64)
+    run_generalise(lm, cfg, tmp_path, LocalJudge(lm, name="local:judge-dir"))
+    assert json.loads((tmp_path / "judge_check.json").read_text())["judge"] == "local:judge-dir"
+    assert collect([tmp_path], model="tiny")[0].command.endswith("--judge-model judge-dir --model tiny --threads 1")
+    with pytest.raises(sl.SteerlabError, match="judged by 'local:judge-dir', this run's judge is 'local'"):
+        run_generalise(lm, cfg, tmp_path, LocalJudge(lm))
+
+
 def test_generalise_config_errors():
     from steerlab.cae.generalise import GeneraliseConfig
 

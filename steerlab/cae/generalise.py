@@ -417,8 +417,11 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     val_windows = corpus_windows(lm, corpus, n_tokens=cfg.corpus_tokens, window=cfg.window,
                                  start_token=cfg.corpus_tokens) \
         if len(cfg.strengths) > 1 or cfg.select_on == "open-ended" else None
-    judge = CachedJudge(judge, out / JUDGE_SCORES)
     jc_path = out / "judge_check.json"
+    if _done(jc_path) and json.loads(jc_path.read_text()).get("judge", judge.name) != judge.name:
+        raise SteerlabError(f"{out} was judged by {json.loads(jc_path.read_text())['judge']!r}, this run's judge is "
+                            f"{judge.name!r}: use the same judge or another directory")
+    judge = CachedJudge(judge, out / JUDGE_SCORES)
     if not _done(jc_path):
         log("checking the judge on the validation items' labelled texts")
         jc = check_judge(judge, val, data.name)

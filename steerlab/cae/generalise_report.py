@@ -141,6 +141,10 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
             parts.append(f"--{key.replace('_', '-')} {value}")
     if method == "persona" and not cfg.get("persona_judge", True):
         parts.append("--no-persona-judge")
+    judge = results.read_json(run_dir / "judge_check.json").get("judge", "local") \
+        if (run_dir / "judge_check.json").is_file() else "local"
+    if judge.startswith("local:"):  # a local judge on another model than the one under study
+        parts.append(f"--judge-model {judge[len('local:'):]}")
     parts.append(f"--model {model} --threads 1")
     return " ".join(parts)
 

@@ -2,7 +2,7 @@
 
 Both return one score in [0, 1] per request (higher = the response shows more of the behaviour):
 
-* `LocalJudge` asks the loaded model a Yes/No question (the behaviour, the `criteria` rubric when
+* `LocalJudge` asks a local model (the loaded one, or another: `make_judge("local", model=...)`) a Yes/No question (the behaviour, the `criteria` rubric when
   given, the prompt and the response) and reads p(Yes) / (p(Yes) + p(No)) from its next-token
   distribution through the scoring engine. It is free and offline; with a 135M model it is a weak
   judge, which reports must say.
@@ -89,11 +89,11 @@ def rubric_text(req: JudgeRequest) -> str:
 class LocalJudge:
     """p(Yes) of the local model asked `rubric_text` (see the module docstring)."""
 
-    name = "local"
-
-    def __init__(self, lm, *, batch_size: int = 8):
+    def __init__(self, lm, *, batch_size: int = 8, name: str = "local"):
         self.lm = lm
         self.batch_size = batch_size
+        #: "local" for the model under study; "local:<model>" for another one (judge caches key on the name)
+        self.name = name
 
     def items(self, requests: Sequence[JudgeRequest]):
         from ..engine import ScoringItem
@@ -217,8 +217,13 @@ class OpenAIJudge:
 
 def make_judge(kind: str, lm=None, *, base_url: str | None = None, model: str | None = None,
                key_env: str | None = "OPENAI_API_KEY", **kw) -> Judge:
-    """"local" (needs `lm`) or "openai" (needs `base_url` and `model`)."""
+    """"local" (the loaded `lm`, or with `model` that model, loaded here: a stronger judge for a small model under
+    study) or "openai" (needs `base_url` and `model`)."""
     if kind == "local":
+        if model:
+            from ..models import load_model
+
+            return LocalJudge(load_model(model), name=f"local:{model}")
         if lm is None:
             raise JudgeError("the local judge needs the loaded model")
         return LocalJudge(lm)

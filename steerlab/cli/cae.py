@@ -321,6 +321,7 @@ def ood(
 
     def evaluate(generator):
         _begin(run, out, ["ood.json"])
+        judge.check()
         from ..cae.strengths import raw_strength
         from ..cae.ood import evaluate_ood, load_ood_cases, load_ood_file, plot_ood
 
@@ -360,7 +361,8 @@ def judge_check(
         from ..cae.judge import check_judge
 
         data = load_behaviour(behaviour, n, 1, seed=seed)
-        lm = load_model(run.model) if judge.judge == "local" else None
+        judge.check()
+        lm = load_model(run.model) if judge.judge == "local" and not judge.judge_model else None
         t0 = time.perf_counter()
         res = check_judge(judge.make(lm), data.train, data.name)
         seconds = time.perf_counter() - t0
@@ -455,6 +457,7 @@ def run_suite(
 
     def body():
         set_runtime(threads, device, dtype, device_map)
+        judge.check()
         from ..cae.behaviour_data import load_behaviour
         from ..cae.runs import CAEConfig, run_cae
 

@@ -70,6 +70,7 @@ def generalise(
 
         set_runtime(run.threads, run.device, run.dtype, run.device_map)
         check_layer_spec(layers)
+        judge.check()
         path = resolve_behaviour(behaviour)
         cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), tuple(parse_floats(relative, "--relative")),
                                n_train, n_val, n_test,

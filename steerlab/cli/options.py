@@ -87,9 +87,20 @@ class Judge:
     judge: str = _option(typer.Option("local", help="local (the loaded model, offline) or openai (an "
                                                     "OpenAI-compatible endpoint)."))
     judge_url: Optional[str] = _option(typer.Option(None, help="Endpoint base URL, e.g. https://api.openai.com/v1."))
-    judge_model: Optional[str] = _option(typer.Option(None, help="Model name at the endpoint."))
+    judge_model: Optional[str] = _option(typer.Option(None, help="openai: the model name at the endpoint. local: "
+                                                     "another local model to judge with (a known name, directory, "
+                                                     ".gguf or hub id; default: the model under study)."))
     judge_key_env: str = _option(typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key "
                                                                      "('' for none)."))
+
+    def check(self) -> None:
+        """Fail on judge options that cannot work, before any model is loaded."""
+        if self.judge != "local":
+            self.make(None)  # an endpoint judge checks its URL, model and key when made; it loads nothing
+        elif self.judge_model:
+            from ..models import model_shape
+
+            model_shape(self.judge_model)  # an unknown judge model fails here, not after the study's model loads
 
     def make(self, lm):
         """The judge object (steerlab.cae.judge) these options describe."""
