@@ -3,8 +3,9 @@
     python scripts/generalise_table.py docs/results/generalisation_files/1.5b/*/ \
         --figure docs/results/generalisation_files/1.5b/open_ended.png --json docs/results/generalisation_files/1.5b/table.json
 
-Prints one markdown row per cell (`steerlab.cae.generalise_report.markdown_table`), how many behaviours each
-method brings over the issue's bar, and the rerun command and machine of every cell.
+Prints one markdown row per cell (`steerlab.cae.generalise_report.markdown_table`), the open-ended effect per
+prompt length where the runs used several (`length_table`), how many behaviours each method brings over the
+issue's bar, and the rerun command and machine of every cell.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from steerlab.cae.generalise_report import collect, goal_counts, markdown_table, plot, to_json
+from steerlab.cae.generalise_report import collect, goal_counts, length_table, markdown_table, plot, to_json
 
 
 def main(argv=None) -> int:
@@ -30,6 +31,10 @@ def main(argv=None) -> int:
         return 1
     print(markdown_table(reports))
     print()
+    if any(len(c.by_length.get("+r", {})) > 1 for c in reports):
+        print("Open-ended effect per prompt length:\n")
+        print(length_table(reports))
+        print()
     for method, (met, seen) in goal_counts(reports).items():
         print(f"- {method}: meets the goal for {met} of {seen} behaviours measured")
     print()

@@ -675,6 +675,30 @@ def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_ru
     assert goal_counts([good, replace(good, behaviour="c", ppl_plus=2.0)]) == {"caa": (1, 2)}
 
 
+def test_effects_by_length_are_paired_differences_per_length():
+    from steerlab.cae.generalise_report import effects_by_length, length_table
+    from steerlab.cae.stats import bootstrap_ci
+
+    recs = []
+    for length, shift in (("short", 0.2), ("long", -0.1)):
+        for i in range(4):
+            key = f"open-ended/{length}/{i}"
+            base = 0.1 * i
+            recs += [{"key": key, "kind": "open-ended", "length": length, "sign": "unsteered", "judge": base},
+                     {"key": key, "kind": "open-ended", "length": length, "sign": "+r", "judge": base + shift + 0.01 * i},
+                     {"key": key, "kind": "open-ended", "length": length, "sign": "-r", "judge": base - shift}]
+    recs.append({"key": "choice-qa/short/0", "kind": "choice-qa", "length": "short", "sign": "+r", "judge": 1.0})
+    got = effects_by_length(recs)
+    want = [0.2 + 0.01 * i for i in range(4)]
+    assert got["+r"]["short"] == pytest.approx((sum(want) / 4, *bootstrap_ci(want)))
+    assert got["-r"]["long"] == pytest.approx((0.1, 0.1, 0.1)) and set(got["+r"]) == {"short", "long"}
+    from steerlab.cae.generalise_report import CellReport
+
+    cell = CellReport("b", "persona", 0, 1, 0.5, 0.9, (0, 0, 0), (0, 0, 0), by_length=got)
+    row = length_table([cell]).splitlines()[2]
+    assert row.startswith("| b | persona | 0 | +0.215 [") and row.count("–") == 2  # no medium prompts
+
+
 @pytest.fixture(scope="module")
 def more_items():
     return load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:12]

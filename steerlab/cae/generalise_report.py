@@ -6,7 +6,9 @@ Beside the numbers `run_generalise` puts in `summary.json`, each cell's saved OO
 - *the monitoring correlation* (issue 26 item 4): Pearson r between a response's projection on the cell's vector
   (its response-token mean at the chosen layer, read unsteered) and the judge's trait score, over the open-ended
   responses of the cell (unsteered once, +r and -r), with a 95 % interval that resamples prompts (a prompt keeps
-  its three responses, which are not independent).
+  its three responses, which are not independent);
+- *the open-ended effect per prompt length* (short / medium / long, with `--ood-lengths` naming several): the
+  paired steered − unsteered judge score over each length's prompts, with its 95 % bootstrap interval.
 
 `meets_goal` is the issue's bar for one cell: the open-ended effect's 95 % interval above 0 at +r and below 0 at
 -r, with the perplexity ratio at most 1.5 at both signs, and a judge that can tell (AUC >= 0.8).
@@ -22,6 +24,7 @@ import numpy as np
 
 from .. import results
 from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
+from .stats import bootstrap_ci
 from .text_measures import mean_distinct
 
 Interval = tuple[float, float, float]
@@ -40,6 +43,7 @@ class CellReport:
         ppl_plus, ppl_minus: perplexity ratio on the corpus at +r / -r.
         distinct2: "unsteered" / "+r" / "-r" -> mean distinct-2 of the OOD responses.
         monitor_r: (r, low, high) of projection vs judge on the open-ended responses; monitor_n responses.
+        by_length: "+r" / "-r" -> prompt length -> (effect, low, high) of the judged open-ended effect.
         seconds: stage -> seconds; machine: the machine block of the OOD stage.
         command: the command that reruns (or resumes) this cell.
     """
@@ -58,6 +62,7 @@ class CellReport:
     distinct2: dict[str, float | None] = field(default_factory=dict)
     monitor_r: Interval | None = None
     monitor_n: int = 0
+    by_length: dict[str, dict[str, Interval]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
     command: str = ""
@@ -88,6 +93,20 @@ def response_records(cell: Path) -> list[dict]:
                     continue
                 seen.add(r["key"])
             out.append({**r, "sign": tag})
+    return out
+
+
+def effects_by_length(recs: Sequence[dict], kind: str = "open-ended") -> dict[str, dict[str, Interval]]:
+    """Per sign and prompt length, the mean paired steered - unsteered judge score of `kind`'s prompts with its
+    95 % bootstrap interval (`response_records` rows)."""
+    unsteered = {r["key"]: r["judge"] for r in recs if r["sign"] == "unsteered" and r["kind"] == kind}
+    out: dict[str, dict[str, Interval]] = {}
+    for sign in ("+r", "-r"):
+        diffs: dict[str, list[float]] = {}
+        for r in recs:
+            if r["sign"] == sign and r["kind"] == kind and r["key"] in unsteered:
+                diffs.setdefault(r["length"], []).append(r["judge"] - unsteered[r["key"]])
+        out[sign] = {n: (float(np.mean(d)), *bootstrap_ci(d)) for n, d in diffs.items()}
     return out
 
 
@@ -182,7 +201,7 @@ def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: s
                       float(row["judge_auc"]), (ind["effect_plus"], ind["plus_low"], ind["plus_high"]),
                       (ind["effect_minus"], ind["minus_low"], ind["minus_high"]), ood,
                       float(ppl.get(f"{rel:+g}", float("nan"))), float(ppl.get(f"{-rel:+g}", float("nan"))),
-                      distinct, monitor, n, dict(row.get("seconds", {})), machine,
+                      distinct, monitor, n, effects_by_length(recs), dict(row.get("seconds", {})), machine,
                       command)
 
 
@@ -217,6 +236,18 @@ def markdown_table(reports: Sequence[CellReport]) -> str:
                      f"{ood('open-ended +r')} | {ood('open-ended -r')} | {ood('choice-qa +r')} | {ood('choice-qa -r')} | {_fmt(c.in_plus)} | "
                      f"{_fmt(c.in_minus)} | {c.ppl_plus:.2f} / {c.ppl_minus:.2f} | {d} | {_fmt(c.monitor_r)} | "
                      f"{c.judge_auc:.2f} | {'yes' if c.meets_goal else 'no'} | {sum(c.seconds.values()) / 60:.0f} |")
+    return "\n".join(lines)
+
+
+def length_table(reports: Sequence[CellReport], lengths: Sequence[str] = ("short", "medium", "long")) -> str:
+    """One row per cell: the judged open-ended effect at +r and at -r on each prompt length (95 % intervals);
+    "judge cannot tell" cells are left out."""
+    head = "| behaviour | method | seed | " + " | ".join(f"{s} {n}" for s in ("+r", "−r") for n in lengths) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in reports:
+        if c.judge_can_tell:
+            cells = [_fmt(c.by_length.get(s, {}).get(n)) for s in ("+r", "-r") for n in lengths]
+            lines.append(f"| {c.behaviour} | {c.method} | {c.seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
