@@ -24,18 +24,22 @@ def main(argv=None) -> int:
     ap.add_argument("--figure", type=Path, help="write the open-ended effect figure here (PNG)")
     ap.add_argument("--json", type=Path, help="write every cell's report here")
     ap.add_argument("--model", help="the --model of the rerun commands (default: the vectors' model id)")
+    ap.add_argument("--baseline", nargs="*", type=Path, default=[],
+                    help="run directories whose CAA cells the goal's in-distribution proviso is held against (not "
+                         "printed), for runs that have no CAA cell of their own")
     args = ap.parse_args(argv)
     reports = collect(args.runs, args.model)
     if not reports:
         print("no finished cells (no summary.json) in the given directories", file=sys.stderr)
         return 1
-    print(markdown_table(reports))
+    baseline = [c for c in collect(args.baseline, args.model) if c.method == "caa"]
+    print(markdown_table(reports, baseline))
     print()
     if any(len(c.by_length.get("+r", {})) > 1 for c in reports):
         print("Open-ended effect per prompt length:\n")
         print(length_table(reports))
         print()
-    for method, (met, seen) in goal_counts(reports).items():
+    for method, (met, seen) in goal_counts(reports, baseline).items():
         print(f"- {method}: meets the goal for {met} of {seen} behaviours measured")
     print()
     for c in reports:

@@ -673,6 +673,16 @@ def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_ru
     assert not replace(good, ppl_minus=1.6).meets_goal and not replace(good, judge_auc=0.7).meets_goal
     assert not replace(good, ood={**good.ood, "open-ended -r": (-0.1, -0.2, 0.01)}).meets_goal
     assert goal_counts([good, replace(good, behaviour="c", ppl_plus=2.0)]) == {"caa": (1, 2)}
+    # The proviso: the in-distribution effect at +r within CAA's interval or above.
+    from steerlab.cae.generalise_report import goal_verdict
+
+    persona = replace(good, method="persona", in_plus=(0.01, -0.01, 0.03))
+    caa = replace(good, in_plus=(0.06, 0.02, 0.10), ppl_plus=2.0)
+    assert goal_verdict(persona, [caa]) == "no (in-dist below CAA)"
+    assert goal_verdict(replace(persona, in_plus=(0.02, 0.0, 0.04)), [caa]) == "yes"
+    assert goal_verdict(persona, []) == "yes (no CAA cell)" and goal_verdict(caa, [caa]) == "no"
+    assert goal_counts([persona], [caa]) == {"persona": (0, 1)}
+    assert goal_counts([persona, replace(caa, behaviour="other")]) == {"persona": (1, 1), "caa": (0, 1)}
 
 
 def test_effects_by_length_are_paired_differences_per_length():

@@ -11,7 +11,9 @@ Beside the numbers `run_generalise` puts in `summary.json`, each cell's saved OO
   paired steered − unsteered judge score over each length's prompts, with its 95 % bootstrap interval.
 
 `meets_goal` is the issue's bar for one cell: the open-ended effect's 95 % interval above 0 at +r and below 0 at
--r, with the perplexity ratio at most 1.5 at both signs, and a judge that can tell (AUC >= 0.8).
+-r, with the perplexity ratio at most 1.5 at both signs, and a judge that can tell (AUC >= 0.8). The issue adds a
+proviso that needs a second cell: the in-distribution effect at +r stays within CAA's interval or above
+(`within_caa`, against the behaviour's CAA cells among the reports or `baseline`); `goal_verdict` says both.
 """
 
 from __future__ import annotations
@@ -220,10 +222,11 @@ def _fmt(v: Interval | None) -> str:
     return "–" if v is None else f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
 
 
-def markdown_table(reports: Sequence[CellReport]) -> str:
+def markdown_table(reports: Sequence[CellReport], baseline: Sequence[CellReport] = ()) -> str:
     """One row per cell: its layer and strength r, OOD open-ended and choice-qa effects at +r and -r,
     in-distribution effects, perplexity ratios, distinct-2, the monitoring correlation, the judge's AUC and minutes;
-    "judge cannot tell" where the judge's AUC is below 0.8; the goal column marks cells that meet the issue's bar."""
+    "judge cannot tell" where the judge's AUC is below 0.8; the goal column is `goal_verdict` against the CAA cells of
+    `reports` and `baseline`."""
     head = ("| behaviour | method | seed | layer | r | OOD open-ended +r | OOD open-ended −r | choice-qa +r | "
             "choice-qa −r | in-dist +r | in-dist −r | ppl +r / −r | distinct-2 unst. / +r / −r | monitor r | judge AUC | goal | min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -235,7 +238,8 @@ def markdown_table(reports: Sequence[CellReport]) -> str:
         lines.append(f"| {c.behaviour} | {c.method} | {c.seed} | {c.layer} | {c.relative:g} | "
                      f"{ood('open-ended +r')} | {ood('open-ended -r')} | {ood('choice-qa +r')} | {ood('choice-qa -r')} | {_fmt(c.in_plus)} | "
                      f"{_fmt(c.in_minus)} | {c.ppl_plus:.2f} / {c.ppl_minus:.2f} | {d} | {_fmt(c.monitor_r)} | "
-                     f"{c.judge_auc:.2f} | {'yes' if c.meets_goal else 'no'} | {sum(c.seconds.values()) / 60:.0f} |")
+                     f"{c.judge_auc:.2f} | {goal_verdict(c, [*reports, *baseline])} | "
+                     f"{sum(c.seconds.values()) / 60:.0f} |")
     return "\n".join(lines)
 
 
@@ -251,13 +255,31 @@ def length_table(reports: Sequence[CellReport], lengths: Sequence[str] = ("short
     return "\n".join(lines)
 
 
-def goal_counts(reports: Sequence[CellReport]) -> dict[str, tuple[int, int]]:
-    """Per method: (behaviours where some seed meets the goal, behaviours measured)."""
+def within_caa(cell: CellReport, reference: Sequence[CellReport]) -> bool | None:
+    """Whether `cell`'s in-distribution effect at +r is within its behaviour's CAA interval or above (at least the
+    lowest CAA lower bound among `reference`); None when `reference` has no CAA cell of the behaviour."""
+    lows = [c.in_plus[1] for c in reference if c.behaviour == cell.behaviour and c.method == "caa"]
+    return None if not lows else bool(cell.in_plus[0] >= min(lows))
+
+
+def goal_verdict(cell: CellReport, reference: Sequence[CellReport]) -> str:
+    """The goal column: "yes", "no", "no (in-dist below CAA)" (the OOD bar met, the proviso not) or
+    "yes (no CAA cell)" (the OOD bar met, nothing to hold the in-distribution effect against)."""
+    if not cell.meets_goal:
+        return "no"
+    ok = within_caa(cell, reference)
+    return "yes" if ok else ("yes (no CAA cell)" if ok is None else "no (in-dist below CAA)")
+
+
+def goal_counts(reports: Sequence[CellReport], baseline: Sequence[CellReport] = ()) -> dict[str, tuple[int, int]]:
+    """Per method: (behaviours where some seed meets the goal with the in-distribution proviso not failed against
+    the CAA cells of `reports` and `baseline`, behaviours measured)."""
     out: dict[str, tuple[set, set]] = {}
+    reference = [*reports, *baseline]
     for c in reports:
         met, seen = out.setdefault(c.method, (set(), set()))
         seen.add(c.behaviour)
-        if c.meets_goal:
+        if c.meets_goal and within_caa(c, reference) is not False:
             met.add(c.behaviour)
     return {m: (len(met), len(seen)) for m, (met, seen) in out.items()}
 
