@@ -48,3 +48,20 @@ def test_cae_validation_section_is_the_scripts_output():
     section = doc.split(start, 1)[1].split(end, 1)[0].strip()
     assert section == script(*CAE_VAL).strip(), (
         f"regenerate with: python {' '.join(CAE_VAL[:4])} --command '{CAE_VAL[5]}' --update {DOC.relative_to(ROOT)}")
+
+
+GEN_DOC = ROOT / "docs" / "results" / "generalisation.md"
+GEN = ROOT / "docs" / "results" / "generalisation_files"
+
+
+@pytest.mark.parametrize("runs, baseline", [("1.5b-all-lengths", None), ("1.5b-open-val", "1.5b-chosen-r")])
+def test_generalisation_tables_match_the_result_files(runs, baseline):
+    """The 30-prompt and open-answer tables of generalisation.md (cells, per-length effects) are what
+    scripts/generalise_table.py prints from the committed run directories."""
+    dirs = [str(p) for p in sorted((GEN / runs).iterdir()) if (p / "summary.json").is_file()]
+    extra = ["--baseline", *[str(p) for p in sorted((GEN / baseline).iterdir()) if p.is_dir()]] if baseline else []
+    rows = table_rows(script("scripts/generalise_table.py", *dirs, *extra, "--model", "qwen2.5-coder-1.5b"))
+    assert len(rows) > 4
+    doc = GEN_DOC.read_text()
+    missing = [r for r in rows if r not in doc]
+    assert not missing, f"rows of generalise_table.py {runs} not in {GEN_DOC.name} (regenerate):\n" + "\n".join(missing)
