@@ -297,6 +297,7 @@ def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
                              sharey=True)
     colours = dict(zip(("caa", "multiformat", "bipo", "persona"), ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
     for ax, sign in zip(axes, ("+r", "-r")):
+        labelled: set[str] = set()  # each method named once per panel, at its first plotted cell
         for bi, b in enumerate(behaviours):
             for mi, m in enumerate(methods):
                 cells = [c for c in reports if c.behaviour == b and c.method == m and c.judge_can_tell
@@ -305,7 +306,8 @@ def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
                     e, lo, hi = c.ood[f"open-ended {sign}"]
                     y = bi + (mi - (len(methods) - 1) / 2) * 0.18 + si * 0.04
                     ax.errorbar(e, y, xerr=[[e - lo], [hi - e]], fmt="o", ms=3, color=colours[m], capsize=2,
-                                label=m if (bi, si) == (0, 0) else None)
+                                label=None if m in labelled else m)
+                    labelled.add(m)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(f"OOD open-ended judged effect at {sign}", fontsize=9)
         ax.set_xlabel("steered − unsteered judge score", fontsize=8)
