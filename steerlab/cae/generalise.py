@@ -34,7 +34,7 @@ from .. import results
 from ..data.ood import LENGTHS
 from ..errors import SteerlabError
 from ..generation import TextGenerator, generate
-from ..methods.persona import KEEP_RULES
+from ..methods.persona import KEEP_RULES, persona_questions
 from ..vector import SteeringVector
 from .behaviour_data import load_behaviour
 from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
@@ -316,8 +316,6 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
     if not _done(sel_path):
         what = "the layer" if len(cfg.strengths) == 1 else "the layer and strength"
         if cfg.select_on == "open-ended":
-            from ..methods import persona_questions
-
             questions = persona_questions(data.val)[:cfg.open_questions]
             log(f"{method} seed {seed}: choosing {what} on judged answers to {len(questions)} validation questions")
             choice = timed("select", lambda: choose_on_open_answers(
@@ -418,9 +416,10 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
                                  start_token=cfg.corpus_tokens) \
         if len(cfg.strengths) > 1 or cfg.select_on == "open-ended" else None
     jc_path = out / "judge_check.json"
-    if _done(jc_path) and json.loads(jc_path.read_text()).get("judge", judge.name) != judge.name:
-        raise SteerlabError(f"{out} was judged by {json.loads(jc_path.read_text())['judge']!r}, this run's judge is "
-                            f"{judge.name!r}: use the same judge or another directory")
+    judged_by = json.loads(jc_path.read_text()).get("judge", judge.name) if _done(jc_path) else judge.name
+    if judged_by != judge.name:
+        raise SteerlabError(f"{out} was judged by {judged_by!r}, this run's judge is {judge.name!r}: use the same "
+                            "judge or another directory")
     judge = CachedJudge(judge, out / JUDGE_SCORES)
     if not _done(jc_path):
         log("checking the judge on the validation items' labelled texts")
