@@ -20,6 +20,10 @@ seed varies BiPO's order and persona's sampling (CAA and multi-format CAA do not
 `judge_check.json` (once per run) scores the judge on the validation items' labelled texts; the summary
 says "judge cannot tell" where its AUC is below 0.8. Strengths are relative: alpha * |v_L| = r * mean
 |h_L| (`strengths.raw_strength`), so methods whose vectors differ in size are compared at equal push.
+Every steered pass of a cell (the choice, the in-distribution effect, the OOD responses) adds the vector at the
+run's `positions`: "answer" (CAA's: from the end of the user's message on, so the prompt is read unsteered) or
+"all" (the prompt's tokens too, as persona vectors are applied); the corpus perplexity is always measured
+steering every token.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from .judge_cache import CachedJudge
 from .open_selection import choose_on_open_answers
 from .ood import evaluate_ood, load_ood_cases, load_ood_file
 from .side_effects import CorpusWindows, corpus_windows, measure_side_effects
-from .strengths import raw_strength, residual_norms
+from .strengths import POSITION_POLICIES, raw_strength, residual_norms
 from .verdicts import sign_check
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
@@ -93,6 +97,8 @@ class GeneraliseConfig:
             letter answers (`choose_setting`); "open-ended", judged open answers to the first `open_questions` of
             their stems (`open_selection.choose_on_open_answers`).
         open_questions: validation questions answered per candidate with select_on="open-ended".
+        positions: where every steered pass of a cell adds the vector (`strengths.POSITION_POLICIES`): "answer"
+            (from the end of the user's message on) or "all" (the prompt's tokens too).
     """
 
     behaviour: str
@@ -122,6 +128,7 @@ class GeneraliseConfig:
     bipo_batch: int = 8
     select_on: str = "mwe"
     open_questions: int = 10
+    positions: str = "answer"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in GENERALISE_METHODS]
@@ -138,6 +145,8 @@ class GeneraliseConfig:
             raise SteerlabError(f"persona_keep must be one of {', '.join(KEEP_RULES)}, not {self.persona_keep!r}")
         if self.select_on not in SELECT_RULES:
             raise SteerlabError(f"select_on must be one of {', '.join(SELECT_RULES)}, not {self.select_on!r}")
+        if self.positions not in POSITION_POLICIES:
+            raise SteerlabError(f"positions must be one of {', '.join(POSITION_POLICIES)}, not {self.positions!r}")
         if self.open_questions < 2:
             raise SteerlabError("open_questions must be at least 2 (the choice compares answers over questions)")
         if self.bipo_steps < 1 or self.bipo_batch < 1:
@@ -256,7 +265,8 @@ class CellResult:
 
 
 def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[int], strengths: Sequence[float],
-                   val_windows: CorpusWindows | None, *, log: Callable[[str], None] = lambda s: None) -> dict:
+                   val_windows: CorpusWindows | None, *, positions: str = "answer",
+                   log: Callable[[str], None] = lambda s: None) -> dict:
     """The layer and strength a cell steers at, chosen on validation data only (selection.json's content).
 
     Every (layer, r) is scored on the validation items at +r and -r (one engine call); the largest
@@ -265,7 +275,7 @@ def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[i
     candidates are checked from the best down and the first that passes is taken (none: the one with the lowest
     perplexity ratio), so a strength is only given up for the cost the goal counts.
     """
-    rows = sign_check(lm, vec, val, list(layers), strength=list(strengths))
+    rows = sign_check(lm, vec, val, list(layers), strength=list(strengths), positions=positions)
     order = sorted(rows, key=lambda r: r["effect_plus"] - r["effect_minus"], reverse=True)
     if len(strengths) == 1:
         return {"layer": order[0]["layer"], "relative": order[0]["relative"], "rows": rows}
@@ -320,18 +330,19 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
             log(f"{method} seed {seed}: choosing {what} on judged answers to {len(questions)} validation questions")
             choice = timed("select", lambda: choose_on_open_answers(
                 lm, vec, data.val, questions, cfg.layers, cfg.strengths, val_windows, judge, data.name,
-                max_new_tokens=cfg.max_new_tokens, generator=generator, log=log))
+                max_new_tokens=cfg.max_new_tokens, generator=generator, positions=cfg.positions, log=log))
         else:
             log(f"{method} seed {seed}: choosing {what} on {len(data.val)} validation items")
             choice = timed("select", lambda: choose_setting(lm, vec, data.val, cfg.layers, cfg.strengths,
-                                                            val_windows, log=log))
+                                                            val_windows, positions=cfg.positions, log=log))
         results.write_json(sel_path, choice)
     selection = json.loads(sel_path.read_text())
     layer, rel = int(selection["layer"]), float(selection["relative"])
     ind_path = cell / "in_distribution.json"
     if not _done(ind_path):
         log(f"{method} seed {seed}: in-distribution effect at layer {layer}, r={rel:g}")
-        rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=rel))
+        rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=rel,
+                                                           positions=cfg.positions))
         results.write_json(ind_path, rows[0])
     norms: dict[int, float] = {}
 
@@ -348,7 +359,8 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
             share_unsteered(cell.parent.parent / UNSTEERED, cell / name / "ood_generations.jsonl")
             alpha = raw_strength(sign * rel, vec, layer, norm())
             timed(name, lambda: evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=cell / name,
-                                             max_new_tokens=cfg.max_new_tokens, generator=generator))
+                                             positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
+                                             generator=generator))
         ood[name] = json.loads(path.read_text())
         share_unsteered(cell / name / "ood_generations.jsonl", cell.parent.parent / UNSTEERED)
     side_path = cell / "side_effects.json"

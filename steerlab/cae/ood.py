@@ -117,7 +117,8 @@ def load_ood_file(path: str | Path, *, kind: str = "custom") -> list[OODCase]:
 
 @dataclass
 class OODGeneration:
-    """One response: the case, the condition ("unsteered"/"steered") and the text."""
+    """One response: the case, the condition ("unsteered"/"steered"), the text, and where the steered ones were
+    steered (records written before `positions` existed were steered at "answer")."""
 
     key: str
     kind: str
@@ -129,6 +130,7 @@ class OODGeneration:
     prompt: str
     response: str
     criteria: str | None = None
+    positions: str = "answer"
 
 
 def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
@@ -156,7 +158,7 @@ def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVect
                  for t in steering_terms(vector, layer, strength, "yesno", positions)]
         texts = generator(lm, [c.prompt for c, _ in chunk], terms, max_new_tokens=max_new_tokens, batch_size=len(chunk))
         new = [OODGeneration(c.key, c.kind, c.length, c.id, cond, int(layer), float(strength) if cond == "steered" else 0.0,
-                             c.prompt, text, c.criteria) for (c, cond), text in zip(chunk, texts)]
+                             c.prompt, text, c.criteria, positions) for (c, cond), text in zip(chunk, texts)]
         if out_path is not None:
             results.append_jsonl(out_path, [asdict(g) for g in new])
         for g in new:
@@ -300,9 +302,10 @@ def evaluate_ood(lm: LoadedModel,
     seconds = {}
     t = time.perf_counter()
     done = read_generations(gen_path) if gen_path is not None and gen_path.is_file() else {}
-    # an unsteered response does not depend on the layer or strength, so it is reused whatever they were
+    # an unsteered response does not depend on the layer, strength or positions, so it is reused whatever they were
     done = {k: g for k, g in done.items()
-            if g.condition == "unsteered" or (g.layer == int(layer) and abs(g.strength - strength) < 1e-9)}
+            if g.condition == "unsteered" or (g.layer == int(layer) and abs(g.strength - strength) < 1e-9
+                                              and g.positions == positions)}
     if done:
         log(f"reusing {len(done)} saved generations")
     gens = generate_ood(lm, cases, vector, layer, strength, positions=positions, max_new_tokens=max_new_tokens,

@@ -74,15 +74,15 @@ def strongest_within_cap(ratio: Callable[[float], float], strengths: Sequence[fl
 
 def judged_answers(lm: LoadedModel, vec: SteeringVector, questions: Sequence[str], layer: int, alpha: float,
                    judge: Judge, behaviour: str, *, max_new_tokens: int, generator: TextGenerator = generate,
-                   batch_size: int = 8) -> list[dict]:
-    """Greedy answers to each question at +alpha and -alpha on `layer` (both signs in the same batches), judged:
-    one record per answer {question, sign, response, judge}."""
+                   batch_size: int = 8, positions: str = "answer") -> list[dict]:
+    """Greedy answers to each question at +alpha and -alpha on `layer` steered at `positions` (both signs in the
+    same batches), judged: one record per answer {question, sign, response, judge}."""
     rows = [(q, s) for q in questions for s in (1.0, -1.0)]
     texts: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         terms = [type(t)([vec] * len(chunk), [s * float(alpha) for _, s in chunk], t.layers, t.positions)
-                 for t in steering_terms(vec, layer, alpha, "yesno", "answer")]
+                 for t in steering_terms(vec, layer, alpha, "yesno", positions)]
         texts += generator(lm, [q for q, _ in chunk], terms, max_new_tokens=max_new_tokens, batch_size=len(chunk))
     scores = judge.score([JudgeRequest(q, t, behaviour) for (q, _), t in zip(rows, texts)])
     if len(scores) != len(rows):
@@ -94,9 +94,11 @@ def judged_answers(lm: LoadedModel, vec: SteeringVector, questions: Sequence[str
 def choose_on_open_answers(lm: LoadedModel, vec: SteeringVector, val, questions: Sequence[str],
                            layers: Sequence[int], strengths: Sequence[float], val_windows: CorpusWindows,
                            judge: Judge, behaviour: str, *, max_new_tokens: int = 48,
-                           generator: TextGenerator = generate, log: Callable[[str], None] = lambda s: None) -> dict:
+                           generator: TextGenerator = generate, positions: str = "answer",
+                           log: Callable[[str], None] = lambda s: None) -> dict:
     """The (layer, r) the rule in the module docstring picks, as selection.json holds it: layer, relative, the
-    candidates judged (`OpenCandidate`), every perplexity ratio measured, and the judged answers."""
+    candidates judged (`OpenCandidate`), every perplexity ratio measured, and the judged answers (generated steered
+    at `positions`)."""
     if not questions:
         raise SteerlabError("no open validation questions: the validation items' stems could not be read")
     norms = residual_norms(lm, val, list(layers))
@@ -116,7 +118,7 @@ def choose_on_open_answers(lm: LoadedModel, vec: SteeringVector, val, questions:
             continue
         log(f"  open answers to {len(questions)} validation questions at layer {layer}, r=±{best:g}")
         recs = judged_answers(lm, vec, questions, layer, raw_strength(best, vec, layer, norms[layer]), judge,
-                              behaviour, max_new_tokens=max_new_tokens, generator=generator)
+                              behaviour, max_new_tokens=max_new_tokens, generator=generator, positions=positions)
         plus = np.array([r["judge"] for r in recs if r["sign"] == "+"])
         minus = np.array([r["judge"] for r in recs if r["sign"] == "-"])
         lo, hi = bootstrap_ci(plus - minus)

@@ -32,6 +32,9 @@ def generalise(
                                   "(the validation items' A/B answers) or open-ended (judged open answers to their "
                                   "questions, at the strongest r per layer within perplexity x1.5)."),
     open_questions: int = typer.Option(10, help="--select-on open-ended: validation questions answered per candidate."),
+    positions: str = typer.Option("answer", help="Where every steered pass adds the vector: answer (from the end of "
+                                  "the user's message on; the prompt is read unsteered) or all (the prompt's tokens "
+                                  "too)."),
     n_train: int = typer.Option(40, help="Training items (the same for every method)."),
     n_val: int = typer.Option(20, help="Validation items (choose the layer)."),
     n_test: int = typer.Option(40, help="Test items (the in-distribution effect)."),
@@ -79,7 +82,7 @@ def generalise(
                                ood_file=str(ood_file) if ood_file is not None else None,
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
                                persona_judge=persona_judge, persona_keep=persona_keep, bipo_batch=bipo_batch,
-                               select_on=select_on, open_questions=open_questions)
+                               select_on=select_on, open_questions=open_questions, positions=positions)
         if ood_file is not None:
             from ..cae.ood import load_ood_file
 
