@@ -103,3 +103,19 @@ def test_unknown_positions_fail_before_the_model_load(tmp_path):
                                       "--layers", "1", "--positions", "prompt", "--model", str(tmp_path / "none")])
     assert result.exit_code != 0 and "positions must be one of" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_rerun_commands_name_the_model_unless_it_is_the_embedded_default(run, tmp_path):
+    from dataclasses import replace
+
+    from steerlab.models import EMBEDDED_MODEL_ID
+
+    _, out = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    path = copy / "caa" / "seed0" / "vector.safetensors"
+    vec = sl.SteeringVector.load(path)
+    assert f"--model {vec.meta.model_id} --threads 1" in collect([copy])[0].command
+    sl.SteeringVector(vec.directions, replace(vec.meta, model_id=EMBEDDED_MODEL_ID)).save(path, force=True)
+    command = collect([copy])[0].command
+    assert "--model" not in command and command.endswith("--positions all --threads 1")

@@ -166,7 +166,7 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
         if (run_dir / "judge_check.json").is_file() else "local"
     if judge.startswith("local:"):  # a local judge on another model than the one under study
         parts.append(f"--judge-model {judge[len('local:'):]}")
-    parts.append(f"--model {model} --threads 1")
+    parts.append(f"--model {model} --threads 1" if model else "--threads 1")
     return " ".join(parts)
 
 
@@ -191,12 +191,15 @@ def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: s
     plus_ood = cell / "ood_plus" / "ood.json"
     machine = results.read_json(plus_ood).get("machine", {}) if plus_ood.is_file() else {}
     if model is None and (cell / "vector.safetensors").is_file():
+        from ..models import EMBEDDED_MODEL_ID
         from ..vector import SteeringVector
 
         model = SteeringVector.load(cell / "vector.safetensors").meta.model_id
+        if model == EMBEDDED_MODEL_ID:  # the default model: its rerun command names none
+            model = ""
     ppl = row["ppl_ratio"]
     rel = row["relative"]
-    command = rerun_command(Path(run_dir), row["method"], int(row["seed"]), model or "MODEL")
+    command = rerun_command(Path(run_dir), row["method"], int(row["seed"]), "MODEL" if model is None else model)
     if machine.get("dtype") == "bfloat16":
         command = "STEERLAB_DTYPE=bfloat16 " + command
     return CellReport(behaviour or Path(run_dir).name, row["method"], int(row["seed"]), int(row["layer"]), float(rel),
