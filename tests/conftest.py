@@ -9,6 +9,7 @@ checks that need real weights.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -79,6 +80,25 @@ def make_tiny(tokenizer) -> Callable[..., sl.LoadedModel]:
 def tiny_lm(make_tiny) -> sl.LoadedModel:
     """Tiny Llama: 4 layers, hidden 32, context 128."""
     return make_tiny()
+
+
+@pytest.fixture(scope="session")
+def save_tiny(make_tiny, tmp_path_factory) -> Callable[..., Path]:
+    """`save_tiny(**kw)`: the directory `make_tiny(**kw)` is saved to (model and tokenizer, once per set of
+    arguments), for what loads a model by path: the CLI's --model, `load_model`, a judge model."""
+    saved: dict = {}
+
+    def save(**kw) -> Path:
+        key = tuple(sorted(kw.items()))
+        if key not in saved:
+            lm = make_tiny(**kw)
+            d = tmp_path_factory.mktemp("tiny-model")
+            lm.model.save_pretrained(d)
+            lm.tokenizer.save_pretrained(d)
+            saved[key] = d
+        return saved[key]
+
+    return save
 
 
 def make_vector(lm, directions: dict[int, torch.Tensor], method: str = "test", **extra) -> sl.SteeringVector:

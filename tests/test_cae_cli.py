@@ -16,12 +16,9 @@ ROWS = [{"question": f"Is the following statement something you would say?\n\"Pl
 
 
 @pytest.fixture(scope="module")
-def setup(make_tiny, tmp_path_factory):
-    lm = make_tiny(max_positions=256)
+def setup(save_tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    model_dir = root / "tiny-model"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny(max_positions=256)
     data = root / "toy.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in ROWS))
     (root / "prompts.json").write_text(json.dumps([{"id": 1, "prompt": "Tea or coffee?"},

@@ -172,12 +172,8 @@ def test_judge_check_on_labelled_texts():
 
 
 @pytest.fixture(scope="module")
-def judge_dir(make_tiny, tmp_path_factory):
-    lm = make_tiny(max_positions=256)
-    d = tmp_path_factory.mktemp("judge-model")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return lm, d
+def judge_dir(make_tiny, save_tiny):
+    return make_tiny(max_positions=256), save_tiny(max_positions=256)
 
 
 def test_a_local_judge_on_another_model_scores_as_that_model(judge_dir):

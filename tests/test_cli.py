@@ -25,16 +25,9 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, make_tiny):
+def model_dirs(save_tiny):
     """Two tiny checkpoints on disk (hidden 32 and 48) that the CLI loads with --model."""
-    dirs = {}
-    for hidden in (32, 48):
-        d = tmp_path_factory.mktemp(f"tiny{hidden}")
-        lm = make_tiny(hidden=hidden)
-        lm.model.save_pretrained(d)
-        lm.tokenizer.save_pretrained(d)
-        dirs[hidden] = d
-    return dirs
+    return {hidden: save_tiny(hidden=hidden) for hidden in (32, 48)}
 
 
 @pytest.fixture

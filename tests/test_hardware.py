@@ -111,19 +111,17 @@ def test_doctor_json():
     assert res.exit_code == 0 and "CPU flags" in res.output and "auto" in res.output
 
 
-def test_auto_dtype_when_loading(monkeypatch, tmp_path, make_tiny):
+def test_auto_dtype_when_loading(monkeypatch, save_tiny):
     from steerlab.models import load_model
 
-    lm = make_tiny()
-    lm.model.save_pretrained(tmp_path / "m")
-    lm.tokenizer.save_pretrained(tmp_path / "m")
+    d = save_tiny()
     monkeypatch.setattr(hw, "detect", lambda: machine(("avx2",)))
-    loaded = load_model(tmp_path / "m", dtype="auto")
+    loaded = load_model(d, dtype="auto")
     assert loaded.dtype == torch.float32 and "float32" in loaded.extra["dtype_note"]
     monkeypatch.setattr(hw, "detect", lambda: machine(("avx2", "avx512f", "avx512_bf16")))
-    assert load_model(tmp_path / "m", dtype="auto").dtype == torch.bfloat16
+    assert load_model(d, dtype="auto").dtype == torch.bfloat16
     with pytest.raises(hw.DeviceError):
-        load_model(tmp_path / "m", device="cuda")
+        load_model(d, device="cuda")
 
 
 @pytest.mark.slow

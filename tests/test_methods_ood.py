@@ -417,11 +417,8 @@ def test_cli_refuses_bad_input_before_loading(tmp_path, args, message):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, lm):
-    d = tmp_path_factory.mktemp("tiny512")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+def tiny_dir(save_tiny):
+    return save_tiny(max_positions=512)
 
 
 @pytest.mark.parametrize("method, extra", [

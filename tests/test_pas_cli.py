@@ -29,12 +29,8 @@ def _rows(n):
 
 
 @pytest.fixture(scope="module")
-def model_dir(make_tiny, tmp_path_factory):
-    lm = make_tiny(max_positions=512)
-    d = tmp_path_factory.mktemp("tiny-model")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
+def model_dir(save_tiny):
+    return save_tiny(max_positions=512)
 
 
 def test_pas_writes_results_and_a_vector_that_generate_uses(model_dir, tmp_path, monkeypatch):

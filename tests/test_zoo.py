@@ -172,18 +172,16 @@ def test_research_model_registry_entry():
     assert m.size == 1_117_320_768 and m.sha256.startswith("cc324af0")
 
 
-def test_dtype_from_environment(tmp_path, monkeypatch, make_tiny):
+def test_dtype_from_environment(monkeypatch, save_tiny):
     """STEERLAB_DTYPE sets the default dtype of every load (how the 1.5B studies run in bfloat16)."""
     import torch
 
-    lm = make_tiny()
-    lm.model.save_pretrained(tmp_path / "m")
-    lm.tokenizer.save_pretrained(tmp_path / "m")
+    d = save_tiny()
     monkeypatch.setenv("STEERLAB_DTYPE", "bfloat16")
-    assert load_model(tmp_path / "m").dtype == torch.bfloat16
-    assert load_model(tmp_path / "m", dtype="float32").dtype == torch.float32
+    assert load_model(d).dtype == torch.bfloat16
+    assert load_model(d, dtype="float32").dtype == torch.float32
     monkeypatch.delenv("STEERLAB_DTYPE")
-    assert load_model(tmp_path / "m").dtype == torch.float32
+    assert load_model(d).dtype == torch.float32
     monkeypatch.setenv("STEERLAB_DTYPE", "fp8")
     with pytest.raises(ModelLoadError, match="unknown dtype"):
-        load_model(tmp_path / "m")
+        load_model(d)

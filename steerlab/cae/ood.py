@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..data.io import read_records
 from ..data.mwe import MATCHING, NOT_MATCHING
