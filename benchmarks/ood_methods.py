@@ -6,6 +6,8 @@ one behaviour's first N items at one layer, in one process (model loaded once, b
 
 Prints one JSON object (per method: seconds, and BiPO's steps and seconds per step; persona's answers
 generated and kept) with the machine block, and writes it to benchmarks/out/ood_methods-*.json.
+"bipo-whole" is BiPO running every block at every step (`cache_prefix=False`, the loop before block L's
+output was replayed): side by side with "bipo", the same losses at a different cost.
 Sizes are small on purpose: it measures cost, not the vectors' quality (that is `docs/results/generalisation.md`).
 """
 
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--persona-questions", type=int, default=4)
     ap.add_argument("--persona-tokens", type=int, default=48)
     ap.add_argument("--no-judge", action="store_true")
-    ap.add_argument("--methods", default="caa,multiformat,bipo,persona")
+    ap.add_argument("--methods", default="caa,multiformat,bipo,bipo-whole,persona")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,10 +61,12 @@ def main() -> None:
         elif name == "multiformat":
             vec = train_multiformat(lm, items, [args.layer])
             row["format_counts"] = vec.meta.extra["format_counts"]
-        elif name == "bipo":
+        elif name in ("bipo", "bipo-whole"):
             res = train_bipo_detailed(lm, completion_pairs(items), args.layer,
-                                      BiPOConfig(max_steps=args.bipo_steps, batch_size=args.bipo_batch, patience=10**6))
+                                      BiPOConfig(max_steps=args.bipo_steps, batch_size=args.bipo_batch, patience=10**6,
+                                                 cache_prefix=name == "bipo"))
             row.update(steps=res.steps, seconds_per_step=round(res.seconds_per_step, 2),
+                       replayed_prefix=res.vector.meta.extra["replayed_prefix"],
                        val_loss=[round(h["val_loss"], 4) for h in res.history])
         elif name == "persona":
             trait = load_trait(args.behaviour)

@@ -261,6 +261,44 @@ def test_bipo_training_lowers_validation_loss_and_is_deterministic(lm, ab_items,
     assert all(not p.requires_grad for p in lm.model.parameters())  # the model is left frozen as it was
 
 
+@pytest.mark.parametrize("positions", ["after_user", "all"])
+def test_bipo_replayed_prefix_trains_the_same_vector(lm, positions):
+    """Replaying block L's cached output (blocks 0..L skipped) is the same computation as the whole model."""
+    pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:10])
+    cfg = BiPOConfig(lr=0.05, batch_size=4, max_steps=4, eval_every=2, patience=5, seed=2, positions=positions)
+    fast = train_bipo_detailed(lm, pairs, 2, cfg)
+    slow = train_bipo_detailed(lm, pairs, 2, replace(cfg, cache_prefix=False))
+    assert fast.vector.meta.extra["replayed_prefix"] and not slow.vector.meta.extra["replayed_prefix"]
+    torch.testing.assert_close(fast.vector[2], slow.vector[2], rtol=1e-5, atol=1e-6)
+    assert [h["step"] for h in fast.history] == [h["step"] for h in slow.history]
+    for a, b in zip(fast.history, slow.history):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+    assert fast.vector[2].norm() > 0
+    assert all(type(m).__name__ != "_Replay" for m in lm.blocks)  # the model's own blocks are back
+
+
+def test_bipo_falls_back_to_the_whole_model_when_replay_differs(lm, monkeypatch):
+    """Blocks that share state within a pass (emulated: block 0 sets a flag that block 3 reads) make the
+    replay differ from the whole model; training then runs every block, with a warning, and still learns."""
+    pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:6])
+    cfg = BiPOConfig(lr=0.05, batch_size=4, max_steps=2, eval_every=1, patience=5, seed=0)
+    state = {"seen": 0.0}
+    handles = [lm.model.register_forward_pre_hook(lambda m, a, k: state.update(seen=0.0), with_kwargs=True),
+               lm.blocks[0].register_forward_hook(lambda m, a, o: state.update(seen=1.0)),
+               lm.blocks[3].register_forward_hook(lambda m, a, o: with_block_hidden(o, block_hidden(o) + state["seen"]))]
+    try:
+        with pytest.warns(UserWarning, match="every step runs the whole model"):
+            res = train_bipo_detailed(lm, pairs, 1, cfg)
+        reference = train_bipo_detailed(lm, pairs, 1, replace(cfg, cache_prefix=False))
+    finally:
+        for h in handles:
+            h.remove()
+    assert not res.vector.meta.extra["replayed_prefix"]
+    torch.testing.assert_close(res.vector[1], reference.vector[1])
+    monkeypatch.setattr("steerlab.methods.bipo.PREFIX_CACHE_BYTES", 0)  # over the memory cap: no cache either
+    assert not train_bipo_detailed(lm, pairs, 1, cfg).vector.meta.extra["replayed_prefix"]
+
+
 def test_bipo_bad_input(lm):
     with pytest.raises(DatasetError, match="beta"):
         BiPOConfig(beta=0)
