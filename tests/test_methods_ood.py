@@ -590,6 +590,8 @@ def test_generalise_bipo_keeps_each_finished_layer(lm, generalise_run, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in parts} == stamps
     after = SteeringVector.load(cell / "vector.safetensors")
     assert all(torch.equal(before[l], after[l]) for l in (1, 2))
+    assert set(after.meta.extra["per_layer"]) == {"1", "2"}
+    assert all(v["replayed_prefix"] and v["steps"] > 0 for v in after.meta.extra["per_layer"].values())
 
 
 def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):

@@ -216,12 +216,13 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
                 trained.append(SteeringVector.load(path))
                 continue
             trained.append(train_bipo(lm, pairs, l, BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch,
-                                                            seed=seed)))
+                                                            seed=seed), progress=True))
             if path is not None:
                 trained[-1].save(path, force=True)
         meta = trained[0].meta
-        extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra[k] for k in
-                                                                 ("steps", "best_step", "seconds_per_step", "total_seconds")}
+        extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra.get(k) for k in
+                                                                 ("steps", "best_step", "seconds_per_step", "total_seconds",
+                                                                  "replayed_prefix")}
                                             for p in trained})
         return SteeringVector({p.layers[0]: p[p.layers[0]] for p in trained},
                               replace(meta, layers=tuple(sorted(layers)), extra=extra))
