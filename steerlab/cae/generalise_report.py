@@ -316,7 +316,11 @@ def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
         ax.set_xlabel("steered − unsteered judge score", fontsize=8)
     axes[0].set_yticks(range(len(behaviours)), behaviours, fontsize=7)
     axes[0].invert_yaxis()
-    axes[0].legend(fontsize=7, loc="lower right")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, loc="lower right")
+    else:  # no cell has a judge that can tell: say so rather than draw empty panels without a word
+        for ax in axes:
+            ax.text(0.5, 0.5, "judge cannot tell", transform=ax.transAxes, ha="center", va="center", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
