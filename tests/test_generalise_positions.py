@@ -119,3 +119,19 @@ def test_rerun_commands_name_the_model_unless_it_is_the_embedded_default(run, tm
     sl.SteeringVector(vec.directions, replace(vec.meta, model_id=EMBEDDED_MODEL_ID)).save(path, force=True)
     command = collect([copy])[0].command
     assert "--model" not in command and command.endswith("--positions all --threads 1")
+
+
+def test_persona_reading_reaches_the_vector_and_the_rerun_command(lm, tmp_path):
+    """`persona_reading="last"`: the cell's persona vector is read at each answer's last token (recorded in its
+    metadata), and the printed rerun command names the reading."""
+    out = tmp_path / "last"
+    cfg = GeneraliseConfig("corrigible-neutral-HHH", methods=("persona",), layers=(1,), relative=R, n_train=4,
+                           n_val=4, n_test=4, ood_limit=1, max_new_tokens=3, corpus_tokens=128, window=64,
+                           persona_questions=2, persona_samples=1, persona_tokens=4, persona_judge=False,
+                           persona_reading="last")
+    run_generalise(lm, cfg, out, LocalJudge(lm))
+    vec = sl.SteeringVector.load(out / "persona" / "seed0" / "vector.safetensors")
+    assert vec.meta.position == "response-last"
+    assert "--persona-reading last" in collect([out])[0].command
+    with pytest.raises(sl.SteerlabError, match="differs in persona_reading"):
+        run_generalise(lm, GeneraliseConfig(**{**cfg.__dict__, "persona_reading": "mean"}), out, LocalJudge(lm))

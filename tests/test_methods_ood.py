@@ -415,6 +415,23 @@ def test_persona_vector_equals_the_hand_response_mean(lm, persona_run):
     assert m.method == "persona" and m.extra["n_positive"] == len(pos) and m.extra["judge"] == "yes"
 
 
+def test_persona_vector_read_at_the_last_token_equals_the_hand_computation(lm, persona_run):
+    trait, cfg, samples = persona_run
+    kept = [PersonaSample(s.question, s.side, s.response, 0.5, kept=True) for s in samples]
+    last = persona_vector(lm, trait, kept, [1, 2], replace(cfg, reading="last"))
+    mean = persona_vector(lm, trait, kept, [1, 2], cfg)
+    for layer in (1, 2):
+        def hand(side):
+            return torch.stack([ref_hidden(lm, response_prompt(lm, s.question, s.response), layer)[-1]
+                                for s in kept if s.side == side]).mean(0)
+
+        torch.testing.assert_close(last[layer].double(), hand("positive") - hand("negative"), atol=2e-5, rtol=1e-4)
+        assert not torch.allclose(last[layer], mean[layer])
+    assert last.meta.position == "response-last" and mean.meta.position == "response-mean"
+    with pytest.raises(DatasetError, match="reading must be one of mean, last"):
+        PersonaConfig(reading="first")
+
+
 def test_train_persona_end_to_end(lm, ab_items):
     trait = Trait("corrigible-neutral-HHH", "willing to be corrected")
     res = train_persona_detailed(lm, trait, persona_questions(ab_items)[:2], [2],
@@ -439,6 +456,8 @@ def _run(*args):
     (["--method", "persona", "--unknown-trait"], "--description"),
     (["--method", "persona", "--positive-min", "1.5"], "scores in [0, 1]"),
     (["--method", "bogus"], "unknown method"),
+    (["--method", "persona", "--position", "first"], "persona reading must be one of mean, last"),
+    (["--method", "bipo", "--layers", "3", "--position", "mean"], "--position is for caa, pca and persona"),
 ])
 def test_cli_refuses_bad_input_before_loading(tmp_path, args, message):
     data = resolve_behaviour("corrigible-neutral-HHH")
@@ -859,6 +878,8 @@ def test_generalise_config_errors():
         GeneraliseConfig("corrigible-neutral-HHH", ood_lengths=("short", "tiny"))
     with pytest.raises(sl.SteerlabError, match="persona_keep must be one of"):
         GeneraliseConfig("openness", persona_keep="top")
+    with pytest.raises(sl.SteerlabError, match="persona_reading must be one of mean, last"):
+        GeneraliseConfig("openness", persona_reading="first")
     with pytest.raises(sl.SteerlabError, match="bipo_steps and bipo_batch"):
         GeneraliseConfig("openness", bipo_batch=0)
 

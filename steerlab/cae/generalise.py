@@ -39,6 +39,7 @@ from ..data.ood import LENGTHS
 from ..errors import SteerlabError
 from ..generation import TextGenerator, generate
 from ..methods.persona import KEEP_RULES, persona_questions
+from ..methods.responses import READINGS
 from ..vector import SteeringVector
 from .behaviour_data import load_behaviour
 from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
@@ -92,6 +93,8 @@ class GeneraliseConfig:
         persona_judge: filter persona's answers with the run's judge.
         persona_keep: persona's keep rule ("median": cuts at the median judged score, robust to a local judge's
             shifted scale; "absolute": the paper's 0.5 cuts).
+        persona_reading: how persona reads each kept answer: "mean" over its response tokens (the paper's) or its
+            "last" token.
         bipo_batch: contrast pairs per BiPO step.
         select_on: how each cell chooses its layer and strength (`SELECT_RULES`): "mwe", the validation items'
             letter answers (`choose_setting`); "open-ended", judged open answers to the first `open_questions` of
@@ -125,6 +128,7 @@ class GeneraliseConfig:
     description: str | None = None
     persona_judge: bool = True
     persona_keep: str = "median"
+    persona_reading: str = "mean"
     bipo_batch: int = 8
     select_on: str = "mwe"
     open_questions: int = 10
@@ -143,6 +147,8 @@ class GeneraliseConfig:
             raise SteerlabError(f"OOD lengths must be among {', '.join(LENGTHS)}; got {', '.join(bad) or 'none'}")
         if self.persona_keep not in KEEP_RULES:
             raise SteerlabError(f"persona_keep must be one of {', '.join(KEEP_RULES)}, not {self.persona_keep!r}")
+        if self.persona_reading not in READINGS:
+            raise SteerlabError(f"persona_reading must be one of {', '.join(READINGS)}, not {self.persona_reading!r}")
         if self.select_on not in SELECT_RULES:
             raise SteerlabError(f"select_on must be one of {', '.join(SELECT_RULES)}, not {self.select_on!r}")
         if self.positions not in POSITION_POLICIES:
@@ -230,7 +236,7 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
     trait = load_trait(name, cfg.description)
     scorer = trait_scorer(judge, trait.name, trait.description) if (judge is not None and cfg.persona_judge) else None
     pc = PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens, seed=seed,
-                       keep=cfg.persona_keep)
+                       keep=cfg.persona_keep, reading=cfg.persona_reading)
     return train_persona(lm, trait, persona_questions(train)[:cfg.persona_questions], layers, pc, scorer,
                          generator=generator)
 

@@ -152,7 +152,8 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
 
     defaults = {f.name: f.default for f in fields(GeneraliseConfig)}
     for key in ("relative", "n_train", "n_val", "n_test", "split_seed", "ood_lengths", "ood_limit", "max_new_tokens",
-                "bipo_steps", "bipo_batch", "persona_keep", "select_on", "open_questions", "positions"):
+                "bipo_steps", "bipo_batch", "persona_keep", "persona_reading", "select_on", "open_questions",
+                "positions"):
         default = defaults[key]
         default = list(default) if isinstance(default, tuple) else default  # config.json holds lists
         value = cfg.get(key, default)

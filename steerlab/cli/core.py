@@ -99,7 +99,9 @@ def train(
                                "free-text CAA combined), bipo (one --layers N, trained by gradient) or persona "
                                "(the model's own answers to the file's first 40 questions under opposing system "
                                "prompts, judged)."),
-    position: str = typer.Option("last", help="Reading position: last (answer token) or mean."),
+    position: Optional[str] = typer.Option(None, help="Reading position: last (the answer token; caa and pca's "
+                                           "default) or mean; persona: mean (over each answer's response tokens, its "
+                                           "default) or last (the answer's last token)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N pairs."),
     check: Optional[int] = typer.Option(None, help="Hold the last N pairs apart (not trained on) and measure the vector "
                                         "on them, warning where +strength acts against the trained sign. Default: 40 "
@@ -157,8 +159,10 @@ def train(
             pairs = pairs[:-n_check]
             items = items[:-n_check] if items is not None else None
             say(f"holding the last {n_check} pairs apart to check the vector's sign (--check 0 to train on all)")
+        if position is not None and method not in ("caa", "pca", "persona"):
+            raise SteerlabError(f"--position is for caa, pca and persona, not --method {method}")
         margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max, engine,
-                           keep)
+                           keep, position or "mean")
         if method in OOD_METHODS:
             check_method_args(margs, items, layers)
         lm = load_model(model)
@@ -171,7 +175,7 @@ def train(
             vec = train_actadd(lm, positive, negative, chosen)
         else:
             fn = train_caa if method == "caa" else train_pca
-            vec = fn(lm, pairs, chosen, position=position, progress=True)
+            vec = fn(lm, pairs, chosen, position=position or "last", progress=True)
         vec.save(out, force=force)
         say(f"wrote {out}: {vec}")
         if held is not None:

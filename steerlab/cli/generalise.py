@@ -53,6 +53,8 @@ def generalise(
                                        help="Filter persona's answers with the judge."),
     persona_keep: str = typer.Option("median", help="persona's keep rule: median (cut at the median judged score, "
                                      "whatever the judge's scale) or absolute (the paper's 0.5)."),
+    persona_reading: str = typer.Option("mean", help="How persona reads each kept answer: mean (over its response "
+                                        "tokens, the paper's) or last (its last token)."),
     judge: Judge = Judge(),
     engine: str = GEN_ENGINE,
     run: Runtime = Runtime(),
@@ -81,7 +83,8 @@ def generalise(
                                ood_lengths=tuple(parse_list(ood_lengths)), ood_limit=ood_limit,
                                ood_file=str(ood_file) if ood_file is not None else None,
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
-                               persona_judge=persona_judge, persona_keep=persona_keep, bipo_batch=bipo_batch,
+                               persona_judge=persona_judge, persona_keep=persona_keep,
+                               persona_reading=persona_reading, bipo_batch=bipo_batch,
                                select_on=select_on, open_questions=open_questions, positions=positions)
         if ood_file is not None:
             from ..cae.ood import load_ood_file

@@ -33,6 +33,7 @@ class MethodArgs:
         positive_min, negative_max: persona: the judge's keep thresholds.
         engine: persona: what generates the answers ("builtin" or "vllm").
         keep: persona: the keep rule ("absolute" or "median", `PersonaConfig.keep`).
+        reading: persona: how an answer is read ("mean" over its response tokens or its "last" token).
     """
 
     method: str
@@ -45,6 +46,7 @@ class MethodArgs:
     negative_max: float = 0.5
     engine: str = "builtin"
     keep: str = "absolute"
+    reading: str = "mean"
 
 
 def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
@@ -66,7 +68,8 @@ def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
         engine_module(args.engine)  # an unknown engine or a missing vLLM: one line, before the load
 
         load_trait(args.behaviour, args.description)
-        PersonaConfig(positive_min=args.positive_min, negative_max=args.negative_max, keep=args.keep)
+        PersonaConfig(positive_min=args.positive_min, negative_max=args.negative_max, keep=args.keep,
+                      reading=args.reading)
 
 
 def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[int]]):
@@ -89,7 +92,8 @@ def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[i
         from ..cae.trait_judge import trait_scorer
 
         judge = trait_scorer(LocalJudge(lm), trait.name, trait.description)
-    cfg = PersonaConfig(seed=args.seed, positive_min=args.positive_min, negative_max=args.negative_max, keep=args.keep)
+    cfg = PersonaConfig(seed=args.seed, positive_min=args.positive_min, negative_max=args.negative_max, keep=args.keep,
+                        reading=args.reading)
     from .common import text_generator
 
     generator = text_generator(args.engine)

@@ -48,7 +48,7 @@ from ..errors import DatasetError
 from ..vector import SteeringVector, hash_texts
 from .caa import mean_difference
 from .common import make_meta
-from .responses import response_means
+from .responses import response_activations
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel
@@ -211,8 +211,8 @@ def combine_directions(directions: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _activations(lm: LoadedModel, data: FormatData, layers: Sequence[int], batch_size: int, progress: bool):
     if data.reading == "response":
-        pos = response_means(lm, data.positive, layers, batch_size=batch_size, progress=progress)
-        neg = response_means(lm, data.negative, layers, batch_size=batch_size, progress=progress)
+        pos = response_activations(lm, data.positive, layers, batch_size=batch_size, progress=progress)
+        neg = response_activations(lm, data.negative, layers, batch_size=batch_size, progress=progress)
         return pos, neg
     acts = capture(lm, data.positive + data.negative, layers, "last", batch_size=batch_size, progress=progress)
     n = len(data.positive)

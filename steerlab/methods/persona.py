@@ -9,9 +9,9 @@ batched generation. A judge scores every answer for the trait; positive-side ans
 of 100; `keep="absolute"`). Small local judges score on shifted scales (one scores nearly everything low,
 another nearly everything high), so `keep="median"` puts the cut at the median of all the judged scores
 instead: positive answers the judge scores above it and negative ones below it, whatever the judge's scale. The vector is, per layer, the mean over kept positive answers minus the mean over kept
-negative answers of each answer's activations averaged over its response tokens, read with the
-question as the only user turn: no system prompt at read-out time, so the vector holds what the
-answers express, not the instruction that produced them (`methods.responses`).
+negative answers of each answer's activations averaged over its response tokens (or, `reading="last"`,
+at its last token), read with the question as the only user turn: no system prompt at read-out time, so
+the vector holds what the answers express, not the instruction that produced them (`methods.responses`).
 
 The questions: given by the caller, or taken from a behaviour's MWE items (`persona_questions`: the
 stem of an A/B item without its choices, a Yes/No item's question), so any MWE file with a one-line
@@ -34,7 +34,7 @@ from ..errors import DatasetError
 from ..vector import SteeringVector, hash_texts
 from .common import make_meta
 from .multiformat import item_texts
-from .responses import response_means
+from .responses import READINGS, response_activations
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..generation import TextGenerator
@@ -117,6 +117,7 @@ class PersonaConfig:
             `negative_max`) or "median" (both cuts at the median of all the judged scores).
         positive_min, negative_max: the absolute cuts.
         batch_size: prompts per generation and read-out batch.
+        reading: how each answer is read: "mean" over its response tokens (the paper's) or its "last" token.
     """
 
     samples_per_question: int = 2
@@ -129,6 +130,7 @@ class PersonaConfig:
     positive_min: float = 0.5
     negative_max: float = 0.5
     batch_size: int = 16
+    reading: str = "mean"
 
     def __post_init__(self) -> None:
         if self.samples_per_question < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
@@ -138,6 +140,9 @@ class PersonaConfig:
         if self.keep not in KEEP_RULES:
             raise DatasetError(f"persona keep must be one of {', '.join(KEEP_RULES)} (--persona-keep), "
                                f"not {self.keep!r}")
+        if self.reading not in READINGS:
+            raise DatasetError(f"persona reading must be one of {', '.join(READINGS)} (--position / --persona-reading), "
+                               f"not {self.reading!r}")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise DatasetError("sampling needs temperature > 0 and 0 < top_p <= 1")
 
@@ -246,8 +251,8 @@ def judge_samples(samples: Sequence[PersonaSample], judge: TraitScorer | None,
 def persona_vector(lm: LoadedModel, trait: Trait, samples: Sequence[PersonaSample], layers: Sequence[int] | None = None,
                    config: PersonaConfig | None = None, *, judged: bool = True, progress: bool = False) -> SteeringVector:
     """The persona vector from judged samples: mean over kept positive answers minus mean over kept negative
-    answers of the response-token mean activation, read without a system prompt. DatasetError naming the
-    counts when a side kept nothing."""
+    answers of each answer's activation (its response-token mean, or its last token: `config.reading`), read
+    without a system prompt. DatasetError naming the counts when a side kept nothing."""
     cfg = config or PersonaConfig()
     layers = list(range(lm.n_layers)) if layers is None else [lm.blocks.check_layer(l) for l in layers]
     pos = [s for s in samples if s.kept and s.side == "positive"]
@@ -259,12 +264,12 @@ def persona_vector(lm: LoadedModel, trait: Trait, samples: Sequence[PersonaSampl
             f"{trait.name}: the judge kept {len(pos)} of {n_pos} positive and {len(neg)} of {n_neg} negative answers; "
             f"a persona vector needs both (lower positive_min / raise negative_max: --positive-min / --negative-max, "
             f"generate more answers, or train without the judge: --no-judge)")
-    acts = response_means(lm, [(s.question, s.response) for s in pos + neg], layers, batch_size=cfg.batch_size,
-                          progress=progress)
+    acts = response_activations(lm, [(s.question, s.response) for s in pos + neg], layers, reading=cfg.reading,
+                                batch_size=cfg.batch_size, progress=progress)
     n = len(pos)
     cuts = keep_cuts([x.score for x in samples if x.score is not None], cfg)
     directions = {l: (a[:n].double().mean(0) - a[n:].double().mean(0)).float() for l, a in acts.items()}
-    meta = make_meta(lm, method="persona", layers=layers, position="response-mean",
+    meta = make_meta(lm, method="persona", layers=layers, position=f"response-{cfg.reading}",
                      data_hash=hash_texts(x for s in pos + neg for x in (s.side, s.question, s.response)),
                      n_train=len(pos) + len(neg), trait=trait.name, description=trait.description,
                      positive_system=trait.positive_system, negative_system=trait.negative_system,

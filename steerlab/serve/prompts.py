@@ -11,7 +11,7 @@ A completion request is a raw prompt (no template). Length is checked against th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from ..encoding import EncodedBatch, Prompt, encode, format_prompt
 from ..errors import PromptTooLongError, SteerlabError

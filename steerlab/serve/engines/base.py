@@ -15,7 +15,7 @@ restricted to the layers they act on. So what a position policy means is decided
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from ...vector import SteeringVector
