@@ -143,12 +143,10 @@ class CachedPrefix:
     """Block `layer`'s unsteered output for one `EncodedPairs` batch, to replay instead of running blocks 0..layer.
 
     Attributes:
-        hidden: the residual stream after block `layer` [rows, width, hidden].
-        template: the block's output as it returned it (the tensor itself, or a tuple whose first item it is),
-            so that the stand-ins return what the model's own loop expects.
+        template: the block's output as it returned it (the residual stream [rows, width, hidden] itself, or a tuple
+            whose first item it is), so that the stand-ins return what the model's own loop expects.
     """
 
-    hidden: torch.Tensor
     template: Any
 
 
@@ -218,7 +216,7 @@ def completion_logprobs(lm: LoadedModel, enc: EncodedPairs, vector: torch.Tensor
             stack.callback(lm.blocks[layer].register_forward_hook(hook).remove)
         elif capture is not None:
             def record(module, args, output):
-                capture.append(CachedPrefix(block_hidden(output).detach(), output))
+                capture.append(CachedPrefix(output))
 
             stack.callback(lm.blocks[layer].register_forward_hook(record).remove)
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
