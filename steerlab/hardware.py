@@ -153,7 +153,8 @@ def machine_block(*, dtype: Optional[str] = None, device: Optional[str] = None,
     except OSError:
         block["load_average"] = None
     if dtype is not None:
-        block["dtype"] = dtype
+        # "auto" is a request, not a precision: record what it chose on this machine
+        block["dtype"] = choose_dtype(dtype, device or "cpu", m).name if dtype == "auto" else dtype
     if device is not None:
         block["device"] = device
     return block

@@ -72,6 +72,13 @@ def test_this_machine_and_its_block():
     json.dumps(block)
 
 
+def test_the_block_records_what_auto_chose():
+    """`auto` is the command line's default: a result file says the precision it was made in, not the request."""
+    assert hw.machine_block(dtype="auto", device="cpu", machine=machine(("avx2", "avx512_bf16")))["dtype"] == "bfloat16"
+    assert hw.machine_block(dtype="auto", device="cpu", machine=machine(("avx2",)))["dtype"] == "float32"
+    assert hw.machine_block(dtype="float32", machine=machine(("avx512_bf16",)))["dtype"] == "float32"
+
+
 def test_cli_missing_device_fails_before_loading(monkeypatch):
     monkeypatch.setattr(hw, "detect", lambda: machine())
     res = runner.invoke(app, ["generate", "hi", "--device", "cuda:0", "--model", "/nonexistent/model"])
@@ -155,7 +162,8 @@ def test_result_files_carry_the_machine_block(tmp_path, monkeypatch):
     monkeypatch.setenv("STEERLAB_DTYPE", "auto")
     write_result(tmp_path / "r.json", {"kind": "test", "value": 1.5})
     got = read_json(tmp_path / "r.json")
-    assert got["value"] == 1.5 and got["machine"]["dtype"] == "auto"
+    chose = hw.choose_dtype("auto", "cpu", hw.detect()).name  # what a load under auto computes in here
+    assert got["value"] == 1.5 and got["machine"]["dtype"] == chose
     assert {"cpu_model", "cpu_flags", "cores", "torch_threads", "load_average"} <= set(got["machine"])
 
 

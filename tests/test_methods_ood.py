@@ -623,6 +623,47 @@ def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):
         run_generalise(lm, replace(cfg, relative=1.0), out, LocalJudge(lm))
 
 
+def test_generalise_refuses_to_mix_dtypes(lm, generalise_run):
+    """Greedy responses differ between bfloat16 and float32: a directory's cells are all made in one."""
+    from steerlab.cae.generalise import run_generalise
+
+    cfg, out, _ = generalise_run
+    assert json.loads((out / "config.json").read_text())["numerics"] == {"dtype": "float32", "device": "cpu"}
+    half = copy.deepcopy(lm)
+    half.model.to(torch.bfloat16)
+    before = _mtimes(out)
+    with pytest.raises(sl.SteerlabError, match="was run in float32 on cpu, this run would compute in bfloat16 on "
+                                               "cpu.*--dtype float32"):
+        run_generalise(half, cfg, out, LocalJudge(half))
+    assert _mtimes(out) == before
+
+
+def test_generalise_reads_the_numerics_of_a_directory_from_before_the_record(lm, generalise_run, tmp_path):
+    """An older directory has no record: its OOD stages' machine blocks say the dtype; a resume that agrees adds
+    the record, one that does not is refused."""
+    import shutil
+
+    from steerlab.cae.generalise import run_generalise
+
+    cfg, out, _ = generalise_run
+    for dtype, agrees in (("float32", True), ("bfloat16", False)):
+        old = tmp_path / dtype
+        shutil.copytree(out, old)
+        conf = json.loads((old / "config.json").read_text())
+        del conf["numerics"]
+        (old / "config.json").write_text(json.dumps(conf))
+        for path in old.glob("*/seed*/ood_*/ood.json"):
+            rec = json.loads(path.read_text())
+            path.write_text(json.dumps({**rec, "machine": {**rec.get("machine", {}), "dtype": dtype}}))
+        if agrees:
+            run_generalise(lm, cfg, old, LocalJudge(lm))
+            assert json.loads((old / "config.json").read_text())["numerics"] == {"dtype": "float32", "device": "cpu"}
+        else:
+            with pytest.raises(sl.SteerlabError, match="was run in bfloat16 on cpu, this run would compute in float32"):
+                run_generalise(lm, cfg, old, LocalJudge(lm))
+            assert "numerics" not in json.loads((old / "config.json").read_text())
+
+
 def test_generalise_grows_by_method_and_summarises_every_finished_cell(lm, generalise_run, tmp_path):
     """A run started with some methods takes more later (other settings equal) and its summary lists every
     finished cell, including those an earlier invocation ran."""
@@ -903,6 +944,13 @@ def test_generalise_command_on_a_behaviour_it_has_never_seen(tmp_path, tiny_dir)
     assert vec.meta.extra["description"] == "fond of rules and procedures"
     code, text = _run(*args[:-2], "--relative", "1.0", "--model", tiny_dir)
     assert code != 0 and "another configuration" in text
+    recorded = json.loads((out / "config.json").read_text())["numerics"]
+    assert recorded["device"] == "cpu" and recorded["dtype"] in ("float32", "bfloat16")  # auto: by the CPU
+    other = "bfloat16" if recorded["dtype"] == "float32" else "float32"
+    before = _mtimes(out)
+    code, text = _run(*args[:-2], "--dtype", other, "--model", tmp_path / "no-model")  # refused before any model read
+    assert code != 0 and f"was run in {recorded['dtype']} on cpu, this run would compute in {other}" in text
+    assert f"--dtype {recorded['dtype']}" in text and "Traceback" not in text and _mtimes(out) == before
     code, text = _run(*args[:-2], "--relative", "0.5,strong", "--model", tmp_path / "no-model")
     assert code != 0 and "cannot read --relative" in text
     code, text = _run(*args[:-2], "--ood-lengths", "short,huge", "--model", tmp_path / "no-model")

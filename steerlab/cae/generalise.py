@@ -45,6 +45,7 @@ from .behaviour_data import load_behaviour
 from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
 from .judge import Judge, check_judge
 from .judge_cache import CachedJudge
+from .numerics import NUMERICS, check_numerics, model_numerics
 from .open_selection import choose_on_open_answers
 from .ood import evaluate_ood, load_ood_cases, load_ood_file
 from .side_effects import CorpusWindows, corpus_windows, measure_side_effects
@@ -412,16 +413,21 @@ def run_generalise(lm: LoadedModel, cfg: GeneraliseConfig, out_dir: str | Path, 
     val = data.val
     config = {**cfg.record(), "split": data.record()}
     cfg_path = out / "config.json"
+    numerics = model_numerics(lm)
+    check_numerics(out, numerics)
     if cfg_path.is_file():
         # a setting added after the run was made is read as its default, so older run directories resume
         old = {**GeneraliseConfig(cfg.behaviour).record(), **json.loads(cfg_path.read_text())}
         # which cells to run may grow between invocations (a method or seed added later); everything else must match
-        diff = sorted(k for k in set(old) | set(config) if k not in CELL_CHOICE and old.get(k) != config.get(k))
+        diff = sorted(k for k in set(old) | set(config)
+                      if k not in CELL_CHOICE and k != NUMERICS and old.get(k) != config.get(k))
         if diff:
             raise SteerlabError(f"{out} holds a run with another configuration (differs in {', '.join(diff)}): "
                                 "resume with the same settings or use another directory")
+        if NUMERICS not in old:  # a directory from before the record: its cells agree (checked above), keep it now
+            results.write_json(cfg_path, {**json.loads(cfg_path.read_text()), NUMERICS: numerics})
     else:
-        results.write_json(cfg_path, config)
+        results.write_json(cfg_path, {**config, NUMERICS: numerics})
     if cfg.ood_file:
         cases = load_ood_file(cfg.ood_file)[:cfg.ood_limit]
     else:

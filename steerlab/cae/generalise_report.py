@@ -201,8 +201,9 @@ def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: s
     ppl = row["ppl_ratio"]
     rel = row["relative"]
     command = rerun_command(Path(run_dir), row["method"], int(row["seed"]), "MODEL" if model is None else model)
-    if machine.get("dtype") == "bfloat16":
-        command = "STEERLAB_DTYPE=bfloat16 " + command
+    if machine.get("dtype") in ("bfloat16", "float32", "float16"):
+        # the directory refuses other numerics, and `auto` picks by the CPU: name the one the cell was made in
+        command = f"STEERLAB_DTYPE={machine['dtype']} " + command
     return CellReport(behaviour or Path(run_dir).name, row["method"], int(row["seed"]), int(row["layer"]), float(rel),
                       float(row["judge_auc"]), (ind["effect_plus"], ind["plus_low"], ind["plus_high"]),
                       (ind["effect_minus"], ind["minus_low"], ind["minus_high"]), ood,

@@ -71,6 +71,7 @@ def generalise(
 
     def compare(generator):
         from ..cae.generalise import GeneraliseConfig, run_generalise
+        from ..cae.numerics import check_numerics, expected_numerics
         from ..data.tasks import resolve_behaviour
 
         set_runtime(run.threads, run.device, run.dtype, run.device_map)
@@ -94,6 +95,7 @@ def generalise(
             from ..methods.persona import load_trait
 
             load_trait(Path(path).stem, description)
+        check_numerics(Path(out), expected_numerics())  # a bfloat16 directory on a float32 machine: no model read
         n_layers = peek_layers(run.model)
         chosen = parse_layers(layers, n_layers)
         if not chosen:
