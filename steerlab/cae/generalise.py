@@ -47,9 +47,10 @@ from .judge import Judge, check_judge
 from .judge_cache import CachedJudge
 from .numerics import NUMERICS, check_numerics, model_numerics
 from .open_selection import choose_on_open_answers
+from .sites import Site, as_site, site_label, site_layers, site_steering
 from .ood import evaluate_ood, load_ood_cases, load_ood_file
 from .side_effects import CorpusWindows, corpus_windows, measure_side_effects
-from .strengths import POSITION_POLICIES, raw_strength, residual_norms
+from .strengths import POSITION_POLICIES, residual_norms
 from .verdicts import sign_check
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
@@ -77,6 +78,8 @@ class GeneraliseConfig:
         behaviour: a CAE behaviour name or an MWE file.
         methods: a subset of `GENERALISE_METHODS`.
         layers: candidate layers (each method's vector has a direction at each; BiPO trains one per layer).
+        bands: candidate bands of consecutive layers steered together (multi-layer vectors, `sites`): each layer of
+            a band gets r / k of its residual norm; the vector is trained at every layer of every band too.
         relative: the relative strength r (steered at +r and -r), or several candidates: each cell chooses one
             with its layer on validation data (`choose_setting`).
         n_train, n_val, n_test: MWE items for training, for choosing the layer, for the in-distribution effect.
@@ -108,6 +111,7 @@ class GeneraliseConfig:
     behaviour: str
     methods: tuple[str, ...] = GENERALISE_METHODS
     layers: tuple[int, ...] = (10,)
+    bands: tuple[tuple[int, ...], ...] = ()
     relative: float | tuple[float, ...] = 0.5
     n_train: int = 40
     n_val: int = 20
@@ -141,6 +145,11 @@ class GeneraliseConfig:
             raise SteerlabError(f"methods must be among {', '.join(GENERALISE_METHODS)}; got {', '.join(self.methods) or 'none'}")
         if not self.layers or not self.seeds:
             raise SteerlabError("give at least one candidate layer and one seed")
+        if any(len(b) < 2 or list(b) != list(range(b[0], b[0] + len(b))) for b in self.bands):
+            raise SteerlabError(f"a band is two or more consecutive layers, got {[list(b) for b in self.bands]}")
+        if self.bands and "bipo" in self.methods:
+            raise SteerlabError("bands need a direction at every layer of the band and BiPO trains one layer at a "
+                                "time: run bipo in a directory without --bands")
         if not self.strengths or not all(r > 0 for r in self.strengths):
             raise SteerlabError("the relative strength r must be > 0 (the run steers at +r and -r)")
         bad = [n for n in self.ood_lengths if n not in LENGTHS]
@@ -158,6 +167,16 @@ class GeneraliseConfig:
             raise SteerlabError("open_questions must be at least 2 (the choice compares answers over questions)")
         if self.bipo_steps < 1 or self.bipo_batch < 1:
             raise SteerlabError("bipo_steps and bipo_batch must be at least 1")
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """The candidate sites: every layer, then every band."""
+        return (*self.layers, *self.bands)
+
+    @property
+    def train_layers(self) -> tuple[int, ...]:
+        """Every layer a vector needs a direction at (the candidate layers, then the bands' other layers)."""
+        return tuple(dict.fromkeys(l for site in self.sites for l in site_layers(site)))
 
     @property
     def strengths(self) -> tuple[float, ...]:
@@ -264,7 +283,7 @@ class CellResult:
 
     method: str
     seed: int
-    layer: int
+    layer: Site
     relative: float
     in_distribution: dict = field(default_factory=dict)
     ood: dict = field(default_factory=dict)
@@ -272,7 +291,7 @@ class CellResult:
     seconds: dict = field(default_factory=dict)
 
 
-def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[int], strengths: Sequence[float],
+def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[Site], strengths: Sequence[float],
                    val_windows: CorpusWindows | None, *, positions: str = "answer",
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """The layer and strength a cell steers at, chosen on validation data only (selection.json's content).
@@ -281,7 +300,7 @@ def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[i
     effect(+r) - effect(-r) wins. With several strengths the winner must also keep the perplexity ratio on
     `val_windows` (a corpus slice the reported perplexity does not use) within MAX_PPL_RATIO at both signs:
     candidates are checked from the best down and the first that passes is taken (none: the one with the lowest
-    perplexity ratio), so a strength is only given up for the cost the goal counts.
+    perplexity ratio), so a strength is only given up for the cost the goal counts. A layer may be a band (`sites`).
     """
     rows = sign_check(lm, vec, val, list(layers), strength=list(strengths), positions=positions)
     order = sorted(rows, key=lambda r: r["effect_plus"] - r["effect_minus"], reverse=True)
@@ -289,13 +308,13 @@ def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[i
         return {"layer": order[0]["layer"], "relative": order[0]["relative"], "rows": rows}
     if val_windows is None:
         raise SteerlabError("choosing among several strengths needs validation corpus windows")
-    norms = residual_norms(lm, val, list(layers))
+    norms = residual_norms(lm, val, sorted({l for site in layers for l in site_layers(site)}))
     checked = []
     for row in order:
         r, layer = row["relative"], row["layer"]
-        log(f"  validation perplexity at layer {layer}, r=±{r:g}")
-        side = measure_side_effects(lm, vec, layer, [raw_strength(x, vec, layer, norms[layer]) for x in (r, -r)],
-                                    val_windows, relative=[r, -r])
+        log(f"  validation perplexity at layer {site_label(layer)}, r=±{r:g}")
+        v, lay, alpha = site_steering(vec, layer, r, norms)
+        side = measure_side_effects(lm, v, lay, [alpha, -alpha], val_windows, relative=[r, -r])
         row["val_ppl_ratio"] = max(x.perplexity_ratio for x in side.rows if x.relative)
         checked.append(row)
         if row["val_ppl_ratio"] <= MAX_PPL_RATIO:
@@ -327,8 +346,8 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         vec = SteeringVector.load(vec_path)
     else:
         log(f"{method} seed {seed}: training")
-        vec = timed("train", lambda: train_vector(lm, method, data.train, cfg.layers, seed, cfg, judge, generator,
-                                                  parts=cell))
+        vec = timed("train", lambda: train_vector(lm, method, data.train, cfg.train_layers, seed, cfg, judge,
+                                                  generator, parts=cell))
         vec.save(vec_path, force=True)
     sel_path = cell / "selection.json"
     if not _done(sel_path):
@@ -337,27 +356,27 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
             questions = persona_questions(data.val)[:cfg.open_questions]
             log(f"{method} seed {seed}: choosing {what} on judged answers to {len(questions)} validation questions")
             choice = timed("select", lambda: choose_on_open_answers(
-                lm, vec, data.val, questions, cfg.layers, cfg.strengths, val_windows, judge, data.name,
+                lm, vec, data.val, questions, cfg.sites, cfg.strengths, val_windows, judge, data.name,
                 max_new_tokens=cfg.max_new_tokens, generator=generator, positions=cfg.positions, log=log))
         else:
             log(f"{method} seed {seed}: choosing {what} on {len(data.val)} validation items")
-            choice = timed("select", lambda: choose_setting(lm, vec, data.val, cfg.layers, cfg.strengths,
+            choice = timed("select", lambda: choose_setting(lm, vec, data.val, cfg.sites, cfg.strengths,
                                                             val_windows, positions=cfg.positions, log=log))
         results.write_json(sel_path, choice)
     selection = json.loads(sel_path.read_text())
-    layer, rel = int(selection["layer"]), float(selection["relative"])
+    layer, rel = as_site(selection["layer"]), float(selection["relative"])
     ind_path = cell / "in_distribution.json"
     if not _done(ind_path):
-        log(f"{method} seed {seed}: in-distribution effect at layer {layer}, r={rel:g}")
+        log(f"{method} seed {seed}: in-distribution effect at layer {site_label(layer)}, r={rel:g}")
         rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=rel,
                                                            positions=cfg.positions))
         results.write_json(ind_path, rows[0])
     norms: dict[int, float] = {}
 
-    def norm() -> float:  # only a stage still to run needs it
+    def steering(r: float) -> tuple[SteeringVector, Site, float]:  # only a stage still to run needs the norms
         if not norms:
-            norms.update(residual_norms(lm, data.val, [layer]))
-        return norms[layer]
+            norms.update(residual_norms(lm, data.val, list(site_layers(layer))))
+        return site_steering(vec, layer, r, norms)
 
     ood = {}
     for sign, name in ((1.0, "ood_plus"), (-1.0, "ood_minus")):
@@ -365,8 +384,8 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         if not _done(path):
             log(f"{method} seed {seed}: OOD at r={sign * rel:+g}")
             share_unsteered(cell.parent.parent / UNSTEERED, cell / name / "ood_generations.jsonl")
-            alpha = raw_strength(sign * rel, vec, layer, norm())
-            timed(name, lambda: evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=cell / name,
+            v, lay, alpha = steering(sign * rel)
+            timed(name, lambda: evaluate_ood(lm, data.name, cases, v, lay, alpha, judge, out_dir=cell / name,
                                              positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
                                              generator=generator))
         ood[name] = json.loads(path.read_text())
@@ -374,8 +393,8 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
     side_path = cell / "side_effects.json"
     if not _done(side_path):
         log(f"{method} seed {seed}: perplexity and KL")
-        alphas = [raw_strength(r, vec, layer, norm()) for r in (rel, -rel)]
-        side = timed("side_effects", lambda: measure_side_effects(lm, vec, layer, alphas, windows,
+        v, lay, alpha = steering(rel)
+        side = timed("side_effects", lambda: measure_side_effects(lm, v, lay, [alpha, -alpha], windows,
                                                                   relative=[rel, -rel]))
         results.write_json(side_path, {"layer": layer, "rows": [asdict(r) for r in side.rows]})
     return CellResult(method, seed, layer, rel, json.loads(ind_path.read_text()), ood,

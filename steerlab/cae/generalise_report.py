@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import results
 from .goal import MAX_PPL_RATIO, MIN_JUDGE_AUC
+from .sites import Site, as_site, site_label
 from .stats import bootstrap_ci
 from .text_measures import mean_distinct
 
@@ -53,7 +54,7 @@ class CellReport:
     behaviour: str
     method: str
     seed: int
-    layer: int
+    layer: Site
     relative: float
     judge_auc: float
     in_plus: Interval
@@ -148,6 +149,8 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
     cfg = results.read_json(run_dir / "config.json")
     parts = [f"steerlab cae generalise {Path(cfg['behaviour']).stem} -o {run_dir}",
              f"--layers {','.join(str(l) for l in cfg['layers'])} --methods {method} --seeds {seed}"]
+    if cfg.get("bands"):
+        parts.append(f"--bands {','.join(site_label(tuple(b)) for b in cfg['bands'])}")
     from .generalise import GeneraliseConfig
 
     defaults = {f.name: f.default for f in fields(GeneraliseConfig)}
@@ -204,7 +207,7 @@ def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: s
     if machine.get("dtype") in ("bfloat16", "float32", "float16"):
         # the directory refuses other numerics, and `auto` picks by the CPU: name the one the cell was made in
         command = f"STEERLAB_DTYPE={machine['dtype']} " + command
-    return CellReport(behaviour or Path(run_dir).name, row["method"], int(row["seed"]), int(row["layer"]), float(rel),
+    return CellReport(behaviour or Path(run_dir).name, row["method"], int(row["seed"]), as_site(row["layer"]), float(rel),
                       float(row["judge_auc"]), (ind["effect_plus"], ind["plus_low"], ind["plus_high"]),
                       (ind["effect_minus"], ind["minus_low"], ind["minus_high"]), ood,
                       float(ppl.get(f"{rel:+g}", float("nan"))), float(ppl.get(f"{-rel:+g}", float("nan"))),
@@ -240,7 +243,7 @@ def markdown_table(reports: Sequence[CellReport], baseline: Sequence[CellReport]
             return _fmt(c.ood.get(key)) if c.judge_can_tell else "judge cannot tell"
 
         d = " / ".join("–" if c.distinct2.get(s) is None else f"{c.distinct2[s]:.2f}" for s in ("unsteered", "+r", "-r"))
-        lines.append(f"| {c.behaviour} | {c.method} | {c.seed} | {c.layer} | {c.relative:g} | "
+        lines.append(f"| {c.behaviour} | {c.method} | {c.seed} | {site_label(c.layer)} | {c.relative:g} | "
                      f"{ood('open-ended +r')} | {ood('open-ended -r')} | {ood('choice-qa +r')} | {ood('choice-qa -r')} | {_fmt(c.in_plus)} | "
                      f"{_fmt(c.in_minus)} | {c.ppl_plus:.2f} / {c.ppl_minus:.2f} | {d} | {_fmt(c.monitor_r)} | "
                      f"{c.judge_auc:.2f} | {goal_verdict(c, [*reports, *baseline])} | "

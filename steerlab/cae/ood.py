@@ -35,6 +35,7 @@ from ..generation import TextGenerator, generate
 from ..vector import SteeringVector
 from .. import results
 from .stats import bootstrap_ci
+from .sites import Site, anchor_layer, as_site
 from .strengths import steering_terms
 from .judge import Judge, JudgeRequest
 
@@ -124,7 +125,7 @@ class OODGeneration:
     length: str
     id: int
     condition: str
-    layer: int
+    layer: Site
     strength: float
     prompt: str
     response: str
@@ -132,7 +133,7 @@ class OODGeneration:
     positions: str = "answer"
 
 
-def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
+def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: Site, strength: float, *,
                  positions: str = "answer", max_new_tokens: int = 64, batch_size: int = 8,
                  out_path: str | Path | None = None, done: dict[tuple[str, str], OODGeneration] | None = None,
                  on_batch: Callable[[int, int], None] | None = None,
@@ -156,7 +157,7 @@ def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVect
         terms = [type(t)(vecs, strengths, t.layers, t.positions)
                  for t in steering_terms(vector, layer, strength, "yesno", positions)]
         texts = generator(lm, [c.prompt for c, _ in chunk], terms, max_new_tokens=max_new_tokens, batch_size=len(chunk))
-        new = [OODGeneration(c.key, c.kind, c.length, c.id, cond, int(layer), float(strength) if cond == "steered" else 0.0,
+        new = [OODGeneration(c.key, c.kind, c.length, c.id, cond, as_site(layer), float(strength) if cond == "steered" else 0.0,
                              c.prompt, text, c.criteria, positions) for (c, cond), text in zip(chunk, texts)]
         if out_path is not None:
             results.append_jsonl(out_path, [asdict(g) for g in new])
@@ -181,14 +182,16 @@ def read_generations(path: str | Path) -> dict[tuple[str, str], OODGeneration]:
 # ---------------------------------------------------------------------------------------------
 
 
-def response_projections(lm: LoadedModel, generations: Sequence[OODGeneration], vector: SteeringVector, layer: int, *,
+def response_projections(lm: LoadedModel, generations: Sequence[OODGeneration], vector: SteeringVector, layer: Site, *,
                          batch_size: int = 8) -> list[float | None]:
-    """Mean of <h_L, v̂_L> over each response's tokens, read unsteered on prompt + response.
+    """Mean of <h_L, v̂_L> over each response's tokens, read unsteered on prompt + response (a band is read at
+    its first layer, `sites.anchor_layer`).
 
     None for an empty response (there is nothing to project).
     """
     from ..activations import capture_batch
 
+    layer = anchor_layer(layer)
     d = vector[layer].float()
     if d.dim() != 1:
         raise SteerlabError("projections need a single direction per layer (not a per-position ActAdd vector)")
@@ -209,7 +212,7 @@ def response_projections(lm: LoadedModel, generations: Sequence[OODGeneration], 
     return out
 
 
-def logprob_gaps(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float, *,
+def logprob_gaps(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: Site, strength: float, *,
                  positions: str = "answer") -> dict[str, tuple[float, float]]:
     """{case key: (unsteered gap, steered gap)}, gap = log p(matching) − log p(not matching), for cases with a pair."""
     from ..engine import ScoringItem, Setting, score
@@ -248,7 +251,7 @@ class OODResult:
     """Scores of every response and the effects per measure and kind."""
 
     behaviour: str
-    layer: int
+    layer: Site
     strength: float
     judge: str
     records: list[dict]
@@ -287,7 +290,7 @@ def _effects(records: list[dict], measure: str, kinds: Sequence[str], n_boot: in
 
 
 def evaluate_ood(lm: LoadedModel,
-                 behaviour: str, cases: Sequence[OODCase], vector: SteeringVector, layer: int, strength: float,
+                 behaviour: str, cases: Sequence[OODCase], vector: SteeringVector, layer: Site, strength: float,
                  judge: Judge, *, out_dir: str | Path | None = None, positions: str = "answer",
                  max_new_tokens: int = 64, batch_size: int = 8, n_boot: int = 2000, seed: int = 0,
                  log: Callable[[str], None] = lambda s: None, generator: TextGenerator = generate) -> OODResult:
@@ -303,7 +306,7 @@ def evaluate_ood(lm: LoadedModel,
     done = read_generations(gen_path) if gen_path is not None and gen_path.is_file() else {}
     # an unsteered response does not depend on the layer, strength or positions, so it is reused whatever they were
     done = {k: g for k, g in done.items()
-            if g.condition == "unsteered" or (g.layer == int(layer) and abs(g.strength - strength) < 1e-9
+            if g.condition == "unsteered" or (as_site(g.layer) == as_site(layer) and abs(g.strength - strength) < 1e-9
                                               and g.positions == positions)}
     if done:
         log(f"reusing {len(done)} saved generations")
@@ -336,7 +339,7 @@ def evaluate_ood(lm: LoadedModel,
         measures += _effects(records, m, kinds, n_boot, seed)
     config = {"n_cases": len(cases), "kinds": kinds, "lengths": sorted({c.length for c in cases}),
               "positions": positions, "max_new_tokens": max_new_tokens, "judge": judge.name}
-    result = OODResult(behaviour, int(layer), float(strength), judge.name, records, measures, seconds, config)
+    result = OODResult(behaviour, as_site(layer), float(strength), judge.name, records, measures, seconds, config)
     if out is not None:
         results.write_json(out / "ood_scores.json", records)
         results.write_result(out / "ood.json", result.to_json())

@@ -26,7 +26,8 @@ from .goal import MAX_PPL_RATIO
 from .judge import Judge, JudgeRequest
 from .side_effects import CorpusWindows, measure_side_effects
 from .stats import bootstrap_ci
-from .strengths import raw_strength, residual_norms, steering_terms
+from .sites import Site, as_site, site_layers, site_steering
+from .strengths import residual_norms, steering_terms
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -44,7 +45,7 @@ class OpenCandidate:
         n: questions answered.
     """
 
-    layer: int
+    layer: Site
     relative: float
     val_ppl_ratio: float
     judge_plus: float
@@ -72,7 +73,7 @@ def strongest_within_cap(ratio: Callable[[float], float], strengths: Sequence[fl
     return best, seen
 
 
-def judged_answers(lm: LoadedModel, vec: SteeringVector, questions: Sequence[str], layer: int, alpha: float,
+def judged_answers(lm: LoadedModel, vec: SteeringVector, questions: Sequence[str], layer: Site, alpha: float,
                    judge: Judge, behaviour: str, *, max_new_tokens: int, generator: TextGenerator = generate,
                    batch_size: int = 8, positions: str = "answer") -> list[dict]:
     """Greedy answers to each question at +alpha and -alpha on `layer` steered at `positions` (both signs in the
@@ -92,39 +93,40 @@ def judged_answers(lm: LoadedModel, vec: SteeringVector, questions: Sequence[str
 
 
 def choose_on_open_answers(lm: LoadedModel, vec: SteeringVector, val, questions: Sequence[str],
-                           layers: Sequence[int], strengths: Sequence[float], val_windows: CorpusWindows,
+                           layers: Sequence[Site], strengths: Sequence[float], val_windows: CorpusWindows,
                            judge: Judge, behaviour: str, *, max_new_tokens: int = 48,
                            generator: TextGenerator = generate, positions: str = "answer",
                            log: Callable[[str], None] = lambda s: None) -> dict:
     """The (layer, r) the rule in the module docstring picks, as selection.json holds it: layer, relative, the
     candidates judged (`OpenCandidate`), every perplexity ratio measured, and the judged answers (generated steered
-    at `positions`)."""
+    at `positions`). A layer may be a band (`sites`)."""
     if not questions:
         raise SteerlabError("no open validation questions: the validation items' stems could not be read")
-    norms = residual_norms(lm, val, list(layers))
+    norms = residual_norms(lm, val, sorted({l for site in layers for l in site_layers(site)}))
     measured: list[dict] = []
     candidates: list[OpenCandidate] = []
     answers: list[dict] = []
     for layer in layers:
-        def ratio(r: float, layer: int = layer) -> float:
+        def ratio(r: float, layer: Site = layer) -> float:
             log(f"  validation perplexity at layer {layer}, r=±{r:g}")
-            side = measure_side_effects(lm, vec, layer, [raw_strength(x, vec, layer, norms[layer]) for x in (r, -r)],
-                                        val_windows, relative=[r, -r])
+            v, lay, alpha = site_steering(vec, layer, r, norms)
+            side = measure_side_effects(lm, v, lay, [alpha, -alpha], val_windows, relative=[r, -r])
             return max(x.perplexity_ratio for x in side.rows if x.relative)
 
         best, seen = strongest_within_cap(ratio, strengths, MAX_PPL_RATIO)
-        measured += [{"layer": int(layer), "relative": r, "val_ppl_ratio": v} for r, v in seen.items()]
+        measured += [{"layer": as_site(layer), "relative": r, "val_ppl_ratio": v} for r, v in seen.items()]
         if best is None:
             continue
         log(f"  open answers to {len(questions)} validation questions at layer {layer}, r=±{best:g}")
-        recs = judged_answers(lm, vec, questions, layer, raw_strength(best, vec, layer, norms[layer]), judge,
-                              behaviour, max_new_tokens=max_new_tokens, generator=generator, positions=positions)
+        v, lay, alpha = site_steering(vec, layer, best, norms)
+        recs = judged_answers(lm, v, questions, lay, alpha, judge, behaviour, max_new_tokens=max_new_tokens,
+                              generator=generator, positions=positions)
         plus = np.array([r["judge"] for r in recs if r["sign"] == "+"])
         minus = np.array([r["judge"] for r in recs if r["sign"] == "-"])
         lo, hi = bootstrap_ci(plus - minus)
-        candidates.append(OpenCandidate(int(layer), best, seen[best], float(plus.mean()), float(minus.mean()),
+        candidates.append(OpenCandidate(as_site(layer), best, seen[best], float(plus.mean()), float(minus.mean()),
                                         float((plus - minus).mean()), lo, hi, len(plus)))
-        answers += [{"layer": int(layer), "relative": best, **r} for r in recs]
+        answers += [{"layer": as_site(layer), "relative": best, **r} for r in recs]
     if candidates:
         win = max(candidates, key=lambda c: c.gap)
         layer, rel, within = win.layer, win.relative, True

@@ -31,6 +31,7 @@ from ..errors import DatasetError, SteerlabError
 from ..steering import steer
 from ..vector import SteeringVector
 from .. import results
+from .sites import Site, as_site, site_layers
 from .stats import bootstrap_ci
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
@@ -112,17 +113,17 @@ class CostRow:
 
 @dataclass
 class SideEffects:
-    """The cost curve of one vector at one layer.
+    """The cost curve of one vector at one layer (or band).
 
     Attributes:
-        layer, positions: where the vector was applied.
+        layer, positions: where the vector was applied (a band: a tuple of layers).
         rows: one CostRow per strength, the unsteered one (strength 0) first.
         config: corpus, windows, tokens.
         per_window: {strength: {"nll": [...], "kl": [...]}} per-window means (for intervals and checks).
         seconds: wall time.
     """
 
-    layer: int
+    layer: Site
     positions: str
     rows: list[CostRow]
     config: dict = field(default_factory=dict)
@@ -149,7 +150,7 @@ def _next_token_logprobs(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: int, strengths: Sequence[float],
+def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: Site, strengths: Sequence[float],
                          windows: CorpusWindows, *, relative: Sequence[float | None] | None = None,
                          positions: str = "all", batch_size: int = 2, n_boot: int = 2000, seed: int = 0,
                          partial_path: str | Path | None = None,
@@ -157,16 +158,19 @@ def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: int, st
     """Perplexity and KL(unsteered || steered) on `windows` for each strength (0 = unsteered is added).
 
     Args:
-        strengths: raw alphas (convert relative ones with `behaviour.raw_strength`).
+        layer: one layer, or a band (a tuple of layers, `sites`) steered at all of them at each strength.
+        strengths: raw alphas (convert relative ones with `strengths.raw_strength`, or `sites.site_steering`).
         relative: optional relative strength for each entry of `strengths`, recorded in the rows.
         positions: steering positions ("all" by default; the windows have no chat turns).
         partial_path: a JSON file updated after every batch with the sums so far.
         on_batch: progress callback (batches done, batches total).
     """
     t0 = time.perf_counter()
-    lm.blocks.check_layer(layer)
-    if layer not in vector.directions:
-        raise SteerlabError(f"the vector has no direction for layer {layer} (it has {list(vector.layers)})")
+    layer = as_site(layer)
+    for l in site_layers(layer):
+        lm.blocks.check_layer(l)
+        if l not in vector.directions:
+            raise SteerlabError(f"the vector has no direction for layer {l} (it has {list(vector.layers)})")
     rel = list(relative) if relative is not None else [None] * len(strengths)
     if len(rel) != len(strengths):
         raise SteerlabError(f"{len(rel)} relative strengths for {len(strengths)} strengths")
@@ -188,7 +192,7 @@ def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: int, st
             if alpha == 0.0:
                 lp = base
             else:
-                with steer(lm, vector, alpha, layers=[layer], positions=positions):
+                with steer(lm, vector, alpha, layers=list(site_layers(layer)), positions=positions):
                     lp = _next_token_logprobs(lm, chunk)
             nll = -lp.gather(2, target[..., None]).squeeze(2).double()  # [rows, T-1]
             kl = (base.exp() * (base - lp)).sum(-1).double()  # KL(base || steered) per position
@@ -210,7 +214,7 @@ def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: int, st
         ppl = math.exp(nll)
         rows.append(CostRow(alpha, r, nll, ppl, ppl / base_ppl, float(kl_w[k].mean()), lo, hi, windows.n_predicted))
     per_window = {alpha: {"nll": nll_w[k].tolist(), "kl": kl_w[k].tolist()} for k, alpha in enumerate(alphas)}
-    return SideEffects(int(layer), positions, rows, config, per_window, time.perf_counter() - t0)
+    return SideEffects(layer, positions, rows, config, per_window, time.perf_counter() - t0)
 
 
 def write_side_effects(result: SideEffects, out_dir: str | Path, name: str = "side_effects") -> dict[str, Path]:

@@ -46,9 +46,10 @@ def steering_terms(vector: SteeringVector, layer: int | Sequence[int], strength:
     return (Steering(vector, float(strength), layers, positions),)
 
 
-def behaviour_setting(vector: SteeringVector, layer: int, strength: float, kind: str, positions: str = "answer",
-                      label: str = "") -> Setting:
-    """An engine Setting steering one layer (see `steering_terms`); strength 0 gives the unsteered setting."""
+def behaviour_setting(vector: SteeringVector, layer: int | Sequence[int], strength: float, kind: str,
+                      positions: str = "answer", label: str = "") -> Setting:
+    """An engine Setting steering one layer or several at one strength (see `steering_terms`); strength 0 gives
+    the unsteered setting."""
     if float(strength) == 0.0:
         return Setting.unsteered()
     return Setting(steering_terms(vector, layer, strength, kind, positions), label or f"L{layer}@{strength:g}/{positions}")

@@ -8,7 +8,8 @@ from ..data.records import BehaviourItem
 from ..errors import SteerlabError
 from ..vector import SteeringVector
 from .scoring import score_behaviour
-from .strengths import behaviour_setting, raw_strength, residual_norms
+from .sites import Site, site_layers, site_steering
+from .strengths import behaviour_setting, residual_norms
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel
@@ -28,7 +29,7 @@ def sign_verdict(plus_low: float, plus_high: float, minus_effect: float, minus_l
 
 
 def sign_check(lm: LoadedModel,
-               vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[int] | None = None, *,
+               vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[Site] | None = None, *,
                strength: float | Sequence[float] = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
     """Does +strength move held-apart items the way the vector was trained? One row per layer and strength.
 
@@ -37,19 +38,20 @@ def sign_check(lm: LoadedModel,
     may list several (rows layer-major). Row fields: layer, relative (the positive r), effect_plus/low/high,
     effect_minus/low/high, and verdict: "as trained" (+r raises the behaviour score, interval above 0, and -r
     lowers it), "reversed" (+r lowers it, interval below 0, and -r raises it), "sign-blind" (both raise or both
-    lower it, both intervals excluding 0) or "unclear".
+    lower it, both intervals excluding 0) or "unclear". A layer may be a band (a tuple of layers, `sites`):
+    steered at all of them at once, each at r / k of its own residual norm.
     """
     layers = list(vector.layers if layers is None else layers)
     strengths = [float(strength)] if isinstance(strength, (int, float)) else [float(s) for s in strength]
     if not strengths or any(not s > 0 for s in strengths):
         raise SteerlabError(f"sign_check needs positive strengths, got {strengths}")
-    norms = residual_norms(lm, items[:64], layers)
+    norms = residual_norms(lm, items[:64], sorted({l for site in layers for l in site_layers(site)}))
     settings, meta = [], []
     for l in layers:
         for s in strengths:
             for r in (s, -s):
-                settings.append(behaviour_setting(vector, l, raw_strength(r, vector, l, norms[l]), items[0].kind,
-                                                  positions, label=f"L{l} r={r:+g}"))
+                vec, lay, alpha = site_steering(vector, l, r, norms)
+                settings.append(behaviour_setting(vec, lay, alpha, items[0].kind, positions, label=f"L{l} r={r:+g}"))
                 meta.append({"layer": l, "relative": r})
     res = score_behaviour(lm, items, settings, meta, n_boot=n_boot)
     rows = []

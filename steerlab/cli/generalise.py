@@ -25,6 +25,9 @@ def generalise(
     methods: str = typer.Option("caa,multiformat,bipo,persona", help="Methods to compare (caa, multiformat, bipo, persona)."),
     layers: str = typer.Option(..., help="Candidate layers, e.g. 8,10,12: each method's layer is chosen among them on "
                                "the validation items."),
+    bands: str = typer.Option("", help="Candidate bands of consecutive layers steered together (multi-layer "
+                              "vectors), e.g. 10-14,20-24: each layer of a band gets r/k of its own residual norm; "
+                              "chosen on validation beside the single --layers."),
     relative: str = typer.Option("0.5", help="Relative strength r: steered at +r and -r. Several (0.25,0.5): each cell "
                                  "chooses one with its layer on validation, the strongest whose perplexity ratio on a "
                                  "validation slice of the corpus stays within 1.5."),
@@ -72,13 +75,15 @@ def generalise(
     def compare(generator):
         from ..cae.generalise import GeneraliseConfig, run_generalise
         from ..cae.numerics import check_numerics, expected_numerics
+        from ..cae.sites import parse_bands
         from ..data.tasks import resolve_behaviour
 
         set_runtime(run.threads, run.device, run.dtype, run.device_map)
         check_layer_spec(layers)
         judge.check()
         path = resolve_behaviour(behaviour)
-        cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), tuple(parse_floats(relative, "--relative")),
+        cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), parse_bands(bands),
+                               tuple(parse_floats(relative, "--relative")),
                                n_train, n_val, n_test,
                                tuple(parse_ints(seeds, "seeds")), split_seed,
                                ood_lengths=tuple(parse_list(ood_lengths)), ood_limit=ood_limit,
@@ -100,7 +105,7 @@ def generalise(
         chosen = parse_layers(layers, n_layers)
         if not chosen:
             raise SteerlabError("--layers names no layer")
-        check_layer_range(chosen, n_layers)
+        check_layer_range([*chosen, *(l for b in cfg.bands for l in b)], n_layers)
         cfg = replace(cfg, layers=tuple(l % n_layers for l in chosen))
         lm = load_model(run.model)
         summary = run_generalise(lm, cfg, out, judge.make(lm), log=say, generator=generator)
