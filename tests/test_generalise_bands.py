@@ -153,7 +153,7 @@ def test_a_band_run_reports_and_reruns_with_its_bands(lm, cfg, band_cell, tmp_pa
     out, _, _ = band_cell
     report = collect([out], model="tiny")[0]
     assert report.layer == BAND and "| caa | 0 | 1-3 | 4 |" in markdown_table([report])
-    assert "--layers 1 --methods caa --seeds 0 --bands 1-3" in report.command
+    assert "--layers 1 --bands 1-3 --methods caa --seeds 0" in report.command
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     with pytest.raises(sl.SteerlabError, match="differs in bands"):
@@ -181,4 +181,19 @@ def test_bands_fail_before_the_model_load(tmp_path, save_tiny):
     # the depth is read from the model's config, not its weights
     res = CliRunner().invoke(app, [*base, "--bands", "2-4", "--model", str(save_tiny(max_positions=512))])
     assert res.exit_code != 0 and "layer 4 is out of range: this model has 4 decoder blocks" in res.output
+    res = CliRunner().invoke(app, [*base[:5], "--methods", "caa", "--model", str(tmp_path / "none")])
+    assert res.exit_code != 0 and "give candidate --layers, --bands or both" in res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_of_bands_alone(lm, cfg, tmp_path):
+    """Without single layers the band is the only candidate: its cell steers it."""
+    from dataclasses import replace
+
+    with pytest.raises(sl.SteerlabError, match="at least one candidate layer or band"):
+        replace(cfg, layers=(), bands=())
+    out = tmp_path / "alone"
+    summary = run_generalise(lm, replace(cfg, layers=()), out, LocalJudge(lm))
+    assert as_site(summary["rows"][0]["layer"]) == BAND
+    assert collect([out], model="tiny")[0].command.startswith(f"steerlab cae generalise corrigible-neutral-HHH -o "
+                                                              f"{out} --bands 1-3 --methods caa")

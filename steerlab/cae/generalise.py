@@ -143,8 +143,8 @@ class GeneraliseConfig:
         bad = [m for m in self.methods if m not in GENERALISE_METHODS]
         if bad or not self.methods:
             raise SteerlabError(f"methods must be among {', '.join(GENERALISE_METHODS)}; got {', '.join(self.methods) or 'none'}")
-        if not self.layers or not self.seeds:
-            raise SteerlabError("give at least one candidate layer and one seed")
+        if not (self.layers or self.bands) or not self.seeds:
+            raise SteerlabError("give at least one candidate layer or band, and one seed")
         if any(len(b) < 2 or list(b) != list(range(b[0], b[0] + len(b))) for b in self.bands):
             raise SteerlabError(f"a band is two or more consecutive layers, got {[list(b) for b in self.bands]}")
         if self.bands and "bipo" in self.methods:

@@ -147,10 +147,12 @@ def monitor_correlation(records: Sequence[dict], kind: str = "open-ended", *, n_
 def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
     """The `steerlab cae generalise` line that reruns (resumes) one cell of `run_dir` (settings from its config)."""
     cfg = results.read_json(run_dir / "config.json")
-    parts = [f"steerlab cae generalise {Path(cfg['behaviour']).stem} -o {run_dir}",
-             f"--layers {','.join(str(l) for l in cfg['layers'])} --methods {method} --seeds {seed}"]
+    parts = [f"steerlab cae generalise {Path(cfg['behaviour']).stem} -o {run_dir}"]
+    if cfg["layers"]:
+        parts.append(f"--layers {','.join(str(l) for l in cfg['layers'])}")
     if cfg.get("bands"):
         parts.append(f"--bands {','.join(site_label(tuple(b)) for b in cfg['bands'])}")
+    parts.append(f"--methods {method} --seeds {seed}")
     from .generalise import GeneraliseConfig
 
     defaults = {f.name: f.default for f in fields(GeneraliseConfig)}

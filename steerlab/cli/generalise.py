@@ -23,7 +23,7 @@ def generalise(
     behaviour: str = BEHAVIOUR,
     out: Path = OUT_DIR,
     methods: str = typer.Option("caa,multiformat,bipo,persona", help="Methods to compare (caa, multiformat, bipo, persona)."),
-    layers: str = typer.Option(..., help="Candidate layers, e.g. 8,10,12: each method's layer is chosen among them on "
+    layers: str = typer.Option("", help="Candidate layers, e.g. 8,10,12: each method's layer is chosen among them on "
                                "the validation items."),
     bands: str = typer.Option("", help="Candidate bands of consecutive layers steered together (multi-layer "
                               "vectors), e.g. 10-14,20-24: each layer of a band gets r/k of its own residual norm; "
@@ -79,7 +79,8 @@ def generalise(
         from ..data.tasks import resolve_behaviour
 
         set_runtime(run.threads, run.device, run.dtype, run.device_map)
-        check_layer_spec(layers)
+        if layers.strip():
+            check_layer_spec(layers)
         judge.check()
         path = resolve_behaviour(behaviour)
         cfg = GeneraliseConfig(str(path), parse_list(methods), (0,), parse_bands(bands),
@@ -92,6 +93,8 @@ def generalise(
                                persona_judge=persona_judge, persona_keep=persona_keep,
                                persona_reading=persona_reading, bipo_batch=bipo_batch,
                                select_on=select_on, open_questions=open_questions, positions=positions)
+        if not layers.strip() and not cfg.bands:
+            raise SteerlabError("give candidate --layers, --bands or both")
         if ood_file is not None:
             from ..cae.ood import load_ood_file
 
@@ -102,9 +105,7 @@ def generalise(
             load_trait(Path(path).stem, description)
         check_numerics(Path(out), expected_numerics())  # a bfloat16 directory on a float32 machine: no model read
         n_layers = peek_layers(run.model)
-        chosen = parse_layers(layers, n_layers)
-        if not chosen:
-            raise SteerlabError("--layers names no layer")
+        chosen = parse_layers(layers, n_layers) if layers.strip() else []
         check_layer_range([*chosen, *(l for b in cfg.bands for l in b)], n_layers)
         cfg = replace(cfg, layers=tuple(l % n_layers for l in chosen))
         lm = load_model(run.model)
