@@ -35,6 +35,7 @@ from .activations import read_rows
 from .encoding import EncodedBatch
 from .errors import SteerlabError, VectorError
 from .layers import block_hidden, with_block_hidden
+from .schedules import Schedule
 from .vector import SteeringVector
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
@@ -73,6 +74,8 @@ class Steering:
             those lower layers are then steered from the first generated token on, prompt positions below the
             condition's layer stay unsteered). When every steered layer lies above the condition's, both are
             the same exact decision on the way up.
+        schedule: how the strength changes along the positions the term steers (`steerlab.schedules`):
+            "constant" (the default), "first:N" (only the first N of them) or "decay:H" (halved every H).
     """
 
     vector: SteeringVector | Sequence[SteeringVector | None]
@@ -81,6 +84,7 @@ class Steering:
     positions: PositionPolicy = DEFAULT_POSITIONS
     condition: object | None = None
     decide: str = "exact"
+    schedule: str = "constant"
 
     @classmethod
     def from_vector(cls, vector: SteeringVector, strength: float | None = None, layers: Sequence[int] | None = None,
@@ -104,6 +108,7 @@ class Steering:
             raise SteerlabError(f"unknown position policy '{self.positions}': choose one of {', '.join(POLICIES)}")
         if self.decide not in DECIDE_MODES:
             raise SteerlabError(f"unknown decide mode '{self.decide}': choose one of {', '.join(DECIDE_MODES)}")
+        schedule = Schedule.parse(self.schedule).spec
         vectors = _row_values(self, "vector", rows)
         strengths = _row_values(self, "strength", rows)
         if vectors is not None and strengths is not None and len(vectors) != len(strengths):
@@ -120,7 +125,8 @@ class Steering:
                 raise SteerlabError(f"layers must be a sequence of integers, got {self.layers!r}")
             layers = tuple(sorted({lm.blocks.check_layer(l) for l in self.layers}))
         strength = [_strength(x) for x in strengths] if strengths is not None else _strength(self.strength)
-        return replace(self, vector=vectors if vectors is not None else self.vector, strength=strength, layers=layers)
+        return replace(self, vector=vectors if vectors is not None else self.vector, strength=strength, layers=layers,
+                       schedule=schedule)
 
     def rows(self, start: int, stop: int) -> "Steering":
         """This term for batch rows [start, stop) (per-row fields are sliced, shared ones kept)."""
@@ -135,6 +141,7 @@ class _Term:
     policy: str
     positional: bool
     gate: "_Gate | None" = None  # a condition decided inside the steered pass (rows where it fired)
+    schedule: Schedule | None = None  # None: constant
     copies: dict = field(default_factory=dict, repr=False)
 
     def on(self, device: torch.device) -> torch.Tensor:
@@ -281,6 +288,19 @@ def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.
     raise SteerlabError(f"unknown position policy '{policy}': choose one of {', '.join(POLICIES)}")
 
 
+def _run_start(term: _Term, state: _ForwardState, rows: int, device: torch.device) -> torch.Tensor:
+    """Per row, the first position `term` steers (row-relative): where its schedule counts from."""
+    if term.positional:
+        if state.batch is None:
+            return torch.zeros(rows, dtype=torch.long, device=device)
+        return state.batch.user_start.to(device)
+    if term.policy == "all":
+        return torch.zeros(rows, dtype=torch.long, device=device)
+    if term.policy == "after_user":
+        return state.batch.after_user_start.to(device)  # the policy mask has already required the batch
+    return state.prompt_len.to(device) - 1  # last_prompt
+
+
 def _is_scalar(x) -> bool:
     """A single strength: a real number (numpy scalars included) or a 0-d tensor."""
     return isinstance(x, numbers.Real) or (isinstance(x, torch.Tensor) and x.dim() == 0)
@@ -344,7 +364,9 @@ def build_terms(lm: LoadedModel, steering: Sequence[Steering], rows: int | None 
             positional = any(d is not None and d.shape[0] > 1 for d in dirs) or any(
                 v is not None and v.per_position for v in row_vecs
             )
-            by_layer.setdefault(layer, []).append(_Term(delta.to(lm.device, dtype), term.positions, positional, gate))
+            schedule = Schedule.parse(term.schedule)
+            by_layer.setdefault(layer, []).append(_Term(delta.to(lm.device, dtype), term.positions, positional, gate,
+                                                        None if schedule.constant else schedule))
     return by_layer
 
 
@@ -390,6 +412,9 @@ def _layer_hook(terms: list[_Term], state: _ForwardState):
             else:
                 mask = _policy_mask(t.policy, pos, state)
                 piece = mask[..., None].to(h.dtype) * delta[:, 0][:, None, :]
+            if t.schedule is not None:
+                k = pos - _run_start(t, state, rows, h.device)[:, None]
+                piece = piece * t.schedule.weights(k)[..., None].to(h.device, h.dtype)
             if t.gate is not None:
                 if t.gate.fired is None:
                     if t.gate.early_ok:  # decide="first_token": below the condition's layer, not steered yet

@@ -38,6 +38,7 @@ from .. import results
 from ..data.ood import LENGTHS
 from ..errors import SteerlabError
 from ..generation import TextGenerator, generate
+from ..schedules import Schedule
 from ..methods.persona import KEEP_RULES, persona_questions
 from ..methods.responses import READINGS
 from ..vector import SteeringVector
@@ -106,6 +107,8 @@ class GeneraliseConfig:
         open_questions: validation questions answered per candidate with select_on="open-ended".
         positions: where every steered pass of a cell adds the vector (`strengths.POSITION_POLICIES`): "answer"
             (from the end of the user's message on) or "all" (the prompt's tokens too).
+        schedule: how the strength changes along the steered positions (`steerlab.schedules`): "constant",
+            "first:N" or "decay:H", in every steered pass (and the corpus perplexity, from each window's start).
     """
 
     behaviour: str
@@ -138,6 +141,7 @@ class GeneraliseConfig:
     select_on: str = "mwe"
     open_questions: int = 10
     positions: str = "answer"
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in GENERALISE_METHODS]
@@ -163,6 +167,8 @@ class GeneraliseConfig:
             raise SteerlabError(f"select_on must be one of {', '.join(SELECT_RULES)}, not {self.select_on!r}")
         if self.positions not in POSITION_POLICIES:
             raise SteerlabError(f"positions must be one of {', '.join(POSITION_POLICIES)}, not {self.positions!r}")
+        if Schedule.parse(self.schedule).spec != self.schedule:
+            raise SteerlabError(f"write the schedule as {Schedule.parse(self.schedule).spec!r}, not {self.schedule!r}")
         if self.open_questions < 2:
             raise SteerlabError("open_questions must be at least 2 (the choice compares answers over questions)")
         if self.bipo_steps < 1 or self.bipo_batch < 1:
@@ -292,7 +298,7 @@ class CellResult:
 
 
 def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[Site], strengths: Sequence[float],
-                   val_windows: CorpusWindows | None, *, positions: str = "answer",
+                   val_windows: CorpusWindows | None, *, positions: str = "answer", schedule: str = "constant",
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """The layer and strength a cell steers at, chosen on validation data only (selection.json's content).
 
@@ -302,7 +308,7 @@ def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[S
     candidates are checked from the best down and the first that passes is taken (none: the one with the lowest
     perplexity ratio), so a strength is only given up for the cost the goal counts. A layer may be a band (`sites`).
     """
-    rows = sign_check(lm, vec, val, list(layers), strength=list(strengths), positions=positions)
+    rows = sign_check(lm, vec, val, list(layers), strength=list(strengths), positions=positions, schedule=schedule)
     order = sorted(rows, key=lambda r: r["effect_plus"] - r["effect_minus"], reverse=True)
     if len(strengths) == 1:
         return {"layer": order[0]["layer"], "relative": order[0]["relative"], "rows": rows}
@@ -314,7 +320,7 @@ def choose_setting(lm: LoadedModel, vec: SteeringVector, val, layers: Sequence[S
         r, layer = row["relative"], row["layer"]
         log(f"  validation perplexity at layer {site_label(layer)}, r=±{r:g}")
         v, lay, alpha = site_steering(vec, layer, r, norms)
-        side = measure_side_effects(lm, v, lay, [alpha, -alpha], val_windows, relative=[r, -r])
+        side = measure_side_effects(lm, v, lay, [alpha, -alpha], val_windows, relative=[r, -r], schedule=schedule)
         row["val_ppl_ratio"] = max(x.perplexity_ratio for x in side.rows if x.relative)
         checked.append(row)
         if row["val_ppl_ratio"] <= MAX_PPL_RATIO:
@@ -357,11 +363,13 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
             log(f"{method} seed {seed}: choosing {what} on judged answers to {len(questions)} validation questions")
             choice = timed("select", lambda: choose_on_open_answers(
                 lm, vec, data.val, questions, cfg.sites, cfg.strengths, val_windows, judge, data.name,
-                max_new_tokens=cfg.max_new_tokens, generator=generator, positions=cfg.positions, log=log))
+                max_new_tokens=cfg.max_new_tokens, generator=generator, positions=cfg.positions,
+                schedule=cfg.schedule, log=log))
         else:
             log(f"{method} seed {seed}: choosing {what} on {len(data.val)} validation items")
             choice = timed("select", lambda: choose_setting(lm, vec, data.val, cfg.sites, cfg.strengths,
-                                                            val_windows, positions=cfg.positions, log=log))
+                                                            val_windows, positions=cfg.positions,
+                                                            schedule=cfg.schedule, log=log))
         results.write_json(sel_path, choice)
     selection = json.loads(sel_path.read_text())
     layer, rel = as_site(selection["layer"]), float(selection["relative"])
@@ -369,7 +377,7 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
     if not _done(ind_path):
         log(f"{method} seed {seed}: in-distribution effect at layer {site_label(layer)}, r={rel:g}")
         rows = timed("in_distribution", lambda: sign_check(lm, vec, data.test, [layer], strength=rel,
-                                                           positions=cfg.positions))
+                                                           positions=cfg.positions, schedule=cfg.schedule))
         results.write_json(ind_path, rows[0])
     norms: dict[int, float] = {}
 
@@ -386,8 +394,8 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
             share_unsteered(cell.parent.parent / UNSTEERED, cell / name / "ood_generations.jsonl")
             v, lay, alpha = steering(sign * rel)
             timed(name, lambda: evaluate_ood(lm, data.name, cases, v, lay, alpha, judge, out_dir=cell / name,
-                                             positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
-                                             generator=generator))
+                                             positions=cfg.positions, schedule=cfg.schedule,
+                                             max_new_tokens=cfg.max_new_tokens, generator=generator))
         ood[name] = json.loads(path.read_text())
         share_unsteered(cell / name / "ood_generations.jsonl", cell.parent.parent / UNSTEERED)
     side_path = cell / "side_effects.json"
@@ -395,7 +403,7 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
         log(f"{method} seed {seed}: perplexity and KL")
         v, lay, alpha = steering(rel)
         side = timed("side_effects", lambda: measure_side_effects(lm, v, lay, [alpha, -alpha], windows,
-                                                                  relative=[rel, -rel]))
+                                                                  relative=[rel, -rel], schedule=cfg.schedule))
         results.write_json(side_path, {"layer": layer, "rows": [asdict(r) for r in side.rows]})
     return CellResult(method, seed, layer, rel, json.loads(ind_path.read_text()), ood,
                       json.loads(side_path.read_text()), seconds)

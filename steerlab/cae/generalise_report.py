@@ -158,7 +158,7 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
     defaults = {f.name: f.default for f in fields(GeneraliseConfig)}
     for key in ("relative", "n_train", "n_val", "n_test", "split_seed", "ood_lengths", "ood_limit", "max_new_tokens",
                 "bipo_steps", "bipo_batch", "persona_keep", "persona_reading", "select_on", "open_questions",
-                "positions"):
+                "positions", "schedule"):
         default = defaults[key]
         default = list(default) if isinstance(default, tuple) else default  # config.json holds lists
         value = cfg.get(key, default)

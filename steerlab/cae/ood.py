@@ -117,8 +117,9 @@ def load_ood_file(path: str | Path, *, kind: str = "custom") -> list[OODCase]:
 
 @dataclass
 class OODGeneration:
-    """One response: the case, the condition ("unsteered"/"steered"), the text, and where the steered ones were
-    steered (records written before `positions` existed were steered at "answer")."""
+    """One response: the case, the condition ("unsteered"/"steered"), the text, and where and how the steered ones
+    were steered (records written before `positions` existed were steered at "answer", before `schedule` at a
+    constant strength)."""
 
     key: str
     kind: str
@@ -131,10 +132,11 @@ class OODGeneration:
     response: str
     criteria: str | None = None
     positions: str = "answer"
+    schedule: str = "constant"
 
 
 def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: Site, strength: float, *,
-                 positions: str = "answer", max_new_tokens: int = 64, batch_size: int = 8,
+                 positions: str = "answer", schedule: str = "constant", max_new_tokens: int = 64, batch_size: int = 8,
                  out_path: str | Path | None = None, done: dict[tuple[str, str], OODGeneration] | None = None,
                  on_batch: Callable[[int, int], None] | None = None,
                  generator: TextGenerator = generate) -> list[OODGeneration]:
@@ -154,11 +156,11 @@ def generate_ood(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVect
     for b, chunk in enumerate(batches):
         vecs = [vector if cond == "steered" else None for _, cond in chunk]
         strengths = [float(strength) if cond == "steered" else 0.0 for _, cond in chunk]
-        terms = [type(t)(vecs, strengths, t.layers, t.positions)
-                 for t in steering_terms(vector, layer, strength, "yesno", positions)]
+        terms = [type(t)(vecs, strengths, t.layers, t.positions, schedule=t.schedule)
+                 for t in steering_terms(vector, layer, strength, "yesno", positions, schedule)]
         texts = generator(lm, [c.prompt for c, _ in chunk], terms, max_new_tokens=max_new_tokens, batch_size=len(chunk))
         new = [OODGeneration(c.key, c.kind, c.length, c.id, cond, as_site(layer), float(strength) if cond == "steered" else 0.0,
-                             c.prompt, text, c.criteria, positions) for (c, cond), text in zip(chunk, texts)]
+                             c.prompt, text, c.criteria, positions, schedule) for (c, cond), text in zip(chunk, texts)]
         if out_path is not None:
             results.append_jsonl(out_path, [asdict(g) for g in new])
         for g in new:
@@ -213,7 +215,7 @@ def response_projections(lm: LoadedModel, generations: Sequence[OODGeneration], 
 
 
 def logprob_gaps(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVector, layer: Site, strength: float, *,
-                 positions: str = "answer") -> dict[str, tuple[float, float]]:
+                 positions: str = "answer", schedule: str = "constant") -> dict[str, tuple[float, float]]:
     """{case key: (unsteered gap, steered gap)}, gap = log p(matching) − log p(not matching), for cases with a pair."""
     from ..engine import ScoringItem, Setting, score
 
@@ -221,7 +223,7 @@ def logprob_gaps(lm: LoadedModel, cases: Sequence[OODCase], vector: SteeringVect
     if not with_pair:
         return {}
     items = [ScoringItem(format_prompt(lm, c.prompt, ""), (c.matching, c.not_matching), target=0) for c in with_pair]
-    settings = [Setting.unsteered(), Setting(steering_terms(vector, layer, strength, "yesno", positions))]
+    settings = [Setting.unsteered(), Setting(steering_terms(vector, layer, strength, "yesno", positions, schedule))]
     lp = score(lm, items, settings).logprobs.double()
     gap = lp[:, :, 0] - lp[:, :, 1]
     return {c.key: (float(gap[0, i]), float(gap[1, i])) for i, c in enumerate(with_pair)}
@@ -292,6 +294,7 @@ def _effects(records: list[dict], measure: str, kinds: Sequence[str], n_boot: in
 def evaluate_ood(lm: LoadedModel,
                  behaviour: str, cases: Sequence[OODCase], vector: SteeringVector, layer: Site, strength: float,
                  judge: Judge, *, out_dir: str | Path | None = None, positions: str = "answer",
+                 schedule: str = "constant",
                  max_new_tokens: int = 64, batch_size: int = 8, n_boot: int = 2000, seed: int = 0,
                  log: Callable[[str], None] = lambda s: None, generator: TextGenerator = generate) -> OODResult:
     """Generate (or reuse saved generations), judge, project and gap-score; write files as it goes.
@@ -307,10 +310,11 @@ def evaluate_ood(lm: LoadedModel,
     # an unsteered response does not depend on the layer, strength or positions, so it is reused whatever they were
     done = {k: g for k, g in done.items()
             if g.condition == "unsteered" or (as_site(g.layer) == as_site(layer) and abs(g.strength - strength) < 1e-9
-                                              and g.positions == positions)}
+                                              and g.positions == positions and g.schedule == schedule)}
     if done:
         log(f"reusing {len(done)} saved generations")
-    gens = generate_ood(lm, cases, vector, layer, strength, positions=positions, max_new_tokens=max_new_tokens,
+    gens = generate_ood(lm, cases, vector, layer, strength, positions=positions, schedule=schedule,
+                        max_new_tokens=max_new_tokens,
                         batch_size=batch_size, out_path=gen_path, done=done,
                         on_batch=lambda b, n: log(f"generated batch {b}/{n}"), generator=generator)
     seconds["generate"] = time.perf_counter() - t
@@ -324,7 +328,7 @@ def evaluate_ood(lm: LoadedModel,
 
     t = time.perf_counter()
     proj = response_projections(lm, gens, vector, layer, batch_size=batch_size) if not vector.per_position else [None] * len(gens)
-    gaps = logprob_gaps(lm, cases, vector, layer, strength, positions=positions)
+    gaps = logprob_gaps(lm, cases, vector, layer, strength, schedule=schedule, positions=positions)
     seconds["judge_free"] = time.perf_counter() - t
 
     records = []
@@ -339,6 +343,8 @@ def evaluate_ood(lm: LoadedModel,
         measures += _effects(records, m, kinds, n_boot, seed)
     config = {"n_cases": len(cases), "kinds": kinds, "lengths": sorted({c.length for c in cases}),
               "positions": positions, "max_new_tokens": max_new_tokens, "judge": judge.name}
+    if schedule != "constant":
+        config["schedule"] = schedule
     result = OODResult(behaviour, as_site(layer), float(strength), judge.name, records, measures, seconds, config)
     if out is not None:
         results.write_json(out / "ood_scores.json", records)

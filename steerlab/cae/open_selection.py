@@ -75,15 +75,16 @@ def strongest_within_cap(ratio: Callable[[float], float], strengths: Sequence[fl
 
 def judged_answers(lm: LoadedModel, vec: SteeringVector, questions: Sequence[str], layer: Site, alpha: float,
                    judge: Judge, behaviour: str, *, max_new_tokens: int, generator: TextGenerator = generate,
-                   batch_size: int = 8, positions: str = "answer") -> list[dict]:
+                   batch_size: int = 8, positions: str = "answer", schedule: str = "constant") -> list[dict]:
     """Greedy answers to each question at +alpha and -alpha on `layer` steered at `positions` (both signs in the
     same batches), judged: one record per answer {question, sign, response, judge}."""
     rows = [(q, s) for q in questions for s in (1.0, -1.0)]
     texts: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        terms = [type(t)([vec] * len(chunk), [s * float(alpha) for _, s in chunk], t.layers, t.positions)
-                 for t in steering_terms(vec, layer, alpha, "yesno", positions)]
+        terms = [type(t)([vec] * len(chunk), [s * float(alpha) for _, s in chunk], t.layers, t.positions,
+                         schedule=t.schedule)
+                 for t in steering_terms(vec, layer, alpha, "yesno", positions, schedule)]
         texts += generator(lm, [q for q, _ in chunk], terms, max_new_tokens=max_new_tokens, batch_size=len(chunk))
     scores = judge.score([JudgeRequest(q, t, behaviour) for (q, _), t in zip(rows, texts)])
     if len(scores) != len(rows):
@@ -96,7 +97,7 @@ def choose_on_open_answers(lm: LoadedModel, vec: SteeringVector, val, questions:
                            layers: Sequence[Site], strengths: Sequence[float], val_windows: CorpusWindows,
                            judge: Judge, behaviour: str, *, max_new_tokens: int = 48,
                            generator: TextGenerator = generate, positions: str = "answer",
-                           log: Callable[[str], None] = lambda s: None) -> dict:
+                           schedule: str = "constant", log: Callable[[str], None] = lambda s: None) -> dict:
     """The (layer, r) the rule in the module docstring picks, as selection.json holds it: layer, relative, the
     candidates judged (`OpenCandidate`), every perplexity ratio measured, and the judged answers (generated steered
     at `positions`). A layer may be a band (`sites`)."""
@@ -110,7 +111,7 @@ def choose_on_open_answers(lm: LoadedModel, vec: SteeringVector, val, questions:
         def ratio(r: float, layer: Site = layer) -> float:
             log(f"  validation perplexity at layer {layer}, r=±{r:g}")
             v, lay, alpha = site_steering(vec, layer, r, norms)
-            side = measure_side_effects(lm, v, lay, [alpha, -alpha], val_windows, relative=[r, -r])
+            side = measure_side_effects(lm, v, lay, [alpha, -alpha], val_windows, relative=[r, -r], schedule=schedule)
             return max(x.perplexity_ratio for x in side.rows if x.relative)
 
         best, seen = strongest_within_cap(ratio, strengths, MAX_PPL_RATIO)
@@ -120,7 +121,7 @@ def choose_on_open_answers(lm: LoadedModel, vec: SteeringVector, val, questions:
         log(f"  open answers to {len(questions)} validation questions at layer {layer}, r=±{best:g}")
         v, lay, alpha = site_steering(vec, layer, best, norms)
         recs = judged_answers(lm, v, questions, lay, alpha, judge, behaviour, max_new_tokens=max_new_tokens,
-                              generator=generator, positions=positions)
+                              generator=generator, positions=positions, schedule=schedule)
         plus = np.array([r["judge"] for r in recs if r["sign"] == "+"])
         minus = np.array([r["judge"] for r in recs if r["sign"] == "-"])
         lo, hi = bootstrap_ci(plus - minus)

@@ -28,7 +28,7 @@ import torch
 
 from ..data.ood import load_corpus
 from ..errors import DatasetError, SteerlabError
-from ..steering import steer
+from ..steering import Steering, steer
 from ..vector import SteeringVector
 from .. import results
 from .sites import Site, as_site, site_layers
@@ -152,7 +152,8 @@ def _next_token_logprobs(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
 
 def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: Site, strengths: Sequence[float],
                          windows: CorpusWindows, *, relative: Sequence[float | None] | None = None,
-                         positions: str = "all", batch_size: int = 2, n_boot: int = 2000, seed: int = 0,
+                         positions: str = "all", schedule: str = "constant", batch_size: int = 2, n_boot: int = 2000,
+                         seed: int = 0,
                          partial_path: str | Path | None = None,
                          on_batch: Callable[[int, int], None] | None = None) -> SideEffects:
     """Perplexity and KL(unsteered || steered) on `windows` for each strength (0 = unsteered is added).
@@ -162,6 +163,8 @@ def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: Site, s
         strengths: raw alphas (convert relative ones with `strengths.raw_strength`, or `sites.site_steering`).
         relative: optional relative strength for each entry of `strengths`, recorded in the rows.
         positions: steering positions ("all" by default; the windows have no chat turns).
+        schedule: the strength schedule (`steerlab.schedules`), counted from each window's first steered token:
+            the cost on text written under it.
         partial_path: a JSON file updated after every batch with the sums so far.
         on_batch: progress callback (batches done, batches total).
     """
@@ -184,6 +187,8 @@ def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: Site, s
     done = 0
     config = {"corpus": windows.source, "start_token": windows.start_token, "n_windows": n_w, "window": windows.window,
               "n_tokens": windows.n_predicted, "batch_size": batch_size}
+    if schedule != "constant":
+        config["schedule"] = schedule
     for b, s0 in enumerate(batches):
         chunk = ids[s0:s0 + batch_size]
         target = chunk[:, 1:]
@@ -192,7 +197,7 @@ def measure_side_effects(lm: LoadedModel, vector: SteeringVector, layer: Site, s
             if alpha == 0.0:
                 lp = base
             else:
-                with steer(lm, vector, alpha, layers=list(site_layers(layer)), positions=positions):
+                with steer(lm, [Steering(vector, alpha, site_layers(layer), positions, schedule=schedule)]):
                     lp = _next_token_logprobs(lm, chunk)
             nll = -lp.gather(2, target[..., None]).squeeze(2).double()  # [rows, T-1]
             kl = (base.exp() * (base - lp)).sum(-1).double()  # KL(base || steered) per position

@@ -29,8 +29,9 @@ POSITION_POLICIES: tuple[str, ...] = ("answer", "all", "after_user", "last_promp
 
 
 def steering_terms(vector: SteeringVector, layer: int | Sequence[int], strength: float, kind: str,
-                   positions: str = "answer") -> tuple[Steering, ...]:
-    """The `Steering` terms that put `strength * vector[layer]` at `positions` for items of `kind`.
+                   positions: str = "answer", schedule: str = "constant") -> tuple[Steering, ...]:
+    """The `Steering` terms that put `strength * vector[layer]` at `positions` for items of `kind`, weighted along
+    those positions by `schedule` (`steerlab.schedules`).
 
     "answer": "after_user" for every kind of item (from the first token after the user's message, so the
     token predicting the A/B letter or the Yes/No word is steered). Other policies pass through.
@@ -40,19 +41,20 @@ def steering_terms(vector: SteeringVector, layer: int | Sequence[int], strength:
         raise SteerlabError(f"unknown positions '{positions}': choose one of {', '.join(POSITION_POLICIES)}")
     layers = (int(layer),) if isinstance(layer, (int, np.integer)) else tuple(int(l) for l in layer)
     if vector.per_position:  # ActAdd directions are added from the user's first token whatever the policy
-        return (Steering(vector, float(strength), layers, "all"),)
+        return (Steering(vector, float(strength), layers, "all", schedule=schedule),)
     if positions == "answer":
         positions = "after_user"
-    return (Steering(vector, float(strength), layers, positions),)
+    return (Steering(vector, float(strength), layers, positions, schedule=schedule),)
 
 
 def behaviour_setting(vector: SteeringVector, layer: int | Sequence[int], strength: float, kind: str,
-                      positions: str = "answer", label: str = "") -> Setting:
+                      positions: str = "answer", label: str = "", schedule: str = "constant") -> Setting:
     """An engine Setting steering one layer or several at one strength (see `steering_terms`); strength 0 gives
     the unsteered setting."""
     if float(strength) == 0.0:
         return Setting.unsteered()
-    return Setting(steering_terms(vector, layer, strength, kind, positions), label or f"L{layer}@{strength:g}/{positions}")
+    return Setting(steering_terms(vector, layer, strength, kind, positions, schedule),
+                   label or f"L{layer}@{strength:g}/{positions}")
 
 
 def direction_norm(vector: SteeringVector, layer: int) -> float:

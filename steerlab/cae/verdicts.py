@@ -30,7 +30,8 @@ def sign_verdict(plus_low: float, plus_high: float, minus_effect: float, minus_l
 
 def sign_check(lm: LoadedModel,
                vector: SteeringVector, items: Sequence[BehaviourItem], layers: Sequence[Site] | None = None, *,
-               strength: float | Sequence[float] = 0.5, positions: str = "answer", n_boot: int = 1000) -> list[dict]:
+               strength: float | Sequence[float] = 0.5, positions: str = "answer", schedule: str = "constant",
+               n_boot: int = 1000) -> list[dict]:
     """Does +strength move held-apart items the way the vector was trained? One row per layer and strength.
 
     Each layer is steered alone at relative strengths +strength and -strength (alpha * ||v_L|| =
@@ -39,7 +40,8 @@ def sign_check(lm: LoadedModel,
     effect_minus/low/high, and verdict: "as trained" (+r raises the behaviour score, interval above 0, and -r
     lowers it), "reversed" (+r lowers it, interval below 0, and -r raises it), "sign-blind" (both raise or both
     lower it, both intervals excluding 0) or "unclear". A layer may be a band (a tuple of layers, `sites`):
-    steered at all of them at once, each at r / k of its own residual norm.
+    steered at all of them at once, each at r / k of its own residual norm. `schedule` weighs the steered positions
+    (`steerlab.schedules`).
     """
     layers = list(vector.layers if layers is None else layers)
     strengths = [float(strength)] if isinstance(strength, (int, float)) else [float(s) for s in strength]
@@ -51,7 +53,8 @@ def sign_check(lm: LoadedModel,
         for s in strengths:
             for r in (s, -s):
                 vec, lay, alpha = site_steering(vector, l, r, norms)
-                settings.append(behaviour_setting(vec, lay, alpha, items[0].kind, positions, label=f"L{l} r={r:+g}"))
+                settings.append(behaviour_setting(vec, lay, alpha, items[0].kind, positions, label=f"L{l} r={r:+g}",
+                                                  schedule=schedule))
                 meta.append({"layer": l, "relative": r})
     res = score_behaviour(lm, items, settings, meta, n_boot=n_boot)
     rows = []

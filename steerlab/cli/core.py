@@ -207,6 +207,8 @@ def generate(
     strength: Optional[float] = typer.Option(None, "--strength", "-s", help="Multiplier alpha in h <- h + alpha * v (default: the vector's chosen strength, else 4)."),
     layers: Optional[str] = typer.Option(None, help="Apply only these layers of the vector."),
     positions: Optional[str] = typer.Option(None, help="all, after_user (CAA) or last_prompt (PAS) (default: the vector's, else after_user)."),
+    schedule: str = typer.Option("constant", help="How the strength changes along the steered positions: constant, "
+                                 "first:N (only the first N, then unsteered) or decay:H (halved every H)."),
     max_new_tokens: int = typer.Option(48, help="Tokens to generate."),
     compare: bool = typer.Option(False, "--compare", help="Print unsteered and steered outputs side by side."),
     condition: Optional[Path] = typer.Option(None, "--condition", "-c", help="Condition vector file: steer only "
@@ -238,6 +240,11 @@ def generate(
         if decide != "exact" and condition is None:
             raise SteerlabError("--decide says how a condition is decided: give --condition too")
         check_layer_spec(layers)
+        from ..schedules import Schedule
+
+        plan = Schedule.parse(schedule)
+        if not plan.constant and vector is None:
+            raise SteerlabError("--schedule says how the vector's strength changes: give --vector too")
         raw = read_vector(vector)  # a truncated or NaN file fails before the model load
         cond = None
         if condition is not None:
@@ -254,7 +261,8 @@ def generate(
         if raw is not None:
             vec = _checked_vector(vector, lm, allow_other_model, raw)
             # A vector trained by `steerlab pas` carries its chosen layer/strength/positions.
-            steering = Steering.from_vector(vec, strength, parse_layers(layers, lm.n_layers), positions)
+            steering = replace(Steering.from_vector(vec, strength, parse_layers(layers, lm.n_layers), positions),
+                               schedule=plan.spec)
         checks = None
         if cond is not None:
             cond.vector.check_compatible(lm, allow_other_family=allow_other_model)

@@ -38,6 +38,9 @@ def generalise(
     positions: str = typer.Option("answer", help="Where every steered pass adds the vector: answer (from the end of "
                                   "the user's message on; the prompt is read unsteered) or all (the prompt's tokens "
                                   "too)."),
+    schedule: str = typer.Option("constant", help="How the strength changes along the steered positions: constant, "
+                                 "first:N (only the first N of them, then unsteered) or decay:H (halved every H); "
+                                 "in every steered pass and the corpus perplexity."),
     n_train: int = typer.Option(40, help="Training items (the same for every method)."),
     n_val: int = typer.Option(20, help="Validation items (choose the layer)."),
     n_test: int = typer.Option(40, help="Test items (the in-distribution effect)."),
@@ -76,6 +79,7 @@ def generalise(
         from ..cae.generalise import GeneraliseConfig, run_generalise
         from ..cae.numerics import check_numerics, expected_numerics
         from ..cae.sites import parse_bands
+        from ..schedules import Schedule
         from ..data.tasks import resolve_behaviour
 
         set_runtime(run.threads, run.device, run.dtype, run.device_map)
@@ -92,7 +96,8 @@ def generalise(
                                max_new_tokens=max_new_tokens, bipo_steps=bipo_steps, description=description,
                                persona_judge=persona_judge, persona_keep=persona_keep,
                                persona_reading=persona_reading, bipo_batch=bipo_batch,
-                               select_on=select_on, open_questions=open_questions, positions=positions)
+                               select_on=select_on, open_questions=open_questions, positions=positions,
+                               schedule=Schedule.parse(schedule).spec)
         if not layers.strip() and not cfg.bands:
             raise SteerlabError("give candidate --layers, --bands or both")
         if ood_file is not None:

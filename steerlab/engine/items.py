@@ -156,7 +156,7 @@ class Setting:
         for t in self.steering:
             layers = t.layers if t.layers is not None else t.vector.layers
             where = f"L{layers[0]}" if len(layers) == 1 else f"L{layers[0]}-{layers[-1]}x{len(layers)}"
-            parts.append(f"{where}@{t.strength:g}/{t.positions}")
+            parts.append(f"{where}@{t.strength:g}/{t.positions}" + ("" if t.schedule == "constant" else f"/{t.schedule}"))
         return " + ".join(parts)
 
 

@@ -58,7 +58,7 @@ from ..activations import last_logits_only, position_ids_for
 from ..encoding import EncodedBatch, after_user_start, pad_left
 from ..errors import SteerlabError
 from ..layers import block_hidden
-from ..per_row import batch_steering
+from ..per_row import batch_slots, slot_steering
 from ..steering import Steering, apply_steering
 from ..vector import SteeringVector
 from .cache import BufferPool, is_plain, output_cache, prefix_cache, select_rows, skip_blocks, with_cache
@@ -79,6 +79,7 @@ class _Term:
     strength: float
     positions: str  # the position policy
     positional: bool
+    schedule: str = "constant"  # `steerlab.schedules`
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _plan(lm: LoadedModel, index: int, setting: Setting) -> _Plan | None:
             vec = vec.select(t.layers)
         for layer in vec.layers:
             lm.blocks.check_layer(layer)
-        terms.append(_Term(vec, float(t.strength), t.positions, vec.per_position))
+        terms.append(_Term(vec, float(t.strength), t.positions, vec.per_position, t.schedule))
     if not terms:
         return None
     return _Plan(index, tuple(terms), min(min(t.vector.layers) for t in terms))
@@ -124,11 +125,12 @@ def _suffix_len(plan: _Plan, items: Sequence[TokenizedItem], width: int) -> int:
 def _row_terms(plans: Sequence[_Plan]) -> list[Steering]:
     """Per-row Steering terms for rows whose settings are `plans` (one plan per row).
 
-    Terms are put in slots by kind (policy, per-position; `steerlab.per_row.batch_steering`, the
+    Terms are put in slots by kind (policy, per-position, schedule; `steerlab.per_row.batch_slots`, the
     regrouping the server's engine uses too); a row whose setting has fewer terms of a kind gets None
     (no steering) in the extra slots.
     """
-    return batch_steering([p.terms for p in plans], lambda _k, term: term.positional)
+    slots = batch_slots([p.terms for p in plans], lambda _k, term: (term.positional, term.schedule))
+    return [slot_steering(picked, schedule=next(t for t in picked if t is not None).schedule) for picked in slots]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,9 +288,12 @@ class TextGenerator:
 
         if len(prompts) == 0:
             raise SteerlabError("no prompts to generate from")
-        engine = self.engine(lm)
         terms = [] if steering is None else ([steering] if isinstance(steering, Steering) else list(steering))
         terms = [t.normalized(lm, len(prompts)) for t in terms]
+        scheduled = [t.schedule for t in terms if t.schedule != "constant"]
+        if scheduled:  # before the engine starts (minutes)
+            raise SteerlabError(f"strength schedules ({scheduled[0]}) run on the built-in engine only")
+        engine = self.engine(lm)
         requests = []
         for i, p in enumerate(prompts):
             prompt = format_prompt(lm, p) if isinstance(p, str) else p
