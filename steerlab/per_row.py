@@ -3,7 +3,7 @@
 A batch whose rows are steered differently (the server's requests, the scoring engine's settings) runs
 as a few `Steering` terms, each with one vector and strength per row (None / 0.0 for a row it does not
 steer). Every term a row has goes in a *slot*; a slot becomes one `Steering`. Slots are keyed by the
-term's position policy (one `Steering` has one policy) and by `slot_key(k, term)`, the caller's choice
+term's position policy and strength schedule (one `Steering` has one of each) and by `slot_key(k, term)`, the caller's choice
 of what else keeps terms apart; the n-th term of a row with a given key goes in that key's n-th slot.
 Slots come out grouped by key, keys in the order they first appear (rows in order, each row's terms in
 order), then by n. Since a row gets exactly its own terms (the others add exact zeros), the grouping
@@ -20,7 +20,7 @@ from .vector import SteeringVector
 
 class RowAddend(Protocol):
     """What one row's term must say: the vector (already restricted to the layers it steers), its
-    strength and its position policy."""
+    strength, its position policy and its strength schedule (`steerlab.schedules`, canonical text)."""
 
     @property
     def vector(self) -> SteeringVector: ...
@@ -30,6 +30,9 @@ class RowAddend(Protocol):
 
     @property
     def positions(self) -> str: ...
+
+    @property
+    def schedule(self) -> str: ...
 
 
 T = TypeVar("T", bound=RowAddend)
@@ -44,7 +47,7 @@ def batch_slots(rows: Sequence[Sequence[T]], slot_key: Callable[[int, T], Hashab
         mine: dict[tuple, T] = {}
         seen: dict[tuple, int] = {}
         for k, t in enumerate(terms):
-            key = (t.positions, slot_key(k, t))
+            key = (t.positions, t.schedule, slot_key(k, t))
             n = seen.get(key, 0)
             seen[key] = n + 1
             mine[(key, n)] = t
@@ -57,9 +60,10 @@ def batch_slots(rows: Sequence[Sequence[T]], slot_key: Callable[[int, T], Hashab
 def slot_steering(picked: Sequence[Optional[T]], **options) -> Steering:
     """One slot as a `Steering` (a row without a term in it: None / 0.0); `options` go to `Steering` (e.g. a
     condition)."""
-    positions = next(t.positions for t in picked if t is not None)
+    first = next(t for t in picked if t is not None)
     return Steering([None if t is None else t.vector for t in picked],
-                    [0.0 if t is None else t.strength for t in picked], layers=None, positions=positions, **options)
+                    [0.0 if t is None else t.strength for t in picked], layers=None, positions=first.positions,
+                    schedule=first.schedule, **options)
 
 
 def batch_steering(rows: Sequence[Sequence[T]], slot_key: Callable[[int, T], Hashable]) -> list[Steering]:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from .errors import SteerlabError
+
+if TYPE_CHECKING:  # torch only where weights are computed: the vLLM plugin's request checks parse without it
+    import torch
 
 #: The schedule kinds (see the module docstring).
 SCHEDULE_KINDS: tuple[str, ...] = ("constant", "first", "decay")
@@ -57,12 +59,29 @@ class Schedule:
     def constant(self) -> bool:
         return self.kind == "constant"
 
-    def weights(self, k: torch.Tensor) -> torch.Tensor:
+    def weights(self, k: "torch.Tensor") -> "torch.Tensor":
         """The weight of the k-th steered position (float tensor shaped like `k`; 1 where k < 0, which the position
         policy masks anyway)."""
+        import torch
+
         k = k.to(torch.float32)
         if self.kind == "first":
             return (k < self.span).to(torch.float32)
         if self.kind == "decay":
             return torch.pow(0.5, k.clamp_min(0) / self.span)
         return torch.ones_like(k)
+
+
+def one_weight_per_token(terms: "Iterable[tuple[str, str]]") -> Optional[str]:
+    """Why terms given as (schedule, position policy) pairs cannot share one weight per token, or None.
+
+    An engine that adds a token's summed delta times one weight (the vLLM plugin) needs every term of a
+    request to weigh that token alike; the simple sufficient rule: with any non-constant schedule, every
+    term has that schedule and policy (then k counts from the same first position for all of them)."""
+    pairs = [(Schedule.parse(s).spec, p) for s, p in terms]
+    scheduled = [pair for pair in pairs if pair[0] != "constant"]
+    if scheduled and any(pair != scheduled[0] for pair in pairs):
+        schedule, policy = scheduled[0]
+        return (f"with a strength schedule every steering term needs the same schedule and positions (here: "
+                f"{schedule} at {policy}), so each steered token has one weight")
+    return None

@@ -158,12 +158,14 @@ def test_the_corpus_cost_counts_from_each_windows_first_token(lm, vec):
     assert first.config["schedule"] == "first:5" and "schedule" not in whole.config
 
 
-def test_the_vllm_generator_refuses_a_schedule_before_starting(lm, vec):
+def test_the_vllm_generator_refuses_mixed_schedules_before_starting(lm, vec):
     from steerlab.serve.engines.vllm import TextGenerator
 
     gen = TextGenerator()
-    with pytest.raises(sl.SteerlabError, match=r"strength schedules \(first:2\) run on the built-in engine only"):
-        gen(lm, PROMPTS, sl.Steering(vec, ALPHA, (LAYER,), schedule="first:2"))
+    terms = [sl.Steering(vec, ALPHA, (LAYER,), schedule="first:2"), sl.Steering(vec, -ALPHA, (LAYER,))]
+    with pytest.raises(sl.SteerlabError, match=r"the vllm engine: .*same schedule and positions \(here: first:2 at "
+                                               r"after_user\)"):
+        gen(lm, PROMPTS, terms)
     assert gen._engine is None
 
 

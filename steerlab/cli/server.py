@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import List, Optional
 
 import typer
@@ -41,11 +42,8 @@ def serve(
 
     def body():
         set_runtime(threads, device, dtype, device_map)
-        try:
-            import fastapi  # noqa: F401
-            import uvicorn  # noqa: F401
-        except ImportError:
-            raise SteerlabError('the server needs FastAPI and uvicorn: pip install "steerlab[server]"') from None
+        if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn")):
+            raise SteerlabError('the server needs FastAPI and uvicorn: pip install "steerlab[server]"')
         from ..serve import create_app, load_vectors
         from ..serve.app import run
         from ..serve.engines import build_engine, engine_module

@@ -129,8 +129,8 @@ def _row_terms(plans: Sequence[_Plan]) -> list[Steering]:
     regrouping the server's engine uses too); a row whose setting has fewer terms of a kind gets None
     (no steering) in the extra slots.
     """
-    slots = batch_slots([p.terms for p in plans], lambda _k, term: (term.positional, term.schedule))
-    return [slot_steering(picked, schedule=next(t for t in picked if t is not None).schedule) for picked in slots]
+    slots = batch_slots([p.terms for p in plans], lambda _k, term: term.positional)
+    return [slot_steering(picked) for picked in slots]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import copy
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
@@ -33,9 +33,6 @@ from .runs import run_pas
 from .letters import SPELLINGS
 from .splits import DEFAULT_CAP, Shown, make_splits
 from .stats import SeedSummary, summarize
-
-if TYPE_CHECKING:  # the type only: importing models would load transformers
-    from ..models import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ class SteeringSpec(BaseModel):
     condition: Union[str, dict, None] = None
     # how the condition is decided when a steered layer lies at or below the condition's ("exact" or "first_token")
     decide: Optional[str] = Field(None, max_length=16)
+    # how the strength changes along the steered positions: "constant", "first:N" or "decay:H"
+    schedule: Optional[str] = Field(None, max_length=32)
 
 
 class TextPart(BaseModel):

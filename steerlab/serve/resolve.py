@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..errors import SteerlabError, VectorError
 from ..monitoring import default_layer
+from ..schedules import Schedule
 from ..steering import DECIDE_MODES, POLICIES, Steering
 from ..vector import SteeringVector
 from .engines.base import Condition, ConditionLeaf, ConditionNode, ReadoutSpec, SteeringTerm
@@ -74,7 +75,7 @@ def parse_condition(spec, vectors: dict[str, SteeringVector], lm, param: str) ->
 
 
 def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> list[SteeringTerm]:
-    """Request steering objects ({vector, strength?, layers?, positions?, condition?, decide?}) → checked terms
+    """Request steering objects ({vector, strength?, layers?, positions?, condition?, decide?, schedule?}) → checked terms
     (`lm`: the served model's `ModelInfo`, or a `LoadedModel`).
 
     What a request omits comes from the vector's metadata (`Steering.from_vector`)."""
@@ -131,7 +132,11 @@ def resolve(specs: Sequence[dict], vectors: dict[str, SteeringVector], lm) -> li
         if decide is not None and condition is None:
             raise SteeringRequestError("'decide' says how a condition is decided: give a 'condition' too, or drop it",
                                        param=f"{param}.decide")
-        out.append(SteeringTerm(name, sub, strength, chosen, st.positions, condition, decide or "exact"))
+        try:
+            schedule = Schedule.parse(spec.get("schedule")).spec
+        except SteerlabError as e:
+            raise SteeringRequestError(str(e), param=f"{param}.schedule") from None
+        out.append(SteeringTerm(name, sub, strength, chosen, st.positions, condition, decide or "exact", schedule))
     return out
 
 

@@ -2,9 +2,11 @@
 
 Per decoder layer L there is a persistent per-token index `slots[L, :T]` (0 = not steered) into a
 persistent table `table[L]` whose row 0 is zeros and whose rows 1.. hold this step's per-request deltas.
-The add at block L is `residual + table[L][slots[L, :T]]`: no data-dependent shapes or Python branches,
-so it can sit inside a torch.compile'd graph (and a captured CUDA graph) while the buffers' contents
-change between steps. Unsteered tokens get `+ 0.0`, which leaves every float bit unchanged.
+The add at block L is `residual + table[L][slots[L, :T]] * scale[L, :T, None]`: no data-dependent shapes or
+Python branches, so it can sit inside a torch.compile'd graph (and a captured CUDA graph) while the buffers'
+contents change between steps. `scale` is a strength schedule's weight of each token (`steerlab.schedules`;
+1 where there is none), so a decaying push needs no table row per token. Unsteered tokens get `+ 0.0`, which
+leaves every float bit unchanged.
 
 Positions are absolute (the request's computed tokens + the token's offset in this step's chunk), so
 chunked prefill, preemption and recomputation steer exactly the tokens a single whole pass would. The
@@ -22,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..schedules import Schedule
 from .spec import RequestSpec, SpecError
 from .store import VectorStore, term_deltas
 
@@ -54,6 +57,24 @@ def steered_offsets(spec: RequestSpec, policy: str, row: Row) -> np.ndarray:
     return np.nonzero(keep)[0]
 
 
+def run_start(spec: RequestSpec, policy: str, row: Row) -> int:
+    """The absolute position of the first token `policy` steers: where a schedule counts k from."""
+    if policy == "all":
+        return 0
+    if policy == "after_user":
+        return spec.after_user_start(row.prompt_tokens)
+    return row.prompt_tokens - 1  # last_prompt
+
+
+def schedule_weights(spec: RequestSpec, policy: str, row: Row, offsets: np.ndarray) -> Optional[np.ndarray]:
+    """The request's schedule weight (float32) of each steered token at `offsets` of the row's chunk; None
+    without a schedule. The same float32 values `steerlab.steering`'s hooks compute."""
+    if spec.schedule is None:
+        return None
+    k = row.computed + offsets - run_start(spec, policy, row)
+    return Schedule.parse(spec.schedule).weights(torch.from_numpy(k)).numpy()
+
+
 class StepPlanner:
     """The persistent buffers of one worker's model and the code that fills them before each forward."""
 
@@ -63,9 +84,11 @@ class StepPlanner:
         self.device, self.dtype = torch.device(device), dtype
         self.slots = torch.zeros(n_layers, max_tokens, dtype=torch.long, device=device)
         self.table = torch.zeros(n_layers, max_rows + 1, hidden, dtype=dtype, device=device)
+        self.scale = torch.ones(n_layers, max_tokens, 1, dtype=dtype, device=device)
         self.store = store or VectorStore()
         self.active: frozenset[int] = frozenset()  # layers with a steered token this step (eager skips the rest)
         self._used: tuple[frozenset[int], int] = (frozenset(), 0)
+        self._scaled: frozenset[int] = frozenset()  # layers whose `scale` this step set
         self._deltas: OrderedDict[str, dict[int, torch.Tensor]] = OrderedDict()  # per spec, per layer (summed)
         self._cache_size = cache_size
         self._warned: set[str] = set()
@@ -95,6 +118,8 @@ class StepPlanner:
         if total > self.max_tokens:
             raise RuntimeError(f"step of {total} tokens exceeds the planned {self.max_tokens}")
         slots = None
+        scale: Optional[np.ndarray] = None
+        scaled: set[int] = set()
         next_row = [1] * self.n_layers
         for row in rows:
             if row.spec is None or row.count == 0:
@@ -110,13 +135,25 @@ class StepPlanner:
                 # tokens grouped by which of the layer's terms apply (policies nest, so at most 3 groups);
                 # each group's table row is the sum of its terms' deltas, in term order (as steerlab adds)
                 applies: dict[int, list[int]] = {}
+                weight: dict[int, float] = {}  # a scheduled request's tokens (its terms share one policy)
                 for k, (policy, _) in enumerate(items):
-                    for j in steered_offsets(row.spec, policy, row):
+                    offsets = steered_offsets(row.spec, policy, row)
+                    w = schedule_weights(row.spec, policy, row, offsets)
+                    for n, j in enumerate(offsets):
+                        if w is not None:
+                            if w[n] == 0.0:  # first:N past N: the hooks add exact zeros there
+                                continue
+                            weight[int(j)] = float(w[n])
                         applies.setdefault(int(j), []).append(k)
                 if not applies:
                     continue
                 if slots is None:
                     slots = np.zeros((self.n_layers, total), dtype=np.int64)
+                if weight:
+                    if scale is None:
+                        scale = np.ones((self.n_layers, total), dtype=np.float32)
+                    scale[layer, [row.start + j for j in weight]] = list(weight.values())
+                    scaled.add(layer)
                 groups: dict[tuple[int, ...], list[int]] = {}
                 for j, ks in applies.items():
                     groups.setdefault(tuple(ks), []).append(row.start + j)
@@ -134,21 +171,29 @@ class StepPlanner:
         if slots is not None:
             layers = sorted(used_layers)
             self.slots[layers, :total] = torch.from_numpy(slots[layers]).to(self.device, non_blocking=True)
+        if scale is not None:
+            layers = sorted(scaled)
+            # float32 weights cast to the model's dtype, as the hooks cast theirs
+            self.scale[layers, :total, 0] = torch.from_numpy(scale[layers]).to(self.device, self.dtype)
         self.active = frozenset(used_layers)
         self._used = (self.active, total)
+        self._scaled = frozenset(scaled)
 
     def finish(self) -> None:
         """Zero what `prepare` set, so any later forward (vLLM's dummy and warm-up runs) is unsteered."""
         layers, total = self._used
         if layers and total:
             self.slots[sorted(layers), :total] = 0
+        if self._scaled and total:
+            self.scale[sorted(self._scaled), :total] = 1
         self.active = frozenset()
         self._used = (frozenset(), 0)
+        self._scaled = frozenset()
 
     def add(self, layer: int, residual: torch.Tensor) -> torch.Tensor:
         """`residual` plus this step's deltas at block `layer` (same shape; +0.0 on unsteered tokens)."""
         n = residual.shape[0]
-        return residual + self.table[layer].index_select(0, self.slots[layer, :n])
+        return residual + self.table[layer].index_select(0, self.slots[layer, :n]) * self.scale[layer, :n]
 
 
-__all__ = ["Row", "StepPlanner", "steered_offsets"]
+__all__ = ["Row", "StepPlanner", "run_start", "schedule_weights", "steered_offsets"]

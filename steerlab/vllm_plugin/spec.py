@@ -5,8 +5,13 @@ Pure data (no torch, no vLLM): the client side (`xargs`), the API server and eng
 the prefix-cache salt) and the workers (the per-step plan) all read the same encoding.
 
     {"terms": [{"vector": "happy", "strength": 8, "layers": [3], "positions": "after_user",
-                "digest": "<sha256 of the vector's tensors, optional>"}],
+                "schedule": "decay:16", "digest": "<sha256 of the vector's tensors, optional>"}],
      "after_user": 12}
+
+`schedule` (`steerlab.schedules`; "constant" when left out) weighs the k-th position the term's policy
+steers, k = 0 at the policy's first position. A token's add is its terms' summed delta times one weight,
+so a request with a schedule gives all its terms that schedule and policy
+(`steerlab.schedules.one_weight_per_token`).
 
 `after_user` is the first token the "after_user" policy steers (`steerlab.encoding.after_user_start`);
 a client that does not know it (a plain `openai` call) leaves it out and the policy starts at the last
@@ -21,6 +26,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from ..errors import SteerlabError
+from ..schedules import Schedule, one_weight_per_token
+
 KEY = "steerlab"  # the extra_args / vllm_xargs key
 POLICIES = ("all", "after_user", "last_prompt")
 
@@ -31,16 +39,20 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class TermSpec:
-    """One term: `h_L <- h_L + strength * vector[L]` for L in `layers` (None: every layer of the vector)."""
+    """One term: `h_L <- h_L + w_k * strength * vector[L]` for L in `layers` (None: every layer of the vector),
+    w_k the `schedule`'s weight of the k-th position the term steers (1 for "constant")."""
 
     vector: str
     strength: float
     layers: Optional[tuple[int, ...]] = None
     positions: str = "after_user"
     digest: Optional[str] = None
+    schedule: str = "constant"
 
     def as_dict(self) -> dict:
         out: dict[str, Any] = {"vector": self.vector, "strength": self.strength, "positions": self.positions}
+        if self.schedule != "constant":  # absent for constant: specs written before schedules encode the same
+            out["schedule"] = self.schedule
         if self.layers is not None:
             out["layers"] = list(self.layers)
         if self.digest is not None:
@@ -53,11 +65,21 @@ class RequestSpec:
     terms: tuple[TermSpec, ...]
     after_user: Optional[int] = None
 
+    def __post_init__(self):
+        problem = one_weight_per_token((t.schedule, t.positions) for t in self.terms)
+        if problem:
+            raise SpecError(problem)
+
     def encode(self) -> str:
         out: dict[str, Any] = {"terms": [t.as_dict() for t in self.terms]}
         if self.after_user is not None:
             out["after_user"] = self.after_user
         return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def schedule(self) -> Optional[str]:
+        """The request's strength schedule when it has one (every term then shares it), else None."""
+        return next((t.schedule for t in self.terms if t.schedule != "constant"), None)
 
     def after_user_start(self, prompt_tokens: int) -> int:
         """The first position "after_user" steers (never past the last prompt token)."""
@@ -68,7 +90,7 @@ class RequestSpec:
 def _term(raw: Any, i: int) -> TermSpec:
     if not isinstance(raw, Mapping):
         raise SpecError(f"steering term {i} must be an object")
-    unknown = set(raw) - {"vector", "strength", "layers", "positions", "digest"}
+    unknown = set(raw) - {"vector", "strength", "layers", "positions", "digest", "schedule"}
     if unknown:
         raise SpecError(f"steering term {i}: unknown field(s) {sorted(unknown)}")
     name = raw.get("vector")
@@ -89,7 +111,12 @@ def _term(raw: Any, i: int) -> TermSpec:
     digest = raw.get("digest")
     if digest is not None and not isinstance(digest, str):
         raise SpecError(f"steering term {i}: 'digest' must be a string")
-    return TermSpec(name, float(strength), layers, positions, digest)
+    schedule = raw.get("schedule", "constant")
+    try:
+        schedule = Schedule.parse(schedule if isinstance(schedule, str) else repr(schedule)).spec
+    except SteerlabError as e:
+        raise SpecError(f"steering term {i}: {e}") from None
+    return TermSpec(name, float(strength), layers, positions, digest, schedule)
 
 
 def decode(value: Any) -> RequestSpec:

@@ -52,7 +52,8 @@ class SteeringTerm:
     """One resolved steering term of one request (the one shape a term has inside the server):
     `h_L <- h_L + strength * vector[L]` for each L in `layers`, at the positions of `positions`,
     only when `condition` (if any) fires for this request's prompt, decided as `decide` says
-    (`steerlab.steering.DECIDE_MODES`: "exact", or "first_token" for layers below the condition's)."""
+    (`steerlab.steering.DECIDE_MODES`: "exact", or "first_token" for layers below the condition's), weighted
+    along those positions by `schedule` (`steerlab.schedules`, canonical text: "constant", "first:N", "decay:H")."""
 
     name: str
     vector: SteeringVector  # restricted to `layers`
@@ -61,14 +62,17 @@ class SteeringTerm:
     positions: PolicyName
     condition: Optional[Condition] = None
     decide: str = "exact"
+    schedule: str = "constant"
 
     @property
     def fingerprint(self) -> str:
         """A short digest of everything that changes the computation (vector bytes, strength, layers,
-        positions, condition), e.g. to salt a prefix cache so steered KV is never shared."""
+        positions, condition, schedule), e.g. to salt a prefix cache so steered KV is never shared."""
         h = hashlib.sha256()
         h.update(vector_digest(self.vector).encode())
         h.update(repr((self.strength, self.layers, self.positions)).encode())
+        if self.schedule != "constant":
+            h.update(b"schedule:" + self.schedule.encode())
         if self.condition is not None:
             h.update(_condition_repr(self.condition).encode())
             h.update(self.decide.encode())
@@ -78,6 +82,8 @@ class SteeringTerm:
         """The echo of this term in a response's `steering` field (the condition as a request writes it)."""
         out = {"vector": self.name, "strength": self.strength, "layers": list(self.layers),
                "positions": self.positions}
+        if self.schedule != "constant":
+            out["schedule"] = self.schedule
         if self.condition is not None:
             out["condition"] = condition_spec(self.condition)
             out["decide"] = self.decide
@@ -242,8 +248,9 @@ class Engine(Protocol):
 
     name: str  # "builtin" or "vllm"
     model: ModelInfo
-    # what the engine runs beyond plain steering: "conditions" (CAST), "readout"; the server answers a
-    # request that needs a missing one with a 400 before submitting it
+    # what the engine runs beyond plain steering: "conditions" (CAST), "readout", "mixed_schedules" (terms of
+    # one request on different strength schedules); the server answers a request that needs a missing one
+    # with a 400 before submitting it
     features: frozenset[str]
 
     def submit(self, request: EngineRequest, emit: Callable[[EngineEvent], None]) -> RequestHandle:

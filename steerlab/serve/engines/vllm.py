@@ -13,7 +13,8 @@ request's own `after_user` boundary travels in the spec.
 handling) never blocks on the model, as the seam asks.
 
 Not run by this engine (yet): conditional steering and read-out (`features` is empty, so the server
-answers such requests with a 400 naming `--engine builtin`), and per-position (ActAdd) vectors.
+answers such requests with a 400 naming `--engine builtin`), per-position (ActAdd) vectors, and terms of one
+request on different strength schedules (`steerlab.schedules.one_weight_per_token`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from concurrent.futures import Future
 from typing import Callable, Optional, Sequence
 
 from ...errors import SteerlabError
+from ...schedules import one_weight_per_token
 from ...vllm_plugin.spec import RequestSpec, TermSpec, KEY
 from ...vllm_plugin.store import ENV as VECTORS_ENV, VectorStore
 from .base import (EngineEvent, EngineRequest, Failed, Finished, FirstToken, ModelInfo, QueueFull, SamplingSettings,
@@ -78,7 +80,8 @@ class VllmEngine:
     `steerlab.serve.engines.build_engine("vllm", ...)`)."""
 
     name = "vllm"
-    features: frozenset[str] = frozenset()  # "conditions", "readout": the built-in engine's, not yet this one's
+    # "conditions", "readout", "mixed_schedules": the built-in engine's, not yet this one's
+    features: frozenset[str] = frozenset()
 
     def __init__(self, llm, model: ModelInfo, loop: asyncio.AbstractEventLoop, thread: threading.Thread, *,
                  max_batch: int, max_queue: int, store: VectorStore, own_store: bool,
@@ -209,8 +212,8 @@ class VllmEngine:
         """The plugin's spec for `request` (None: unsteered, so vLLM runs it exactly as plain vLLM)."""
         if not request.steering:
             return None
-        terms = tuple(TermSpec(self.vector_name(t), float(t.strength), tuple(t.layers), t.positions)
-                      for t in request.steering)
+        terms = tuple(TermSpec(self.vector_name(t), float(t.strength), tuple(t.layers), t.positions,
+                               schedule=t.schedule) for t in request.steering)
         return RequestSpec(terms, request.after_user)
 
     def sampling_params(self, request: EngineRequest):
@@ -290,9 +293,9 @@ class TextGenerator:
             raise SteerlabError("no prompts to generate from")
         terms = [] if steering is None else ([steering] if isinstance(steering, Steering) else list(steering))
         terms = [t.normalized(lm, len(prompts)) for t in terms]
-        scheduled = [t.schedule for t in terms if t.schedule != "constant"]
-        if scheduled:  # before the engine starts (minutes)
-            raise SteerlabError(f"strength schedules ({scheduled[0]}) run on the built-in engine only")
+        problem = one_weight_per_token((t.schedule, t.positions) for t in terms)
+        if problem:  # before the engine starts (minutes)
+            raise SteerlabError(f"the vllm engine: {problem}")
         engine = self.engine(lm)
         requests = []
         for i, p in enumerate(prompts):
@@ -329,7 +332,8 @@ def row_terms(terms, row: int) -> tuple[SteeringTerm, ...]:
         if vector.per_position:
             raise SteerlabError("per-position (ActAdd) vectors run on the built-in engine only")
         layers = tuple(t.layers) if t.layers is not None else tuple(vector.layers)
-        out.append(SteeringTerm(f"term{k}", vector.select(layers), float(strength), layers, t.positions))
+        out.append(SteeringTerm(f"term{k}", vector.select(layers), float(strength), layers, t.positions,
+                                schedule=t.schedule))
     return tuple(out)
 
 

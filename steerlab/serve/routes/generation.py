@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from ...errors import PromptTooLongError, SteerlabError
+from ...schedules import one_weight_per_token
 from ..api_errors import ApiError
 from ..engines.base import EngineRequest, QueueFull, SamplingSettings, ShuttingDown, SteeringTerm
 from ..openai_schema import ChatCompletionRequest, CompletionRequest
@@ -53,6 +54,10 @@ def _check(server: ServerState, body: CompletionBody) -> tuple[int, list[Steerin
     if any(t.condition is not None for t in terms) and "conditions" not in engine.features:
         raise ApiError(400, f"conditional steering is not available on the {engine.name} engine: serve with "
                             "--engine builtin", param="steering", code="unsupported_on_engine")
+    mixed = one_weight_per_token((t.schedule, t.positions) for t in terms)
+    if mixed and "mixed_schedules" not in engine.features:
+        raise ApiError(400, f"on the {engine.name} engine, {mixed}: serve with --engine builtin for more",
+                       param="steering", code="unsupported_on_engine")
     if readout and "readout" not in engine.features:
         raise ApiError(400, f"read-out is not available on the {engine.name} engine: serve with --engine builtin",
                        param="readout", code="unsupported_on_engine")

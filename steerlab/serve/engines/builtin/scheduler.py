@@ -172,7 +172,7 @@ class BuiltinEngine:
     """
 
     name = "builtin"
-    features: frozenset[str] = frozenset({"conditions", "readout"})
+    features: frozenset[str] = frozenset({"conditions", "readout", "mixed_schedules"})
 
     def __init__(self, lm: LoadedModel, *, max_batch: int = 32, max_queue: int = 256, window_s: float = 0.01,
                  max_prefill_tokens: int = 16384):
