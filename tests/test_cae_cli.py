@@ -49,7 +49,14 @@ def test_stage_commands(setup):
     # (samples and compare are the same plumbing over sample_count_plan / method_plan, tested in test_cae_sweeps)
     invoke("cae", "side-effects", data, "--out", out, "--layer", 2, "--vector", vec, "--strengths", "0.5",
            "--corpus", root / "wiki.txt", "--tokens", 64, "--window", 32, "--model", model, "--n-train", 6)
-    assert [r["relative"] for r in results.read_json(out / "side_effects.json")["rows"]] == [0.0, 0.5]
+    constant = results.read_json(out / "side_effects.json")
+    assert [r["relative"] for r in constant["rows"]] == [0.0, 0.5]
+    invoke("cae", "side-effects", data, "--out", root / "first4", "--layer", 2, "--vector", vec, "--strengths", "0.5",
+           "--corpus", root / "wiki.txt", "--tokens", 64, "--window", 32, "--model", model, "--n-train", 6,
+           "--schedule", "first:4")
+    first = results.read_json(root / "first4" / "side_effects.json")
+    assert first["config"]["schedule"] == "first:4" and "schedule" not in constant["config"]
+    assert first["rows"][1]["perplexity_ratio"] != constant["rows"][1]["perplexity_ratio"]
     invoke("cae", "ood", data, "--out", out, "--layer", 2, "--vector", vec, "--prompts", root / "prompts.json",
            "--max-new-tokens", 3, "--model", model, "--n-train", 6)
     assert {m["measure"] for m in results.read_json(out / "ood.json")["measures"]} >= {"judge", "logprob_gap"}

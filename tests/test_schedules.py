@@ -208,3 +208,7 @@ def test_cli_schedules_fail_before_the_model_load(tmp_path):
                               "--schedule", "decay:0", "--model", str(tmp_path / "none")])
     assert res.exit_code != 0 and "unknown strength schedule 'decay:0'" in res.output
     assert not (tmp_path / "run").exists()
+    res = runner.invoke(app, ["cae", "side-effects", "openness", "-o", str(tmp_path / "se"), "--layer", "1",
+                              "--schedule", "first:x", "--model", str(tmp_path / "none")])
+    assert res.exit_code != 0 and "unknown strength schedule 'first:x'" in res.output
+    assert not (tmp_path / "se").exists()

@@ -387,6 +387,8 @@ def side_effects(
     corpus: Optional[Path] = typer.Option(None, help="Text corpus (default: the data root's corpus/wikitext-2-test.txt)."),
     tokens: int = typer.Option(2048, help="Tokens of the corpus to score (from its start)."),
     window: int = typer.Option(256, help="Tokens per window."),
+    schedule: str = typer.Option("constant", help="How the strength changes along each window's tokens: constant, "
+                                 "first:N (only the first N, then unsteered) or decay:H (halved every H)."),
     n_train: int = N_TRAIN,
     seed: int = SEED,
     run: Runtime = Runtime(),
@@ -394,6 +396,9 @@ def side_effects(
     """Perplexity and KL(unsteered || steered) on a fixed corpus subset across strengths (side_effects.*)."""
 
     def body():
+        from ..schedules import Schedule
+
+        plan = Schedule.parse(schedule)  # before the run directory and the model
         _begin(run, out, _files("side_effects"))
         from ..cae.strengths import raw_strength
         from ..cae.side_effects import corpus_windows, measure_side_effects, write_side_effects
@@ -405,7 +410,7 @@ def side_effects(
         windows = corpus_windows(prep.lm, path, n_tokens=tokens, window=window)
         alphas = [raw_strength(v, prep.vec, layer, prep.norms[layer]) for v in values] if relative else values
         res = measure_side_effects(prep.lm, prep.vec, layer, alphas, windows, relative=values if relative else None,
-                                   partial_path=out / "side_effects.partial.json",
+                                   schedule=plan.spec, partial_path=out / "side_effects.partial.json",
                                    on_batch=lambda b, n: say(f"batch {b}/{n}"))
         files = write_side_effects(res, out)
         (out / "side_effects.partial.json").unlink(missing_ok=True)
