@@ -56,14 +56,15 @@ GEN = ROOT / "docs" / "results" / "generalisation_files"
 
 @pytest.mark.parametrize("runs, baseline", [("1.5b", None), ("1.5b-last-token", "1.5b"), ("1.5b-all-lengths", None), ("1.5b-open-val", "1.5b-chosen-r"),
                                            ("1.5b-all-positions", "1.5b-chosen-r"), ("135m", None),
-                                           ("1.5b-bands", None), ("1.5b-schedule", "1.5b"), ("1.5b-schedule-r1", "1.5b")])
+                                           ("1.5b-bands", None), ("1.5b-schedule", "1.5b"), ("1.5b-schedule-r1", "1.5b"),
+                                           ("1.5b-schedule-r1-seed2", "1.5b")])
 def test_generalisation_tables_match_the_result_files(runs, baseline):
     """The r = 0.5, 30-prompt, open-answer, prompt-steering, 135M, band and schedule tables of generalisation.md (cells, per-length effects) are what
     scripts/generalise_table.py prints from the committed run directories."""
     dirs = [str(p) for p in sorted((GEN / runs).iterdir()) if (p / "summary.json").is_file()]
     extra = ["--baseline", *[str(p) for p in sorted((GEN / baseline).iterdir()) if p.is_dir()]] if baseline else []
     rows = table_rows(script("scripts/generalise_table.py", *dirs, *extra, "--model", "qwen2.5-coder-1.5b"))
-    assert len(rows) >= 3  # a header and two cells, or two headers, a cell and its per-length row, at least
+    assert len(rows) >= 2  # a header and a cell, at least
     doc = GEN_DOC.read_text()
     missing = [r for r in rows if r not in doc]
     assert not missing, f"rows of generalise_table.py {runs} not in {GEN_DOC.name} (regenerate):\n" + "\n".join(missing)
