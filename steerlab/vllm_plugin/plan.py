@@ -131,14 +131,21 @@ class StepPlanner:
                     self._warned.add(str(e))
                     log.error("steerlab: request not steered: %s", e)
                 continue
+            placed: dict[str, tuple] = {}  # per policy: its offsets and weights, the same at every layer
+
+            def offsets_and_weights(policy: str, spec=row.spec, row=row) -> tuple:
+                if policy not in placed:
+                    offsets = steered_offsets(spec, policy, row)
+                    placed[policy] = (offsets, schedule_weights(spec, policy, row, offsets))
+                return placed[policy]
+
             for layer, items in per_layer.items():
                 # tokens grouped by which of the layer's terms apply (policies nest, so at most 3 groups);
                 # each group's table row is the sum of its terms' deltas, in term order (as steerlab adds)
                 applies: dict[int, list[int]] = {}
                 weight: dict[int, float] = {}  # a scheduled request's tokens (its terms share one policy)
                 for k, (policy, _) in enumerate(items):
-                    offsets = steered_offsets(row.spec, policy, row)
-                    w = schedule_weights(row.spec, policy, row, offsets)
+                    offsets, w = offsets_and_weights(policy)
                     for n, j in enumerate(offsets):
                         if w is not None:
                             if w[n] == 0.0:  # first:N past N: the hooks add exact zeros there
