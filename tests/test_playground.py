@@ -287,6 +287,34 @@ def test_compare_streams_unsteered_and_steered_side_by_side(page, server):
 
 
 @pytest.mark.slow
+def test_a_strength_schedule_is_sent_and_a_bad_one_named_before_any_request(page, server):
+    pg = page
+    pg.check("#pick-cheerful")
+    ctl = pg.locator(".ctl[data-vector='cheerful']")
+    assert ctl.locator(".schedule").input_value() == "constant"
+    # A typo is named in the page and nothing is run.
+    ctl.locator(".schedule").fill("later:3")
+    assert "bad" in ctl.locator(".schedule").get_attribute("class")
+    pg.fill("#prompt", PROMPT)
+    pg.fill("#max-tokens", str(MAX_TOKENS))
+    pg.click("#run-btn")
+    pg.wait_for_selector("#banner:not([hidden])")
+    assert 'cheerful: unknown strength schedule "later:3"' in pg.inner_text("#banner")
+    assert pg.locator("#columns .col").count() == 0
+    # The push on the first 8 steered positions only: the same text as that request made directly, and not
+    # the constant push's text (so the schedule reached the server).
+    ctl.locator(".schedule").fill("first:8")
+    assert "bad" not in ctl.locator(".schedule").get_attribute("class")
+    pg.click("#run-btn")
+    _wait_done(pg, "#columns .col", 2)
+    term = {"vector": "cheerful", "strength": 6.0, "layers": [12], "positions": "after_user"}
+    steered = _text(pg, "#col-steered")
+    assert steered == _chat(server, {**term, "schedule": "first:8"})
+    assert steered != _chat(server, term)
+    assert "cheerful +6 @L12 after_user first:8" in pg.inner_text("#col-steered .col-sub")
+
+
+@pytest.mark.slow
 def test_sweep_shows_one_column_per_strength_with_two_vectors(page, server):
     pg = page
     pg.check("#pick-cheerful")

@@ -11,12 +11,16 @@ const POLICY_HINT = {
   last_prompt: "the last prompt token and every generated token (PAS)",
 };
 const DEFAULT_STRENGTH = 4;
+// The strength schedule's grammar (steerlab/schedules.py): checked here so a typo is named before any request.
+const SCHEDULE_RE = /^(constant|(first|decay):[1-9][0-9]*)$/;
+const SCHEDULE_HINT = "constant: the same push everywhere; first:N: only the first N steered positions; " +
+  "decay:H: the push halves every H positions";
 const KEY_NAME = "steerlab.apiKey";
 
 const state = {
   model: null,          // served model id (from /health)
   vectors: [],          // VECTOR objects from /v1/vectors
-  chosen: new Map(),    // name -> {strength, layers:Set, positions, condition}  (condition: a vector name or "")
+  chosen: new Map(),    // name -> {strength, layers:Set, positions, schedule, condition}  (condition: a vector name or "")
   focused: null,        // name whose details are shown
   mode: "compare",
   runs: [],             // AbortControllers of the streams in flight
@@ -133,6 +137,7 @@ function defaultsFor(v) {
     strength: typeof v.strength === "number" ? v.strength : DEFAULT_STRENGTH,
     layers: new Set(layers),
     positions: POLICIES.includes(v.positions) ? v.positions : "after_user",
+    schedule: "constant",
     condition: "",
   };
 }
@@ -219,6 +224,12 @@ function renderControls() {
     const pos = el("select", { class: "positions", "aria-label": name + " positions" },
       POLICIES.map((p) => el("option", { value: p, text: p, selected: p === c.positions, title: POLICY_HINT[p] })));
     pos.addEventListener("change", () => { c.positions = pos.value; });
+    const sched = el("input", { type: "text", class: "schedule", value: c.schedule, spellcheck: "false",
+      placeholder: "constant", "aria-label": name + " schedule", title: SCHEDULE_HINT });
+    sched.addEventListener("input", () => {
+      c.schedule = sched.value.trim().toLowerCase() || "constant";
+      sched.classList.toggle("bad", !SCHEDULE_RE.test(c.schedule));
+    });
     const conds = conditionVectors().filter((x) => x.id !== name);
     const cond = el("select", { class: "condition", "aria-label": name + " condition",
       title: "steer only when this condition vector fires on the prompt (decided once, at prefill)" },
@@ -234,6 +245,7 @@ function renderControls() {
       el("div", { class: "scale" }, el("span", { text: -range }), el("span", { text: "0" }), el("span", { text: "+" + range })),
       el("div", { class: "field" }, el("span", { text: "layers" }), chips),
       el("div", { class: "field" }, el("span", { text: "positions" }), pos),
+      el("div", { class: "field" }, el("span", { text: "schedule" }), sched),
       el("div", { class: "field" }, el("span", { text: "condition" }), cond));
   }));
   renderSweepChoices();
@@ -383,6 +395,7 @@ function steeringList(override) {
     const strength = override && override.name === name ? override.strength : c.strength;
     if (strength === 0) continue; // zero adds nothing: leave it out
     const term = { vector: name, strength, layers: [...c.layers].sort((a, b) => a - b), positions: c.positions };
+    if (c.schedule !== "constant") term.schedule = c.schedule;
     if (c.condition) term.condition = c.condition;
     out.push(term);
   }
@@ -392,7 +405,7 @@ function steeringList(override) {
 function describe(steering) {
   if (!steering.length) return "no vector";
   return steering.map((s) => `${s.vector} ${signed(s.strength)} @L${compactLayers(s.layers)} ${s.positions}` +
-    (s.condition ? ` if ${s.condition}` : "")).join("  +  ");
+    (s.schedule ? ` ${s.schedule}` : "") + (s.condition ? ` if ${s.condition}` : "")).join("  +  ");
 }
 
 function makeColumn(id, title, sub, cls) {
@@ -569,6 +582,12 @@ function run(ev) {
   if (state.runs.length) return;
   if (!$("#prompt").value.trim()) { banner("Write a prompt first."); return; }
   banner(null);
+  const bad = [...state.chosen].find(([, c]) => !SCHEDULE_RE.test(c.schedule));
+  if (bad) {
+    banner(`${bad[0]}: unknown strength schedule "${bad[1].schedule}"; use constant, first:N or decay:H ` +
+      "(N, H positive integers).", "error");
+    return;
+  }
   const cols = $("#columns");
   const jobs = [];
   const readout = $("#readout-vector").value || null;
