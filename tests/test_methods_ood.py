@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -236,6 +237,21 @@ def test_bipo_gradient_matches_finite_differences(lm, ab_items):
                   - ref_bipo_loss(lm64, pairs, v.detach() - eps * u, layer, beta)) / (2 * eps)
         assert float(grad @ u) == pytest.approx(float(fd), rel=2e-3)
     assert float(grad.norm()) > 0
+
+
+def test_bipo_shows_progress_from_the_reference_pass_on(lm, capsys):
+    """The reference pass (the whole model over every pair, before the first step) is the long silent stretch at
+    1.5B: it has a bar of its own, counting batches, before the steps' bar."""
+    items = load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:10]
+    pairs = completion_pairs(items)
+    cfg = BiPOConfig(batch_size=3, max_steps=2, eval_every=2, seed=1)
+    n_val = max(1, round(cfg.val_fraction * len(pairs)))
+    batches = math.ceil(n_val / 3) + math.ceil((len(pairs) - n_val) / 3)
+    train_bipo_detailed(lm, pairs, 2, cfg, progress=True)
+    err = capsys.readouterr().err
+    ref = re.search(rf"BiPO at layer 2: reference pass: 100%.*{batches}/{batches} ", err)
+    steps = re.search(r"BiPO at layer 2: 100%.*2/2 ", err)
+    assert ref and steps and ref.start() < steps.start(), err
 
 
 def test_bipo_training_lowers_validation_loss_and_is_deterministic(lm, ab_items, tmp_path):

@@ -271,7 +271,7 @@ def _prefix_bytes(lm: LoadedModel, encs: Sequence[EncodedPairs]) -> int:
 
 
 def _prepare(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, size: int, positions: str,
-             cache_prefix: bool = False) -> list[_Chunk]:
+             cache_prefix: bool = False, bar: tqdm | None = None) -> list[_Chunk]:
     encs = [encode_pairs(lm, part) for part in _batches(list(pairs), size)]
     cache_prefix = cache_prefix and _prefix_bytes(lm, encs) <= PREFIX_CACHE_BYTES
     chunks = []
@@ -280,6 +280,8 @@ def _prepare(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, size: i
             captured: list[CachedPrefix] = []
             ref = completion_logprobs(lm, enc, None, layer, positions, capture=captured if cache_prefix else None)
             chunks.append(_Chunk(enc, ref, captured[0] if cache_prefix else None))
+            if bar is not None:
+                bar.update(1)
         if cache_prefix and not _replay_reproduces(lm, chunks[0], layer, positions):
             warnings.warn("BiPO: replaying block outputs does not reproduce this model's forward pass; "
                           "every step runs the whole model", stacklevel=3)
@@ -360,8 +362,12 @@ def train_bipo_detailed(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: i
     train, val = _split(pairs, cfg.val_fraction, cfg.seed)
     if not train:
         raise DatasetError(f"val_fraction {cfg.val_fraction} leaves no training pairs of {len(pairs)}")
-    val_chunks = _prepare(lm, val, layer, cfg.batch_size, cfg.positions, cfg.cache_prefix)
-    train_chunks = _prepare(lm, train, layer, cfg.batch_size, cfg.positions, cfg.cache_prefix)
+    # the unsteered reference pass runs the whole model over every pair once: minutes on a CPU at 1.5B
+    n_chunks = math.ceil(len(val) / cfg.batch_size) + math.ceil(len(train) / cfg.batch_size)
+    with tqdm(total=n_chunks, desc=f"BiPO at layer {layer}: reference pass", disable=not progress,
+              unit="batch") as ref_bar:
+        val_chunks = _prepare(lm, val, layer, cfg.batch_size, cfg.positions, cfg.cache_prefix, ref_bar)
+        train_chunks = _prepare(lm, train, layer, cfg.batch_size, cfg.positions, cfg.cache_prefix, ref_bar)
     rng = random.Random(cfg.seed)
     frozen = [p for p in lm.model.parameters() if p.requires_grad]
     for p in frozen:  # the model is frozen: gradients for v only
