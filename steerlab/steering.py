@@ -35,14 +35,14 @@ from .activations import read_rows
 from .encoding import EncodedBatch
 from .errors import SteerlabError, VectorError
 from .layers import block_hidden, with_block_hidden
+from .position_policies import check_policy, run_start, steered
 from .schedules import Schedule
 from .vector import SteeringVector
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from .models import LoadedModel
 
-PositionPolicy = Literal["all", "after_user", "last_prompt"]
-POLICIES: tuple[str, ...] = ("all", "after_user", "last_prompt")
+PositionPolicy = Literal["all", "after_user", "last_prompt"]  # `position_policies.POLICIES`
 # The one default for a steering term (a `Steering` that names no strength or positions, and
 # `Steering.from_vector` for a vector that records none): strength 4 at the CAA positions.
 DEFAULT_STRENGTH = 4.0
@@ -104,8 +104,7 @@ class Steering:
         the end (-1 → n_layers - 1), deduplicated and sorted (None stays None: every layer of the
         vector); strengths are finite floats; per-row vectors and strengths are lists of equal length
         (and of `rows` when given); every vector fits `lm`. Raises a SteerlabError naming the problem."""
-        if self.positions not in POLICIES:
-            raise SteerlabError(f"unknown position policy '{self.positions}': choose one of {', '.join(POLICIES)}")
+        check_policy(self.positions)
         if self.decide not in DECIDE_MODES:
             raise SteerlabError(f"unknown decide mode '{self.decide}': choose one of {', '.join(DECIDE_MODES)}")
         schedule = Schedule.parse(self.schedule).spec
@@ -273,32 +272,30 @@ class _ForwardState:
             self.prompt_len = width - pad
 
 
-def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.Tensor:
-    real = pos >= 0
-    if policy == "all":
-        return real
+def _row_bounds(policy: str, state: _ForwardState, device: torch.device) -> dict:
+    """The per-row positions `position_policies` needs for `policy`, shaped [rows, 1] against [rows, width]
+    positions; a clear error where the forward was not given what the policy needs."""
+    check_policy(policy)
     if policy == "after_user":
         if state.batch is None:
             raise SteerlabError("positions='after_user' needs the encoded batch (pass batch=steerlab.encode(...))")
-        return real & (pos >= state.batch.after_user_start.to(pos.device)[:, None])
+        return {"after_user_start": state.batch.after_user_start.to(device)[:, None]}
     if policy == "last_prompt":
         if state.prompt_len is None:
             raise SteerlabError("positions='last_prompt' needs the prompt lengths: pass batch=steerlab.encode(...)")
-        return pos == (state.prompt_len.to(pos.device)[:, None] - 1)
-    raise SteerlabError(f"unknown position policy '{policy}': choose one of {', '.join(POLICIES)}")
+        return {"prompt_len": state.prompt_len.to(device)[:, None]}
+    return {}
 
 
-def _run_start(term: _Term, state: _ForwardState, rows: int, device: torch.device) -> torch.Tensor:
-    """Per row, the first position `term` steers (row-relative): where its schedule counts from."""
-    if term.positional:
-        if state.batch is None:
-            return torch.zeros(rows, dtype=torch.long, device=device)
-        return state.batch.user_start.to(device)
-    if term.policy == "all":
-        return torch.zeros(rows, dtype=torch.long, device=device)
-    if term.policy == "after_user":
-        return state.batch.after_user_start.to(device)  # the policy mask has already required the batch
-    return state.prompt_len.to(device) - 1  # last_prompt
+def _policy_mask(policy: str, pos: torch.Tensor, state: _ForwardState) -> torch.Tensor:
+    return steered(policy, pos, **_row_bounds(policy, state, pos.device))
+
+
+def _run_start(term: _Term, state: _ForwardState, device: torch.device) -> torch.Tensor | int:
+    """Per row ([rows, 1]), the first position `term` steers (row-relative): where its schedule counts from."""
+    if term.positional:  # ActAdd: from the user's first token, whatever the policy
+        return state.batch.user_start.to(device)[:, None] if state.batch is not None else 0
+    return run_start(term.policy, **_row_bounds(term.policy, state, device))
 
 
 def _is_scalar(x) -> bool:
@@ -413,7 +410,7 @@ def _layer_hook(terms: list[_Term], state: _ForwardState):
                 mask = _policy_mask(t.policy, pos, state)
                 piece = mask[..., None].to(h.dtype) * delta[:, 0][:, None, :]
             if t.schedule is not None:
-                k = pos - _run_start(t, state, rows, h.device)[:, None]
+                k = pos - _run_start(t, state, h.device)
                 piece = piece * t.schedule.weights(k)[..., None].to(h.device, h.dtype)
             if t.gate is not None:
                 if t.gate.fired is None:

@@ -10,7 +10,8 @@ import torch
 
 import steerlab as sl
 from steerlab.serve.engines.base import EngineRequest, SamplingSettings, steering_positions
-from steerlab.steering import POLICIES, _ForwardState, _policy_mask
+from steerlab.position_policies import POLICIES
+from steerlab.steering import _ForwardState, _policy_mask
 
 PROMPTS = ["How was your weekend?", "Hi", "Tell me about the sea, the waves and the boats on it.", "Why?"]
 GENERATED = 5  # decoded tokens after each prompt

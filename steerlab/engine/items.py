@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..encoding import Prompt, as_prompt, tokenize_prompts
 from ..errors import PromptTooLongError, SteerlabError
-from ..steering import POLICIES, Steering
+from ..position_policies import check_policy
+from ..steering import Steering
 from ..vector import SteeringVector
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
@@ -74,8 +75,7 @@ def _check_term(term: Steering) -> Steering:
         strength = float(strength)
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(float(strength)):
         raise SteerlabError(f"a Setting's strength must be a finite number, got {term.strength!r}")
-    if term.positions not in POLICIES:
-        raise SteerlabError(f"unknown position policy '{term.positions}': choose one of {', '.join(POLICIES)}")
+    check_policy(term.positions)
     layers = term.layers
     if layers is not None:
         layers = tuple(int(l) for l in layers)

@@ -35,7 +35,8 @@ from ..data.tasks import resolve_behaviour
 from ..encoding import format_prompt
 from ..engine import ScoringItem, Setting, caa_vectors, score
 from ..errors import OutputExistsError, SteerlabError
-from ..steering import POLICIES, Steering
+from ..position_policies import check_policy
+from ..steering import Steering
 from ..vector import SteeringVector
 from .config import EPOConfig
 from .objective import EPOObjective
@@ -90,8 +91,7 @@ def _check_args(lm: LoadedModel, layer: int, strength: float, positions: str, n_
     lm.blocks.check_layer(layer)
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) or strength == 0:
         raise SteerlabError(f"the steering strength must be a finite non-zero number, got {strength!r}")
-    if positions not in POLICIES:
-        raise SteerlabError(f"unknown position policy {positions!r}: choose one of {', '.join(POLICIES)}")
+    check_policy(positions)
     if n_attack < 1:
         raise SteerlabError(f"the attack needs at least one target item (n_attack={n_attack}): the target is empty")
     if n_train < n_attack:

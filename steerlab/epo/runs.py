@@ -13,7 +13,8 @@ import torch
 
 from ..data.tasks import resolve_behaviour
 from ..errors import SteerlabError
-from ..steering import POLICIES, Steering
+from ..position_policies import check_policy
+from ..steering import Steering
 from ..vector import SteeringVector
 from .attack import attack_behaviour, attack_string, check_run_dir, reevaluate
 from .config import EPOConfig
@@ -107,8 +108,7 @@ def check_options(o: AttackOptions) -> None:
         raise SteerlabError("give either --behaviour (reverse a steered behaviour) or --target with --prompt")
     if o.out is None:
         raise SteerlabError("--out RUN_DIR is required")
-    if o.positions not in POLICIES:
-        raise SteerlabError(f"unknown position policy {o.positions!r}: choose one of {', '.join(POLICIES)}")
+    check_policy(o.positions)
     if o.placement not in ("suffix", "prefix"):
         raise SteerlabError(f"unknown placement {o.placement!r}: choose suffix or prefix")
     if o.vector is not None and not Path(o.vector).is_file():

@@ -52,7 +52,7 @@ from ..data.records import MCItem
 from ..engine import Setting
 from ..errors import DatasetError, SteerlabError
 from ..methods.pas import PASActivations, PASExample, normalize_method, pas_activations, pas_contrast
-from ..steering import POLICIES
+from ..position_policies import check_policy
 from ..vector import SteeringVector
 from .bias import LetterBiasReport, letter_bias_report
 from .letters import LetterScores, PromptMemo, score_letters
@@ -353,8 +353,7 @@ def run_pas(
     if not items:
         raise DatasetError(f"{dataset or 'dataset'}: no items")
     name = dataset or items[0].source or "dataset"
-    if positions not in POLICIES:
-        raise SteerlabError(f"unknown position policy '{positions}': choose one of {', '.join(POLICIES)}")
+    check_policy(positions)
     grid_layers = tuple(default_layers(lm.n_layers) if layers is None else sorted({lm.blocks.check_layer(l) for l in layers}))
     grid_strengths = tuple(default_strengths() if strengths is None else [float(s) for s in strengths])
     if not grid_layers or not grid_strengths:

@@ -16,7 +16,8 @@ from typing import Sequence
 from ..errors import SteerlabError, VectorError
 from ..monitoring import default_layer
 from ..schedules import Schedule
-from ..steering import DECIDE_MODES, POLICIES, Steering
+from ..position_policies import POLICIES
+from ..steering import DECIDE_MODES, Steering
 from ..vector import SteeringVector
 from .engines.base import Condition, ConditionLeaf, ConditionNode, ReadoutSpec, SteeringTerm
 

@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..position_policies import run_start as position_run_start
+from ..position_policies import steered
 from ..schedules import Schedule
 from .spec import RequestSpec, SpecError
 from .store import VectorStore, term_deltas
@@ -43,27 +45,19 @@ class Row:
     computed: int
 
 
+def _bounds(spec: RequestSpec, row: Row) -> dict:
+    return {"after_user_start": spec.after_user_start(row.prompt_tokens), "prompt_len": row.prompt_tokens}
+
+
 def steered_offsets(spec: RequestSpec, policy: str, row: Row) -> np.ndarray:
     """Offsets (within the row's chunk) of the tokens `policy` steers."""
     pos = np.arange(row.computed, row.computed + row.count)
-    if policy == "all":
-        keep = pos >= 0
-    elif policy == "after_user":
-        keep = pos >= spec.after_user_start(row.prompt_tokens)
-    elif policy == "last_prompt":
-        keep = pos == row.prompt_tokens - 1
-    else:  # decode() only lets the three policies through
-        raise SpecError(f"unknown position policy '{policy}'")
-    return np.nonzero(keep)[0]
+    return np.nonzero(steered(policy, pos, **_bounds(spec, row)))[0]
 
 
 def run_start(spec: RequestSpec, policy: str, row: Row) -> int:
     """The absolute position of the first token `policy` steers: where a schedule counts k from."""
-    if policy == "all":
-        return 0
-    if policy == "after_user":
-        return spec.after_user_start(row.prompt_tokens)
-    return row.prompt_tokens - 1  # last_prompt
+    return position_run_start(policy, **_bounds(spec, row))
 
 
 def schedule_weights(spec: RequestSpec, policy: str, row: Row, offsets: np.ndarray) -> Optional[np.ndarray]:

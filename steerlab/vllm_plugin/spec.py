@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import SteerlabError
+from ..position_policies import POLICIES
 from ..schedules import Schedule, one_weight_per_token
 
 KEY = "steerlab"  # the extra_args / vllm_xargs key
-POLICIES = ("all", "after_user", "last_prompt")
 
 
 class SpecError(ValueError):
