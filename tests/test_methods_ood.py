@@ -558,8 +558,9 @@ def generalise_run(lm, tmp_path_factory):
                            ood_limit=2, max_new_tokens=4, corpus_tokens=128, window=64, bipo_steps=2,
                            persona_questions=2, persona_samples=1, persona_tokens=4, persona_judge=False)
     out = tmp_path_factory.mktemp("generalise")
-    summary = run_generalise(lm, cfg, out, LocalJudge(lm))
-    return cfg, out, summary
+    lines: list[str] = []
+    summary = run_generalise(lm, cfg, out, LocalJudge(lm), log=lines.append)
+    return cfg, out, summary, lines
 
 
 def _mtimes(root):
@@ -569,7 +570,7 @@ def _mtimes(root):
 def test_generalise_runs_every_cell_once(lm, generalise_run):
     from steerlab.cae.generalise import run_generalise
 
-    cfg, out, summary = generalise_run
+    cfg, out, summary, _ = generalise_run
     cells = [(r["method"], r["seed"]) for r in summary["rows"]]
     assert cells == [("caa", 0), ("multiformat", 0), ("bipo", 0), ("bipo", 1), ("persona", 0), ("persona", 1)]
     for method, seed in cells:
@@ -581,6 +582,13 @@ def test_generalise_runs_every_cell_once(lm, generalise_run):
         assert vec.meta.method == method and vec.layers == (1, 2)
         sel = json.loads((cell / "selection.json").read_text())
         assert sel["layer"] == max(sel["rows"], key=lambda r: r["effect_plus"] - r["effect_minus"])["layer"]
+    # every stage says what it is doing, the OOD stages batch by batch
+    lines = generalise_run[3]
+    for method, seed in cells:
+        stage = lines.index(f"{method} seed {seed}: OOD at r=+0.5")
+        said = lines[stage + 1:stage + 5]  # later cells first say they reuse the unsteered responses
+        assert any(s.startswith("  generated batch 1/") for s in said), said
+        assert "  judging 8 responses" in said  # 4 prompts, unsteered and steered
     row = summary["rows"][0]
     assert set(row["ppl_ratio"]) == {"+0.5", "-0.5"} and "judge_auc" in row
     judged = [k for k in row if k.startswith("ood_")]
@@ -609,7 +617,7 @@ def test_generalise_bipo_keeps_each_finished_layer(lm, generalise_run, tmp_path)
 
     from steerlab.cae.generalise import run_generalise
 
-    cfg, out, _ = generalise_run
+    cfg, out, *_ = generalise_run
     again = tmp_path / "again"
     shutil.copytree(out, again)
     cell = again / "bipo" / "seed0"
@@ -634,7 +642,7 @@ def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):
 
     from steerlab.cae.generalise import run_generalise
 
-    cfg, out, _ = generalise_run
+    cfg, out, *_ = generalise_run
     with pytest.raises(sl.SteerlabError, match="differs in relative"):
         run_generalise(lm, replace(cfg, relative=1.0), out, LocalJudge(lm))
 
@@ -643,7 +651,7 @@ def test_generalise_refuses_to_mix_dtypes(lm, generalise_run):
     """Greedy responses differ between bfloat16 and float32: a directory's cells are all made in one."""
     from steerlab.cae.generalise import run_generalise
 
-    cfg, out, _ = generalise_run
+    cfg, out, *_ = generalise_run
     assert json.loads((out / "config.json").read_text())["numerics"] == {"dtype": "float32", "device": "cpu"}
     half = copy.deepcopy(lm)
     half.model.to(torch.bfloat16)
@@ -661,7 +669,7 @@ def test_generalise_reads_the_numerics_of_a_directory_from_before_the_record(lm,
 
     from steerlab.cae.generalise import run_generalise
 
-    cfg, out, _ = generalise_run
+    cfg, out, *_ = generalise_run
     for dtype, agrees in (("float32", True), ("bfloat16", False)):
         old = tmp_path / dtype
         shutil.copytree(out, old)
@@ -688,7 +696,7 @@ def test_generalise_grows_by_method_and_summarises_every_finished_cell(lm, gener
 
     from steerlab.cae.generalise import run_generalise
 
-    cfg, out, _ = generalise_run
+    cfg, out, *_ = generalise_run
     grown = tmp_path / "grown"
     shutil.copytree(out, grown)
     shutil.rmtree(grown / "persona")
@@ -741,7 +749,7 @@ def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_ru
 
     from steerlab.cae.generalise_report import CellReport, collect, goal_counts, markdown_table, plot
 
-    cfg, out, summary = generalise_run
+    cfg, out, summary, _ = generalise_run
     reports = collect([out], model="tiny")
     assert [(c.method, c.seed) for c in reports] == [(r["method"], r["seed"]) for r in summary["rows"]]
     c = next(c for c in reports if c.method == "bipo" and c.seed == 1)

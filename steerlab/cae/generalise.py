@@ -395,7 +395,8 @@ def run_cell(lm: LoadedModel, method: str, seed: int, data, cases, windows, judg
             v, lay, alpha = steering(sign * rel)
             timed(name, lambda: evaluate_ood(lm, data.name, cases, v, lay, alpha, judge, out_dir=cell / name,
                                              positions=cfg.positions, schedule=cfg.schedule,
-                                             max_new_tokens=cfg.max_new_tokens, generator=generator))
+                                             max_new_tokens=cfg.max_new_tokens, generator=generator,
+                                             log=lambda s: log(f"  {s}")))
         ood[name] = json.loads(path.read_text())
         share_unsteered(cell / name / "ood_generations.jsonl", cell.parent.parent / UNSTEERED)
     side_path = cell / "side_effects.json"

@@ -321,12 +321,14 @@ def evaluate_ood(lm: LoadedModel,
 
     t = time.perf_counter()
     requests = [JudgeRequest(g.prompt, g.response, behaviour, g.criteria) for g in gens]
+    log(f"judging {len(requests)} responses")
     judged = judge.score(requests)
     if len(judged) != len(requests):
         raise SteerlabError(f"the judge returned {len(judged)} scores for {len(requests)} responses")
     seconds["judge"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    log("projections and log-prob gaps")
     proj = response_projections(lm, gens, vector, layer, batch_size=batch_size) if not vector.per_position else [None] * len(gens)
     gaps = logprob_gaps(lm, cases, vector, layer, strength, schedule=schedule, positions=positions)
     seconds["judge_free"] = time.perf_counter() - t
