@@ -202,6 +202,12 @@ def test_layer_strings_fail_before_the_model_load(tmp_path, pairs_file, model_di
     assert code == 1 and "cannot read strengths '4,big'" in out
 
 
+def test_position_policies_fail_before_the_model_load(model_dirs, no_model_load):
+    for cmd in (["generate", "Hi", "--vector", "x.safetensors"], ["effect", "x.safetensors", "demo"]):
+        code, out = run(*cmd, "--positions", "middle", "--model", model_dirs[32])
+        assert code == 1 and "unknown position policy 'middle': choose one of all, after_user, last_prompt" in out, (cmd, out)
+
+
 def test_threads_on_every_model_command(tmp_path, pairs_file, model_dirs, monkeypatch):
     """--threads 0 is refused before the model load; --threads N reaches torch (2-core machines crawl without it)."""
     import steerlab.models

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..data.demo import DEMO_DATA, DEMO_LAYER, DEMO_STRENGTH, DEMO_TRAIN, demo_pairs
 from ..errors import DatasetError, SteerlabError
+from ..position_policies import check_policy
 from .common import (check_layer_spec, check_out, console, load_model, parse_floats, parse_layers, read_vector,
                      run_command, say, set_runtime)
 from .options import MODEL, THREADS, DEVICE, DEVICE_MAP, DTYPE
@@ -240,6 +241,8 @@ def generate(
         if decide != "exact" and condition is None:
             raise SteerlabError("--decide says how a condition is decided: give --condition too")
         check_layer_spec(layers)
+        if positions is not None:
+            check_policy(positions)  # before the model load
         from ..schedules import Schedule
 
         plan = Schedule.parse(schedule)
@@ -349,6 +352,7 @@ def effect(
         set_runtime(threads, device, dtype, device_map)
         ss = parse_floats(strengths, "strengths")
         check_layer_spec(layers)
+        check_policy(positions)
         if offset < 0:
             raise SteerlabError("--offset must be 0 or more")
         if limit is not None and limit < 1:
