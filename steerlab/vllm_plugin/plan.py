@@ -24,8 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..position_policies import run_start as position_run_start
-from ..position_policies import steered
+from ..position_policies import run_start as position_run_start, steered
 from ..schedules import Schedule
 from .spec import RequestSpec, SpecError
 from .store import VectorStore, term_deltas
@@ -126,20 +125,16 @@ class StepPlanner:
                     log.error("steerlab: request not steered: %s", e)
                 continue
             placed: dict[str, tuple] = {}  # per policy: its offsets and weights, the same at every layer
-
-            def offsets_and_weights(policy: str, spec=row.spec, row=row) -> tuple:
-                if policy not in placed:
-                    offsets = steered_offsets(spec, policy, row)
-                    placed[policy] = (offsets, schedule_weights(spec, policy, row, offsets))
-                return placed[policy]
-
             for layer, items in per_layer.items():
                 # tokens grouped by which of the layer's terms apply (policies nest, so at most 3 groups);
                 # each group's table row is the sum of its terms' deltas, in term order (as steerlab adds)
                 applies: dict[int, list[int]] = {}
                 weight: dict[int, float] = {}  # a scheduled request's tokens (its terms share one policy)
                 for k, (policy, _) in enumerate(items):
-                    offsets, w = offsets_and_weights(policy)
+                    if policy not in placed:
+                        offsets = steered_offsets(row.spec, policy, row)
+                        placed[policy] = (offsets, schedule_weights(row.spec, policy, row, offsets))
+                    offsets, w = placed[policy]
                     for n, j in enumerate(offsets):
                         if w is not None:
                             if w[n] == 0.0:  # first:N past N: the hooks add exact zeros there
