@@ -8,6 +8,8 @@ Prints one JSON object (per method: seconds, and BiPO's steps and seconds per st
 generated and kept) with the machine block, and writes it to benchmarks/out/ood_methods-*.json.
 "bipo-whole" is BiPO running every block at every step (`cache_prefix=False`, the loop before block L's
 output was replayed): side by side with "bipo", the same losses at a different cost.
+"bipo-shared" trains every layer of --bipo-layers in one call (`train_bipo_layers`: one reference pass for all),
+"bipo-each" one call per layer (a reference pass each): side by side, the same vectors at a different cost.
 Sizes are small on purpose: it measures cost, not the vectors' quality (that is `docs/results/generalisation.md`).
 """
 
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--bipo-steps", type=int, default=5)
     ap.add_argument("--bipo-batch", type=int, default=4)
+    ap.add_argument("--bipo-layers", default="10,20", help="bipo-shared / bipo-each: the layers trained")
     ap.add_argument("--persona-questions", type=int, default=4)
     ap.add_argument("--persona-tokens", type=int, default=48)
     ap.add_argument("--no-judge", action="store_true")
@@ -46,7 +49,7 @@ def main() -> None:
     from steerlab.hardware import machine_block
     from steerlab.methods import (BiPOConfig, PersonaConfig, completion_pairs, load_trait, persona_questions,
                                   train_caa, train_multiformat)
-    from steerlab.methods.bipo import train_bipo_detailed
+    from steerlab.methods.bipo import train_bipo_detailed, train_bipo_layers
     from steerlab.methods.persona import train_persona_detailed
 
     items = load_mwe(resolve_behaviour(args.behaviour))[:args.n_items]
@@ -68,6 +71,14 @@ def main() -> None:
             row.update(steps=res.steps, seconds_per_step=round(res.seconds_per_step, 2),
                        replayed_prefix=res.vector.meta.extra["replayed_prefix"],
                        val_loss=[round(h["val_loss"], 4) for h in res.history])
+        elif name in ("bipo-shared", "bipo-each"):
+            layers = [int(x) for x in args.bipo_layers.split(",")]
+            cfg = BiPOConfig(max_steps=args.bipo_steps, batch_size=args.bipo_batch, patience=10**6)
+            pairs = completion_pairs(items)
+            runs = (train_bipo_layers(lm, pairs, layers, cfg) if name == "bipo-shared"
+                    else {l: train_bipo_detailed(lm, pairs, l, cfg) for l in layers})
+            row.update(layers=layers, reference_seconds=[round(r.reference_seconds, 2) for r in runs.values()],
+                       val_loss={l: [round(h["val_loss"], 4) for h in r.history] for l, r in runs.items()})
         elif name == "persona":
             trait = load_trait(args.behaviour)
             judge = None if args.no_judge else trait_scorer(LocalJudge(lm), trait.name, trait.description)

@@ -28,7 +28,7 @@ from steerlab.encoding import format_prompt
 from steerlab.errors import DatasetError
 from steerlab.layers import block_hidden, find_decoder_blocks, with_block_hidden
 from steerlab.methods.bipo import (BiPOConfig, bipo_loss, bipo_objective, completion_logprobs, completion_pairs,
-                                   encode_pairs, train_bipo_detailed)
+                                   encode_pairs, train_bipo_detailed, train_bipo_layers)
 from steerlab.methods.multiformat import (MultiformatConfig, ab_question, item_texts, render_formats,
                                           train_multiformat, train_multiformat_detailed)
 from steerlab.methods.persona import (PersonaConfig, PersonaSample, Trait, generate_samples, judge_samples, load_trait,
@@ -293,6 +293,36 @@ def test_bipo_replayed_prefix_trains_the_same_vector(lm, positions):
     assert all(type(m).__name__ != "_Replay" for m in lm.blocks)  # the model's own blocks are back
 
 
+def test_bipo_layers_share_one_reference_pass_and_train_what_each_layer_alone_would(lm, capsys):
+    """Training layers 1 and 2 together runs the whole model over the pairs once (block 0 runs only in the
+    reference pass while replay is on), and each layer's vector, history and settings equal its own run's."""
+    pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:10])
+    cfg = BiPOConfig(lr=0.05, batch_size=4, max_steps=4, eval_every=2, patience=5, seed=3)
+    n_val = max(1, round(cfg.val_fraction * len(pairs)))
+    n_chunks = math.ceil(n_val / 4) + math.ceil((len(pairs) - n_val) / 4)
+    calls = {"n": 0}
+    handle = lm.blocks[0].register_forward_hook(lambda m, a, o: calls.update(n=calls["n"] + 1))
+    seen = []
+    try:
+        together = train_bipo_layers(lm, pairs, [2, 1], cfg, progress=True, on_result=seen.append)
+        shared_calls = calls["n"]
+        calls["n"] = 0
+        alone = {l: train_bipo_detailed(lm, pairs, l, cfg) for l in (1, 2)}
+        alone_calls = calls["n"]
+    finally:
+        handle.remove()
+    assert shared_calls == n_chunks and alone_calls == 2 * n_chunks
+    assert list(together) == [2, 1] and [r.vector.layers for r in seen] == [(2,), (1,)]
+    for l in (1, 2):
+        torch.testing.assert_close(together[l].vector[l], alone[l].vector[l])
+        assert [h["val_loss"] for h in together[l].history] == pytest.approx([h["val_loss"] for h in alone[l].history])
+        assert together[l].vector.meta.extra["replayed_prefix"] and together[l].vector[l].norm() > 0
+        assert 0 < together[l].reference_seconds <= together[l].total_seconds
+    assert re.search(r"BiPO at layers 2, 1: reference pass: 100%", capsys.readouterr().err)
+    with pytest.raises(DatasetError, match="at least one layer"):
+        train_bipo_layers(lm, pairs, [], cfg)
+
+
 def test_bipo_falls_back_to_the_whole_model_when_replay_differs(lm, monkeypatch):
     """Blocks that share state within a pass (emulated: block 0 sets a flag that block 3 reads) make the
     replay differ from the whole model; training then runs every block, with a warning, and still learns."""
@@ -303,7 +333,7 @@ def test_bipo_falls_back_to_the_whole_model_when_replay_differs(lm, monkeypatch)
                lm.blocks[0].register_forward_hook(lambda m, a, o: state.update(seen=1.0)),
                lm.blocks[3].register_forward_hook(lambda m, a, o: with_block_hidden(o, block_hidden(o) + state["seen"]))]
     try:
-        with pytest.warns(UserWarning, match="every step runs the whole model"):
+        with pytest.warns(UserWarning, match="every step at that layer runs the whole model"):
             res = train_bipo_detailed(lm, pairs, 1, cfg)
         reference = train_bipo_detailed(lm, pairs, 1, replace(cfg, cache_prefix=False))
     finally:
@@ -635,6 +665,17 @@ def test_generalise_bipo_keeps_each_finished_layer(lm, generalise_run, tmp_path)
     assert all(torch.equal(before[l], after[l]) for l in (1, 2))
     assert set(after.meta.extra["per_layer"]) == {"1", "2"}
     assert all(v["replayed_prefix"] and v["steps"] > 0 for v in after.meta.extra["per_layer"].values())
+    # one layer missing: only it is trained again (its reference pass alone), to the same vector
+    for name in ("bipo_layer2.safetensors", "vector.safetensors", "selection.json", "in_distribution.json",
+                 "side_effects.json"):
+        (cell / name).unlink()
+    shutil.rmtree(cell / "ood_plus")
+    shutil.rmtree(cell / "ood_minus")
+    run_generalise(lm, replace(cfg, methods=("bipo",), seeds=(0,)), again, LocalJudge(lm))
+    assert (cell / "bipo_layer1.safetensors").stat().st_mtime_ns == stamps[cell / "bipo_layer1.safetensors"]
+    redone = SteeringVector.load(cell / "vector.safetensors")
+    assert all(torch.equal(before[l], redone[l]) for l in (1, 2))
+    assert all(v["reference_seconds"] > 0 for v in redone.meta.extra["per_layer"].values())
 
 
 def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):

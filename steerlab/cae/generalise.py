@@ -227,10 +227,11 @@ def cell_seeds(method: str, seeds: Sequence[int]) -> list[int]:
 
 def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], seed: int, cfg: GeneraliseConfig,
                  judge: Judge | None, generator: TextGenerator = generate, parts: Path | None = None) -> SteeringVector:
-    """`method`'s vector from the train items at `layers` (BiPO: one run per layer, joined; with `parts`, each
-    layer's run is saved there as it finishes and reused, so an interrupted cell keeps its finished layers)."""
+    """`method`'s vector from the train items at `layers` (BiPO: one run per layer, sharing one reference pass,
+    joined; with `parts`, each layer's run is saved there as it finishes and reused, so an interrupted cell keeps
+    its finished layers)."""
     from ..methods import BiPOConfig, PersonaConfig, completion_pairs, load_trait, persona_questions, train_caa
-    from ..methods.bipo import train_bipo
+    from ..methods.bipo import train_bipo_layers
     from ..methods.multiformat import train_multiformat
     from ..methods.persona import train_persona
     from .trait_judge import trait_scorer
@@ -241,22 +242,26 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
         return train_multiformat(lm, train, layers)
     if method == "bipo":
         pairs = completion_pairs(train)
-        trained = []
-        for l in layers:
-            path = parts / f"bipo_layer{l}.safetensors" if parts is not None else None
-            if path is not None and path.is_file():
-                trained.append(SteeringVector.load(path))
-                continue
-            trained.append(train_bipo(lm, pairs, l, BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch,
-                                                            seed=seed), progress=True))
-            if path is not None:
-                trained[-1].save(path, force=True)
-        meta = trained[0].meta
+        part = {l: parts / f"bipo_layer{l}.safetensors" if parts is not None else None for l in layers}
+        trained = {l: SteeringVector.load(part[l]) for l in layers if part[l] is not None and part[l].is_file()}
+
+        def keep(res) -> None:
+            layer = res.vector.layers[0]
+            trained[layer] = res.vector
+            if part[layer] is not None:
+                res.vector.save(part[layer], force=True)
+
+        missing = [l for l in layers if l not in trained]
+        if missing:  # one reference pass for every layer still to train
+            train_bipo_layers(lm, pairs, missing, BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch,
+                                                             seed=seed), progress=True, on_result=keep)
+        runs = [trained[l] for l in layers]
+        meta = runs[0].meta
         extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra.get(k) for k in
                                                                  ("steps", "best_step", "seconds_per_step", "total_seconds",
-                                                                  "replayed_prefix")}
-                                            for p in trained})
-        return SteeringVector({p.layers[0]: p[p.layers[0]] for p in trained},
+                                                                  "reference_seconds", "replayed_prefix")}
+                                            for p in runs})
+        return SteeringVector({p.layers[0]: p[p.layers[0]] for p in runs},
                               replace(meta, layers=tuple(sorted(layers)), extra=extra))
     name = Path(cfg.behaviour).stem
     trait = load_trait(name, cfg.description)

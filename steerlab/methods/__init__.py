@@ -2,7 +2,7 @@
 out-of-distribution candidates: multi-format CAA, BiPO, persona vectors)."""
 
 from .actadd import train_actadd
-from .bipo import BiPOConfig, bipo_loss, completion_pairs, train_bipo
+from .bipo import BiPOConfig, bipo_loss, completion_pairs, train_bipo, train_bipo_layers
 from .caa import caa_from_activations, mean_difference, train_caa
 from .multiformat import MultiformatConfig, train_multiformat
 from .pas import train_pas
@@ -10,5 +10,5 @@ from .pca import pca_direction, train_pca
 from .persona import PersonaConfig, Trait, load_trait, persona_questions, train_persona
 
 __all__ = ["train_caa", "train_pca", "train_actadd", "train_pas", "caa_from_activations", "mean_difference", "pca_direction",
-           "train_multiformat", "MultiformatConfig", "train_bipo", "BiPOConfig", "bipo_loss", "completion_pairs",
+           "train_multiformat", "MultiformatConfig", "train_bipo", "train_bipo_layers", "BiPOConfig", "bipo_loss", "completion_pairs",
            "train_persona", "PersonaConfig", "Trait", "load_trait", "persona_questions"]

@@ -29,6 +29,9 @@ blocks 0..L are swapped for stand-ins that return it, and only blocks L+1..end r
 first minibatch checks that the replay reproduces the full forward pass's log-probabilities; where it does
 not (a model whose blocks share state), or the cache would exceed `PREFIX_CACHE_BYTES`, every step runs the
 whole model as before.
+
+Every layer trained on the same pairs shares one reference pass (`train_bipo_layers`): the unsteered
+log-probabilities do not depend on the layer, and the one pass records each layer's block output to replay.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -189,12 +192,14 @@ def _replaying(lm: LoadedModel, layer: int, prefix: CachedPrefix):
 
 def completion_logprobs(lm: LoadedModel, enc: EncodedPairs, vector: torch.Tensor | None, layer: int,
                         positions: str = "after_user", *, prefix: CachedPrefix | None = None,
-                        capture: list | None = None) -> torch.Tensor:
+                        capture: dict[int, CachedPrefix] | None = None,
+                        capture_layers: Sequence[int] = ()) -> torch.Tensor:
     """Summed log-probability of each row's completion [rows], with `sign * vector` added to the output
     of block `layer` at the policy's positions (None: unsteered). Differentiable in `vector`.
 
     `prefix`: block `layer`'s unsteered output for this batch (`CachedPrefix`), replayed instead of running
-    blocks 0..layer. `capture`: a list that receives the `CachedPrefix` of this (unsteered) pass."""
+    blocks 0..layer. `capture`: a dict that receives, for `layer` and each of `capture_layers`, that block's
+    `CachedPrefix` of this (unsteered) pass."""
     batch = enc.batch.to(lm.device)
     width = batch.input_ids.shape[1]
     pad = batch.pad
@@ -215,10 +220,11 @@ def completion_logprobs(lm: LoadedModel, enc: EncodedPairs, vector: torch.Tensor
 
             stack.callback(lm.blocks[layer].register_forward_hook(hook).remove)
         elif capture is not None:
-            def record(module, args, output):
-                capture.append(CachedPrefix(output))
+            for at in dict.fromkeys((layer, *capture_layers)):
+                def record(module, args, output, at=at):
+                    capture[at] = CachedPrefix(output)
 
-            stack.callback(lm.blocks[layer].register_forward_hook(record).remove)
+                stack.callback(lm.blocks[at].register_forward_hook(record).remove)
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=position_ids_for(batch.attention_mask), use_cache=False,
                        **last_logits_only(lm.model, width, keep))
@@ -270,22 +276,27 @@ def _prefix_bytes(lm: LoadedModel, encs: Sequence[EncodedPairs]) -> int:
     return sum(e.batch.input_ids.numel() for e in encs) * lm.hidden_size * lm.dtype.itemsize
 
 
-def _prepare(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, size: int, positions: str,
-             cache_prefix: bool = False, bar: tqdm | None = None) -> list[_Chunk]:
+def _prepare(lm: LoadedModel, pairs: Sequence[ContrastPair], layers: Sequence[int], size: int, positions: str,
+             cache_prefix: bool = False, bar: tqdm | None = None) -> dict[int, list[_Chunk]]:
+    """Each layer's minibatches of `pairs` with their unsteered reference log-probs, from one pass of the model
+    (the reference does not depend on the layer); with `cache_prefix`, each layer's block output to replay."""
     encs = [encode_pairs(lm, part) for part in _batches(list(pairs), size)]
-    cache_prefix = cache_prefix and _prefix_bytes(lm, encs) <= PREFIX_CACHE_BYTES
-    chunks = []
+    cache_prefix = cache_prefix and _prefix_bytes(lm, encs) * len(layers) <= PREFIX_CACHE_BYTES
+    chunks: dict[int, list[_Chunk]] = {l: [] for l in layers}
     with torch.no_grad():
         for enc in encs:
-            captured: list[CachedPrefix] = []
-            ref = completion_logprobs(lm, enc, None, layer, positions, capture=captured if cache_prefix else None)
-            chunks.append(_Chunk(enc, ref, captured[0] if cache_prefix else None))
+            captured: dict[int, CachedPrefix] = {}
+            ref = completion_logprobs(lm, enc, None, layers[0], positions, capture=captured if cache_prefix else None,
+                                      capture_layers=layers)
+            for l in layers:
+                chunks[l].append(_Chunk(enc, ref, captured.get(l)))
             if bar is not None:
                 bar.update(1)
-        if cache_prefix and not _replay_reproduces(lm, chunks[0], layer, positions):
-            warnings.warn("BiPO: replaying block outputs does not reproduce this model's forward pass; "
-                          "every step runs the whole model", stacklevel=3)
-            chunks = [_Chunk(c.enc, c.reference) for c in chunks]
+        for l in layers:
+            if cache_prefix and not _replay_reproduces(lm, chunks[l][0], l, positions):
+                warnings.warn(f"BiPO: replaying block {l}'s outputs does not reproduce this model's forward pass; "
+                              "every step at that layer runs the whole model", stacklevel=3)
+                chunks[l] = [_Chunk(c.enc, c.reference) for c in chunks[l]]
     return chunks
 
 
@@ -316,7 +327,7 @@ def bipo_loss(lm: LoadedModel, pairs: Sequence[ContrastPair], vector: torch.Tens
     """The mean BiPO loss of `vector` (a [hidden] direction at `layer`) on `pairs` (no gradient)."""
     cfg = config or BiPOConfig()
     layer = lm.blocks.check_layer(layer)
-    chunks = _prepare(lm, pairs, layer, cfg.batch_size, cfg.positions, cfg.cache_prefix)
+    chunks = _prepare(lm, pairs, [layer], cfg.batch_size, cfg.positions, cfg.cache_prefix)[layer]
     return _loss(lm, chunks, vector.to(lm.device).float(), layer, cfg)
 
 
@@ -328,7 +339,9 @@ class BiPOResult:
         vector: the trained vector (the best by validation loss).
         history: {"step", "train_loss", "val_loss"} per validation measurement (step 0: v = 0).
         steps: optimiser steps taken; best_step: the step whose v was kept.
-        seconds_per_step: mean wall time of one step (forward, backward, Adam); total_seconds: the whole run.
+        seconds_per_step: mean wall time of one step (forward, backward, Adam).
+        total_seconds: the reference pass (shared by the layers trained together, see `train_bipo_layers`) plus
+            this layer's training; reference_seconds: that pass alone.
     """
 
     vector: SteeringVector
@@ -337,6 +350,7 @@ class BiPOResult:
     best_step: int = 0
     seconds_per_step: float = 0.0
     total_seconds: float = 0.0
+    reference_seconds: float = 0.0
 
 
 def _split(pairs: Sequence[ContrastPair], fraction: float, seed: int) -> tuple[list, list]:
@@ -352,26 +366,51 @@ def check_bipo_pairs(pairs: Sequence[ContrastPair]) -> None:
         raise DatasetError(f"BiPO needs at least 2 contrast pairs (one to train, one to validate), got {len(pairs)}")
 
 
-def train_bipo_detailed(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, config: BiPOConfig | None = None,
-                        *, progress: bool = False) -> BiPOResult:
-    """`train_bipo`, also returning the loss history and timings."""
+def train_bipo_layers(lm: LoadedModel, pairs: Sequence[ContrastPair], layers: Sequence[int],
+                      config: BiPOConfig | None = None, *, progress: bool = False,
+                      on_result: Callable[[BiPOResult], None] | None = None) -> dict[int, BiPOResult]:
+    """One BiPO run per layer of `layers` on the same pairs, sharing one unsteered reference pass (at 1.5B on a
+    CPU that pass is most of a layer's cost after its steps). Each layer's result equals `train_bipo_detailed`'s
+    at that layer alone; `on_result` receives each as it finishes (to save it before the next layer starts)."""
     cfg = config or BiPOConfig()
     check_bipo_pairs(pairs)
-    layer = lm.blocks.check_layer(layer)
+    layers = list(dict.fromkeys(lm.blocks.check_layer(l) for l in layers))
+    if not layers:
+        raise DatasetError("BiPO needs at least one layer")
     t0 = time.perf_counter()
     train, val = _split(pairs, cfg.val_fraction, cfg.seed)
     if not train:
         raise DatasetError(f"val_fraction {cfg.val_fraction} leaves no training pairs of {len(pairs)}")
     # the unsteered reference pass runs the whole model over every pair once: minutes on a CPU at 1.5B
     n_chunks = math.ceil(len(val) / cfg.batch_size) + math.ceil(len(train) / cfg.batch_size)
-    with tqdm(total=n_chunks, desc=f"BiPO at layer {layer}: reference pass", disable=not progress,
+    where = f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(map(str, layers))
+    with tqdm(total=n_chunks, desc=f"BiPO at {where}: reference pass", disable=not progress,
               unit="batch") as ref_bar:
-        val_chunks = _prepare(lm, val, layer, cfg.batch_size, cfg.positions, cfg.cache_prefix, ref_bar)
-        train_chunks = _prepare(lm, train, layer, cfg.batch_size, cfg.positions, cfg.cache_prefix, ref_bar)
-    rng = random.Random(cfg.seed)
+        val_chunks = _prepare(lm, val, layers, cfg.batch_size, cfg.positions, cfg.cache_prefix, ref_bar)
+        train_chunks = _prepare(lm, train, layers, cfg.batch_size, cfg.positions, cfg.cache_prefix, ref_bar)
+    reference_seconds = time.perf_counter() - t0
+    results = {}
     frozen = [p for p in lm.model.parameters() if p.requires_grad]
     for p in frozen:  # the model is frozen: gradients for v only
         p.requires_grad_(False)
+    try:
+        for layer in layers:
+            res = _train_layer(lm, pairs, len(train), len(val), layer, train_chunks[layer], val_chunks[layer], cfg,
+                               progress, reference_seconds)
+            results[layer] = res
+            if on_result is not None:
+                on_result(res)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return results
+
+
+def _train_layer(lm: LoadedModel, pairs: Sequence[ContrastPair], n_train: int, n_val: int, layer: int,
+                 train_chunks: Sequence[_Chunk], val_chunks: Sequence[_Chunk], cfg: BiPOConfig, progress: bool,
+                 reference_seconds: float) -> BiPOResult:
+    t0 = time.perf_counter()
+    rng = random.Random(cfg.seed)
     v = torch.zeros(lm.hidden_size, device=lm.device, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([v], lr=cfg.lr)
     eval_every = cfg.eval_every or len(train_chunks)
@@ -379,8 +418,7 @@ def train_bipo_detailed(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: i
     history = [{"step": 0, "train_loss": math.log(2.0), "val_loss": best}]
     best_v, best_step, bad, step, step_time = v.detach().clone(), 0, 0, 0, 0.0
     running: list[float] = []
-    bar = tqdm(total=cfg.max_steps, desc=f"BiPO at layer {layer}", disable=not progress, unit="step")
-    try:
+    with tqdm(total=cfg.max_steps, desc=f"BiPO at layer {layer}", disable=not progress, unit="step") as bar:
         while step < cfg.max_steps and bad < cfg.patience:
             order = list(range(len(train_chunks)))
             rng.shuffle(order)
@@ -408,20 +446,23 @@ def train_bipo_detailed(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: i
                         bad += 1
                 if step >= cfg.max_steps or bad >= cfg.patience:
                     break
-    finally:
-        bar.close()
-        for p in frozen:
-            p.requires_grad_(True)
-    total = time.perf_counter() - t0
+    total = reference_seconds + time.perf_counter() - t0
     per_step = step_time / max(step, 1)
     meta = make_meta(lm, method="bipo", layers=[layer], position=cfg.positions, data_hash=pairs_hash(pairs),
-                     n_train=len(train), strength=1.0, positions=cfg.positions, n_val=len(val), beta=cfg.beta,
+                     n_train=n_train, strength=1.0, positions=cfg.positions, n_val=n_val, beta=cfg.beta,
                      lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, steps=step, best_step=best_step,
                      best_val_loss=best, seconds_per_step=round(per_step, 4), total_seconds=round(total, 2),
-                     replayed_prefix=train_chunks[0].prefix is not None,
+                     reference_seconds=round(reference_seconds, 2), replayed_prefix=train_chunks[0].prefix is not None,
                      history=[{k: round(x, 5) if isinstance(x, float) else x for k, x in h.items()} for h in history])
     vec = SteeringVector({layer: best_v.cpu()}, meta)
-    return BiPOResult(vec, history, step, best_step, per_step, total)
+    return BiPOResult(vec, history, step, best_step, per_step, total, reference_seconds)
+
+
+def train_bipo_detailed(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, config: BiPOConfig | None = None,
+                        *, progress: bool = False) -> BiPOResult:
+    """`train_bipo`, also returning the loss history and timings."""
+    layer = lm.blocks.check_layer(layer)
+    return train_bipo_layers(lm, pairs, [layer], config, progress=progress)[layer]
 
 
 def train_bipo(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, config: BiPOConfig | None = None, *,
