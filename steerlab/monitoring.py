@@ -9,7 +9,6 @@ stayed above a threshold for k tokens in a row, e.g. to cut off an answer drifti
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Sequence
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from .activations import last_logits_only, position_ids_for
 from .encoding import Prompt, encode
 from .errors import SteerlabError, VectorError
+from .forward_cache import with_cache
 from .layers import block_hidden
 from .steering import Steering, apply_steering
 from .vector import SteeringVector
@@ -94,11 +94,6 @@ class ReadoutHook:
 
     def remove(self) -> None:
         self._handle.remove()
-
-
-def _cache_keyword(model) -> str:
-    """The forward keyword of the KV cache in the installed transformers (`cache`, before that `past_key_values`)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -205,7 +200,7 @@ def _readout_batch(lm: LoadedModel, chunk, indices, direction, layer, terms, max
             mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype, device=device)], dim=1)
             pos = (mask.long().sum(1, keepdim=True) - 1)
             out = lm.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
-                           **{_cache_keyword(lm.model): cache})
+                           **with_cache(lm.model, cache))
             logits = out.logits[:, -1, :]
     finally:
         hook.remove()

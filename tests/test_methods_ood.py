@@ -212,6 +212,41 @@ def test_bipo_loss_equals_the_hand_formula(lm, ab_items, positions):
     assert bipo_loss(lm, pairs, torch.zeros(lm.hidden_size), 2) == pytest.approx(math.log(2), abs=1e-6)
 
 
+@pytest.mark.parametrize("positions", ["after_user", "all"])
+def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
+    """The training path (prompt part run once and kept as keys/values, block 2's output replayed, only the rest
+    of each row run) gives the plain whole-model log-probs and gradient, unsteered and steered, and leaves the kept
+    cache as it found it (a second pass gives the same numbers). Under "after_user" the rest is a minority of an
+    MWE row's tokens: the point of the split."""
+    from steerlab.methods.bipo import CachedPrefix, _prompt_pass, _rest_logprobs, _split_rows
+
+    pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:4])
+    enc = encode_pairs(lm, pairs)
+    rows = _split_rows(enc, positions)
+    layer = 2
+    with torch.no_grad():
+        cache = _prompt_pass(lm, rows)
+        captured: dict[int, CachedPrefix] = {}
+        ref = _rest_logprobs(lm, rows, cache, enc.signs, None, layer, capture=captured)
+        torch.testing.assert_close(ref, completion_logprobs(lm, enc, None, layer, positions), rtol=1e-5, atol=1e-4)
+    v = (0.5 * torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(4))).requires_grad_(True)
+    grads = []
+    for run in ("split", "split again", "plain"):
+        with torch.enable_grad():
+            lp = (completion_logprobs(lm, enc, v, layer, positions) if run == "plain" else
+                  _rest_logprobs(lm, rows, cache, enc.signs, v, layer, prefix=captured[layer]))
+            (g,) = torch.autograd.grad(bipo_objective(lp, ref, enc.n_pairs, 0.5), v)
+        grads.append((lp.detach(), g))
+    for lp, g in grads[1:]:
+        torch.testing.assert_close(lp, grads[0][0], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(g, grads[0][1], rtol=1e-3, atol=1e-6)
+    assert float((grads[0][0] - ref).abs().max()) > 1e-2  # v moves the log-probs: not a check at the trivial point
+    if positions == "after_user":
+        assert rows.rest_ids.numel() < 0.5 * enc.batch.input_ids.numel()
+    else:
+        assert rows.prompt_width == 0 and cache is None  # everything is steered: nothing to keep
+
+
 def test_bipo_gradient_matches_finite_differences(lm, ab_items):
     """The autograd gradient of the batched objective vs central differences of the hand loss, in float64."""
     model = copy.deepcopy(lm.model).double()
@@ -295,7 +330,8 @@ def test_bipo_replayed_prefix_trains_the_same_vector(lm, positions):
 
 def test_bipo_layers_share_one_reference_pass_and_train_what_each_layer_alone_would(lm, capsys):
     """Training layers 1 and 2 together runs the whole model over the pairs once (block 0 runs only in the
-    reference pass while replay is on), and each layer's vector, history and settings equal its own run's."""
+    reference pass, prompt part and rest, and in each layer's check against the plain computation), and each
+    layer's vector, history and settings equal its own run's."""
     pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:10])
     cfg = BiPOConfig(lr=0.05, batch_size=4, max_steps=4, eval_every=2, patience=5, seed=3)
     n_val = max(1, round(cfg.val_fraction * len(pairs)))
@@ -311,7 +347,8 @@ def test_bipo_layers_share_one_reference_pass_and_train_what_each_layer_alone_wo
         alone_calls = calls["n"]
     finally:
         handle.remove()
-    assert shared_calls == n_chunks and alone_calls == 2 * n_chunks
+    checks = 2  # per layer, the plain computation on the first minibatch: unsteered and with a random v
+    assert shared_calls == 2 * n_chunks + 2 * checks and alone_calls == 2 * (2 * n_chunks + checks)
     assert list(together) == [2, 1] and [r.vector.layers for r in seen] == [(2,), (1,)]
     for l in (1, 2):
         torch.testing.assert_close(together[l].vector[l], alone[l].vector[l])

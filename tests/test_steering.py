@@ -21,7 +21,7 @@ import torch
 
 import steerlab as sl
 from steerlab.encoding import format_prompt
-from steerlab.engine.cache import output_cache, with_cache
+from steerlab.forward_cache import output_cache, with_cache
 from steerlab.errors import LayerError, PromptTooLongError, SteerlabError, VectorError
 from steerlab.steering import Steering, apply_steering, steer
 

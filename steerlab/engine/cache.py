@@ -34,35 +34,6 @@ if TYPE_CHECKING:  # the type only: importing models would load transformers
 _MISSING = object()
 
 
-def cache_keyword(model) -> str:
-    """The keyword `model.forward` takes its KV cache under: `cache` in current transformers (5.x renamed
-    it; `past_key_values` still works there but warns on every call), `past_key_values` before."""
-    import inspect
-
-    forward = getattr(model, "forward", model)
-    try:
-        params = inspect.signature(forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - an unintrospectable forward
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def with_cache(model, cache, **kwargs) -> dict:
-    """`kwargs` plus the cache under the keyword this model's forward takes (see `cache_keyword`)."""
-    kwargs[cache_keyword(model)] = cache
-    return kwargs
-
-
-def output_cache(out):
-    """The KV cache a forward returned (field `cache` in current transformers, `past_key_values` before),
-    read without the deprecated alias; None when the call returned none."""
-    keys = out.keys() if hasattr(out, "keys") else ()
-    for name in ("cache", "past_key_values"):
-        if name in keys:
-            return out[name]
-    return None
-
-
 class LengthOnlyLayer(DynamicLayer):
     """The cache of a skipped block: a sequence length and nothing else.
 

@@ -34,7 +34,7 @@ from ..errors import DatasetError, SteerlabError
 from ..methods.caa import caa_from_activations, mean_difference
 from ..methods.common import pair_prompts
 from ..vector import SteeringVector
-from .cache import with_cache
+from ..forward_cache import with_cache
 
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel

@@ -61,7 +61,8 @@ from ..layers import block_hidden
 from ..per_row import batch_slots, slot_steering
 from ..steering import Steering, apply_steering
 from ..vector import SteeringVector
-from .cache import BufferPool, is_plain, output_cache, prefix_cache, select_rows, skip_blocks, with_cache
+from ..forward_cache import output_cache, with_cache
+from .cache import BufferPool, is_plain, prefix_cache, select_rows, skip_blocks
 from .items import ScoringItem, Setting, TokenizedItem, tokenize_items
 from .table import ScoreTable
 

@@ -33,7 +33,8 @@ import torch
 
 from ..activations import last_logits_only, position_ids_for, takes_logits_to_keep
 from ..encoding import EncodedBatch, pad_left
-from ..engine.cache import cache_of, filled_layer, output_cache, with_cache
+from ..engine.cache import cache_of, filled_layer
+from ..forward_cache import output_cache, with_cache
 from ..errors import PromptTooLongError, SteerlabError
 from ..steering import Steering, apply_steering
 from .targets import TargetItem

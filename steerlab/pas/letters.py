@@ -27,7 +27,8 @@ from ..activations import last_logits_only, position_ids_for
 from ..data.prompts import LETTERS
 from ..encoding import Prompt, common_prefix_len, pad_left
 from ..engine import ScoringItem, Setting, score, tokenize_items
-from ..engine.cache import cache_keyword, is_plain, output_cache, select_rows
+from ..engine.cache import is_plain, select_rows
+from ..forward_cache import cache_keyword, output_cache
 from ..errors import PromptTooLongError
 from ..layers import block_hidden
 from ..methods.pas import mc_prompt
