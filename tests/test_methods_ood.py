@@ -218,23 +218,23 @@ def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
     of each row run) gives the plain whole-model log-probs and gradient, unsteered and steered, and leaves the kept
     cache as it found it (a second pass gives the same numbers). Under "after_user" the rest is a minority of an
     MWE row's tokens: the point of the split."""
-    from steerlab.methods.bipo import CachedPrefix, _prompt_pass, _rest_logprobs, _split_rows
+    from steerlab.methods.bipo_split import CachedPrefix, prompt_pass, rest_logprobs, split_rows
 
     pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:4])
     enc = encode_pairs(lm, pairs)
-    rows = _split_rows(enc, positions)
+    rows = split_rows(enc.batch, enc.completion_start, positions)
     layer = 2
     with torch.no_grad():
-        cache = _prompt_pass(lm, rows)
+        cache = prompt_pass(lm, rows)
         captured: dict[int, CachedPrefix] = {}
-        ref = _rest_logprobs(lm, rows, cache, enc.signs, None, layer, capture=captured)
+        ref = rest_logprobs(lm, rows, cache, enc.signs, None, layer, capture=captured)
         torch.testing.assert_close(ref, completion_logprobs(lm, enc, None, layer, positions), rtol=1e-5, atol=1e-4)
     v = (0.5 * torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(4))).requires_grad_(True)
     grads = []
     for run in ("split", "split again", "plain"):
         with torch.enable_grad():
             lp = (completion_logprobs(lm, enc, v, layer, positions) if run == "plain" else
-                  _rest_logprobs(lm, rows, cache, enc.signs, v, layer, prefix=captured[layer]))
+                  rest_logprobs(lm, rows, cache, enc.signs, v, layer, prefix=captured[layer]))
             (g,) = torch.autograd.grad(bipo_objective(lp, ref, enc.n_pairs, 0.5), v)
         grads.append((lp.detach(), g))
     for lp, g in grads[1:]:

@@ -52,16 +52,16 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import last_logits_only, position_ids_for
 from ..data.records import BehaviourItem, ContrastPair
 from ..encoding import EncodedBatch, encode
 from ..errors import DatasetError
-from ..forward_cache import output_cache, with_cache
-from ..layers import block_hidden, with_block_hidden
+from ..layers import block_hidden
 from ..vector import SteeringVector
+from .bipo_split import (CachedPrefix, SplitRows, add_vector, kept_bytes, prompt_pass, rest_logprobs,
+                         split_rows, summed_logprobs)
 from .common import make_meta, pairs_hash
 from .multiformat import item_texts
 from .responses import response_prompt
@@ -149,62 +149,13 @@ def encode_pairs(lm: LoadedModel, pairs: Sequence[ContrastPair]) -> EncodedPairs
     return EncodedPairs(batch, batch.assistant_start.clone(), signs, n)
 
 
-@dataclass
-class CachedPrefix:
-    """Block `layer`'s unsteered output for one `EncodedPairs` batch, to replay instead of running blocks 0..layer.
-
-    Attributes:
-        template: the block's output as it returned it (the residual stream [rows, width, hidden] itself, or a tuple
-            whose first item it is), so that the stand-ins return what the model's own loop expects.
-    """
-
-    template: Any
-
-
-class _PassThrough(nn.Module):
-    """Stands in for a block below the replayed one: its output is not used, so it returns its input."""
-
-    def __init__(self, template: Any):
-        super().__init__()
-        self.template = template
-
-    def forward(self, *args, **kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return with_block_hidden(self.template, hidden)
-
-
-class _Replay(nn.Module):
-    """Stands in for block `layer`: returns its cached output (the steering hook then adds to it)."""
-
-    def __init__(self, prefix: CachedPrefix):
-        super().__init__()
-        self.prefix = prefix
-
-    def forward(self, *args, **kwargs):
-        return self.prefix.template
-
-
-@contextlib.contextmanager
-def _replaying(lm: LoadedModel, layer: int, prefix: CachedPrefix):
-    modules = lm.blocks.modules
-    saved = [modules[i] for i in range(layer + 1)]
-    try:
-        for i in range(layer):
-            modules[i] = _PassThrough(prefix.template)
-        modules[layer] = _Replay(prefix)
-        yield
-    finally:
-        for i, block in enumerate(saved):
-            modules[i] = block
-
-
 def completion_logprobs(lm: LoadedModel, enc: EncodedPairs, vector: torch.Tensor | None, layer: int,
                         positions: str = "after_user") -> torch.Tensor:
     """Summed log-probability of each row's completion [rows], with `sign * vector` added to the output
     of block `layer` at the policy's positions (None: unsteered). Differentiable in `vector`.
 
     The plain computation: the whole model over the whole rows. Training runs the same numbers through
-    `_SplitRows` (the prompt and blocks 0..layer run once) and checks them against this."""
+    `SplitRows` (the prompt and blocks 0..layer run once) and checks them against this."""
     batch = enc.batch.to(lm.device)
     width = batch.input_ids.shape[1]
     pad = batch.pad
@@ -215,134 +166,13 @@ def completion_logprobs(lm: LoadedModel, enc: EncodedPairs, vector: torch.Tensor
     keep = int((batch.lengths - enc.completion_start.to(lm.device)).max()) + 1
     with contextlib.ExitStack() as stack:
         if vector is not None:
-            stack.callback(_add_vector(lm, layer, vector, enc.signs.to(lm.device)[:, None] * steer_mask).remove)
+            stack.callback(add_vector(lm, layer, vector, enc.signs.to(lm.device)[:, None] * steer_mask).remove)
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        position_ids=position_ids_for(batch.attention_mask), use_cache=False,
                        **last_logits_only(lm.model, width, keep))
     target_pos = pos[:, width - keep + 1:]
     in_completion = (target_pos >= enc.completion_start.to(lm.device)[:, None]).float()
-    return _summed_logprobs(out.logits[:, -keep:, :], batch.input_ids[:, width - keep + 1:], in_completion)
-
-
-def _add_vector(lm: LoadedModel, layer: int, vector: torch.Tensor, coef: torch.Tensor):
-    """Hook adding coef[row, col] * vector to block `layer`'s output; returns the handle."""
-    def hook(module, args, output):
-        h = block_hidden(output)
-        return with_block_hidden(output, h + coef[:, :, None].to(h.dtype) * vector.to(h.dtype))
-
-    return lm.blocks[layer].register_forward_hook(hook)
-
-
-def _summed_logprobs(logits: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """Per row, the summed log-probability of `targets` where `counted`; column j of `logits` predicts target j."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bfloat16 -> float32; float64 stays
-    logp = F.log_softmax(logits[:, :-1], dim=-1)
-    tok_lp = logp.gather(-1, targets[:, :, None])[:, :, 0]
-    return (tok_lp * counted).sum(1)
-
-
-@dataclass
-class _SplitRows:
-    """The rows of an `EncodedPairs` cut where steering can first reach them (the module docstring): an unsteered
-    prompt part, left-padded so that every row's ends at column P, run once; and the rest, right-padded, run at
-    every step against the prompt part's keys and values.
-
-    Attributes:
-        prompt_ids, prompt_mask: [rows, P] (P = 0: nothing to keep, as under the "all" policy).
-        rest_ids, rest_mask: [rows, S]; rest_positions: their position ids.
-        steer: [rows, S] 1 where the policy adds v.
-        counted: [rows, keep - 1] 1 where a target is a completion token; keep: the last columns whose logits
-            are needed.
-    """
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    rest_ids: torch.Tensor
-    rest_mask: torch.Tensor
-    rest_positions: torch.Tensor
-    steer: torch.Tensor
-    counted: torch.Tensor
-    keep: int
-
-    @property
-    def prompt_width(self) -> int:
-        return self.prompt_ids.shape[1]
-
-
-def _split_rows(enc: EncodedPairs, positions: str) -> _SplitRows:
-    b = enc.batch
-    rows, width = b.input_ids.shape
-    pad, lengths, start = b.pad, b.lengths, enc.completion_start
-    steer_from = b.user_end if positions == "after_user" else torch.zeros_like(lengths)
-    # the token before the first completion token yields its logit, so it belongs to the rest too
-    cut = torch.minimum(steer_from, start - 1).clamp_min(0)
-    p_w, s_w = int(cut.max()), int((lengths - cut).max())
-    prompt_ids = torch.zeros(rows, p_w, dtype=b.input_ids.dtype)
-    prompt_mask = torch.zeros(rows, p_w, dtype=b.attention_mask.dtype)
-    rest_ids = torch.zeros(rows, s_w, dtype=b.input_ids.dtype)
-    rest_mask = torch.zeros(rows, s_w, dtype=b.attention_mask.dtype)
-    for r in range(rows):
-        real = b.input_ids[r, int(pad[r]):]
-        c, n = int(cut[r]), int(lengths[r])
-        prompt_ids[r, p_w - c:] = real[:c]
-        prompt_mask[r, p_w - c:] = 1
-        rest_ids[r, :n - c] = real[c:n]
-        rest_mask[r, :n - c] = 1
-    pos = cut[:, None] + torch.arange(s_w)[None, :]  # row-relative position of each rest column
-    steer = ((pos >= steer_from[:, None]) & rest_mask.bool()).float()
-    keep = s_w - int((start - cut).min()) + 1
-    targets = pos[:, s_w - keep + 1:]
-    counted = ((targets >= start[:, None]) & rest_mask[:, s_w - keep + 1:].bool()).float()
-    return _SplitRows(prompt_ids, prompt_mask, rest_ids, rest_mask, pos, steer, counted, keep)
-
-
-def _prompt_pass(lm: LoadedModel, rows: _SplitRows):
-    """The prompt part's keys and values (the model's cache object), or None when there is no prompt part."""
-    if rows.prompt_width == 0:
-        return None
-    mask = rows.prompt_mask.to(lm.device)
-    out = lm.model(input_ids=rows.prompt_ids.to(lm.device), attention_mask=mask, position_ids=position_ids_for(mask),
-                   use_cache=True, **last_logits_only(lm.model, rows.prompt_width, 1))
-    return output_cache(out)
-
-
-def _trim(cache, length: int) -> None:
-    """Back to the prompt part's keys and values after a forward pass appended the rest's (detached: the
-    appended copy is part of that step's graph). A cache laid out otherwise is left as it is, and the check
-    against the plain computation then fails."""
-    for layer in getattr(cache, "layers", ()):
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-2] > length:
-                setattr(layer, name, t[..., :length, :].detach())
-
-
-def _rest_logprobs(lm: LoadedModel, rows: _SplitRows, cache, signs: torch.Tensor, vector: torch.Tensor | None,
-                   layer: int, *, prefix: CachedPrefix | None = None,
-                   capture: dict[int, CachedPrefix] | None = None, capture_layers: Sequence[int] = ()) -> torch.Tensor:
-    """`completion_logprobs` from the split rows: only the rest runs, against the prompt part's `cache`; `prefix`:
-    block `layer`'s output over the rest, replayed instead of blocks 0..layer; `capture`: receives the blocks'
-    outputs over the rest (an unsteered pass) for `layer` and `capture_layers`."""
-    ids = rows.rest_ids.to(lm.device)
-    mask = torch.cat([rows.prompt_mask, rows.rest_mask], dim=1).to(lm.device)
-    s_w = ids.shape[1]
-    with contextlib.ExitStack() as stack:
-        if cache is not None:
-            stack.callback(_trim, cache, rows.prompt_width)
-        if prefix is not None:
-            stack.enter_context(_replaying(lm, layer, prefix))
-        if vector is not None:
-            coef = signs.to(lm.device)[:, None] * rows.steer.to(lm.device)
-            stack.callback(_add_vector(lm, layer, vector, coef).remove)
-        elif capture is not None:
-            for at in dict.fromkeys((layer, *capture_layers)):
-                def record(module, args, output, at=at):
-                    capture[at] = CachedPrefix(output)
-
-                stack.callback(lm.blocks[at].register_forward_hook(record).remove)
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=rows.rest_positions.to(lm.device),
-                       use_cache=cache is not None, **with_cache(lm.model, cache, **last_logits_only(lm.model, s_w, rows.keep)))
-    return _summed_logprobs(out.logits[:, -rows.keep:, :], ids[:, s_w - rows.keep + 1:], rows.counted.to(lm.device))
+    return summed_logprobs(out.logits[:, -keep:, :], batch.input_ids[:, width - keep + 1:], in_completion)
 
 
 def bipo_objective(steered: torch.Tensor, reference: torch.Tensor, n_pairs: int, beta: float) -> torch.Tensor:
@@ -378,19 +208,9 @@ class _Chunk:
 
     enc: EncodedPairs
     reference: torch.Tensor
-    rows: _SplitRows | None = None  # None: every step runs the whole model over the whole rows
+    rows: SplitRows | None = None  # None: every step runs the whole model over the whole rows
     cache: Any = None  # the prompt part's keys and values (shared by the layers)
     prefix: CachedPrefix | None = None  # block L's output over the rest of the rows
-
-
-def _kept_bytes(lm: LoadedModel, rows: Sequence[_SplitRows], n_layers: int) -> int:
-    cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
-    heads = getattr(cfg, "num_attention_heads", 0) or 1
-    head_dim = getattr(cfg, "head_dim", None) or lm.hidden_size // heads
-    kv_width = 2 * (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim * len(lm.blocks)
-    size = lm.dtype.itemsize
-    return sum(r.prompt_ids.numel() * kv_width * size + r.rest_ids.numel() * lm.hidden_size * size * n_layers
-               for r in rows)
 
 
 def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: Sequence[int], size: int,
@@ -400,8 +220,8 @@ def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: 
     prompt parts' keys and values and each layer's block output to replay (see the module docstring), checked
     once per layer against the plain computation."""
     encs = [[encode_pairs(lm, part) for part in _batches(list(g), size)] for g in groups]
-    split = [[_split_rows(e, positions) for e in es] for es in encs] if cache_prefix else []
-    fast = cache_prefix and _kept_bytes(lm, [r for rs in split for r in rs], len(layers)) <= PREFIX_CACHE_BYTES
+    split = [[split_rows(e.batch, e.completion_start, positions) for e in es] for es in encs] if cache_prefix else []
+    fast = cache_prefix and kept_bytes(lm, [r for rs in split for r in rs], len(layers)) <= PREFIX_CACHE_BYTES
     out: list[dict[int, list[_Chunk]]] = []
     with torch.no_grad():
         for g, es in enumerate(encs):
@@ -409,9 +229,9 @@ def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: 
             for i, enc in enumerate(es):
                 if fast:
                     rows = split[g][i]
-                    cache = _prompt_pass(lm, rows)
+                    cache = prompt_pass(lm, rows)
                     captured: dict[int, CachedPrefix] = {}
-                    ref = _rest_logprobs(lm, rows, cache, enc.signs, None, layers[0], capture=captured,
+                    ref = rest_logprobs(lm, rows, cache, enc.signs, None, layers[0], capture=captured,
                                          capture_layers=layers)
                     for l in layers:
                         chunks[l].append(_Chunk(enc, ref, rows, cache, captured[l]))
@@ -456,7 +276,7 @@ def _fast_path_reproduces(lm: LoadedModel, chunk: _Chunk, layer: int, positions:
 def _logprobs(lm: LoadedModel, chunk: _Chunk, v: torch.Tensor | None, layer: int, positions: str) -> torch.Tensor:
     if chunk.rows is None:
         return completion_logprobs(lm, chunk.enc, v, layer, positions)
-    return _rest_logprobs(lm, chunk.rows, chunk.cache, chunk.enc.signs, v, layer, prefix=chunk.prefix)
+    return rest_logprobs(lm, chunk.rows, chunk.cache, chunk.enc.signs, v, layer, prefix=chunk.prefix)
 
 
 def _loss(lm: LoadedModel, chunks: Sequence[_Chunk], v: torch.Tensor, layer: int, cfg: BiPOConfig) -> float:

@@ -1,0 +1,206 @@
+"""What BiPO runs once per minibatch instead of at every step (see `steerlab.methods.bipo`).
+
+A row's prompt, up to where steering can first reach it, is run once and kept as its attention keys and values
+(`split_rows`, `prompt_pass`); block L's unsteered output over the rest of the row is recorded once and replayed
+(`replaying`), so a step runs only blocks L+1..end over the template's assistant header and the completion
+(`rest_logprobs`). `steerlab.methods.bipo.completion_logprobs` is the plain computation these reproduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..activations import last_logits_only, position_ids_for
+from ..encoding import EncodedBatch
+from ..forward_cache import output_cache, with_cache
+from ..layers import block_hidden, with_block_hidden
+
+if TYPE_CHECKING:  # the type only: importing models would load transformers
+    from ..models import LoadedModel
+
+
+@dataclass
+class CachedPrefix:
+    """Block `layer`'s unsteered output over the rest of a minibatch's rows, to replay instead of running blocks 0..layer.
+
+    Attributes:
+        template: the block's output as it returned it (the residual stream [rows, width, hidden] itself, or a tuple
+            whose first item it is), so that the stand-ins return what the model's own loop expects.
+    """
+
+    template: Any
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a block below the replayed one: its output is not used, so it returns its input."""
+
+    def __init__(self, template: Any):
+        super().__init__()
+        self.template = template
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return with_block_hidden(self.template, hidden)
+
+
+class _Replay(nn.Module):
+    """Stands in for block `layer`: returns its cached output (the steering hook then adds to it)."""
+
+    def __init__(self, prefix: CachedPrefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def forward(self, *args, **kwargs):
+        return self.prefix.template
+
+
+@contextlib.contextmanager
+def replaying(lm: LoadedModel, layer: int, prefix: CachedPrefix):
+    modules = lm.blocks.modules
+    saved = [modules[i] for i in range(layer + 1)]
+    try:
+        for i in range(layer):
+            modules[i] = _PassThrough(prefix.template)
+        modules[layer] = _Replay(prefix)
+        yield
+    finally:
+        for i, block in enumerate(saved):
+            modules[i] = block
+
+
+def add_vector(lm: LoadedModel, layer: int, vector: torch.Tensor, coef: torch.Tensor):
+    """Hook adding coef[row, col] * vector to block `layer`'s output; returns the handle."""
+    def hook(module, args, output):
+        h = block_hidden(output)
+        return with_block_hidden(output, h + coef[:, :, None].to(h.dtype) * vector.to(h.dtype))
+
+    return lm.blocks[layer].register_forward_hook(hook)
+
+
+def summed_logprobs(logits: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed log-probability of `targets` where `counted`; column j of `logits` predicts target j."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bfloat16 -> float32; float64 stays
+    logp = F.log_softmax(logits[:, :-1], dim=-1)
+    tok_lp = logp.gather(-1, targets[:, :, None])[:, :, 0]
+    return (tok_lp * counted).sum(1)
+
+
+@dataclass
+class SplitRows:
+    """The rows of an `EncodedPairs` cut where steering can first reach them (the module docstring): an unsteered
+    prompt part, left-padded so that every row's ends at column P, run once; and the rest, right-padded, run at
+    every step against the prompt part's keys and values.
+
+    Attributes:
+        prompt_ids, prompt_mask: [rows, P] (P = 0: nothing to keep, as under the "all" policy).
+        rest_ids, rest_mask: [rows, S]; rest_positions: their position ids.
+        steer: [rows, S] 1 where the policy adds v.
+        counted: [rows, keep - 1] 1 where a target is a completion token; keep: the last columns whose logits
+            are needed.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    rest_ids: torch.Tensor
+    rest_mask: torch.Tensor
+    rest_positions: torch.Tensor
+    steer: torch.Tensor
+    counted: torch.Tensor
+    keep: int
+
+    @property
+    def prompt_width(self) -> int:
+        return self.prompt_ids.shape[1]
+
+
+def split_rows(b: EncodedBatch, start: torch.Tensor, positions: str) -> SplitRows:
+    """`b`'s rows cut where `positions` ("after_user" or "all") first steers, or before the first completion token
+    (`start`, row-relative) if that comes earlier."""
+    rows = b.input_ids.shape[0]
+    pad, lengths = b.pad, b.lengths
+    steer_from = b.user_end if positions == "after_user" else torch.zeros_like(lengths)
+    # the token before the first completion token yields its logit, so it belongs to the rest too
+    cut = torch.minimum(steer_from, start - 1).clamp_min(0)
+    p_w, s_w = int(cut.max()), int((lengths - cut).max())
+    prompt_ids = torch.zeros(rows, p_w, dtype=b.input_ids.dtype)
+    prompt_mask = torch.zeros(rows, p_w, dtype=b.attention_mask.dtype)
+    rest_ids = torch.zeros(rows, s_w, dtype=b.input_ids.dtype)
+    rest_mask = torch.zeros(rows, s_w, dtype=b.attention_mask.dtype)
+    for r in range(rows):
+        real = b.input_ids[r, int(pad[r]):]
+        c, n = int(cut[r]), int(lengths[r])
+        prompt_ids[r, p_w - c:] = real[:c]
+        prompt_mask[r, p_w - c:] = 1
+        rest_ids[r, :n - c] = real[c:n]
+        rest_mask[r, :n - c] = 1
+    pos = cut[:, None] + torch.arange(s_w)[None, :]  # row-relative position of each rest column
+    steer = ((pos >= steer_from[:, None]) & rest_mask.bool()).float()
+    keep = s_w - int((start - cut).min()) + 1
+    targets = pos[:, s_w - keep + 1:]
+    counted = ((targets >= start[:, None]) & rest_mask[:, s_w - keep + 1:].bool()).float()
+    return SplitRows(prompt_ids, prompt_mask, rest_ids, rest_mask, pos, steer, counted, keep)
+
+
+def prompt_pass(lm: LoadedModel, rows: SplitRows):
+    """The prompt part's keys and values (the model's cache object), or None when there is no prompt part."""
+    if rows.prompt_width == 0:
+        return None
+    mask = rows.prompt_mask.to(lm.device)
+    out = lm.model(input_ids=rows.prompt_ids.to(lm.device), attention_mask=mask, position_ids=position_ids_for(mask),
+                   use_cache=True, **last_logits_only(lm.model, rows.prompt_width, 1))
+    return output_cache(out)
+
+
+def trim(cache, length: int) -> None:
+    """Back to the prompt part's keys and values after a forward pass appended the rest's (detached: the
+    appended copy is part of that step's graph). A cache laid out otherwise is left as it is, and the check
+    against the plain computation then fails."""
+    for layer in getattr(cache, "layers", ()):
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-2] > length:
+                setattr(layer, name, t[..., :length, :].detach())
+
+
+def rest_logprobs(lm: LoadedModel, rows: SplitRows, cache, signs: torch.Tensor, vector: torch.Tensor | None,
+                   layer: int, *, prefix: CachedPrefix | None = None,
+                   capture: dict[int, CachedPrefix] | None = None, capture_layers: Sequence[int] = ()) -> torch.Tensor:
+    """`completion_logprobs` from the split rows: only the rest runs, against the prompt part's `cache`; `prefix`:
+    block `layer`'s output over the rest, replayed instead of blocks 0..layer; `capture`: receives the blocks'
+    outputs over the rest (an unsteered pass) for `layer` and `capture_layers`."""
+    ids = rows.rest_ids.to(lm.device)
+    mask = torch.cat([rows.prompt_mask, rows.rest_mask], dim=1).to(lm.device)
+    s_w = ids.shape[1]
+    with contextlib.ExitStack() as stack:
+        if cache is not None:
+            stack.callback(trim, cache, rows.prompt_width)
+        if prefix is not None:
+            stack.enter_context(replaying(lm, layer, prefix))
+        if vector is not None:
+            coef = signs.to(lm.device)[:, None] * rows.steer.to(lm.device)
+            stack.callback(add_vector(lm, layer, vector, coef).remove)
+        elif capture is not None:
+            for at in dict.fromkeys((layer, *capture_layers)):
+                def record(module, args, output, at=at):
+                    capture[at] = CachedPrefix(output)
+
+                stack.callback(lm.blocks[at].register_forward_hook(record).remove)
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=rows.rest_positions.to(lm.device),
+                       use_cache=cache is not None, **with_cache(lm.model, cache, **last_logits_only(lm.model, s_w, rows.keep)))
+    return summed_logprobs(out.logits[:, -rows.keep:, :], ids[:, s_w - rows.keep + 1:], rows.counted.to(lm.device))
+
+
+def kept_bytes(lm: LoadedModel, rows: Sequence[SplitRows], n_layers: int) -> int:
+    cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
+    heads = getattr(cfg, "num_attention_heads", 0) or 1
+    head_dim = getattr(cfg, "head_dim", None) or lm.hidden_size // heads
+    kv_width = 2 * (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim * len(lm.blocks)
+    size = lm.dtype.itemsize
+    return sum(r.prompt_ids.numel() * kv_width * size + r.rest_ids.numel() * lm.hidden_size * size * n_layers
+               for r in rows)
