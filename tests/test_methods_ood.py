@@ -330,8 +330,8 @@ def test_bipo_replayed_prefix_trains_the_same_vector(lm, positions):
 
 def test_bipo_layers_share_one_reference_pass_and_train_what_each_layer_alone_would(lm, capsys):
     """Training layers 1 and 2 together runs the whole model over the pairs once (block 0 runs only in the
-    reference pass, prompt part and rest, and in each layer's check against the plain computation), and each
-    layer's vector, history and settings equal its own run's."""
+    reference pass and in the check against the plain computation), and each layer's vector, history and
+    settings equal its own run's."""
     pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:10])
     cfg = BiPOConfig(lr=0.05, batch_size=4, max_steps=4, eval_every=2, patience=5, seed=3)
     n_val = max(1, round(cfg.val_fraction * len(pairs)))
@@ -347,8 +347,9 @@ def test_bipo_layers_share_one_reference_pass_and_train_what_each_layer_alone_wo
         alone_calls = calls["n"]
     finally:
         handle.remove()
-    checks = 2  # per layer, the plain computation on the first minibatch: unsteered and with a random v
-    assert shared_calls == 2 * n_chunks + 2 * checks and alone_calls == 2 * (2 * n_chunks + checks)
+    # the reference pass: prompt part and rest per minibatch; the check: two pairs' prompt part and rest once,
+    # then the plain computation once per layer
+    assert shared_calls == 2 * n_chunks + 2 + 2 and alone_calls == 2 * (2 * n_chunks + 2 + 1)
     assert list(together) == [2, 1] and [r.vector.layers for r in seen] == [(2,), (1,)]
     for l in (1, 2):
         torch.testing.assert_close(together[l].vector[l], alone[l].vector[l])

@@ -31,8 +31,8 @@ Most of each row never sees v, so most of the model's work is done once per mini
 - *the blocks below L*: nothing below block L depends on v either, so block L's unsteered output over the rest
   of the row is kept from the reference pass and replayed: blocks 0..L are swapped for stand-ins that return
   it, and only blocks L+1..end run.
-The first minibatch checks, with a random v, that this reproduces the plain whole-model computation's
-log-probabilities (`completion_logprobs`); where it does not (a model whose blocks share state within a pass, a
+Before training, two pairs' rows check, with a random v at each layer, that this reproduces the plain
+whole-model computation's log-probabilities (`completion_logprobs`); where it does not (a model whose blocks share state within a pass, a
 cache this transformers version lays out differently), or the kept tensors would exceed `PREFIX_CACHE_BYTES`,
 every step runs the whole model over the whole row, with a warning.
 
@@ -93,7 +93,7 @@ class BiPOConfig:
         seed: the split and the minibatch order.
         positions: "after_user" (where steerlab applies CAA vectors) or "all".
         cache_prefix: run the unsteered prompt and blocks 0..L once per minibatch and only the rest at every
-            step (the same numbers, checked on the first minibatch; see the module docstring).
+            step (the same numbers, checked on two pairs before training; see the module docstring).
     """
 
     beta: float = 0.1
@@ -218,7 +218,7 @@ def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: 
     """Per group of pairs (validation, training), each layer's minibatches with their unsteered reference
     log-probs, from one pass of the model (the reference does not depend on the layer); with `cache_prefix`, the
     prompt parts' keys and values and each layer's block output to replay (see the module docstring), checked
-    once per layer against the plain computation."""
+    per layer against the plain computation (`_layers_reproduced`)."""
     encs = [[encode_pairs(lm, part) for part in _batches(list(g), size)] for g in groups]
     split = [[split_rows(e.batch, e.completion_start, positions) for e in es] for es in encs] if cache_prefix else []
     fast = cache_prefix and kept_bytes(lm, [r for rs in split for r in rs], len(layers)) <= PREFIX_CACHE_BYTES
@@ -242,9 +242,9 @@ def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: 
                 if bar is not None:
                     bar.update(1)
             out.append(chunks)
+        reproduced = _layers_reproduced(lm, [p for g in groups for p in g][:2], layers, positions) if fast else set()
         for l in layers:
-            sample = next((group[l][0] for group in out if group[l]), None)
-            if fast and sample is not None and not _fast_path_reproduces(lm, sample, l, positions):
+            if fast and l not in reproduced:
                 warnings.warn(f"BiPO: running the prompt and blocks 0..{l} once does not reproduce this model's "
                               "whole forward pass; every step at that layer runs the whole model", stacklevel=3)
                 for group in out:
@@ -259,18 +259,31 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
     return bool(torch.allclose(a, b, rtol=1e-2 if low else 1e-4, atol=0.25 if low else 1e-3))
 
 
-def _fast_path_reproduces(lm: LoadedModel, chunk: _Chunk, layer: int, positions: str) -> bool:
-    """Whether the kept prompt and replayed block output give the plain computation's log-probs, unsteered and
-    with a random v (so the cut and the steering mask are checked too)."""
+def _layers_reproduced(lm: LoadedModel, pairs: Sequence[ContrastPair], layers: Sequence[int],
+                       positions: str) -> set[int]:
+    """The layers at which the split rows give the plain computation's log-probs, for the first two pairs' rows
+    (prompts of different lengths: the left padding of the kept part is exercised) with a random v: the cut, the
+    kept keys/values, the replay and the steering mask are all checked. A fraction of one minibatch's cost."""
+    enc = encode_pairs(lm, list(pairs[:2]))
+    rows = split_rows(enc.batch, enc.completion_start, positions)
     g = torch.Generator().manual_seed(0)
-    v = torch.randn(lm.hidden_size, generator=g).to(lm.device)
-    v = v * (float(block_hidden(chunk.prefix.template).float().norm(dim=-1).mean()) / float(v.norm()) * 0.5)
+    ok = set()
     try:
-        fast = [_logprobs(lm, chunk, x, layer, positions) for x in (None, v)]
-    except Exception:  # a model whose loop reads something off its blocks that the stand-ins lack
-        return False
-    plain = [completion_logprobs(lm, chunk.enc, x, layer, positions) for x in (None, v)]
-    return all(_close(a, b, lm.dtype) for a, b in zip(fast, plain))
+        cache = prompt_pass(lm, rows)
+        captured: dict[int, CachedPrefix] = {}
+        rest_logprobs(lm, rows, cache, enc.signs, None, layers[0], capture=captured, capture_layers=layers)
+    except Exception:  # a cache or model this path cannot drive
+        return ok
+    for l in layers:
+        v = torch.randn(lm.hidden_size, generator=g).to(lm.device)
+        v = v * (0.5 * float(block_hidden(captured[l].template).float().norm(dim=-1).mean()) / float(v.norm()))
+        try:
+            fast = rest_logprobs(lm, rows, cache, enc.signs, v, l, prefix=captured[l])
+        except Exception:  # a model whose loop reads something off its blocks that the stand-ins lack
+            continue
+        if _close(fast, completion_logprobs(lm, enc, v, l, positions), lm.dtype):
+            ok.add(l)
+    return ok
 
 
 def _logprobs(lm: LoadedModel, chunk: _Chunk, v: torch.Tensor | None, layer: int, positions: str) -> torch.Tensor:
