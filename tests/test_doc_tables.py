@@ -68,3 +68,15 @@ def test_generalisation_tables_match_the_result_files(runs, baseline):
     doc = GEN_DOC.read_text()
     missing = [r for r in rows if r not in doc]
     assert not missing, f"rows of generalise_table.py {runs} not in {GEN_DOC.name} (regenerate):\n" + "\n".join(missing)
+
+
+def test_generalisation_bipo_block_is_exactly_the_scripts_rows():
+    """The float32 BiPO block (between its markers) is the script's table and nothing else: a row whose run
+    directory was never committed fails here, not only a number edited by hand."""
+    doc = GEN_DOC.read_text()
+    start, end = "<!-- bipo-fp32:start -->", "<!-- bipo-fp32:end -->"
+    block = [r for r in doc.split(start, 1)[1].split(end, 1)[0].splitlines() if r.strip()]
+    dirs = [str(p) for p in sorted((GEN / "1.5b-bipo").iterdir()) if (p / "summary.json").is_file()]
+    base = [str(p) for p in sorted((GEN / "1.5b").iterdir()) if p.is_dir()]
+    out = script("scripts/generalise_table.py", *dirs, "--baseline", *base, "--model", "qwen2.5-coder-1.5b")
+    assert block == [r for r in out.splitlines() if r.startswith("|")], "regenerate the block between the markers"
