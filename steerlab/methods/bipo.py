@@ -243,12 +243,16 @@ def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: 
                     bar.update(1)
             out.append(chunks)
         reproduced = _layers_reproduced(lm, [p for g in groups for p in g][:2], layers, positions) if fast else set()
+        plain: dict[int, torch.Tensor] = {}  # the whole model's reference, per minibatch: one for all layers
         for l in layers:
             if fast and l not in reproduced:
                 warnings.warn(f"BiPO: running the prompt and blocks 0..{l} once does not reproduce this model's "
                               "whole forward pass; every step at that layer runs the whole model", stacklevel=3)
                 for group in out:
-                    group[l] = [_Chunk(c.enc, completion_logprobs(lm, c.enc, None, l, positions)) for c in group[l]]
+                    for c in group[l]:
+                        if id(c.enc) not in plain:
+                            plain[id(c.enc)] = completion_logprobs(lm, c.enc, None, l, positions)
+                    group[l] = [_Chunk(c.enc, plain[id(c.enc)]) for c in group[l]]
     return out
 
 
