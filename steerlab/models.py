@@ -112,6 +112,16 @@ class LoadedModel:
         return self.model.get_input_embeddings().weight.dtype
 
     @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes across all layers (grouped-query heads counted as the config says)."""
+        cfg = self.model.config
+        cfg = getattr(cfg, "text_config", None) or cfg
+        heads = getattr(cfg, "num_attention_heads", None) or 1
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or self.hidden_size // heads
+        return self.n_layers * 2 * kv * head_dim * torch.finfo(self.dtype).bits // 8
+
+    @property
     def template_name(self) -> str:
         """What `use_chat_template` means for this model, as vectors record it."""
         return "chat" if self.use_chat_template else "raw"

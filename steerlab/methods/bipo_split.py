@@ -197,10 +197,6 @@ def rest_logprobs(lm: LoadedModel, rows: SplitRows, cache, signs: torch.Tensor, 
 
 
 def kept_bytes(lm: LoadedModel, rows: Sequence[SplitRows], n_layers: int) -> int:
-    cfg = getattr(lm.model.config, "text_config", None) or lm.model.config
-    heads = getattr(cfg, "num_attention_heads", 0) or 1
-    head_dim = getattr(cfg, "head_dim", None) or lm.hidden_size // heads
-    kv_width = 2 * (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim * len(lm.blocks)
-    size = lm.dtype.itemsize
-    return sum(r.prompt_ids.numel() * kv_width * size + r.rest_ids.numel() * lm.hidden_size * size * n_layers
-               for r in rows)
+    """What keeping `rows`' prompt keys/values and `n_layers` block outputs over their rest takes."""
+    per_rest_token = lm.hidden_size * lm.dtype.itemsize * n_layers
+    return sum(r.prompt_ids.numel() * lm.kv_bytes_per_token + r.rest_ids.numel() * per_rest_token for r in rows)

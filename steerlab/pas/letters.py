@@ -109,18 +109,9 @@ class LetterScores:
         return [order[int(j)] for (_, order), j in zip(self.shown, self.pred_positions[s])]
 
 
-def _cache_bytes_per_token(lm: LoadedModel) -> int:
-    cfg = lm.model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    heads = getattr(cfg, "num_attention_heads", None) or 1
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or lm.hidden_size // heads
-    return lm.n_layers * 2 * kv * head_dim * torch.finfo(lm.dtype).bits // 8
-
-
 def rows_for_budget(lm: LoadedModel, longest_prompt: int, budget_bytes: float = 1.5e9) -> int:
     """Engine `max_rows` that keeps the per-row KV-cache copies of a steered chunk under `budget_bytes`."""
-    per_row = max(1, longest_prompt) * _cache_bytes_per_token(lm)
+    per_row = max(1, longest_prompt) * lm.kv_bytes_per_token
     return int(max(8, min(512, budget_bytes // per_row)))
 
 
