@@ -224,8 +224,13 @@ def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
     enc = encode_pairs(lm, pairs)
     rows = split_rows(enc.batch, enc.completion_start, positions)
     layer = 2
+    seen: list[int] = []
     with torch.no_grad():
-        cache = prompt_pass(lm, rows)
+        handle = lm.blocks[0].register_forward_hook(lambda m, a, o: seen.append(block_hidden(o).shape[0]))
+        try:
+            cache = prompt_pass(lm, rows)
+        finally:
+            handle.remove()
         captured: dict[int, CachedPrefix] = {}
         ref = rest_logprobs(lm, rows, cache, enc.signs, None, layer, capture=captured)
         torch.testing.assert_close(ref, completion_logprobs(lm, enc, None, layer, positions), rtol=1e-5, atol=1e-4)
@@ -243,6 +248,7 @@ def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
     assert float((grads[0][0] - ref).abs().max()) > 1e-2  # v moves the log-probs: not a check at the trivial point
     if positions == "after_user":
         assert rows.rest_ids.numel() < 0.5 * enc.batch.input_ids.numel()
+        assert seen == [len(pairs)] and len(pairs) == 4  # a pair's four rows share one prompt part, run once
     else:
         assert rows.prompt_width == 0 and cache is None  # everything is steered: nothing to keep
 

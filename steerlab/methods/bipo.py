@@ -26,8 +26,9 @@ strength 1 (the trained v is used as it is).
 Most of each row never sees v, so most of the model's work is done once per minibatch (`cache_prefix`):
 - *the prompt*: under "after_user" nothing before the end of the user's message is steered, and no token
   there depends on the completion, so each row is cut there. The prompt part runs once (with the frozen
-  reference) and is kept as its attention keys and values; every step runs only the rest of the row (the
-  template's assistant header and the completion: 10-30% of an MWE row's tokens) against them.
+  reference, and once per pair: its four rows share it) and is kept as its attention keys and values; every
+  step runs only the rest of the row (the template's assistant header and the completion: 10-30% of an MWE
+  row's tokens) against them.
 - *the blocks below L*: nothing below block L depends on v either, so block L's unsteered output over the rest
   of the row is kept from the reference pass and replayed: blocks 0..L are swapped for stand-ins that return
   it, and only blocks L+1..end run.

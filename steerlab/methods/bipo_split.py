@@ -147,14 +147,36 @@ def split_rows(b: EncodedBatch, start: torch.Tensor, positions: str) -> SplitRow
     return SplitRows(prompt_ids, prompt_mask, rest_ids, rest_mask, pos, steer, counted, keep)
 
 
+def distinct_prompts(rows: SplitRows) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row index per distinct prompt part (tokens and padding), and for every row the number of its own among
+    them. A pair's four rows share one prompt part."""
+    key = torch.cat([rows.prompt_ids, rows.prompt_mask.to(rows.prompt_ids.dtype)], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(inverse)), reduce="amin", include_self=False)
+    return first, inverse
+
+
+def _prompt_cache(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor):
+    mask = mask.to(lm.device)
+    out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask, position_ids=position_ids_for(mask),
+                   use_cache=True, **last_logits_only(lm.model, ids.shape[1], 1))
+    return output_cache(out)
+
+
 def prompt_pass(lm: LoadedModel, rows: SplitRows):
-    """The prompt part's keys and values (the model's cache object), or None when there is no prompt part."""
+    """The prompt part's keys and values for every row (the model's cache object), or None when there is no
+    prompt part. Each distinct prompt part runs once and its keys and values are copied to the rows that share it
+    (`reorder_cache`: the batch gather of transformers' beam search); a cache without one runs every row."""
     if rows.prompt_width == 0:
         return None
-    mask = rows.prompt_mask.to(lm.device)
-    out = lm.model(input_ids=rows.prompt_ids.to(lm.device), attention_mask=mask, position_ids=position_ids_for(mask),
-                   use_cache=True, **last_logits_only(lm.model, rows.prompt_width, 1))
-    return output_cache(out)
+    unique, index = distinct_prompts(rows)
+    if len(unique) < len(index):
+        cache = _prompt_cache(lm, rows.prompt_ids[unique], rows.prompt_mask[unique])
+        if hasattr(cache, "reorder_cache"):
+            cache.reorder_cache(index.to(lm.device))
+            return cache
+    return _prompt_cache(lm, rows.prompt_ids, rows.prompt_mask)
 
 
 def trim(cache, length: int) -> None:
