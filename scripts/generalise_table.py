@@ -5,7 +5,10 @@
 
 Prints one markdown row per cell (`steerlab.cae.generalise_report.markdown_table`), the open-ended effect per
 prompt length where the runs used several (`length_table`), how many behaviours each method brings over the
-issue's bar, and the rerun command and machine of every cell.
+issue's bar, and the rerun command and machine of every cell. With `--overview`, one table of behaviours ×
+methods instead, each entry a cell's seeds pooled (`overview_table`), for run directories of several kinds at once:
+
+    python scripts/generalise_table.py docs/results/generalisation_files/{1.5b,1.5b-bipo,1.5b-seeds}/*/ --overview
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from steerlab.cae.generalise_report import collect, goal_counts, length_table, markdown_table, plot, to_json
+from steerlab.cae.generalise_report import (collect, goal_counts, length_table, markdown_table, overview_table,
+                                            plot, to_json)
 
 
 def main(argv=None) -> int:
@@ -27,12 +31,17 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", nargs="*", type=Path, default=[],
                     help="run directories whose CAA cells the goal's in-distribution proviso is held against (not "
                          "printed), for runs that have no CAA cell of their own")
+    ap.add_argument("--overview", action="store_true",
+                    help="print one behaviours x methods table (each entry a cell's seeds pooled) and nothing else")
     args = ap.parse_args(argv)
     reports = collect(args.runs, args.model)
     if not reports:
         print("no finished cells (no summary.json) in the given directories", file=sys.stderr)
         return 1
     baseline = [c for c in collect(args.baseline, args.model) if c.method == "caa"]
+    if args.overview:
+        print(overview_table(reports, baseline))
+        return 0
     print(markdown_table(reports, baseline))
     print()
     if any(len(c.by_length.get("+r", {})) > 1 for c in reports):

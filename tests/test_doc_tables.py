@@ -80,3 +80,21 @@ def test_generalisation_bipo_block_is_exactly_the_scripts_rows():
     base = [str(p) for p in sorted((GEN / "1.5b").iterdir()) if p.is_dir()]
     out = script("scripts/generalise_table.py", *dirs, "--baseline", *base, "--model", "qwen2.5-coder-1.5b")
     assert block == [r for r in out.splitlines() if r.startswith("|")], "regenerate the block between the markers"
+
+
+OVERVIEW = ("1.5b", "1.5b-bipo", "1.5b-seeds")  # the r = 0.5 table, its float32 BiPO cells and persona seeds
+
+
+def overview_dirs() -> list[str]:
+    return [str(p) for runs in OVERVIEW if (GEN / runs).is_dir()
+            for p in sorted((GEN / runs).iterdir()) if (p / "summary.json").is_file()]
+
+
+def test_generalisation_overview_is_exactly_the_scripts_table():
+    """The behaviours × methods overview at the top of generalisation.md (between its markers) is
+    `generalise_table.py --overview` over the r = 0.5 run directories, every committed seed pooled."""
+    doc = GEN_DOC.read_text()
+    start, end = "<!-- overview:start -->", "<!-- overview:end -->"
+    block = [r for r in doc.split(start, 1)[1].split(end, 1)[0].splitlines() if r.strip()]
+    out = script("scripts/generalise_table.py", *overview_dirs(), "--overview", "--model", "qwen2.5-coder-1.5b")
+    assert block == out.splitlines(), "regenerate the block between the markers (scripts/generalise_table.py --overview)"

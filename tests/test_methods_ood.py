@@ -891,6 +891,31 @@ def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_ru
     assert goal_counts([persona, replace(caa, behaviour="other")]) == {"persona": (1, 1), "caa": (0, 1)}
 
 
+def test_overview_pools_a_cells_seeds_and_counts_the_goal_per_seed():
+    """The behaviours × methods overview: per entry the seeds' mean open-ended effects and +r perplexity, and at how
+    many seeds the goal (with the in-distribution proviso) is met; the judge-cannot-tell entry gives the
+    in-distribution effects instead; the last row counts behaviours met at every seed and at some seed."""
+    from steerlab.cae.generalise_report import CellReport, overview_table
+
+    good = CellReport("b", "persona", 0, 1, 0.5, 0.9, (0.1, 0.05, 0.2), (-0.1, -0.2, 0.0),
+                      {"open-ended +r": (0.1, 0.01, 0.2), "open-ended -r": (-0.1, -0.2, -0.01)}, 1.2, 1.4)
+    weak = replace(good, seed=1, ood={"open-ended +r": (0.04, -0.01, 0.1), "open-ended -r": (-0.2, -0.3, -0.1)},
+                   ppl_plus=1.4)
+    caa = replace(good, method="caa", in_plus=(0.06, 0.02, 0.10), ppl_plus=2.0)
+    blind = replace(good, behaviour="c", judge_auc=0.7, in_plus=(0.02, 0.0, 0.04), in_minus=(-0.05, -0.1, 0.0))
+    other = replace(good, behaviour="d")
+    lines = overview_table([caa, good, weak, blind, other]).splitlines()
+    assert lines[0] == "| behaviour | caa | persona |"
+    assert lines[2] == "| b | +0.100 / -0.100 · ×2.00 · goal 0/1 | +0.070 / -0.150 · ×1.30 · goal 1/2 |"
+    assert lines[3] == "| c | – | judge cannot tell · in-dist +0.020 / -0.050 · 1 seed |"
+    # no CAA cell of d to hold the in-distribution effect against: counted as met, as in goal_counts
+    assert lines[4] == "| d | – | +0.100 / -0.100 · ×1.20 · goal 1/1 |"
+    assert lines[5] == "| goal met | every seed 0 · some seed 0 · of 1 | every seed 1 · some seed 2 · of 3 |"
+    # a baseline CAA cell of d whose interval the persona cell falls below: the proviso fails
+    assert overview_table([other], [replace(caa, behaviour="d", in_plus=(0.3, 0.2, 0.4))]).splitlines()[-1] == \
+        "| goal met | every seed 0 · some seed 0 · of 1 |"
+
+
 def test_effects_by_length_are_paired_differences_per_length():
     from steerlab.cae.generalise_report import effects_by_length, length_table
     from steerlab.cae.stats import bootstrap_ci

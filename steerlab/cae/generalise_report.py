@@ -32,6 +32,7 @@ from .text_measures import mean_distinct
 
 Interval = tuple[float, float, float]
 SIGNS = {"ood_plus": "+r", "ood_minus": "-r"}
+METHODS = ("caa", "multiformat", "bipo", "persona")  # the order of columns and figure colours
 
 
 @dataclass
@@ -281,6 +282,11 @@ def goal_verdict(cell: CellReport, reference: Sequence[CellReport]) -> str:
     return "yes" if ok else ("yes (no CAA cell)" if ok is None else "no (in-dist below CAA)")
 
 
+def counts_as_met(cell: CellReport, reference: Sequence[CellReport]) -> bool:
+    """The goal met, its proviso not failed against `reference`'s CAA cells ("yes" or "yes (no CAA cell)")."""
+    return cell.meets_goal and within_caa(cell, reference) is not False
+
+
 def goal_counts(reports: Sequence[CellReport], baseline: Sequence[CellReport] = ()) -> dict[str, tuple[int, int]]:
     """Per method: (behaviours where some seed meets the goal with the in-distribution proviso not failed against
     the CAA cells of `reports` and `baseline`, behaviours measured)."""
@@ -289,9 +295,55 @@ def goal_counts(reports: Sequence[CellReport], baseline: Sequence[CellReport] = 
     for c in reports:
         met, seen = out.setdefault(c.method, (set(), set()))
         seen.add(c.behaviour)
-        if c.meets_goal and within_caa(c, reference) is not False:
+        if counts_as_met(c, reference):
             met.add(c.behaviour)
     return {m: (len(met), len(seen)) for m, (met, seen) in out.items()}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+def overview_entry(cells: Sequence[CellReport], reference: Sequence[CellReport]) -> str:
+    """One behaviour's cells of one method (its seeds) in one table entry: the judged open-ended effect at +r / -r
+    and the perplexity ratio at +r (means over the seeds), and at how many seeds the cell meets the goal
+    (`counts_as_met`); where the judge cannot tell, the in-distribution effect at +r / -r instead."""
+    if not cells:
+        return "–"
+    n = len(cells)
+    seeds = f"{n} seed{'s' if n > 1 else ''}"
+    told = [c for c in cells if c.judge_can_tell]
+    if not told:
+        return (f"judge cannot tell · in-dist {_mean([c.in_plus[0] for c in cells]):+.3f} / "
+                f"{_mean([c.in_minus[0] for c in cells]):+.3f} · {seeds}")
+    plus = [c.ood["open-ended +r"][0] for c in told if "open-ended +r" in c.ood]
+    minus = [c.ood["open-ended -r"][0] for c in told if "open-ended -r" in c.ood]
+    met = sum(counts_as_met(c, reference) for c in cells)
+    effects = " / ".join("–" if not v else f"{_mean(v):+.3f}" for v in (plus, minus))
+    return f"{effects} · ×{_mean([c.ppl_plus for c in cells]):.2f} · goal {met}/{n}"
+
+
+def overview_table(reports: Sequence[CellReport], baseline: Sequence[CellReport] = ()) -> str:
+    """Behaviours × methods, a cell's seeds pooled into one entry (`overview_entry`), the goal held against the
+    CAA cells of `reports` and `baseline`; a last row counts the behaviours where the goal is met at every seed
+    measured and at some seed."""
+    reference = [*reports, *baseline]
+    methods = [m for m in METHODS if any(c.method == m for c in reports)]
+    methods += sorted({c.method for c in reports} - set(methods))
+    behaviours = sorted({c.behaviour for c in reports})
+    head = "| behaviour | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (len(methods) + 1)]
+    for b in behaviours:
+        lines.append(f"| {b} | " + " | ".join(
+            overview_entry([c for c in reports if c.behaviour == b and c.method == m], reference) for m in methods) + " |")
+    counts = []
+    for m in methods:
+        per = [[counts_as_met(c, reference) for c in reports if c.behaviour == b and c.method == m]
+               for b in behaviours]
+        per = [v for v in per if v]
+        counts.append(f"every seed {sum(all(v) for v in per)} · some seed {sum(any(v) for v in per)} · of {len(per)}")
+    lines.append("| goal met | " + " | ".join(counts) + " |")
+    return "\n".join(lines)
 
 
 def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
@@ -302,10 +354,10 @@ def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     behaviours = sorted({c.behaviour for c in reports})
-    methods = [m for m in ("caa", "multiformat", "bipo", "persona") if any(c.method == m for c in reports)]
+    methods = [m for m in METHODS if any(c.method == m for c in reports)]
     fig, axes = plt.subplots(1, 2, figsize=(10, max(2.5, 0.6 + 0.3 * len(behaviours) * len(methods))), dpi=110,
                              sharey=True)
-    colours = dict(zip(("caa", "multiformat", "bipo", "persona"), ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    colours = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
     for ax, sign in zip(axes, ("+r", "-r")):
         labelled: set[str] = set()  # each method named once per panel, at its first plotted cell
         for bi, b in enumerate(behaviours):
