@@ -548,6 +548,10 @@ def _run(*args):
     (["--method", "bogus"], "unknown method"),
     (["--method", "persona", "--position", "first"], "persona reading must be one of mean, last"),
     (["--method", "bipo", "--layers", "3", "--position", "mean"], "--position is for caa, pca and persona"),
+    (["--method", "persona-bipo"], "name them"),
+    (["--method", "persona-bipo", "--layers", "1", "--data-is-pairs"], "MWE behaviour file"),
+    (["--method", "persona-bipo", "--layers", "1", "--steps", "0"], "--steps must be at least 1"),
+    (["--method", "bipo", "--layers", "1", "--engine", "vllm"], "the methods that generate text"),
 ])
 def test_cli_refuses_bad_input_before_loading(tmp_path, args, message):
     data = resolve_behaviour("corrigible-neutral-HHH")
@@ -572,6 +576,7 @@ def tiny_dir(save_tiny):
     ("multiformat", ["--layers", "1,2", "--limit", "4"]),
     ("bipo", ["--layers", "1", "--limit", "6", "--steps", "2"]),
     ("persona", ["--layers", "1", "--limit", "2", "--no-judge"]),
+    ("persona-bipo", ["--layers", "1,2", "--limit", "2", "--no-judge", "--steps", "2"]),
 ])
 def test_cli_trains_an_ordinary_vector(tmp_path, tiny_dir, method, extra):
     out = tmp_path / f"{method}.safetensors"

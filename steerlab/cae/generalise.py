@@ -15,6 +15,10 @@ rule; per method and seed one cell directory holds, each written once and skippe
     ood_plus/, ood_minus/   `ood.evaluate_ood` at +r and -r (judged, projections, log-prob gaps)
     side_effects.json       perplexity ratio and KL on the corpus at +r and -r
 
+A BiPO cell also keeps each layer's run (bipo_layerL.safetensors) as it finishes; a persona-BiPO cell (BiPO
+trained on the persona recipe's judged answers, `steerlab.methods.persona_bipo`) those and its answers
+(persona_samples.json), so an interrupted cell resumes where it stopped.
+
 The split is the same for every method (`behaviour_data.load_behaviour` with `split_seed`); the method
 seed varies BiPO's order and persona's sampling (CAA and multi-format CAA do not sample: one seed).
 `judge_check.json` (once per run) scores the judge on the validation items' labelled texts; the summary
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -57,7 +61,11 @@ from .verdicts import sign_check
 if TYPE_CHECKING:  # the type only: importing models would load transformers
     from ..models import LoadedModel
 
-GENERALISE_METHODS: tuple[str, ...] = ("caa", "multiformat", "bipo", "persona")
+GENERALISE_METHODS: tuple[str, ...] = ("caa", "multiformat", "bipo", "persona", "persona-bipo")
+#: The methods a run compares unless told otherwise (the issue's four).
+DEFAULT_METHODS: tuple[str, ...] = ("caa", "multiformat", "bipo", "persona")
+#: Methods that train one layer at a time (no bands).
+PER_LAYER = ("bipo", "persona-bipo")
 #: Methods whose vector does not depend on a seed (run once whatever `seeds` says).
 DETERMINISTIC = ("caa", "multiformat")
 #: Settings that only say which cells an invocation runs: a resumed directory may differ in them.
@@ -69,6 +77,8 @@ UNSTEERED = "unsteered_ood_generations.jsonl"
 SELECT_RULES: tuple[str, ...] = ("mwe", "open-ended")
 #: The run directory's judge scores, shared by every cell (`judge_cache.CachedJudge`).
 JUDGE_SCORES = "judge_scores.jsonl"
+#: A persona-BiPO cell's judged answers (its training data), kept for a rerun and for reading.
+PERSONA_SAMPLES = "persona_samples.json"
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ class GeneraliseConfig:
     """
 
     behaviour: str
-    methods: tuple[str, ...] = GENERALISE_METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     layers: tuple[int, ...] = (10,)
     bands: tuple[tuple[int, ...], ...] = ()
     relative: float | tuple[float, ...] = 0.5
@@ -151,9 +161,10 @@ class GeneraliseConfig:
             raise SteerlabError("give at least one candidate layer or band, and one seed")
         if any(len(b) < 2 or list(b) != list(range(b[0], b[0] + len(b))) for b in self.bands):
             raise SteerlabError(f"a band is two or more consecutive layers, got {[list(b) for b in self.bands]}")
-        if self.bands and "bipo" in self.methods:
+        if self.bands and set(PER_LAYER) & set(self.methods):
             raise SteerlabError("bands need a direction at every layer of the band and BiPO trains one layer at a "
-                                "time: run bipo in a directory without --bands")
+                                f"time: run {' and '.join(m for m in PER_LAYER if m in self.methods)} in a directory "
+                                "without --bands")
         if not self.strengths or not all(r > 0 for r in self.strengths):
             raise SteerlabError("the relative strength r must be > 0 (the run steers at +r and -r)")
         bad = [n for n in self.ood_lengths if n not in LENGTHS]
@@ -225,51 +236,70 @@ def cell_seeds(method: str, seeds: Sequence[int]) -> list[int]:
     return [seeds[0]] if method in DETERMINISTIC else list(seeds)
 
 
+def _bipo_by_layer(lm: LoadedModel, pairs, layers: Sequence[int], config, parts: Path | None) -> list[SteeringVector]:
+    """One BiPO run per layer (one shared reference pass), each saved in `parts` as it finishes and reused from there
+    on a rerun, so an interrupted cell keeps its finished layers."""
+    from ..methods.bipo import train_bipo_layers
+
+    part = {l: parts / f"bipo_layer{l}.safetensors" if parts is not None else None for l in layers}
+    trained = {l: SteeringVector.load(part[l]) for l in layers if part[l] is not None and part[l].is_file()}
+
+    def keep(res) -> None:
+        layer = res.vector.layers[0]
+        trained[layer] = res.vector
+        if part[layer] is not None:
+            res.vector.save(part[layer], force=True)
+
+    missing = [l for l in layers if l not in trained]
+    if missing:
+        train_bipo_layers(lm, pairs, missing, config, progress=True, on_result=keep)
+    return [trained[l] for l in layers]
+
+
+def _persona_samples(lm: LoadedModel, trait, questions, config, scorer, generator, parts: Path | None):
+    """The persona recipe's judged answers, saved in `parts` (persona_samples.json) and read back on a rerun."""
+    from ..methods.persona import PersonaSample, generate_samples, judge_samples
+
+    path = parts / PERSONA_SAMPLES if parts is not None else None
+    if path is not None and path.is_file():
+        return [PersonaSample(**s) for s in json.loads(path.read_text())]
+    samples = judge_samples(generate_samples(lm, trait, questions, config, progress=True, generator=generator),
+                            scorer, config)
+    if path is not None:
+        results.write_json(path, [s.to_json() for s in samples])
+    return samples
+
+
 def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], seed: int, cfg: GeneraliseConfig,
                  judge: Judge | None, generator: TextGenerator = generate, parts: Path | None = None) -> SteeringVector:
-    """`method`'s vector from the train items at `layers` (BiPO: one run per layer, sharing one reference pass,
-    joined; with `parts`, each layer's run is saved there as it finishes and reused, so an interrupted cell keeps
-    its finished layers)."""
+    """`method`'s vector from the train items at `layers` (BiPO and persona-BiPO: one run per layer, sharing one
+    reference pass, joined; with `parts`, each layer's run, and persona-BiPO's judged answers, are saved there as
+    they finish and reused, so an interrupted cell keeps them)."""
     from ..methods import BiPOConfig, PersonaConfig, completion_pairs, load_trait, persona_questions, train_caa
-    from ..methods.bipo import train_bipo_layers
+    from ..methods.bipo import join_layer_runs
     from ..methods.multiformat import train_multiformat
     from ..methods.persona import train_persona
+    from ..methods.persona_bipo import check_persona_pairs, persona_bipo_vector, persona_pairs
     from .trait_judge import trait_scorer
 
     if method == "caa":
         return train_caa(lm, [it.to_pair() for it in train], layers)
     if method == "multiformat":
         return train_multiformat(lm, train, layers)
+    bipo = BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch, seed=seed)
     if method == "bipo":
-        pairs = completion_pairs(train)
-        part = {l: parts / f"bipo_layer{l}.safetensors" if parts is not None else None for l in layers}
-        trained = {l: SteeringVector.load(part[l]) for l in layers if part[l] is not None and part[l].is_file()}
-
-        def keep(res) -> None:
-            layer = res.vector.layers[0]
-            trained[layer] = res.vector
-            if part[layer] is not None:
-                res.vector.save(part[layer], force=True)
-
-        missing = [l for l in layers if l not in trained]
-        if missing:  # one reference pass for every layer still to train
-            train_bipo_layers(lm, pairs, missing, BiPOConfig(max_steps=cfg.bipo_steps, batch_size=cfg.bipo_batch,
-                                                             seed=seed), progress=True, on_result=keep)
-        runs = [trained[l] for l in layers]
-        meta = runs[0].meta
-        extra = dict(meta.extra, per_layer={str(p.layers[0]): {k: p.meta.extra.get(k) for k in
-                                                                 ("steps", "best_step", "seconds_per_step", "total_seconds",
-                                                                  "reference_seconds", "replayed_prefix")}
-                                            for p in runs})
-        return SteeringVector({p.layers[0]: p[p.layers[0]] for p in runs},
-                              replace(meta, layers=tuple(sorted(layers)), extra=extra))
-    name = Path(cfg.behaviour).stem
-    trait = load_trait(name, cfg.description)
+        return join_layer_runs(_bipo_by_layer(lm, completion_pairs(train), layers, bipo, parts))
+    trait = load_trait(Path(cfg.behaviour).stem, cfg.description)
     scorer = trait_scorer(judge, trait.name, trait.description) if (judge is not None and cfg.persona_judge) else None
     pc = PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens, seed=seed,
                        keep=cfg.persona_keep, reading=cfg.persona_reading)
-    return train_persona(lm, trait, persona_questions(train)[:cfg.persona_questions], layers, pc, scorer,
-                         generator=generator)
+    questions = persona_questions(train)[:cfg.persona_questions]
+    if method == "persona":
+        return train_persona(lm, trait, questions, layers, pc, scorer, generator=generator)
+    samples = _persona_samples(lm, trait, questions, pc, scorer, generator, parts)
+    pairs = persona_pairs(samples)
+    check_persona_pairs(trait, samples, pairs)
+    return persona_bipo_vector(_bipo_by_layer(lm, pairs, layers, bipo, parts), trait, samples, pairs, pc)
 
 
 def share_unsteered(source: Path, target: Path) -> None:

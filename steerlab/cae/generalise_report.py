@@ -32,7 +32,7 @@ from .text_measures import mean_distinct
 
 Interval = tuple[float, float, float]
 SIGNS = {"ood_plus": "+r", "ood_minus": "-r"}
-METHODS = ("caa", "multiformat", "bipo", "persona")  # the order of columns and figure colours
+METHODS = ("caa", "multiformat", "bipo", "persona", "persona-bipo")  # the order of columns and figure colours
 
 
 @dataclass
@@ -167,7 +167,7 @@ def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
             value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
                 if isinstance(value, list) else value
             parts.append(f"--{key.replace('_', '-')} {value}")
-    if method == "persona" and not cfg.get("persona_judge", True):
+    if method in ("persona", "persona-bipo") and not cfg.get("persona_judge", True):
         parts.append("--no-persona-judge")
     judge = results.read_json(run_dir / "judge_check.json").get("judge", "local") \
         if (run_dir / "judge_check.json").is_file() else "local"
@@ -357,7 +357,7 @@ def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
     methods = [m for m in METHODS if any(c.method == m for c in reports)]
     fig, axes = plt.subplots(1, 2, figsize=(10, max(2.5, 0.6 + 0.3 * len(behaviours) * len(methods))), dpi=110,
                              sharey=True)
-    colours = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
+    colours = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:purple")))
     for ax, sign in zip(axes, ("+r", "-r")):
         labelled: set[str] = set()  # each method named once per panel, at its first plotted cell
         for bi, b in enumerate(behaviours):

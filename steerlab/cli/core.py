@@ -99,7 +99,7 @@ def train(
     method: str = typer.Option("caa", help="caa, pca, actadd, or (issue 26) multiformat (MWE file: A/B, Yes/No and "
                                "free-text CAA combined), bipo (one --layers N, trained by gradient) or persona "
                                "(the model's own answers to the file's first 40 questions under opposing system "
-                               "prompts, judged)."),
+                               "prompts, judged) or persona-bipo (BiPO trained on those answers, --layers named)."),
     position: Optional[str] = typer.Option(None, help="Reading position: last (the answer token; caa and pca's "
                                            "default) or mean; persona: mean (over each answer's response tokens, its "
                                            "default) or last (the answer's last token)."),
@@ -119,8 +119,9 @@ def train(
                              "median judged score, for a judge whose scale is shifted)."),
     positive_min: float = typer.Option(0.5, help="persona: keep positive-side answers the judge scores above this."),
     negative_max: float = typer.Option(0.5, help="persona: keep negative-side answers the judge scores below this."),
-    steps: int = typer.Option(200, help="bipo: the most optimiser steps (early stopping on validation pairs)."),
-    seed: int = typer.Option(0, help="bipo: split and batch order; persona: sampling."),
+    steps: int = typer.Option(200, help="bipo, persona-bipo: the most optimiser steps (early stopping on validation "
+                              "pairs)."),
+    seed: int = typer.Option(0, help="bipo: split and batch order; persona: sampling; persona-bipo: both."),
     engine: str = typer.Option("builtin", "--engine", help="persona: what generates the answers: builtin "
                                "(transformers, in this process) or vllm (the steerlab[vllm] extra)."),
     model: Optional[str] = MODEL,
@@ -131,15 +132,16 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
 ) -> None:
     """Train a steering vector from contrast pairs and save it."""
-    from .train_methods import OOD_METHODS, MethodArgs, check_method_args, train_method
+    from .train_methods import GENERATING, OOD_METHODS, MethodArgs, check_method_args, train_method
 
     def body():
         set_runtime(threads, device, dtype, device_map)
         check_out(out, force=force)
         if method not in ("caa", "pca", "actadd") + OOD_METHODS:
             raise SteerlabError(f"unknown method '{method}': choose caa, pca, actadd, {', '.join(OOD_METHODS)}")
-        if engine != "builtin" and method != "persona":
-            raise SteerlabError(f"--engine {engine} is for --method persona (the only method that generates text)")
+        if engine != "builtin" and method not in GENERATING:
+            raise SteerlabError(f"--engine {engine} is for --method {' or '.join(GENERATING)} (the methods that "
+                                "generate text)")
         if method == "actadd" and (not positive or not negative):
             raise SteerlabError("--method actadd needs --positive and --negative prompts")
         check_layer_spec(layers)

@@ -22,7 +22,8 @@ from .options import BEHAVIOUR, GEN_ENGINE, OUT_DIR, Judge, Runtime, grouped
 def generalise(
     behaviour: str = BEHAVIOUR,
     out: Path = OUT_DIR,
-    methods: str = typer.Option("caa,multiformat,bipo,persona", help="Methods to compare (caa, multiformat, bipo, persona)."),
+    methods: str = typer.Option("caa,multiformat,bipo,persona", help="Methods to compare (caa, multiformat, bipo, "
+                                "persona, and persona-bipo: BiPO trained on persona's judged answers)."),
     layers: str = typer.Option("", help="Candidate layers, e.g. 8,10,12: each method's layer is chosen among them on "
                                "the validation items."),
     bands: str = typer.Option("", help="Candidate bands of consecutive layers steered together (multi-layer "
@@ -44,7 +45,8 @@ def generalise(
     n_train: int = typer.Option(40, help="Training items (the same for every method)."),
     n_val: int = typer.Option(20, help="Validation items (choose the layer)."),
     n_test: int = typer.Option(40, help="Test items (the in-distribution effect)."),
-    seeds: str = typer.Option("0,1,2", help="Method seeds (BiPO's order, persona's sampling; CAA and multiformat run once)."),
+    seeds: str = typer.Option("0,1,2", help="Method seeds (BiPO's order, persona's sampling, both for persona-bipo; "
+                              "CAA and multiformat run once)."),
     split_seed: int = typer.Option(0, help="The train/val/test split, shared by every method."),
     ood_lengths: str = typer.Option("short", help="OOD prompt lengths (short, medium, long): 10 prompts per kind and "
                                     "length."),
@@ -54,7 +56,8 @@ def generalise(
     max_new_tokens: int = typer.Option(48, help="OOD generation length."),
     bipo_steps: int = typer.Option(50, help="BiPO's step budget per candidate layer."),
     bipo_batch: int = typer.Option(8, help="BiPO: contrast pairs per step (4 forward rows each)."),
-    description: Optional[str] = typer.Option(None, help="persona: the trait in one line (default: the shipped one)."),
+    description: Optional[str] = typer.Option(None, help="persona, persona-bipo: the trait in one line (default: the "
+                                              "shipped one)."),
     persona_judge: bool = typer.Option(True, "--persona-judge/--no-persona-judge",
                                        help="Filter persona's answers with the judge."),
     persona_keep: str = typer.Option("median", help="persona's keep rule: median (cut at the median judged score, "
@@ -104,7 +107,7 @@ def generalise(
             from ..cae.ood import load_ood_file
 
             load_ood_file(ood_file)  # a malformed file fails before the model load
-        if "persona" in cfg.methods:
+        if {"persona", "persona-bipo"} & set(cfg.methods):
             from ..methods.persona import load_trait
 
             load_trait(Path(path).stem, description)

@@ -1,4 +1,4 @@
-"""`steerlab train --method multiformat|bipo|persona`: the out-of-distribution candidates (issue 26).
+"""`steerlab train --method multiformat|bipo|persona|persona-bipo`: the out-of-distribution candidates (issue 26).
 
 `check_method_args` runs before any model load (bad input is one line, at once); `train_method` builds
 the vector on the loaded model.
@@ -12,7 +12,9 @@ from typing import Optional, Sequence
 from ..errors import SteerlabError
 
 #: The methods of this module; `steerlab train` handles caa, pca and actadd itself.
-OOD_METHODS: tuple[str, ...] = ("multiformat", "bipo", "persona")
+OOD_METHODS: tuple[str, ...] = ("multiformat", "bipo", "persona", "persona-bipo")
+#: The methods that generate text (the persona recipe's answers): --engine applies to them.
+GENERATING: tuple[str, ...] = ("persona", "persona-bipo")
 
 #: Questions the persona method answers from the command line (the first of the file's, after --limit): the
 #: paper's 40 (20 to extract from, 20 to evaluate on) at most, so a 1,000-item file is not 4,000 generations.
@@ -26,13 +28,13 @@ class MethodArgs:
     Attributes:
         method: one of `OOD_METHODS`.
         behaviour: the MWE file's behaviour name (its stem); "" for a pairs file.
-        description: persona: the trait's one-line description (None: the shipped one).
-        judge: persona: filter answers with the local judge.
-        steps: bipo: the most optimiser steps.
-        seed: bipo's split and order, persona's sampling.
-        positive_min, negative_max: persona: the judge's keep thresholds.
-        engine: persona: what generates the answers ("builtin" or "vllm").
-        keep: persona: the keep rule ("absolute" or "median", `PersonaConfig.keep`).
+        description: persona, persona-bipo: the trait's one-line description (None: the shipped one).
+        judge: persona, persona-bipo: filter answers with the local judge.
+        steps: bipo, persona-bipo: the most optimiser steps.
+        seed: bipo's split and order, persona's sampling (persona-bipo: both).
+        positive_min, negative_max: persona, persona-bipo: the judge's keep thresholds.
+        engine: persona, persona-bipo: what generates the answers ("builtin" or "vllm").
+        keep: persona, persona-bipo: the keep rule ("absolute" or "median", `PersonaConfig.keep`).
         reading: persona: how an answer is read ("mean" over its response tokens or its "last" token).
     """
 
@@ -50,9 +52,9 @@ class MethodArgs:
 
 
 def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
-    """Refuse bad input before the model loads: MWE items where the method needs them, one layer for BiPO,
-    a known trait (or a description) for persona."""
-    if args.method in ("multiformat", "persona") and items is None:
+    """Refuse bad input before the model loads: MWE items where the method needs them, one layer for BiPO and
+    explicit layers for persona-BiPO, a known trait (or a description) for persona and persona-BiPO."""
+    if args.method in ("multiformat", *GENERATING) and items is None:
         raise SteerlabError(f"--method {args.method} needs an MWE behaviour file (with answer_matching_behavior), "
                             "not a pairs file or 'demo'")
     if args.method == "bipo":
@@ -61,7 +63,13 @@ def check_method_args(args: MethodArgs, items, layers: Optional[str]) -> None:
             raise SteerlabError("--method bipo trains one layer: pass --layers N (e.g. --layers 12)")
         if args.steps < 1:
             raise SteerlabError("--steps must be at least 1")
-    if args.method == "persona":
+    if args.method == "persona-bipo":
+        if not (layers or "").strip() or (layers or "").strip() == "all":
+            raise SteerlabError("--method persona-bipo trains each layer it is given by gradient: name them, "
+                                "e.g. --layers 12 or --layers 10,12")
+        if args.steps < 1:
+            raise SteerlabError("--steps must be at least 1")
+    if args.method in GENERATING:
         from ..serve.engines import engine_module
         from ..methods.persona import PersonaConfig, load_trait
 
@@ -84,6 +92,7 @@ def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[i
         data = completion_pairs(items) if items is not None else pairs
         return train_bipo(lm, data, layers[0], BiPOConfig(max_steps=args.steps, seed=args.seed), progress=True)
     from ..methods.persona import PersonaConfig, load_trait, persona_questions, train_persona
+    from ..methods.persona_bipo import train_persona_bipo
 
     trait = load_trait(args.behaviour, args.description)
     judge = None
@@ -97,9 +106,14 @@ def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[i
     from .common import text_generator
 
     generator = text_generator(args.engine)
+    questions = persona_questions(items)[:PERSONA_QUESTIONS]
     try:
-        return train_persona(lm, trait, persona_questions(items)[:PERSONA_QUESTIONS], layers, cfg, judge,
-                             progress=True, generator=generator)
+        if args.method == "persona-bipo":
+            from ..methods.bipo import BiPOConfig
+
+            return train_persona_bipo(lm, trait, questions, layers, cfg, BiPOConfig(max_steps=args.steps, seed=args.seed),
+                                      judge, progress=True, generator=generator)
+        return train_persona(lm, trait, questions, layers, cfg, judge, progress=True, generator=generator)
     finally:
         if hasattr(generator, "close"):
             generator.close()

@@ -48,7 +48,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
@@ -441,6 +441,22 @@ def _train_layer(lm: LoadedModel, pairs: Sequence[ContrastPair], n_train: int, n
                      history=[{k: round(x, 5) if isinstance(x, float) else x for k, x in h.items()} for h in history])
     vec = SteeringVector({layer: best_v.cpu()}, meta)
     return BiPOResult(vec, history, step, best_step, per_step, total, reference_seconds)
+
+
+#: What each layer's run records in a joined vector's extra["per_layer"].
+PER_LAYER_KEYS = ("steps", "best_step", "seconds_per_step", "total_seconds", "reference_seconds", "replayed_prefix")
+
+
+def join_layer_runs(runs: Sequence[SteeringVector]) -> SteeringVector:
+    """One vector from single-layer runs (each layer trained alone, e.g. by `train_bipo_layers`): their directions,
+    the first run's metadata listing every layer, and each run's steps and timings in extra["per_layer"]."""
+    if not runs:
+        raise DatasetError("no BiPO runs to join")
+    meta = runs[0].meta
+    per_layer = {str(r.layers[0]): {k: r.meta.extra.get(k) for k in PER_LAYER_KEYS} for r in runs}
+    return SteeringVector({r.layers[0]: r[r.layers[0]] for r in runs},
+                          replace(meta, layers=tuple(sorted(r.layers[0] for r in runs)),
+                                  extra=dict(meta.extra, per_layer=per_layer)))
 
 
 def train_bipo_detailed(lm: LoadedModel, pairs: Sequence[ContrastPair], layer: int, config: BiPOConfig | None = None,
