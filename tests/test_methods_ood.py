@@ -248,7 +248,9 @@ def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
     assert float((grads[0][0] - ref).abs().max()) > 1e-2  # v moves the log-probs: not a check at the trivial point
     if positions == "after_user":
         assert rows.rest_ids.numel() < 0.5 * enc.batch.input_ids.numel()
-        assert seen == [len(pairs)] and len(pairs) == 4  # a pair's four rows share one prompt part, run once
+        # a pair's four rows share one prompt part: run once, kept once (and gathered back after every pass)
+        assert seen == [len(pairs)] and len(pairs) == 4
+        assert cache.shared and {l.keys.shape[0] for l in cache.cache.layers} == {len(pairs)}
     else:
         assert rows.prompt_width == 0 and cache is None  # everything is steered: nothing to keep
 
@@ -387,6 +389,18 @@ def test_bipo_falls_back_to_the_whole_model_when_replay_differs(lm, monkeypatch)
     torch.testing.assert_close(res.vector[1], reference.vector[1])
     monkeypatch.setattr("steerlab.methods.bipo.PREFIX_CACHE_BYTES", 0)  # over the memory cap: no cache either
     assert not train_bipo_detailed(lm, pairs, 1, cfg).vector.meta.extra["replayed_prefix"]
+
+
+def test_bipo_falls_back_with_a_warning_when_the_kept_tensors_would_pass_the_budget(lm, monkeypatch):
+    from steerlab.methods import bipo
+
+    pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:6])
+    cfg = BiPOConfig(lr=0.05, batch_size=4, max_steps=2, eval_every=1, patience=5, seed=0)
+    monkeypatch.setattr(bipo, "PREFIX_CACHE_BYTES", 1000)
+    with pytest.warns(UserWarning, match=r"would take \d+ MiB .*every step runs the whole model"):
+        res = train_bipo_detailed(lm, pairs, 1, cfg)
+    assert not res.vector.meta.extra["replayed_prefix"]
+    torch.testing.assert_close(res.vector[1], train_bipo_detailed(lm, pairs, 1, replace(cfg, cache_prefix=False)).vector[1])
 
 
 def test_bipo_bad_input(lm):

@@ -49,7 +49,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ from ..encoding import EncodedBatch, encode
 from ..errors import DatasetError
 from ..layers import block_hidden
 from ..vector import SteeringVector
-from .bipo_split import (CachedPrefix, SplitRows, add_vector, kept_bytes, prompt_pass, rest_logprobs,
+from .bipo_split import (CachedPrefix, KeptPrompt, SplitRows, add_vector, kept_bytes, prompt_pass, rest_logprobs,
                          split_rows, summed_logprobs)
 from .common import make_meta, pairs_hash
 from .multiformat import item_texts
@@ -73,8 +73,9 @@ if TYPE_CHECKING:  # the type only: importing models would load transformers
 BIPO_POSITIONS: tuple[str, ...] = ("after_user", "all")
 
 #: The most bytes of kept prompt keys/values and block-L outputs a BiPO run holds (all minibatches and layers
-#: together); above it every step runs the whole model. 1.5B model, 40 pairs of MWE completions, float32: about
-#: 0.3 GB.
+#: together); above it every step runs the whole model, with a warning. The prompt parts are kept once per pair: at
+#: 1.5B in float32, 40 pairs of corrigible's or power-seeking's MWE questions and three layers take 0.37 GiB (1.1
+#: GiB with one copy per row).
 PREFIX_CACHE_BYTES: int = 2 << 30
 
 
@@ -210,7 +211,7 @@ class _Chunk:
     enc: EncodedPairs
     reference: torch.Tensor
     rows: SplitRows | None = None  # None: every step runs the whole model over the whole rows
-    cache: Any = None  # the prompt part's keys and values (shared by the layers)
+    cache: KeptPrompt | None = None  # the prompt parts' keys and values (shared by the layers)
     prefix: CachedPrefix | None = None  # block L's output over the rest of the rows
 
 
@@ -222,7 +223,12 @@ def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: 
     per layer against the plain computation (`_layers_reproduced`)."""
     encs = [[encode_pairs(lm, part) for part in _batches(list(g), size)] for g in groups]
     split = [[split_rows(e.batch, e.completion_start, positions) for e in es] for es in encs] if cache_prefix else []
-    fast = cache_prefix and kept_bytes(lm, [r for rs in split for r in rs], len(layers)) <= PREFIX_CACHE_BYTES
+    need = kept_bytes(lm, [r for rs in split for r in rs], len(layers)) if cache_prefix else 0
+    fast = cache_prefix and need <= PREFIX_CACHE_BYTES
+    if cache_prefix and not fast:
+        warnings.warn(f"BiPO: keeping the prompt parts and block outputs would take {need / 2**20:.0f} MiB (more than "
+                      f"PREFIX_CACHE_BYTES, {PREFIX_CACHE_BYTES / 2**20:.0f} MiB); every step runs the whole model",
+                      stacklevel=3)
     out: list[dict[int, list[_Chunk]]] = []
     with torch.no_grad():
         for g, es in enumerate(encs):

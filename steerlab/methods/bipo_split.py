@@ -1,7 +1,8 @@
 """What BiPO runs once per minibatch instead of at every step (see `steerlab.methods.bipo`).
 
 A row's prompt, up to where steering can first reach it, is run once and kept as its attention keys and values
-(`split_rows`, `prompt_pass`); block L's unsteered output over the rest of the row is recorded once and replayed
+(`split_rows`, `prompt_pass`; once per distinct prompt part, spread over the rows that share it for each pass:
+`KeptPrompt`, `spread`); block L's unsteered output over the rest of the row is recorded once and replayed
 (`replaying`), so a step runs only blocks L+1..end over the template's assistant header and the completion
 (`rest_logprobs`). `steerlab.methods.bipo.completion_logprobs` is the plain computation these reproduce.
 """
@@ -157,6 +158,41 @@ def distinct_prompts(rows: SplitRows) -> tuple[torch.Tensor, torch.Tensor]:
     return first, inverse
 
 
+@dataclass
+class KeptPrompt:
+    """The prompt parts' keys and values, kept once per distinct prompt part (the model's cache object), and how
+    they spread over the rows for a pass (`spread`).
+
+    Attributes:
+        cache: one batch row per distinct prompt part.
+        of_row: [rows] the index in `cache` of each row's prompt part.
+        first: [distinct] a row holding each prompt part, to gather the rows back to one per prompt part.
+    """
+
+    cache: Any
+    of_row: torch.Tensor
+    first: torch.Tensor
+
+    @property
+    def shared(self) -> bool:
+        return len(self.first) < len(self.of_row)
+
+
+@contextlib.contextmanager
+def spread(kept: KeptPrompt, width: int, device):
+    """`kept`'s cache with one prompt part per row for one forward pass (the batch gather of transformers' beam
+    search, `reorder_cache`); afterwards cut back to the prompt part's `width` (detached: what the pass appended is
+    part of its graph) and gathered back to one row per distinct prompt part."""
+    if kept.shared:
+        kept.cache.reorder_cache(kept.of_row.to(device))
+    try:
+        yield kept.cache
+    finally:
+        trim(kept.cache, width)
+        if kept.shared:
+            kept.cache.batch_select_indices(kept.first.to(device))
+
+
 def _prompt_cache(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor):
     mask = mask.to(lm.device)
     out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask, position_ids=position_ids_for(mask),
@@ -164,19 +200,19 @@ def _prompt_cache(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor):
     return output_cache(out)
 
 
-def prompt_pass(lm: LoadedModel, rows: SplitRows):
-    """The prompt part's keys and values for every row (the model's cache object), or None when there is no
-    prompt part. Each distinct prompt part runs once and its keys and values are copied to the rows that share it
-    (`reorder_cache`: the batch gather of transformers' beam search); a cache without one runs every row."""
+def prompt_pass(lm: LoadedModel, rows: SplitRows) -> KeptPrompt | None:
+    """The prompt parts' keys and values, or None when there is no prompt part. Each distinct prompt part runs once
+    and is kept once; a cache that cannot gather its batch rows (`reorder_cache`, `batch_select_indices`) runs and
+    keeps every row's."""
     if rows.prompt_width == 0:
         return None
-    unique, index = distinct_prompts(rows)
-    if len(unique) < len(index):
-        cache = _prompt_cache(lm, rows.prompt_ids[unique], rows.prompt_mask[unique])
-        if hasattr(cache, "reorder_cache"):
-            cache.reorder_cache(index.to(lm.device))
-            return cache
-    return _prompt_cache(lm, rows.prompt_ids, rows.prompt_mask)
+    first, of_row = distinct_prompts(rows)
+    if len(first) < len(of_row):
+        cache = _prompt_cache(lm, rows.prompt_ids[first], rows.prompt_mask[first])
+        if hasattr(cache, "reorder_cache") and hasattr(cache, "batch_select_indices"):
+            return KeptPrompt(cache, of_row, first)
+    every = torch.arange(len(of_row))
+    return KeptPrompt(_prompt_cache(lm, rows.prompt_ids, rows.prompt_mask), every, every)
 
 
 def trim(cache, length: int) -> None:
@@ -190,18 +226,17 @@ def trim(cache, length: int) -> None:
                 setattr(layer, name, t[..., :length, :].detach())
 
 
-def rest_logprobs(lm: LoadedModel, rows: SplitRows, cache, signs: torch.Tensor, vector: torch.Tensor | None,
-                   layer: int, *, prefix: CachedPrefix | None = None,
-                   capture: dict[int, CachedPrefix] | None = None, capture_layers: Sequence[int] = ()) -> torch.Tensor:
-    """`completion_logprobs` from the split rows: only the rest runs, against the prompt part's `cache`; `prefix`:
-    block `layer`'s output over the rest, replayed instead of blocks 0..layer; `capture`: receives the blocks'
-    outputs over the rest (an unsteered pass) for `layer` and `capture_layers`."""
+def rest_logprobs(lm: LoadedModel, rows: SplitRows, kept: KeptPrompt | None, signs: torch.Tensor,
+                  vector: torch.Tensor | None, layer: int, *, prefix: CachedPrefix | None = None,
+                  capture: dict[int, CachedPrefix] | None = None, capture_layers: Sequence[int] = ()) -> torch.Tensor:
+    """`completion_logprobs` from the split rows: only the rest runs, against the prompt parts' keys and values
+    (`kept`, left as found); `prefix`: block `layer`'s output over the rest, replayed instead of blocks 0..layer;
+    `capture`: receives the blocks' outputs over the rest (an unsteered pass) for `layer` and `capture_layers`."""
     ids = rows.rest_ids.to(lm.device)
     mask = torch.cat([rows.prompt_mask, rows.rest_mask], dim=1).to(lm.device)
     s_w = ids.shape[1]
     with contextlib.ExitStack() as stack:
-        if cache is not None:
-            stack.callback(trim, cache, rows.prompt_width)
+        cache = stack.enter_context(spread(kept, rows.prompt_width, lm.device)) if kept is not None else None
         if prefix is not None:
             stack.enter_context(replaying(lm, layer, prefix))
         if vector is not None:
@@ -219,6 +254,7 @@ def rest_logprobs(lm: LoadedModel, rows: SplitRows, cache, signs: torch.Tensor, 
 
 
 def kept_bytes(lm: LoadedModel, rows: Sequence[SplitRows], n_layers: int) -> int:
-    """What keeping `rows`' prompt keys/values and `n_layers` block outputs over their rest takes."""
+    """What keeping `rows`' distinct prompt parts' keys/values and `n_layers` block outputs over their rest takes."""
     per_rest_token = lm.hidden_size * lm.dtype.itemsize * n_layers
-    return sum(r.prompt_ids.numel() * lm.kv_bytes_per_token + r.rest_ids.numel() * per_rest_token for r in rows)
+    return sum(len(distinct_prompts(r)[0]) * r.prompt_width * lm.kv_bytes_per_token if r.prompt_width else 0
+               for r in rows) + sum(r.rest_ids.numel() * per_rest_token for r in rows)
