@@ -351,6 +351,15 @@ def _split(pairs: Sequence[ContrastPair], fraction: float, seed: int) -> tuple[l
     return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
 
 
+def planned_rows(lm: LoadedModel, pairs: Sequence[ContrastPair], config: BiPOConfig | None = None) -> list[SplitRows]:
+    """The split rows of every minibatch a run on `pairs` makes (validation first), without running the model: what
+    the kept tensors (`kept_bytes`) and a step's cost depend on."""
+    cfg = config or BiPOConfig()
+    train, val = _split(pairs, cfg.val_fraction, cfg.seed)
+    return [split_rows(e.batch, e.completion_start, cfg.positions)
+            for group in (val, train) for e in (encode_pairs(lm, part) for part in _batches(group, cfg.batch_size))]
+
+
 def check_bipo_pairs(pairs: Sequence[ContrastPair]) -> None:
     """DatasetError unless there are enough pairs for a training and a validation split."""
     if len(pairs) < 2:

@@ -200,14 +200,14 @@ def _prompt_cache(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor):
     return output_cache(out)
 
 
-def prompt_pass(lm: LoadedModel, rows: SplitRows) -> KeptPrompt | None:
+def prompt_pass(lm: LoadedModel, rows: SplitRows, share: bool = True) -> KeptPrompt | None:
     """The prompt parts' keys and values, or None when there is no prompt part. Each distinct prompt part runs once
-    and is kept once; a cache that cannot gather its batch rows (`reorder_cache`, `batch_select_indices`) runs and
-    keeps every row's."""
+    and is kept once; a cache that cannot gather its batch rows (`reorder_cache`, `batch_select_indices`), or
+    `share=False` (for checks and timing comparisons), runs and keeps every row's."""
     if rows.prompt_width == 0:
         return None
     first, of_row = distinct_prompts(rows)
-    if len(first) < len(of_row):
+    if share and len(first) < len(of_row):
         cache = _prompt_cache(lm, rows.prompt_ids[first], rows.prompt_mask[first])
         if hasattr(cache, "reorder_cache") and hasattr(cache, "batch_select_indices"):
             return KeptPrompt(cache, of_row, first)
