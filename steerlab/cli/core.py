@@ -151,6 +151,12 @@ def train(
         items = _mwe_items(data) if pairs is not None else None
         if items is not None and limit is not None:
             items = items[:limit]
+        if position is not None and method not in ("caa", "pca", "persona"):
+            raise SteerlabError(f"--position is for caa, pca and persona, not --method {method}")
+        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max, engine,
+                           keep, position or "mean")
+        if method in OOD_METHODS:  # bad method input fails before anything is announced
+            check_method_args(margs, items, layers)
         n_check = check if check is not None else (min(40, len(pairs) // 5) if items and items[0].kind == "yesno" else 0)
         if n_check < 0:
             raise SteerlabError("--check must be 0 or more")
@@ -162,12 +168,6 @@ def train(
             pairs = pairs[:-n_check]
             items = items[:-n_check] if items is not None else None
             say(f"holding the last {n_check} pairs apart to check the vector's sign (--check 0 to train on all)")
-        if position is not None and method not in ("caa", "pca", "persona"):
-            raise SteerlabError(f"--position is for caa, pca and persona, not --method {method}")
-        margs = MethodArgs(method, Path(data).stem, description, judge, steps, seed, positive_min, negative_max, engine,
-                           keep, position or "mean")
-        if method in OOD_METHODS:
-            check_method_args(margs, items, layers)
         lm = load_model(model)
         chosen = parse_layers(layers, lm.n_layers)
         from ..methods import train_actadd, train_caa, train_pca
