@@ -58,7 +58,7 @@ GEN = ROOT / "docs" / "results" / "generalisation_files"
                                            ("1.5b-all-positions", "1.5b-chosen-r"), ("135m", None),
                                            ("1.5b-bands", None), ("1.5b-schedule", "1.5b"), ("1.5b-schedule-r1", "1.5b"),
                                            ("1.5b-schedule-r1-seed2", "1.5b"), ("1.5b-schedule-decay", "1.5b"), ("1.5b-bipo", "1.5b"),
-                                           ("1.5b-seeds", "1.5b")])
+                                           ("1.5b-seeds", "1.5b"), ("1.5b-persona-bipo", "1.5b")])
 def test_generalisation_tables_match_the_result_files(runs, baseline):
     """The r = 0.5, 30-prompt, open-answer, prompt-steering, 135M, band and schedule tables of generalisation.md (cells, per-length effects) are what
     scripts/generalise_table.py prints from the committed run directories."""
