@@ -83,7 +83,7 @@ def test_generalisation_bipo_block_is_exactly_the_scripts_rows():
     assert block == [r for r in out.splitlines() if r.startswith("|")], "regenerate the block between the markers"
 
 
-OVERVIEW = ("1.5b", "1.5b-bipo", "1.5b-seeds")  # the r = 0.5 table, its float32 BiPO cells and persona seeds
+OVERVIEW = ("1.5b", "1.5b-bipo", "1.5b-seeds", "1.5b-persona-bipo")  # the r = 0.5 table, its float32 BiPO cells, persona seeds and persona-BiPO cells
 
 
 def overview_dirs() -> list[str]:
