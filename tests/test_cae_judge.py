@@ -138,6 +138,22 @@ def test_local_judge_is_p_yes_of_a_plain_forward(make_tiny):
     assert "Criteria: Evaluate" in jg.rubric_text(REQ)
 
 
+def test_judges_show_a_bar_when_asked_and_score_the_same(make_tiny, capsys):
+    """Judging a cell's answers takes minutes at 1.5B: with progress=True each judge draws a bar on stderr
+    (the CLI always asks), and the scores do not change."""
+    lm = make_tiny(max_positions=256)
+    reqs = [REQ, jg.JudgeRequest("Pick a film.", "Anything new.", "openness")]
+    quiet = jg.make_judge("local", lm).score(reqs)
+    assert capsys.readouterr().err == ""
+    assert jg.make_judge("local", lm, progress=True).score(reqs) == quiet
+    assert "scoring" in capsys.readouterr().err
+    with _Endpoint([(200, "8")]) as ep:
+        assert jg.make_judge("openai", base_url=ep.url, model="m", key_env=None, progress=True,
+                             sleep=lambda s: None).score(reqs) == [0.8, 0.8]
+    err = capsys.readouterr().err
+    assert "judging" in err and "2/2" in err
+
+
 def test_auc_equals_a_hand_count():
     pos, neg = [0.9, 0.4, 0.6], [0.4, 0.1]
     # pairs: (0.9>0.4, 0.9>0.1, 0.4=0.4 half, 0.4>0.1, 0.6>0.4, 0.6>0.1) = 5.5 of 6

@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+from tqdm.auto import tqdm
+
 from ..encoding import format_prompt
 from ..errors import SteerlabError
 
@@ -89,9 +91,11 @@ def rubric_text(req: JudgeRequest) -> str:
 class LocalJudge:
     """p(Yes) of the local model asked `rubric_text` (see the module docstring)."""
 
-    def __init__(self, lm, *, batch_size: int = 8, name: str = "local"):
+    def __init__(self, lm, *, batch_size: int = 8, name: str = "local", progress: bool = False):
         self.lm = lm
         self.batch_size = batch_size
+        #: a bar per `score` call: judging a cell's answers with a 1.5B model takes minutes on a CPU
+        self.progress = progress
         #: "local" for the model under study; "local:<model>" for another one (judge caches key on the name)
         self.name = name
 
@@ -108,7 +112,8 @@ class LocalJudge:
 
         if not requests:
             return []
-        table = score(self.lm, self.items(requests), [Setting.unsteered()], batch_size=self.batch_size)
+        table = score(self.lm, self.items(requests), [Setting.unsteered()], batch_size=self.batch_size,
+                      progress=self.progress)
         return [float(x) for x in table.target_probs()[0]]
 
 
@@ -145,12 +150,14 @@ class OpenAIJudge:
         backoff: first wait in seconds; doubled after every failed attempt.
         timeout: seconds per request.
         sleep: the waiting function (tests pass a fake clock).
+        progress: show a bar (one step per request) while scoring.
     """
 
     name = "openai"
 
     def __init__(self, base_url: str, model: str, *, key_env: str | None = "OPENAI_API_KEY", retries: int = 4,
-                 backoff: float = 2.0, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 backoff: float = 2.0, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 progress: bool = False):
         if not base_url or not model:
             raise JudgeError("an OpenAI-compatible judge needs a base URL and a model name")
         if not base_url.startswith(("http://", "https://")):
@@ -166,6 +173,7 @@ class OpenAIJudge:
         if retries < 0 or backoff < 0 or timeout <= 0:
             raise JudgeError("retries and backoff must be >= 0 and timeout > 0")
         self.retries, self.backoff, self.timeout, self.sleep = retries, backoff, timeout, sleep
+        self.progress = progress
         self.calls = 0
 
     def _post(self, body: dict) -> dict:
@@ -212,23 +220,23 @@ class OpenAIJudge:
         raise JudgeError(f"judge endpoint {self.url} failed after {self.retries + 1} attempts: {last}")
 
     def score(self, requests: Sequence[JudgeRequest]) -> list[float]:
-        return [self.score_one(r) for r in requests]
+        return [self.score_one(r) for r in tqdm(requests, desc="judging", unit="answer", disable=not self.progress)]
 
 
 def make_judge(kind: str, lm=None, *, base_url: str | None = None, model: str | None = None,
-               key_env: str | None = "OPENAI_API_KEY", **kw) -> Judge:
+               key_env: str | None = "OPENAI_API_KEY", progress: bool = False, **kw) -> Judge:
     """"local" (the loaded `lm`, or with `model` that model, loaded here: a stronger judge for a small model under
-    study) or "openai" (needs `base_url` and `model`)."""
+    study) or "openai" (needs `base_url` and `model`); `progress`: a bar while each batch of answers is judged."""
     if kind == "local":
         if model:
             from ..models import load_model
 
-            return LocalJudge(load_model(model), name=f"local:{model}")
+            return LocalJudge(load_model(model), name=f"local:{model}", progress=progress)
         if lm is None:
             raise JudgeError("the local judge needs the loaded model")
-        return LocalJudge(lm)
+        return LocalJudge(lm, progress=progress)
     if kind == "openai":
-        return OpenAIJudge(base_url or "", model or "", key_env=key_env, **kw)
+        return OpenAIJudge(base_url or "", model or "", key_env=key_env, progress=progress, **kw)
     raise JudgeError(f"unknown judge {kind!r}: choose local or openai")
 
 

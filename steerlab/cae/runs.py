@@ -340,7 +340,7 @@ def run_cae(lm: LoadedModel,
         cases = load_ood_cases(data.name, kinds=config.ood_kinds, lengths=config.ood_lengths, limit=config.ood_limit,
                                data_root=config.data_root)
         judge = make_judge(config.judge, lm, base_url=config.judge_url, model=config.judge_model,
-                           key_env=config.judge_key_env)
+                           key_env=config.judge_key_env, progress=progress)
         res = evaluate_ood(lm, data.name, cases, vec, layer, alpha, judge, out_dir=out, positions=config.positions,
                            max_new_tokens=config.max_new_tokens, batch_size=8, n_boot=config.n_boot, seed=config.seed,
                            log=lambda s: log(f"ood: {s}"))

@@ -107,7 +107,7 @@ class Judge:
         from ..cae.judge import make_judge
 
         return make_judge(self.judge, lm, base_url=self.judge_url, model=self.judge_model,
-                          key_env=self.judge_key_env or None)
+                          key_env=self.judge_key_env or None, progress=True)
 
 
 GROUPS = (Split, Runtime, Judge)

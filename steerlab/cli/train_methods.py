@@ -100,7 +100,7 @@ def train_method(lm, args: MethodArgs, pairs, items, layers: Optional[Sequence[i
         from ..cae.judge import LocalJudge
         from ..cae.trait_judge import trait_scorer
 
-        judge = trait_scorer(LocalJudge(lm), trait.name, trait.description)
+        judge = trait_scorer(LocalJudge(lm, progress=True), trait.name, trait.description)
     cfg = PersonaConfig(seed=args.seed, positive_min=args.positive_min, negative_max=args.negative_max, keep=args.keep,
                         reading=args.reading)
     from .common import text_generator
