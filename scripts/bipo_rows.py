@@ -6,9 +6,11 @@
 For the training items `cae generalise` would use (the same split) and BiPO's minibatches, prints per behaviour:
 the prompt part's width (run once, kept as keys and values), the rest's width (run at every step) and the completion
 columns whose logits a step needs, as min / median / max over the minibatches; and the bytes kept for the whole run
-with one copy of each distinct prompt part (what `steerlab.methods.bipo` keeps) and with one copy per row. Loads the
-model for its tokenizer, template and sizes; runs no forward pass unless `--time-prompt N`, which times the prompt
-pass over the first minibatch N times each way (distinct prompt parts once / every row), side by side.
+as `steerlab.methods.bipo` keeps them (each distinct prompt part once, the block outputs of the +v half of the rows)
+and with one copy per row. Loads the model for its tokenizer, template and sizes; runs no forward pass unless asked:
+`--time-prompt N` times the prompt pass over the first minibatch N times each way (distinct prompt parts once /
+every row), `--time-reference N` the unsteered reference pass over its rest (the +v half / every row, with the
+largest difference in log-probs between the two), side by side.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from steerlab.cae.generalise import GeneraliseConfig, split_behaviour
 from steerlab.data.tasks import resolve_behaviour
 from steerlab.methods.bipo import BiPOConfig, completion_pairs, planned_rows
-from steerlab.methods.bipo_split import kept_bytes, prompt_pass
+from steerlab.methods.bipo_split import CachedPrefix, kept_bytes, prompt_pass, reference_pass, rest_logprobs
 from steerlab.models import load_model
 
 
@@ -40,12 +42,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="pairs per step (--bipo-batch)")
     ap.add_argument("--time-prompt", type=int, default=0, metavar="N",
                     help="time the first minibatch's prompt pass N times each way (shared / one per row)")
+    ap.add_argument("--time-reference", type=int, default=0, metavar="N",
+                    help="time the first minibatch's reference pass N times each way (+v half / every row)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the research runs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")]
     lm = load_model(args.model)
-    print("| behaviour | pairs | prompt width | rest width | logit columns | kept, one per prompt | kept, one per row |")
+    print("| behaviour | pairs | prompt width | rest width | logit columns | kept, as trained | kept, one per row |")
     print("|---|---|---|---|---|---|---|")
     timings = []
     for b in args.behaviours:
@@ -67,6 +71,22 @@ def main(argv=None) -> int:
                     t = time.perf_counter()
                     prompt_pass(lm, first, share=share)
                     print(f"  {rep}: {'shared' if share else 'per row'} {time.perf_counter() - t:.2f}")
+    for b, first in timings[:1] if args.time_reference else []:
+        print(f"\nthe reference pass over the rest of {b}'s first minibatch ({first.rest_ids.shape[0]} rows, width "
+              f"{first.rest_ids.shape[1]}), seconds:")
+        with torch.no_grad():
+            kept = prompt_pass(lm, first)
+            for rep in range(args.time_reference):
+                t = time.perf_counter()
+                half, _ = reference_pass(lm, first, kept, layers)
+                t_half = time.perf_counter() - t
+                t = time.perf_counter()
+                captured: dict[int, CachedPrefix] = {}
+                every = rest_logprobs(lm, first, kept, torch.ones(first.rest_ids.shape[0]), None, layers[0],
+                                      capture=captured, capture_layers=layers)
+                t_every = time.perf_counter() - t
+                print(f"  {rep}: +v half {t_half:.2f}, every row {t_every:.2f}, log-probs differ by at most "
+                      f"{float((half - every).abs().max()):.2g}")
     return 0
 
 

@@ -331,14 +331,15 @@ def block_hidden(output: Any) -> torch.Tensor:
     return first
 
 
-def with_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
+def with_block_hidden(output: Any, hidden: torch.Tensor, *, same_rows: bool = True) -> Any:
     """``output`` with its residual-stream tensor replaced by ``hidden`` (same structure).
 
     Meant as the return value of a forward hook that modifies the stream. ``hidden`` must have
-    the shape of the tensor it replaces. The input is not mutated.
+    the shape of the tensor it replaces; with ``same_rows=False`` its batch size may differ (a stand-in
+    block whose kept output is repeated over the rows of the pass). The input is not mutated.
     """
     old = block_hidden(output)
-    if hidden.shape != old.shape:
+    if hidden.shape[1:] != old.shape[1:] or (same_rows and hidden.shape != old.shape):
         raise ValueError(
             f"replacement hidden states have shape {tuple(hidden.shape)}, "
             f"expected {tuple(old.shape)}"

@@ -217,8 +217,9 @@ def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
     """The training path (prompt part run once and kept as keys/values, block 2's output replayed, only the rest
     of each row run) gives the plain whole-model log-probs and gradient, unsteered and steered, and leaves the kept
     cache as it found it (a second pass gives the same numbers). Under "after_user" the rest is a minority of an
-    MWE row's tokens: the point of the split."""
-    from steerlab.methods.bipo_split import CachedPrefix, prompt_pass, rest_logprobs, split_rows
+    MWE row's tokens: the point of the split. The unsteered reference pass runs the +v half of the rows only and
+    keeps block 2's output for that half (unsteered, the -v rows are the same)."""
+    from steerlab.methods.bipo_split import prompt_pass, reference_pass, rest_logprobs, split_rows
 
     pairs = completion_pairs(load_mwe(resolve_behaviour("corrigible-neutral-HHH"))[:4])
     enc = encode_pairs(lm, pairs)
@@ -229,10 +230,10 @@ def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
         handle = lm.blocks[0].register_forward_hook(lambda m, a, o: seen.append(block_hidden(o).shape[0]))
         try:
             cache = prompt_pass(lm, rows)
+            ref, captured = reference_pass(lm, rows, cache, [layer])
         finally:
             handle.remove()
-        captured: dict[int, CachedPrefix] = {}
-        ref = rest_logprobs(lm, rows, cache, enc.signs, None, layer, capture=captured)
+        assert block_hidden(captured[layer].template).shape[0] == 2 * len(pairs) and captured[layer].repeat == 2
         torch.testing.assert_close(ref, completion_logprobs(lm, enc, None, layer, positions), rtol=1e-5, atol=1e-4)
     v = (0.5 * torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(4))).requires_grad_(True)
     grads = []
@@ -249,10 +250,11 @@ def test_bipo_split_rows_give_the_plain_log_probs_and_gradient(lm, positions):
     if positions == "after_user":
         assert rows.rest_ids.numel() < 0.5 * enc.batch.input_ids.numel()
         # a pair's four rows share one prompt part: run once, kept once (and gathered back after every pass)
-        assert seen == [len(pairs)] and len(pairs) == 4
+        assert seen == [len(pairs), 2 * len(pairs)] and len(pairs) == 4
         assert cache.shared and {l.keys.shape[0] for l in cache.cache.layers} == {len(pairs)}
     else:
         assert rows.prompt_width == 0 and cache is None  # everything is steered: nothing to keep
+        assert seen == [2 * len(pairs)]
 
 
 def test_bipo_gradient_matches_finite_differences(lm, ab_items):

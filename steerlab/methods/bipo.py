@@ -61,8 +61,8 @@ from ..encoding import EncodedBatch, encode
 from ..errors import DatasetError
 from ..layers import block_hidden
 from ..vector import SteeringVector
-from .bipo_split import (CachedPrefix, KeptPrompt, SplitRows, add_vector, kept_bytes, prompt_pass, rest_logprobs,
-                         split_rows, summed_logprobs)
+from .bipo_split import (CachedPrefix, KeptPrompt, SplitRows, add_vector, kept_bytes, prompt_pass, reference_pass,
+                         rest_logprobs, split_rows, summed_logprobs)
 from .common import make_meta, pairs_hash
 from .multiformat import item_texts
 from .responses import response_prompt
@@ -237,9 +237,7 @@ def _prepare(lm: LoadedModel, groups: Sequence[Sequence[ContrastPair]], layers: 
                 if fast:
                     rows = split[g][i]
                     cache = prompt_pass(lm, rows)
-                    captured: dict[int, CachedPrefix] = {}
-                    ref = rest_logprobs(lm, rows, cache, enc.signs, None, layers[0], capture=captured,
-                                         capture_layers=layers)
+                    ref, captured = reference_pass(lm, rows, cache, layers)
                     for l in layers:
                         chunks[l].append(_Chunk(enc, ref, rows, cache, captured[l]))
                 else:
@@ -281,8 +279,7 @@ def _layers_reproduced(lm: LoadedModel, pairs: Sequence[ContrastPair], layers: S
     ok = set()
     try:
         cache = prompt_pass(lm, rows)
-        captured: dict[int, CachedPrefix] = {}
-        rest_logprobs(lm, rows, cache, enc.signs, None, layers[0], capture=captured, capture_layers=layers)
+        _, captured = reference_pass(lm, rows, cache, layers)
     except Exception:  # a cache or model this path cannot drive
         return ok
     for l in layers:

@@ -4,7 +4,8 @@ A row's prompt, up to where steering can first reach it, is run once and kept as
 (`split_rows`, `prompt_pass`; once per distinct prompt part, spread over the rows that share it for each pass:
 `KeptPrompt`, `spread`); block L's unsteered output over the rest of the row is recorded once and replayed
 (`replaying`), so a step runs only blocks L+1..end over the template's assistant header and the completion
-(`rest_logprobs`). `steerlab.methods.bipo.completion_logprobs` is the plain computation these reproduce.
+(`rest_logprobs`). The unsteered pass that records it runs the +v rows only: unsteered, the -v rows are the same
+(`reference_pass`). `steerlab.methods.bipo.completion_logprobs` is the plain computation these reproduce.
 """
 
 from __future__ import annotations
@@ -33,9 +34,19 @@ class CachedPrefix:
     Attributes:
         template: the block's output as it returned it (the residual stream [rows, width, hidden] itself, or a tuple
             whose first item it is), so that the stand-ins return what the model's own loop expects.
+        repeat: how many times the rows repeat in the pass that replays it (2 for `reference_pass`'s: the -v rows
+            are the +v rows again, and unsteered they are the same numbers, so they are kept once).
     """
 
     template: Any
+    repeat: int = 1
+
+    def replayed(self) -> Any:
+        """The block output a replaying pass gets: the kept rows, `repeat` times."""
+        if self.repeat == 1:
+            return self.template
+        hidden = block_hidden(self.template)
+        return with_block_hidden(self.template, hidden.repeat(self.repeat, *([1] * (hidden.dim() - 1))), same_rows=False)
 
 
 class _PassThrough(nn.Module):
@@ -47,7 +58,7 @@ class _PassThrough(nn.Module):
 
     def forward(self, *args, **kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        return with_block_hidden(self.template, hidden)
+        return with_block_hidden(self.template, hidden, same_rows=False)
 
 
 class _Replay(nn.Module):
@@ -58,7 +69,7 @@ class _Replay(nn.Module):
         self.prefix = prefix
 
     def forward(self, *args, **kwargs):
-        return self.prefix.template
+        return self.prefix.replayed()
 
 
 @contextlib.contextmanager
@@ -253,8 +264,33 @@ def rest_logprobs(lm: LoadedModel, rows: SplitRows, kept: KeptPrompt | None, sig
     return summed_logprobs(out.logits[:, -rows.keep:, :], ids[:, s_w - rows.keep + 1:], rows.counted.to(lm.device))
 
 
+def head_rows(rows: SplitRows, n: int) -> SplitRows:
+    """The first `n` of `rows`."""
+    return SplitRows(rows.prompt_ids[:n], rows.prompt_mask[:n], rows.rest_ids[:n], rows.rest_mask[:n],
+                     rows.rest_positions[:n], rows.steer[:n], rows.counted[:n], rows.keep)
+
+
+def reference_pass(lm: LoadedModel, rows: SplitRows, kept: KeptPrompt | None, layers: Sequence[int]
+                   ) -> tuple[torch.Tensor, dict[int, CachedPrefix]]:
+    """The unsteered log-probs of an `EncodedPairs`' split rows, and each of `layers`' block output over the rest to
+    replay. The rows' second half (for -v) repeats the first (for +v) and unsteered they are the same numbers, so
+    the first half runs and is kept once (`CachedPrefix.repeat`); a cache kept per row runs every row."""
+    half = rows.prompt_ids.shape[0] // 2
+    captured: dict[int, CachedPrefix] = {}
+    if kept is not None and not kept.shared:
+        ref = rest_logprobs(lm, rows, kept, torch.ones(2 * half), None, layers[0], capture=captured,
+                            capture_layers=layers)
+        return ref, captured
+    # every distinct prompt part has a row in the first half, so `first` gathers the cache back from it as well
+    view = None if kept is None else KeptPrompt(kept.cache, kept.of_row[:half], kept.first)
+    ref = rest_logprobs(lm, head_rows(rows, half), view, torch.ones(half), None, layers[0], capture=captured,
+                        capture_layers=layers)
+    return ref.repeat(2), {l: CachedPrefix(c.template, repeat=2) for l, c in captured.items()}
+
+
 def kept_bytes(lm: LoadedModel, rows: Sequence[SplitRows], n_layers: int) -> int:
-    """What keeping `rows`' distinct prompt parts' keys/values and `n_layers` block outputs over their rest takes."""
+    """What keeping `rows`' distinct prompt parts' keys/values and `n_layers` block outputs over their rest (the
+    first half's: `reference_pass`) takes."""
     per_rest_token = lm.hidden_size * lm.dtype.itemsize * n_layers
     return sum(len(distinct_prompts(r)[0]) * r.prompt_width * lm.kv_bytes_per_token if r.prompt_width else 0
-               for r in rows) + sum(r.rest_ids.numel() * per_rest_token for r in rows)
+               for r in rows) + sum(r.rest_ids[:r.rest_ids.shape[0] // 2].numel() * per_rest_token for r in rows)
