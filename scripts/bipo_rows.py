@@ -24,6 +24,7 @@ import torch
 
 from steerlab.cae.generalise import GeneraliseConfig, split_behaviour
 from steerlab.data.tasks import resolve_behaviour
+from steerlab.errors import DatasetError
 from steerlab.methods.bipo import BiPOConfig, completion_pairs, planned_rows
 from steerlab.methods.bipo_split import CachedPrefix, kept_bytes, prompt_pass, reference_pass, rest_logprobs
 from steerlab.models import load_model
@@ -46,6 +47,12 @@ def main(argv=None) -> int:
                     help="time the first minibatch's reference pass N times each way (+v half / every row)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the research runs)")
     args = ap.parse_args(argv)
+    if args.time_prompt < 0 or args.time_reference < 0:
+        ap.error("--time-prompt and --time-reference take a count of 0 or more")
+    try:  # a misspelt behaviour fails here, not after the model has loaded
+        paths = {b: str(resolve_behaviour(b)) for b in args.behaviours}
+    except DatasetError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")]
     lm = load_model(args.model)
@@ -53,7 +60,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     timings = []
     for b in args.behaviours:
-        cfg = GeneraliseConfig(str(resolve_behaviour(b)), layers=tuple(layers), n_train=args.n_train)
+        cfg = GeneraliseConfig(paths[b], layers=tuple(layers), n_train=args.n_train)
         pairs = completion_pairs(split_behaviour(cfg).train)
         rows = planned_rows(lm, pairs, BiPOConfig(batch_size=args.batch))
         per_row = sum(r.prompt_ids.numel() * lm.kv_bytes_per_token

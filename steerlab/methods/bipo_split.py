@@ -45,8 +45,10 @@ class CachedPrefix:
         """The block output a replaying pass gets: the kept rows, `repeat` times."""
         if self.repeat == 1:
             return self.template
+        # a copy per step, of one block output: small beside the blocks the step runs, and it keeps the kept half
         hidden = block_hidden(self.template)
-        return with_block_hidden(self.template, hidden.repeat(self.repeat, *([1] * (hidden.dim() - 1))), same_rows=False)
+        tiled = hidden.repeat(self.repeat, *([1] * (hidden.dim() - 1)))
+        return with_block_hidden(self.template, tiled, same_rows=False)
 
 
 class _PassThrough(nn.Module):
