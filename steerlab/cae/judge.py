@@ -113,7 +113,7 @@ class LocalJudge:
         if not requests:
             return []
         table = score(self.lm, self.items(requests), [Setting.unsteered()], batch_size=self.batch_size,
-                      progress=self.progress)
+                      progress="judging" if self.progress else False)
         return [float(x) for x in table.target_probs()[0]]
 
 

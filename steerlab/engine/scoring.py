@@ -323,7 +323,7 @@ def score(
     settings: Sequence[Setting],
     *,
     batch_size: int = 16,
-    progress: bool = False,
+    progress: bool | str = False,
     max_rows: int = 256,
     memory_mb: int = 2048,
     reuse: bool = True,
@@ -336,7 +336,8 @@ def score(
         items: prompts with their candidate continuations.
         settings: steering settings; include `Setting.unsteered()` for the plain model.
         batch_size: items per base pass.
-        progress: show a progress bar (one step per item batch).
+        progress: show a progress bar (one step per item batch); a string is the bar's label, so a
+            caller that scores for its own purpose (a judge) says so instead of "scoring".
         max_rows: most rows (setting x item, or x candidate) in one steered forward.
         memory_mb: rough bound on one forward's working memory beyond the model (each row carries a
             copy of its prompt's KV cache; continuations carry logits); chunks shrink to fit.
@@ -366,7 +367,8 @@ def score(
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     pool = BufferPool()
-    for idx in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+    label = progress if isinstance(progress, str) else "scoring"
+    for idx in tqdm(batches, desc=label, unit="batch", disable=not progress):
         run = _BatchRun(lm, [tokenized[i] for i in idx], torch.tensor(idx), result, info, limits, pool, pad_id)
         run.execute(settings, steered, reuse=reuse, skip=skip_lower_layers)
     return ScoreTable(result, settings, items, info)
