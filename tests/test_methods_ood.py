@@ -743,6 +743,44 @@ def test_generalise_bipo_keeps_each_finished_layer(lm, generalise_run, tmp_path)
     assert all(v["reference_seconds"] > 0 for v in redone.meta.extra["per_layer"].values())
 
 
+def test_generalise_persona_keeps_its_judged_answers(lm, generalise_run, tmp_path):
+    """A persona cell saves its answers (generation is most of its training); with the vector deleted, a rerun
+    generates no answer again and builds the same vector, which is `train_persona`'s on the same settings."""
+    import shutil
+
+    from steerlab.cae.generalise import PERSONA_SAMPLES, run_generalise, split_behaviour
+    from steerlab.methods.persona import train_persona
+
+    cfg, out, *_ = generalise_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    cell = again / "persona" / "seed1"
+    samples = [PersonaSample(**s) for s in json.loads((cell / PERSONA_SAMPLES).read_text())]
+    assert len(samples) == cfg.persona_questions * 2 * cfg.persona_samples and all(s.kept for s in samples)
+    before = SteeringVector.load(cell / "vector.safetensors")
+    train = split_behaviour(cfg).train
+    by_hand = train_persona(lm, load_trait(cfg.behaviour), persona_questions(train)[:cfg.persona_questions], [1, 2],
+                            PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens,
+                                          seed=1, keep=cfg.persona_keep, reading=cfg.persona_reading))
+    assert all(torch.equal(before[l], by_hand[l]) for l in (1, 2))
+    for name in ("vector.safetensors", "selection.json", "in_distribution.json", "side_effects.json"):
+        (cell / name).unlink()
+    shutil.rmtree(cell / "ood_plus")
+    shutil.rmtree(cell / "ood_minus")
+    trait = load_trait(cfg.behaviour)
+    asked: list[str] = []
+
+    def recording(lm_, prompts, *args, **kwargs):
+        asked.extend(getattr(p, "text", p) for p in prompts)
+        return sl.generate(lm_, prompts, *args, **kwargs)
+
+    run_generalise(lm, replace(cfg, methods=("persona",), seeds=(1,)), again, LocalJudge(lm), generator=recording)
+    assert asked  # the OOD stages generate their steered responses again...
+    assert not any(trait.positive_system in t or trait.negative_system in t for t in asked)  # ...but no answer
+    after = SteeringVector.load(cell / "vector.safetensors")
+    assert all(torch.equal(before[l], after[l]) for l in (1, 2))
+
+
 def test_generalise_refuses_to_resume_another_configuration(lm, generalise_run):
     from dataclasses import replace
 

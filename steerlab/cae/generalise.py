@@ -15,9 +15,9 @@ rule; per method and seed one cell directory holds, each written once and skippe
     ood_plus/, ood_minus/   `ood.evaluate_ood` at +r and -r (judged, projections, log-prob gaps)
     side_effects.json       perplexity ratio and KL on the corpus at +r and -r
 
-A BiPO cell also keeps each layer's run (bipo_layerL.safetensors) as it finishes; a persona-BiPO cell (BiPO
-trained on the persona recipe's judged answers, `steerlab.methods.persona_bipo`) those and its answers
-(persona_samples.json), so an interrupted cell resumes where it stopped.
+A BiPO cell also keeps each layer's run (bipo_layerL.safetensors) as it finishes; a persona cell its judged
+answers (persona_samples.json); a persona-BiPO cell (BiPO trained on the persona recipe's judged answers,
+`steerlab.methods.persona_bipo`) both; so an interrupted cell resumes where it stopped.
 
 The split is the same for every method (`behaviour_data.load_behaviour` with `split_seed`); the method
 seed varies BiPO's order and persona's sampling (CAA and multi-format CAA do not sample: one seed).
@@ -273,12 +273,12 @@ def _persona_samples(lm: LoadedModel, trait, questions, config, scorer, generato
 def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], seed: int, cfg: GeneraliseConfig,
                  judge: Judge | None, generator: TextGenerator = generate, parts: Path | None = None) -> SteeringVector:
     """`method`'s vector from the train items at `layers` (BiPO and persona-BiPO: one run per layer, sharing one
-    reference pass, joined; with `parts`, each layer's run, and persona-BiPO's judged answers, are saved there as
-    they finish and reused, so an interrupted cell keeps them)."""
+    reference pass, joined; with `parts`, each layer's run, and persona's and persona-BiPO's judged answers, are saved
+    there as they finish and reused, so an interrupted cell keeps them)."""
     from ..methods import BiPOConfig, PersonaConfig, completion_pairs, load_trait, persona_questions, train_caa
     from ..methods.bipo import join_layer_runs
     from ..methods.multiformat import train_multiformat
-    from ..methods.persona import train_persona
+    from ..methods.persona import persona_vector
     from ..methods.persona_bipo import check_persona_pairs, persona_bipo_vector, persona_pairs
     from .trait_judge import trait_scorer
 
@@ -294,9 +294,9 @@ def train_vector(lm: LoadedModel, method: str, train, layers: Sequence[int], see
     pc = PersonaConfig(samples_per_question=cfg.persona_samples, max_new_tokens=cfg.persona_tokens, seed=seed,
                        keep=cfg.persona_keep, reading=cfg.persona_reading)
     questions = persona_questions(train)[:cfg.persona_questions]
-    if method == "persona":
-        return train_persona(lm, trait, questions, layers, pc, scorer, generator=generator)
     samples = _persona_samples(lm, trait, questions, pc, scorer, generator, parts)
+    if method == "persona":
+        return persona_vector(lm, trait, samples, layers, pc, judged=scorer is not None, progress=True)
     pairs = persona_pairs(samples)
     check_persona_pairs(trait, samples, pairs)
     return persona_bipo_vector(_bipo_by_layer(lm, pairs, layers, bipo, parts), trait, samples, pairs, pc)
