@@ -9,6 +9,9 @@ issue's bar, and the rerun command and machine of every cell. With `--overview`,
 methods instead, each entry a cell's seeds pooled (`overview_table`), for run directories of several kinds at once:
 
     python scripts/generalise_table.py docs/results/generalisation_files/{1.5b,1.5b-bipo,1.5b-seeds}/*/ --overview
+
+With `--carry-over`, what predicts the open-ended effect across the judged cells instead: per method, the
+in-distribution effect and the unsteered read-out against it (`steerlab.cae.carry_over`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from steerlab.cae.carry_over import carry_over_table
 from steerlab.cae.generalise_report import (collect, goal_counts, length_table, markdown_table, overview_table,
                                             plot, to_json)
 
@@ -33,6 +37,8 @@ def main(argv=None) -> int:
                          "printed), for runs that have no CAA cell of their own")
     ap.add_argument("--overview", action="store_true",
                     help="print one behaviours x methods table (each entry a cell's seeds pooled) and nothing else")
+    ap.add_argument("--carry-over", action="store_true",
+                    help="print what predicts the open-ended effect across the judged cells (per method) and nothing else")
     args = ap.parse_args(argv)
     reports = collect(args.runs, args.model)
     if not reports:
@@ -41,6 +47,9 @@ def main(argv=None) -> int:
     baseline = [c for c in collect(args.baseline, args.model) if c.method == "caa"]
     if args.overview:
         print(overview_table(reports, baseline))
+        return 0
+    if args.carry_over:
+        print(carry_over_table(reports))
         return 0
     print(markdown_table(reports, baseline))
     print()

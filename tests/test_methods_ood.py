@@ -918,6 +918,13 @@ def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_ru
     if c.monitor_r is not None:
         assert c.monitor_r[0] == pytest.approx(float(np.corrcoef(x, y)[0, 1]))
         assert c.monitor_r[1] <= c.monitor_r[0] <= c.monitor_r[2]
+    # The unsteered read-out: the unsteered responses of both kinds only, each once.
+    bare = [r for r in plus if r["condition"] == "unsteered" and r["projection"] is not None]
+    if len(bare) < 3:  # the tiny model's 4-token answers may be empty: no projection, no read-out
+        assert c.readout_r is None
+    else:
+        assert c.readout_r == pytest.approx(float(np.corrcoef([r["projection"] for r in bare],
+                                                              [r["judge"] for r in bare])[0, 1]))
     # The correlation by hand on records of known values (three responses per prompt, resampled by prompt).
     from steerlab.cae.generalise_report import monitor_correlation
 

@@ -7,6 +7,9 @@ Beside the numbers `run_generalise` puts in `summary.json`, each cell's saved OO
   (its response-token mean at the chosen layer, read unsteered) and the judge's trait score, over the open-ended
   responses of the cell (unsteered once, +r and -r), with a 95 % interval that resamples prompts (a prompt keeps
   its three responses, which are not independent);
+- *the unsteered read-out*: the same Pearson r over the *unsteered* responses only (both kinds): how well the vector
+  reads the trait in free text before it steers anything (no steered response enters it, so the steering effect
+  cannot raise it; `carry_over` compares it with the effect);
 - *the open-ended effect per prompt length* (short / medium / long, with `--ood-lengths` naming several): the
   paired steered − unsteered judge score over each length's prompts, with its 95 % bootstrap interval.
 
@@ -47,6 +50,7 @@ class CellReport:
         ppl_plus, ppl_minus: perplexity ratio on the corpus at +r / -r.
         distinct2: "unsteered" / "+r" / "-r" -> mean distinct-2 of the OOD responses.
         monitor_r: (r, low, high) of projection vs judge on the open-ended responses; monitor_n responses.
+        readout_r: Pearson r of projection vs judge on the unsteered responses of both kinds (None: too few).
         by_length: "+r" / "-r" -> prompt length -> (effect, low, high) of the judged open-ended effect.
         seconds: stage -> seconds; machine: the machine block of the OOD stage.
         command: the command that reruns (or resumes) this cell.
@@ -66,6 +70,7 @@ class CellReport:
     distinct2: dict[str, float | None] = field(default_factory=dict)
     monitor_r: Interval | None = None
     monitor_n: int = 0
+    readout_r: float | None = None
     by_length: dict[str, dict[str, Interval]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
@@ -145,6 +150,14 @@ def monitor_correlation(records: Sequence[dict], kind: str = "open-ended", *, n_
     return (r, float(lo), float(hi)), len(rows)
 
 
+def unsteered_readout(records: Sequence[dict]) -> float | None:
+    """Pearson r of projection vs judge score over the unsteered responses (every kind); None with fewer than three
+    or when either side is constant."""
+    rows = [r for r in records if r["sign"] == "unsteered" and r.get("projection") is not None]
+    r = pearson(np.array([r["projection"] for r in rows], float), np.array([r["judge"] for r in rows], float))
+    return r if np.isfinite(r) else None
+
+
 def rerun_command(run_dir: Path, method: str, seed: int, model: str) -> str:
     """The `steerlab cae generalise` line that reruns (resumes) one cell of `run_dir` (settings from its config)."""
     cfg = results.read_json(run_dir / "config.json")
@@ -214,7 +227,7 @@ def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: s
                       float(row["judge_auc"]), (ind["effect_plus"], ind["plus_low"], ind["plus_high"]),
                       (ind["effect_minus"], ind["minus_low"], ind["minus_high"]), ood,
                       float(ppl.get(f"{rel:+g}", float("nan"))), float(ppl.get(f"{-rel:+g}", float("nan"))),
-                      distinct, monitor, n, effects_by_length(recs), dict(row.get("seconds", {})), machine,
+                      distinct, monitor, n, unsteered_readout(recs), effects_by_length(recs), dict(row.get("seconds", {})), machine,
                       command)
 
 
