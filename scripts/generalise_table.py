@@ -8,7 +8,8 @@ prompt length where the runs used several (`length_table`), how many behaviours 
 issue's bar, and the rerun command and machine of every cell. With `--overview`, one table of behaviours ×
 methods instead, each entry a cell's seeds pooled (`overview_table`), for run directories of several kinds at once:
 
-    python scripts/generalise_table.py docs/results/generalisation_files/{1.5b,1.5b-bipo,1.5b-seeds}/*/ --overview
+    python scripts/generalise_table.py docs/results/generalisation_files/{1.5b,1.5b-bipo,1.5b-seeds}/*/ --overview \
+        --figure docs/results/generalisation_files/overview_open_ended.png
 
 With `--carry-over`, what predicts the open-ended effect across the judged cells instead: per method, the
 in-distribution effect and the unsteered read-out against it (`steerlab.cae.carry_over`).
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     baseline = [c for c in collect(args.baseline, args.model) if c.method == "caa"]
     if args.overview:
         print(overview_table(reports, baseline))
+        if args.figure:  # every seed of every method, one interval each
+            print(f"\nwrote {plot(reports, args.figure)}")
         return 0
     if args.carry_over:
         print(carry_over_table(reports))

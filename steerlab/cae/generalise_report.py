@@ -374,6 +374,9 @@ def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
     for ax, sign in zip(axes, ("+r", "-r")):
         labelled: set[str] = set()  # each method named once per panel, at its first plotted cell
         for bi, b in enumerate(behaviours):
+            if not any(c.behaviour == b and c.judge_can_tell for c in reports):
+                ax.text(0, bi, "judge cannot tell", ha="center", va="center", fontsize=7, color="gray")
+                continue
             for mi, m in enumerate(methods):
                 cells = [c for c in reports if c.behaviour == b and c.method == m and c.judge_can_tell
                          and f"open-ended {sign}" in c.ood]
@@ -388,12 +391,12 @@ def plot(reports: Sequence[CellReport], path: str | Path) -> Path:
         ax.set_xlabel("steered − unsteered judge score", fontsize=8)
     axes[0].set_yticks(range(len(behaviours)), behaviours, fontsize=7)
     axes[0].invert_yaxis()
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=7, loc="lower right")
-    else:  # no cell has a judge that can tell: say so rather than draw empty panels without a word
-        for ax in axes:
-            ax.text(0.5, 0.5, "judge cannot tell", transform=ax.transAxes, ha="center", va="center", fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    bottom = 0.0
+    if handles:  # below the panels, where it hides no interval
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+        bottom = 0.6 / fig.get_figheight()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
