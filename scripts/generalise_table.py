@@ -12,7 +12,8 @@ methods instead, each entry a cell's seeds pooled (`overview_table`), for run di
         --figure docs/results/generalisation_files/overview_open_ended.png
 
 With `--carry-over`, what predicts the open-ended effect across the judged cells instead: per method, the
-in-distribution effect and the unsteered read-out against it (`steerlab.cae.carry_over`).
+in-distribution effect and the unsteered read-out against it, and per behaviour where the unsteered answers sit
+on the judge's scale (`steerlab.cae.carry_over`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from steerlab.cae.carry_over import carry_over_table
+from steerlab.cae.carry_over import carry_over_table, room_table
 from steerlab.cae.generalise_report import (collect, goal_counts, length_table, markdown_table, overview_table,
                                             plot, to_json)
 
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overview", action="store_true",
                     help="print one behaviours x methods table (each entry a cell's seeds pooled) and nothing else")
     ap.add_argument("--carry-over", action="store_true",
-                    help="print what predicts the open-ended effect across the judged cells (per method) and nothing else")
+                    help="print what predicts the open-ended effect across the judged cells (per method), where the "
+                         "unsteered answers sit on the judge's scale (per behaviour), and nothing else")
     args = ap.parse_args(argv)
     reports = collect(args.runs, args.model)
     if not reports:
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
         return 0
     if args.carry_over:
         print(carry_over_table(reports))
+        print()
+        print(room_table(reports))
         return 0
     print(markdown_table(reports, baseline))
     print()

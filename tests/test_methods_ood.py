@@ -925,6 +925,10 @@ def test_generalise_report_reads_every_cell_and_recomputes_by_hand(generalise_ru
     else:
         assert c.readout_r == pytest.approx(float(np.corrcoef([r["projection"] for r in bare],
                                                               [r["judge"] for r in bare])[0, 1]))
+    opened = [r["judge"] for r in plus if r["condition"] == "unsteered" and r["kind"] == "open-ended"]
+    assert c.unsteered_open == pytest.approx(sum(opened) / len(opened))
+    check = json.loads((out / "judge_check.json").read_text())
+    assert c.labelled == (check["mean_matching"], check["mean_not_matching"])
     # The correlation by hand on records of known values (three responses per prompt, resampled by prompt).
     from steerlab.cae.generalise_report import monitor_correlation
 

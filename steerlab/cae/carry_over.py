@@ -10,7 +10,11 @@ candidate predictors are read per cell (`generalise_report.CellReport`), both kn
   (the monitoring correlation, over steered responses too, can).
 The outcome is the OOD open-ended effect, two-sided the same way (positive: right-signed). Each predictor's
 Spearman ρ with it is given with a 95 % interval that resamples *behaviours*: a behaviour's cells (its methods and
-seeds) share prompts, judge and unsteered responses, so cells are not independent draws.
+seeds) share prompts, judge and unsteered responses, so cells are not independent draws. Beside them, per method,
+what bounds an effect from outside: the perplexity price at each sign and the width of the open-ended intervals.
+
+`room_table` asks whether the judge's scale leaves room to move: per behaviour, where the unsteered open answers
+score between the judge's means on the labelled texts that do and do not show the trait.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
+from .goal import MAX_PPL_RATIO
 from .generalise_report import METHODS, CellReport, Interval
 
 MIN_BEHAVIOURS = 5  # fewer and resampling behaviours gives no interval worth printing: no ρ is given
@@ -76,6 +81,8 @@ class CarryOverRow:
         rho_in_dist: Spearman ρ (low, high) of the in-distribution and the OOD two-sided effects.
         readout: mean unsteered read-out r over the readout_cells that have one; readout_positive: how many are > 0.
         rho_readout: Spearman ρ (low, high) of the unsteered read-out and the OOD two-sided effect.
+        ppl_plus, ppl_minus: mean perplexity ratio at +r / −r; over_cap_plus, over_cap_minus: cells over the cap.
+        half_width: the median half-width of the open-ended 95 % intervals (both signs).
     """
 
     method: str
@@ -92,6 +99,11 @@ class CarryOverRow:
     readout_cells: int
     readout_positive: int
     rho_readout: Interval | None
+    ppl_plus: float
+    ppl_minus: float
+    over_cap_plus: int
+    over_cap_minus: int
+    half_width: float
 
 
 def carry_over_row(method: str, cells: Sequence[CellReport]) -> CarryOverRow:
@@ -108,7 +120,10 @@ def carry_over_row(method: str, cells: Sequence[CellReport]) -> CarryOverRow:
         sum(p[2] < 0 for p in plus), sum(m[1] > 0 for m in minus),
         spearman_by_behaviour(behaviours, [in_dist_two_sided(c) for c in cells], ood),
         float(np.mean(readouts)) if readouts else None, len(readouts), sum(r > 0 for r in readouts),
-        spearman_by_behaviour(*zip(*with_readout)) if len(with_readout) >= 2 else None)
+        spearman_by_behaviour(*zip(*with_readout)) if len(with_readout) >= 2 else None,
+        float(np.mean([c.ppl_plus for c in cells])), float(np.mean([c.ppl_minus for c in cells])),
+        sum(c.ppl_plus > MAX_PPL_RATIO for c in cells), sum(c.ppl_minus > MAX_PPL_RATIO for c in cells),
+        float(np.median([(hi - lo) / 2 for _, lo, hi in plus + minus])))
 
 
 def carry_over_rows(reports: Sequence[CellReport]) -> list[CarryOverRow]:
@@ -127,11 +142,53 @@ def _rho(v: Interval | None) -> str:
 def carry_over_table(reports: Sequence[CellReport]) -> str:
     """The `carry_over_rows` as a markdown table."""
     head = ("| method | cells (behaviours) | in-dist effect | OOD open-ended effect | clear of 0 right / wrong, +r · −r | "
-            "ρ(in-dist, OOD) | unsteered read-out r (> 0) | ρ(read-out, OOD) |")
+            "ρ(in-dist, OOD) | unsteered read-out r (> 0) | ρ(read-out, OOD) | ppl +r / −r (over ×1.5) | "
+            "interval ± (median) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in carry_over_rows(reports):
         readout = "–" if r.readout is None else f"{r.readout:+.2f} ({r.readout_positive} of {r.readout_cells})"
         lines.append(f"| {r.method} | {r.cells} ({r.behaviours}) | {r.in_dist:+.3f} | {r.ood:+.3f} | "
                      f"{r.right_plus} / {r.reversed_plus} · {r.right_minus} / {r.reversed_minus} | {_rho(r.rho_in_dist)} | "
-                     f"{readout} | {_rho(r.rho_readout)} |")
+                     f"{readout} | {_rho(r.rho_readout)} | ×{r.ppl_plus:.2f} / {r.ppl_minus:.2f} "
+                     f"({r.over_cap_plus} / {r.over_cap_minus}) | {r.half_width:.3f} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Room:
+    """Where a behaviour's unsteered open answers sit on the judge's scale.
+
+    Attributes:
+        behaviour: the behaviour; judge_auc: the judge's AUC on its labelled texts.
+        not_matching, matching: the judge's mean score on labelled texts without / with the trait.
+        unsteered: the mean judged score of the unsteered open-ended answers (mean over the run directories).
+    """
+
+    behaviour: str
+    judge_auc: float
+    not_matching: float
+    unsteered: float
+    matching: float
+
+
+def rooms(reports: Sequence[CellReport]) -> list[Room]:
+    """One `Room` per judged behaviour whose cells know both the labelled means and the unsteered score."""
+    out = []
+    for b in sorted({c.behaviour for c in judged(reports)}):
+        cells = [c for c in judged(reports) if c.behaviour == b and c.labelled and c.unsteered_open is not None]
+        if cells:
+            matching, not_matching = (float(np.mean(v)) for v in zip(*{c.labelled for c in cells}))
+            out.append(Room(b, float(np.mean([c.judge_auc for c in cells])), not_matching,
+                            float(np.mean(sorted({c.unsteered_open for c in cells}))), matching))
+    return out
+
+
+def room_table(reports: Sequence[CellReport]) -> str:
+    """The `rooms` as a markdown table, with the room below and above the unsteered score."""
+    head = ("| behaviour | judge AUC | labelled without the trait | unsteered open answers | labelled with it | "
+            "room down / up |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rooms(reports):
+        lines.append(f"| {r.behaviour} | {r.judge_auc:.2f} | {r.not_matching:.2f} | {r.unsteered:.2f} | "
+                     f"{r.matching:.2f} | {r.unsteered - r.not_matching:+.2f} / {r.matching - r.unsteered:+.2f} |")
     return "\n".join(lines)

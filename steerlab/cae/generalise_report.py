@@ -54,6 +54,8 @@ class CellReport:
         by_length: "+r" / "-r" -> prompt length -> (effect, low, high) of the judged open-ended effect.
         seconds: stage -> seconds; machine: the machine block of the OOD stage.
         command: the command that reruns (or resumes) this cell.
+        unsteered_open: the mean judged score of the unsteered open-ended responses.
+        labelled: the judge's mean score on the labelled validation texts, (matching, not matching).
     """
 
     behaviour: str
@@ -75,6 +77,8 @@ class CellReport:
     seconds: dict[str, float] = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
     command: str = ""
+    unsteered_open: float | None = None
+    labelled: tuple[float, float] | None = None
 
     @property
     def judge_can_tell(self) -> bool:
@@ -219,6 +223,10 @@ def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: s
             model = ""
     ppl = row["ppl_ratio"]
     rel = row["relative"]
+    open_unsteered = [r["judge"] for r in recs if r["sign"] == "unsteered" and r["kind"] == "open-ended"]
+    check = results.read_json(run_dir / "judge_check.json") if (run_dir / "judge_check.json").is_file() else {}
+    labelled = (float(check["mean_matching"]), float(check["mean_not_matching"])) \
+        if "mean_matching" in check and "mean_not_matching" in check else None
     command = rerun_command(Path(run_dir), row["method"], int(row["seed"]), "MODEL" if model is None else model)
     if machine.get("dtype") in ("bfloat16", "float32", "float16"):
         # the directory refuses other numerics, and `auto` picks by the CPU: name the one the cell was made in
@@ -228,7 +236,8 @@ def cell_report(run_dir: Path, row: dict, model: str | None = None, behaviour: s
                       (ind["effect_minus"], ind["minus_low"], ind["minus_high"]), ood,
                       float(ppl.get(f"{rel:+g}", float("nan"))), float(ppl.get(f"{-rel:+g}", float("nan"))),
                       distinct, monitor, n, unsteered_readout(recs), effects_by_length(recs), dict(row.get("seconds", {})), machine,
-                      command)
+                      command, unsteered_open=float(np.mean(open_unsteered)) if open_unsteered else None,
+                      labelled=labelled)
 
 
 def collect(run_dirs: Sequence[str | Path], model: str | None = None) -> list[CellReport]:
