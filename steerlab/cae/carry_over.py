@@ -112,13 +112,14 @@ def carry_over_row(method: str, cells: Sequence[CellReport]) -> CarryOverRow:
     minus = [c.ood["open-ended -r"] for c in cells]
     behaviours = [c.behaviour for c in cells]
     ood = [ood_two_sided(c) for c in cells]
+    in_dist = [in_dist_two_sided(c) for c in cells]
     with_readout = [(c.behaviour, c.readout_r, o) for c, o in zip(cells, ood) if c.readout_r is not None]
     readouts = [r for _, r, _ in with_readout]
     return CarryOverRow(
-        method, len(cells), len(set(behaviours)), float(np.mean([in_dist_two_sided(c) for c in cells])),
+        method, len(cells), len(set(behaviours)), float(np.mean(in_dist)),
         float(np.mean(ood)), sum(p[1] > 0 for p in plus), sum(m[2] < 0 for m in minus),
         sum(p[2] < 0 for p in plus), sum(m[1] > 0 for m in minus),
-        spearman_by_behaviour(behaviours, [in_dist_two_sided(c) for c in cells], ood),
+        spearman_by_behaviour(behaviours, in_dist, ood),
         float(np.mean(readouts)) if readouts else None, len(readouts), sum(r > 0 for r in readouts),
         spearman_by_behaviour(*zip(*with_readout)) if len(with_readout) >= 2 else None,
         float(np.mean([c.ppl_plus for c in cells])), float(np.mean([c.ppl_minus for c in cells])),
@@ -173,9 +174,10 @@ class Room:
 
 def rooms(reports: Sequence[CellReport]) -> list[Room]:
     """One `Room` per judged behaviour whose cells know both the labelled means and the unsteered score."""
+    told = judged(reports)
     out = []
-    for b in sorted({c.behaviour for c in judged(reports)}):
-        cells = [c for c in judged(reports) if c.behaviour == b and c.labelled and c.unsteered_open is not None]
+    for b in sorted({c.behaviour for c in told}):
+        cells = [c for c in told if c.behaviour == b and c.labelled and c.unsteered_open is not None]
         if cells:
             matching, not_matching = (float(np.mean(v)) for v in zip(*{c.labelled for c in cells}))
             out.append(Room(b, float(np.mean([c.judge_auc for c in cells])), not_matching,
